@@ -1,0 +1,56 @@
+//! What the port needs from the machine it runs on. The guest image implements these
+//! traits with the TSC, the LAPIC tick, port I/O and identity-mapped memory; host tests
+//! implement them with simulated, deterministic time and a simulated HBA.
+
+/// Events that arrived while the port waited. The image's interrupt handlers only record
+/// them; the port dispatches them (HwInterrupt, HwTimer) from its own loop, one at a time,
+/// so HwTimer and HwInterrupt never run at the same time (T5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Events {
+    /// Timer ticks since the last call (each one is `Platform::tick_us` long).
+    pub ticks: u32,
+    /// Bit `i` set: MSI-X table entry `i` of the adapter fired at least once.
+    pub vectors: u32,
+}
+
+impl Events {
+    pub const fn is_empty(&self) -> bool {
+        self.ticks == 0 && self.vectors == 0
+    }
+}
+
+/// Time, stalls and interrupt delivery.
+pub trait Platform {
+    /// Monotonic time in microseconds.
+    fn now_us(&self) -> u64;
+    /// Busy-waits `us` microseconds (StallExecution). The port accounts for it (S1).
+    fn stall_us(&mut self, us: u32);
+    /// Period of the timer tick in microseconds: the port's timer resolution (T2).
+    fn tick_us(&self) -> u32;
+    /// Sleeps until at least one event is pending, then returns and clears them all.
+    fn wait_for_events(&mut self) -> Events;
+    /// The MSI-X message (address, data) that makes the CPU deliver an interrupt which
+    /// `wait_for_events` reports as bit `entry` of [`Events::vectors`]. `None` when the
+    /// platform cannot take MSI-X interrupts for that entry.
+    fn msi_message(&self, entry: u16) -> Option<(u64, u32)>;
+}
+
+/// PCI configuration space (on the guest: mechanism #1, ports 0xCF8/0xCFC).
+pub trait PciConfig {
+    fn read32(&self, bus: u8, device: u8, function: u8, offset: u16) -> u32;
+    fn write32(&self, bus: u8, device: u8, function: u8, offset: u16, value: u32);
+}
+
+/// DMA memory. The guest identity-maps memory, so the address the device sees equals the
+/// pointer; host tests use host pointers as device addresses for their simulated device.
+pub trait Dma {
+    /// `pages` zeroed, 4 KiB-aligned, physically contiguous pages. Returns the device
+    /// address and the pointer, or `None` when the pool is exhausted.
+    fn alloc_pages(&mut self, pages: usize) -> Option<(u64, core::ptr::NonNull<u8>)>;
+    /// The device address of `ptr`, which points into memory the device may access.
+    fn device_address(&self, ptr: *const u8) -> u64;
+}
+
+/// Where the guest assigns PCI memory BARs, since qboot assigns none: below the LAPIC
+/// and IOAPIC, above q35's MMCONFIG window. The image identity-maps it uncached.
+pub const PCI_MMIO_WINDOW: core::ops::Range<u64> = 0xc000_0000..0xfec0_0000;
