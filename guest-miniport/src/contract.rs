@@ -30,6 +30,27 @@ pub const REPORT_RESULT_KEY: &str = "result";
 /// Key of event lines: `{"event":"name", ...}`.
 pub const REPORT_EVENT_KEY: &str = "event";
 
+/// Fields of the final result line that the harness reads. Other fields may follow.
+/// - `result`: `"pass"` or `"fail"`; `reason`: a plain message when it failed.
+/// - `scenario`, `seed`, `irq` (bool): echo of the arguments.
+/// - `block_size`, `capacity` (blocks): what READ CAPACITY returned.
+/// - `lbas`: the LBAs written with [`fill_pattern`], in order.
+/// - `elapsed_us`: microseconds from guest entry to this line.
+/// - `completed_by_interrupt`, `completed_by_poll`: how the miniport found completions.
+pub mod result_fields {
+    pub const RESULT: &str = "result";
+    pub const REASON: &str = "reason";
+    pub const SCENARIO: &str = "scenario";
+    pub const SEED: &str = "seed";
+    pub const IRQ: &str = "irq";
+    pub const BLOCK_SIZE: &str = "block_size";
+    pub const CAPACITY: &str = "capacity";
+    pub const LBAS: &str = "lbas";
+    pub const ELAPSED_US: &str = "elapsed_us";
+    pub const COMPLETED_BY_INTERRUPT: &str = "completed_by_interrupt";
+    pub const COMPLETED_BY_POLL: &str = "completed_by_poll";
+}
+
 /// The scenarios the guest image can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
