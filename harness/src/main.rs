@@ -1,1 +1,137 @@
-fn main() {}
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use flakyhba_harness::accel::AccelChoice;
+use flakyhba_harness::signals::{self, EXIT_INTERRUPTED};
+use flakyhba_harness::smoke::{run_smoke, SmokeOptions};
+use guest_miniport::contract::GuestArgs;
+
+/// Starts the flakyhba backend and QEMU with the guest image, runs a scenario and
+/// judges it. Exits 0 when it passed, 1 when it failed, 130 when interrupted.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run one scenario.
+    Run(RunArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ScenarioName {
+    /// INQUIRY, READ CAPACITY, write a seeded pattern to spread-out blocks, read it back;
+    /// the harness then checks the pattern in the disk image itself.
+    Smoke,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    scenario: ScenarioName,
+    /// `off`: the miniport requests no interrupts and completes everything by HwTimer polling.
+    #[arg(long, value_enum, default_value = "on")]
+    irq: OnOff,
+    /// QEMU accelerator; `auto` uses KVM when /dev/kvm works, else TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelChoice,
+    /// Seed of the data pattern and of the LBA choice.
+    #[arg(long, default_value_t = GuestArgs::default().seed)]
+    seed: u64,
+    /// Blocks the smoke scenario writes and checks.
+    #[arg(long, default_value_t = GuestArgs::default().blocks, value_parser = clap::value_parser!(u32).range(1..))]
+    blocks: u32,
+    /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
+    #[arg(long)]
+    backend: Option<PathBuf>,
+    /// Guest image [default: $FLAKYHBA_IMAGE, else target/x86_64-unknown-none/release/flakyhba-guest]
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// QEMU binary, a path or a name looked up on PATH.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Overall deadline of the run in seconds; on expiry everything is killed.
+    #[arg(long, default_value_t = 30.0, value_parser = parse_timeout)]
+    timeout: f64,
+    /// Keep the run directory (logs, disk image) in DIR instead of a removed temp dir.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+/// The workspace root, fixed at compile time (harness/ is one level below it).
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("harness/ has a parent")
+}
+
+fn default_path(flag: Option<PathBuf>, env: &str, relative: &str) -> PathBuf {
+    flag.or_else(|| std::env::var_os(env).map(PathBuf::from))
+        .unwrap_or_else(|| workspace_root().join(relative))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    if let Err(e) = signals::install_handlers() {
+        log::error!("{e}");
+        return ExitCode::FAILURE;
+    }
+    let Cmd::Run(args) = cli.command;
+    let ScenarioName::Smoke = args.scenario;
+    let opts = SmokeOptions {
+        irq: args.irq == OnOff::On,
+        accel: args.accel,
+        seed: args.seed,
+        blocks: args.blocks,
+        backend: default_path(
+            args.backend,
+            "FLAKYHBA_BACKEND",
+            "target/release/vhost-user-flakyhba",
+        ),
+        image: default_path(
+            args.image,
+            "FLAKYHBA_IMAGE",
+            "target/x86_64-unknown-none/release/flakyhba-guest",
+        ),
+        qemu: args.qemu,
+        timeout: Duration::from_secs_f64(args.timeout),
+        keep: args.keep,
+    };
+    match run_smoke(&opts) {
+        Ok(report) if !signals::interrupted() => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            eprintln!("flakyhba-harness: interrupted");
+            ExitCode::from(EXIT_INTERRUPTED as u8)
+        }
+        Err(failure) if failure.interrupted() || signals::interrupted() => {
+            eprintln!("flakyhba-harness: interrupted");
+            ExitCode::from(EXIT_INTERRUPTED as u8)
+        }
+        Err(failure) => {
+            let irq = if opts.irq { "on" } else { "off" };
+            eprint!("smoke irq={irq}: {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}

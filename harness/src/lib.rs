@@ -1,0 +1,12 @@
+//! flakyhba-harness: starts the backend and QEMU with the guest image, runs scenarios,
+//! judges them and reports.
+
+pub mod accel;
+pub mod judge;
+pub mod listen;
+pub mod process;
+pub mod qemu;
+pub mod rundir;
+pub mod serial;
+pub mod signals;
+pub mod smoke;

@@ -1,0 +1,146 @@
+//! The per-run directory: socket, disk image and logs. Removed on drop (even when the
+//! run failed or was interrupted) unless the user asked to keep it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Size of the sparse disk image the backend serves as its LUN.
+pub const DISK_BYTES: u64 = 64 * 1024 * 1024;
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunDirError {
+    #[error("could not create run directory {0}: {1}")]
+    CouldNotCreateDir(PathBuf, std::io::Error),
+    #[error("could not create disk image {0}: {1}")]
+    CouldNotCreateDisk(PathBuf, std::io::Error),
+    #[error("socket path {0} is longer than {MAX_SOCKET_PATH} bytes; use a shorter TMPDIR or --keep DIR")]
+    SocketPathTooLong(PathBuf),
+}
+
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl RunDir {
+    /// A fresh directory under the system temp dir (honours TMPDIR), removed on drop.
+    pub fn temporary() -> Result<RunDir, RunDirError> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::temp_dir();
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = base.join(format!("flakyhba-{}-{n}", std::process::id()));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(RunDir { path, keep: false }),
+                // A leftover of an earlier process with the same pid: pick the next name.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(RunDirError::CouldNotCreateDir(path, e)),
+            }
+        }
+    }
+
+    /// `dir` (created if missing) that outlives the run, for its logs (`--keep DIR`).
+    pub fn kept(dir: &Path) -> Result<RunDir, RunDirError> {
+        std::fs::create_dir_all(dir).map_err(|e| RunDirError::CouldNotCreateDir(dir.into(), e))?;
+        let path =
+            std::path::absolute(dir).map_err(|e| RunDirError::CouldNotCreateDir(dir.into(), e))?;
+        Ok(RunDir { path, keep: true })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_kept(&self) -> bool {
+        self.keep
+    }
+
+    /// The vhost-user socket path, checked against the `sun_path` limit.
+    pub fn socket_path(&self) -> Result<PathBuf, RunDirError> {
+        let path = self.path.join("vhost.sock");
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(RunDirError::SocketPathTooLong(path));
+        }
+        Ok(path)
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.log"))
+    }
+
+    /// Creates (or truncates) a sparse disk image of `bytes` bytes of zeroes.
+    pub fn create_disk(&self, bytes: u64) -> Result<PathBuf, RunDirError> {
+        let path = self.path.join("disk.img");
+        let file =
+            File::create(&path).map_err(|e| RunDirError::CouldNotCreateDisk(path.clone(), e))?;
+        file.set_len(bytes)
+            .map_err(|e| RunDirError::CouldNotCreateDisk(path.clone(), e))?;
+        Ok(path)
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.keep {
+            // A stale socket only confuses the next run; the logs and image stay.
+            let _ = std::fs::remove_file(self.path.join("vhost.sock"));
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            log::warn!("could not remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn temporary_dir_is_removed_on_drop_with_its_contents() {
+        let dir = RunDir::temporary().unwrap();
+        let path = dir.path().to_owned();
+        let disk = dir.create_disk(DISK_BYTES).unwrap();
+        let meta = std::fs::metadata(&disk).unwrap();
+        assert_eq!(meta.len(), DISK_BYTES);
+        // Sparse: far fewer blocks allocated than the length.
+        assert!(
+            meta.blocks() * 512 < DISK_BYTES / 16,
+            "{} blocks",
+            meta.blocks()
+        );
+        std::fs::write(dir.log_path("qemu"), "x").unwrap();
+        drop(dir);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn kept_dir_survives_but_loses_its_socket() {
+        let base = std::env::temp_dir().join(format!("flakyhba-keep-test-{}", std::process::id()));
+        let dir = RunDir::kept(&base).unwrap();
+        std::fs::write(dir.socket_path().unwrap(), "").unwrap();
+        std::fs::write(dir.log_path("backend"), "log").unwrap();
+        drop(dir);
+        assert!(base.join("backend.log").exists());
+        assert!(!base.join("vhost.sock").exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn overlong_socket_path_is_refused() {
+        let dir = RunDir {
+            path: PathBuf::from(format!("/tmp/{}", "d".repeat(120))),
+            keep: true,
+        };
+        assert!(matches!(
+            dir.socket_path(),
+            Err(RunDirError::SocketPathTooLong(_))
+        ));
+        std::mem::forget(dir);
+    }
+}
