@@ -1,0 +1,151 @@
+//! The local APIC (xAPIC, MMIO at 0xFEE0_0000) and the legacy 8259 PICs.
+//!
+//! The LAPIC gives the periodic tick (the port's timer resolution, T2) and receives the
+//! adapter's MSI-X messages. The 8259s are remapped off the exception vectors and masked:
+//! nothing in this image uses them.
+
+use x86_64::instructions::port::Port;
+use x86_64::registers::model_specific::Msr;
+
+use crate::interrupts::{SPURIOUS_VECTOR, TIMER_VECTOR};
+
+/// Where the xAPIC registers are; MSI messages are addressed here too.
+pub const LAPIC_BASE: u64 = 0xfee0_0000;
+
+const IA32_APIC_BASE: u32 = 0x1b;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+
+const REG_ID: usize = 0x20;
+const REG_TPR: usize = 0x80;
+const REG_EOI: usize = 0xb0;
+const REG_SVR: usize = 0xf0;
+const REG_ESR: usize = 0x280;
+const REG_LVT_TIMER: usize = 0x320;
+const REG_LVT_LINT0: usize = 0x350;
+const REG_LVT_LINT1: usize = 0x360;
+const REG_LVT_ERROR: usize = 0x370;
+const REG_TIMER_INITIAL: usize = 0x380;
+const REG_TIMER_CURRENT: usize = 0x390;
+const REG_TIMER_DIVIDE: usize = 0x3e0;
+
+const SVR_ENABLE: u32 = 1 << 8;
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_TIMER_PERIODIC: u32 = 1 << 17;
+/// Divide configuration 0b0011: bus clock / 16. Keeps a 1 s tick inside 32 bits even
+/// with a 1 GHz timer clock (KVM's and TCG's emulated rate).
+const TIMER_DIVIDE_BY_16: u32 = 0b0011;
+
+fn read(reg: usize) -> u32 {
+    // SAFETY: LAPIC_BASE is identity-mapped uncached by boot.s (the 4th GiB), `reg` is
+    // one of this module's xAPIC register offsets, and xAPIC registers are read as
+    // aligned 32-bit words.
+    unsafe { core::ptr::read_volatile((LAPIC_BASE as usize + reg) as *const u32) }
+}
+
+fn write(reg: usize, value: u32) {
+    // SAFETY: as in `read`; writing these registers only affects interrupt delivery on
+    // this CPU, which this module owns.
+    unsafe { core::ptr::write_volatile((LAPIC_BASE as usize + reg) as *mut u32, value) }
+}
+
+/// Why the LAPIC could not be used.
+#[derive(Clone, Copy, Debug)]
+pub enum ApicError {
+    /// IA32_APIC_BASE points elsewhere; MSI messages and our mapping assume the default.
+    UnexpectedBase(u64),
+}
+
+impl core::fmt::Display for ApicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ApicError::UnexpectedBase(msr) => write!(
+                f,
+                "IA32_APIC_BASE {msr:#x}: expected the xAPIC at {LAPIC_BASE:#x}"
+            ),
+        }
+    }
+}
+
+/// Remaps the 8259 PICs to vectors 0x20..0x30 (off the exception vectors, in case a
+/// spurious IRQ 7/15 arrives) and masks every line.
+pub fn remap_and_mask_pic() {
+    let mut master_cmd: Port<u8> = Port::new(0x20);
+    let mut master_data: Port<u8> = Port::new(0x21);
+    let mut slave_cmd: Port<u8> = Port::new(0xa0);
+    let mut slave_data: Port<u8> = Port::new(0xa1);
+    // SAFETY: the 8259 ports; this is the standard ICW1..ICW4 sequence, and nothing else
+    // in the image uses the PICs.
+    unsafe {
+        master_cmd.write(0x11); // ICW1: edge, cascade, ICW4 follows
+        slave_cmd.write(0x11);
+        master_data.write(0x20); // ICW2: vector base
+        slave_data.write(0x28);
+        master_data.write(0x04); // ICW3: slave on IRQ2
+        slave_data.write(0x02);
+        master_data.write(0x01); // ICW4: 8086 mode
+        slave_data.write(0x01);
+        master_data.write(0xff); // mask all
+        slave_data.write(0xff);
+    }
+}
+
+/// Enables the LAPIC in software (SVR, spurious vector 0xff), masks LINT0 (the PIC's
+/// ExtINT), LINT1 and the error LVT, and accepts every priority.
+pub fn init() -> Result<(), ApicError> {
+    let mut msr = Msr::new(IA32_APIC_BASE);
+    // SAFETY: IA32_APIC_BASE exists on every CPU with an APIC, which QEMU's default CPU has.
+    let base = unsafe { msr.read() };
+    if base & 0xf_ffff_f000 != LAPIC_BASE {
+        return Err(ApicError::UnexpectedBase(base));
+    }
+    if base & APIC_BASE_ENABLE == 0 {
+        // SAFETY: sets only the global enable bit of the same MSR, keeping the base.
+        unsafe { msr.write(base | APIC_BASE_ENABLE) };
+    }
+    write(REG_TPR, 0);
+    write(REG_LVT_LINT0, LVT_MASKED);
+    write(REG_LVT_LINT1, LVT_MASKED);
+    write(REG_LVT_ERROR, LVT_MASKED);
+    write(REG_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+    write(REG_SVR, SVR_ENABLE | u32::from(SPURIOUS_VECTOR));
+    // Clear the error status (write, then read).
+    write(REG_ESR, 0);
+    let _ = read(REG_ESR);
+    eoi();
+    Ok(())
+}
+
+/// This CPU's APIC id, the destination of MSI messages.
+pub fn id() -> u8 {
+    (read(REG_ID) >> 24) as u8
+}
+
+/// End of interrupt for the in-service vector.
+pub fn eoi() {
+    write(REG_EOI, 0);
+}
+
+/// Starts a masked one-shot count from `u32::MAX` for calibration.
+pub fn start_calibration_count() {
+    write(REG_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+    write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
+    write(REG_TIMER_INITIAL, u32::MAX);
+}
+
+/// Counts elapsed since `start_calibration_count`; stops the count.
+pub fn calibration_count_elapsed() -> u64 {
+    let current = read(REG_TIMER_CURRENT);
+    write(REG_TIMER_INITIAL, 0);
+    u64::from(u32::MAX - current)
+}
+
+/// Starts the periodic tick: one TIMER_VECTOR interrupt every `period_us`. Returns the
+/// initial count used (at least 1).
+pub fn start_periodic_timer(period_us: u32, timer_hz: u64) -> u32 {
+    let counts = (u128::from(period_us) * u128::from(timer_hz) / 1_000_000)
+        .clamp(1, u128::from(u32::MAX)) as u32;
+    write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
+    write(REG_LVT_TIMER, LVT_TIMER_PERIODIC | u32::from(TIMER_VECTOR));
+    write(REG_TIMER_INITIAL, counts);
+    counts
+}

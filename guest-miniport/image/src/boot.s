@@ -1,0 +1,186 @@
+# PVH boot: QEMU's `-kernel` (directly, or through qboot's pvh option ROM) finds the
+# XEN_ELFNOTE_PHYS32_ENTRY note and jumps to `pvh_start32` in 32-bit protected mode with
+# paging off, interrupts off and %ebx = physical address of `struct hvm_start_info`.
+# This file goes from there to 64-bit mode and calls `rust_start(start_info)`.
+#
+# Constants come from Rust as `global_asm!` const operands:
+#   {UNCACHED_FIRST_PD}  first 2 MiB page of the uncached window (PCI MMIO, IOAPIC, LAPIC)
+#   {STACK_SIZE}         boot stack size in bytes
+#   {DMA_POOL_BYTES}     size of the DMA pool
+
+    .section .note.pvh, "a", @note
+    .balign 4
+    .long 4                         # namesz: "Xen\0"
+    .long 8                         # descsz: QEMU reads a 64-bit value for an ELF64 image
+    .long 18                        # XEN_ELFNOTE_PHYS32_ENTRY
+    .asciz "Xen"
+    .balign 4
+    .long pvh_start32
+    .long 0
+
+    .section .text.boot, "ax", @progbits
+    .code32
+    .global pvh_start32
+pvh_start32:
+    cli
+    cld
+    # The time origin of now_us(): as early as possible.
+    rdtsc
+    mov %eax, boot_tsc
+    mov %edx, boot_tsc + 4
+    mov %ebx, %ebp                  # start info, kept until rust_start
+
+    # Zero .bss (page tables, Rust statics; not .noinit). The linker script aligns both
+    # ends to 4 KiB, so a count of dwords is exact.
+    mov $__bss_start, %edi
+    mov $__bss_end, %ecx
+    sub %edi, %ecx
+    shr $2, %ecx
+    xor %eax, %eax
+    rep stosl
+
+    # PML4[0] -> PDPT; PDPT[0..4] -> the four page directories (4 GiB).
+    mov $boot_pdpt, %eax
+    or $0x3, %eax                   # present | writable
+    mov %eax, boot_pml4
+    mov $boot_pd, %eax
+    or $0x3, %eax
+    xor %ecx, %ecx
+1:  mov %eax, boot_pdpt(,%ecx,8)
+    add $0x1000, %eax
+    inc %ecx
+    cmp $4, %ecx
+    jb 1b
+
+    # 2048 identity-mapped 2 MiB pages. From the PCI MMIO window up to 4 GiB (IOAPIC,
+    # LAPIC) they are uncached (PCD | PWT): device registers must not be cached.
+    xor %ecx, %ecx
+2:  mov %ecx, %eax
+    shl $21, %eax
+    or $0x83, %eax                  # present | writable | 2 MiB page
+    cmp ${UNCACHED_FIRST_PD}, %ecx
+    jb 3f
+    or $0x18, %eax                  # PWT | PCD
+3:  mov %eax, boot_pd(,%ecx,8)
+    inc %ecx
+    cmp $2048, %ecx
+    jb 2b
+
+    # The 2 MiB page holding the stack guard is split into 4 KiB pages with the guard
+    # page left out, so a stack overflow faults (#PF, then #DF on its own stack) instead
+    # of silently overwriting .bss.
+    mov $boot_stack_guard, %ebx
+    and $~0x1fffff, %ebx            # base of the 2 MiB region
+    xor %ecx, %ecx
+5:  mov %ecx, %eax
+    shl $12, %eax
+    add %ebx, %eax
+    cmp $boot_stack_guard, %eax
+    je 6f                           # leave the guard page not present
+    or $0x3, %eax                   # present | writable
+    mov %eax, boot_stack_pt(,%ecx,8)
+6:  inc %ecx
+    cmp $512, %ecx
+    jb 5b
+    mov %ebx, %ecx
+    shr $21, %ecx                   # its index among the 2048 directory entries
+    mov $boot_stack_pt, %eax
+    or $0x3, %eax
+    mov %eax, boot_pd(,%ecx,8)
+
+    # CR4: PAE for long mode; OSFXSR and OSXMMEXCPT in case codegen uses SSE.
+    mov %cr4, %eax
+    or $((1 << 5) | (1 << 9) | (1 << 10)), %eax
+    mov %eax, %cr4
+    mov $boot_pml4, %eax
+    mov %eax, %cr3
+    # EFER.LME
+    mov $0xc0000080, %ecx
+    rdmsr
+    or $(1 << 8), %eax
+    wrmsr
+    # CR0: clear EM, CD, NW; set PE, MP, NE, WP, PG. Paging on activates long mode.
+    mov %cr0, %eax
+    and $~((1 << 2) | (1 << 29) | (1 << 30)), %eax
+    or $((1 << 31) | (1 << 16) | (1 << 5) | (1 << 1) | 1), %eax
+    mov %eax, %cr0
+
+    lgdt boot_gdt_ptr
+    ljmp $0x08, $long_mode_entry
+
+    .code64
+    .global long_mode_entry
+long_mode_entry:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    mov $boot_stack_top, %rsp       # 16-byte aligned, as the SysV ABI wants before a call
+    mov %ebp, %edi                  # rust_start(start_info_paddr: u32)
+    xor %ebp, %ebp                  # end of the frame-pointer chain
+    call rust_start
+4:  cli
+    hlt
+    jmp 4b
+
+    # Writable: ltr marks the TSS descriptor busy.
+    .section .data.boot, "aw", @progbits
+    .balign 16
+boot_gdt:
+    .quad 0                         # null
+    .quad 0x00af9a000000ffff        # 0x08: 64-bit code, ring 0
+    .quad 0x00cf92000000ffff        # 0x10: data
+    .global boot_gdt_tss
+boot_gdt_tss:
+    .quad 0, 0                      # 0x18: 64-bit TSS, filled in by interrupts::init
+boot_gdt_end:
+    .balign 4
+boot_gdt_ptr:
+    .word boot_gdt_end - boot_gdt - 1
+    .long boot_gdt
+
+    .section .data.boot, "aw", @progbits
+    .balign 8
+    .global boot_tsc
+boot_tsc:
+    .quad 0
+
+    .section .bss.boot, "aw", @nobits
+    .balign 4096
+    .global boot_pml4
+boot_pml4:
+    .skip 4096
+boot_pdpt:
+    .skip 4096
+boot_pd:
+    .skip 4 * 4096
+boot_stack_pt:
+    .skip 4096
+
+# Not zeroed at boot: touching every page costs ~0.4 ms each under nested KVM, and
+# neither the stack nor the DMA pool (zeroed per allocation) needs it.
+    .section .noinit.stack, "aw", @nobits
+    .balign 4096
+    .global boot_stack_guard
+boot_stack_guard:
+    .skip 4096
+    .global boot_stack_bottom
+boot_stack_bottom:
+    .skip {STACK_SIZE}
+    .global boot_stack_top
+boot_stack_top:
+    # The double-fault handler's stack (TSS IST1): the boot stack may be the reason.
+    .balign 16
+    .skip 16384
+    .global double_fault_stack_top
+double_fault_stack_top:
+
+    .section .noinit.dma, "aw", @nobits
+    .balign 4096
+    .global dma_pool
+dma_pool:
+    .skip {DMA_POOL_BYTES}
+    .global dma_pool_end
+dma_pool_end:
