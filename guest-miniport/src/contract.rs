@@ -4,7 +4,7 @@
 //!   produced by [`GuestArgs`]'s `Display`.
 //! - guest → harness: serial lines that are each one JSON object ([`REPORT_RESULT_KEY`]
 //!   marks the last one), and the isa-debug-exit code ([`EXIT_PASS`], [`EXIT_FAIL`]).
-//! - the data the `smoke` scenario writes: [`fill_pattern`] at the LBAs of [`smoke_lbas`],
+//! - the data the `smoke` scenario writes: [`fill_pattern`] at the LBAs of [`smoke_lba`],
 //!   so the harness can check the image file on its own after the guest exits.
 //!
 //! The harness depends on this crate for exactly these items, so both sides are built

@@ -4,4 +4,12 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod contract;
+pub mod pci;
 pub mod platform;
+pub mod port;
+pub mod report;
+pub mod runner;
+#[cfg(test)]
+mod sim;
+pub mod virtio;
+pub mod virtio_scsi;
