@@ -7,3 +7,4 @@ pub mod args;
 pub mod scsi;
 pub mod vhu_scsi;
 pub mod virtio;
+pub mod faults;

@@ -1,0 +1,25 @@
+//! The fault engine: a plan of faults (file, `--fault` shorthand, presets), deterministic
+//! decisions per request and per tick, a control socket to change the plan while running,
+//! and a JSON-lines trace. The request path calls [`FaultEngine::on_request`] for each
+//! request and [`FaultEngine::on_tick`] from its timer; it reports what it did with the
+//! `record_*` methods so that the trace shows signals, completions and resets.
+
+pub mod control;
+pub mod engine;
+pub mod plan;
+pub mod presets;
+pub mod trace;
+
+#[cfg(test)]
+mod tests;
+
+pub use control::{ControlError, ControlServer};
+pub use engine::{
+    Completion, Corruption, EngineError, Epoch, FaultEngine, KindCounts, RequestDecision,
+    RequestInfo, RequestKind, SignalOutcome, Stats, TickAction, TmfOutcome,
+};
+pub use plan::{
+    DataDirection, FaultKind, FaultSpec, NewCommandPolicy, Plan, PlanError, ResetReason,
+    StatusOverride, TmfFailure, TmfKind, VirtioEvent, VirtioResponse, PLAN_ERROR_EXIT_CODE,
+};
+pub use trace::{Trace, TraceError, TraceEvent, TraceRecord};

@@ -1,0 +1,1462 @@
+//! Tests across the fault modules.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+/// A `Write` into shared memory, to read a trace back.
+#[derive(Clone, Default)]
+pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Duration;
+
+use super::control::{handle_line, ControlServer};
+use super::engine::*;
+use super::plan::*;
+use super::presets::{preset_toml, PRESET_NAMES};
+use super::trace::{parse_line, Trace, TraceEvent};
+
+/// Counts allocations per thread, so the test of the armed-but-idle cost (issue item 9) is
+/// not disturbed by tests running on other threads.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the
+// counter is a const-initialized thread local, which never allocates.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: `ptr`/`layout` came from this allocator, i.e. from `System`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(|c| c.get())
+}
+
+fn plan(text: &str) -> Plan {
+    Plan::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn engine(text: &str) -> FaultEngine {
+    FaultEngine::new(plan(text))
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+const READ_10: u8 = 0x28;
+const WRITE_10: u8 = 0x2a;
+
+fn read(id: u64, lba: u64) -> RequestInfo {
+    RequestInfo::command(2, id, 0, 0, READ_10)
+        .with_lba(lba, 8)
+        .with_data(DataDirection::Read, 4096)
+}
+
+fn write(id: u64, lba: u64) -> RequestInfo {
+    RequestInfo::command(2, id, 0, 0, WRITE_10)
+        .with_lba(lba, 8)
+        .with_data(DataDirection::Write, 4096)
+}
+
+/// Which of `n` reads (ids 1..=n) got a non-normal decision.
+fn fired_reads(e: &mut FaultEngine, n: u64) -> Vec<u64> {
+    (1..=n)
+        .filter(|&i| !e.on_request(&read(i, i), ms(i)).is_normal())
+        .collect()
+}
+
+fn err_text(text: &str) -> String {
+    Plan::from_toml_str(text).unwrap_err().to_string()
+}
+
+// ---- plan ----
+
+#[test]
+fn plan_parses_every_kind_and_key() {
+    let p = plan(
+        r#"
+seed = 42
+allow_corruption = true
+
+[[fault]]
+name = "irq"
+kind = "drop-interrupt"
+queue = "request"
+every = 3
+
+[[fault]]
+kind = "delay"
+opcode = "read-10"
+distribution = "uniform"
+min_ms = 1
+max_ms = 5
+probability = 0.5
+
+[[fault]]
+kind = "lose"
+target = 1
+lun = 2
+lba = [100, 200]
+direction = "write"
+after = 10
+times = 2
+
+[[fault]]
+kind = "slow-tmf"
+tmf = "lu-reset"
+duration_ms = 500
+new_commands = "hold"
+
+[[fault]]
+kind = "hang-tmf"
+tmf = "nexus-reset"
+once = true
+
+[[fault]]
+kind = "fail-tmf"
+response = "failed"
+window_ms = [100, 200]
+
+[[fault]]
+kind = "spurious-interrupt"
+queue = 3
+interval_ms = 20
+burst = 4
+
+[[fault]]
+kind = "status"
+opcode = 0x2a
+status = "check-condition"
+sense_key = 3
+asc = 0x11
+ascq = 0
+state = 1
+set_state = 2
+
+[[fault]]
+kind = "event"
+event = "param-change"
+target = 1
+at_ms = 1000
+
+[[fault]]
+kind = "corrupt"
+opcode = 40
+bytes = 4
+enabled = false
+"#,
+    );
+    assert_eq!(p.seed, 42);
+    assert_eq!(p.faults.len(), 10);
+    let f = &p.faults;
+    assert_eq!(f[0].name.as_deref(), Some("irq"));
+    assert_eq!(f[0].matcher.queue, QueueMatch::Request);
+    assert_eq!(f[0].trigger.every, Some(3));
+    assert_eq!(f[1].matcher.opcode, Some(READ_10));
+    assert_eq!(f[1].matcher.class, RequestClass::Command);
+    assert_eq!(
+        f[1].action,
+        FaultAction::Delay(DelayDist::Uniform {
+            min: ms(1),
+            max: ms(5)
+        })
+    );
+    assert_eq!(f[2].matcher.lba, Some((100, 200)));
+    assert_eq!(f[2].matcher.direction, Some(DataDirection::Write));
+    assert_eq!((f[2].trigger.after, f[2].trigger.times), (10, Some(2)));
+    assert_eq!(
+        f[3].action,
+        FaultAction::SlowTmf {
+            duration: ms(500),
+            new_commands: NewCommandPolicy::Hold
+        }
+    );
+    assert_eq!(
+        f[3].matcher.class,
+        RequestClass::Tmf(Some(TmfKind::LogicalUnitReset))
+    );
+    assert_eq!(
+        f[4].matcher.class,
+        RequestClass::Tmf(Some(TmfKind::ITNexusReset))
+    );
+    assert_eq!(f[4].trigger.times, Some(1));
+    assert_eq!(f[5].action, FaultAction::FailTmf(TmfFailure::Failure));
+    assert_eq!(f[5].trigger.window, Some((ms(100), ms(200))));
+    assert_eq!(
+        f[6].action,
+        FaultAction::SpuriousInterrupt {
+            queue: 3,
+            burst: 4,
+            schedule: Schedule {
+                first: ms(20),
+                interval: Some(ms(20))
+            }
+        }
+    );
+    assert_eq!(
+        f[7].action,
+        FaultAction::Status(StatusOverride::CheckCondition {
+            sense_key: 3,
+            asc: 0x11,
+            ascq: 0
+        })
+    );
+    assert_eq!(
+        (f[7].trigger.state, f[7].trigger.set_state),
+        (Some(1), Some(2))
+    );
+    assert_eq!(
+        f[8].action,
+        FaultAction::Event {
+            event: VirtioEvent::ParamChange {
+                target: 1,
+                lun: 0,
+                asc: 0x2a,
+                ascq: 0x09
+            },
+            schedule: Schedule {
+                first: ms(1000),
+                interval: None
+            }
+        }
+    );
+    assert_eq!(f[9].action, FaultAction::Corrupt { bytes: 4 });
+    assert!(!f[9].enabled);
+}
+
+#[test]
+fn opcode_names_and_numbers() {
+    for (v, want) in [
+        (NumOrName::Name("read-10".into()), 0x28),
+        (NumOrName::Name("READ_10".into()), 0x28),
+        (NumOrName::Name("0x2a".into()), 0x2a),
+        (NumOrName::Name("40".into()), 40),
+        (NumOrName::Num(0x35), 0x35),
+        (NumOrName::Name("synchronize-cache-10".into()), 0x35),
+        (NumOrName::Name("test-unit-ready".into()), 0),
+        (NumOrName::Name("inquiry".into()), 0x12),
+        (NumOrName::Name("unmap".into()), 0x42),
+        (NumOrName::Name("write-16".into()), 0x8a),
+    ] {
+        assert_eq!(parse_opcode(&v), Ok(want), "{v:?}");
+    }
+    assert!(parse_opcode(&NumOrName::Num(256)).is_err());
+    assert!(parse_opcode(&NumOrName::Name("read-11".into())).is_err());
+    assert_eq!(opcode_name(0x28), Some("read-10"));
+    assert_eq!(opcode_name(0x9e), Some("service-action-in-16"));
+    assert_eq!(opcode_name(0xff), None);
+}
+
+#[test]
+fn syntax_error_reports_line_and_column() {
+    let e = err_text("seed = 1\n\n[[fault]]\nkind = \"lose\"\nevery = = 3\n");
+    assert!(e.starts_with("<plan>:5:"), "{e}");
+}
+
+#[test]
+fn unknown_key_reports_its_line_and_column() {
+    let e = err_text("seed = 1\n[[fault]]\nkind = \"lose\"\n  evry = 3\n");
+    assert_eq!(e, "<plan>:4:3: unknown key `evry` (did you mean `every`?)");
+    let e = err_text("[[fault]]\nkind = \"lose\"\ntarget = 300\n");
+    assert_eq!(
+        e,
+        "<plan>:3:10: invalid value: integer `300`, expected an integer from 0 to 255"
+    );
+}
+
+#[test]
+fn out_of_range_values_report_the_key_position() {
+    let cases = [
+        (
+            "[[fault]]\nkind = \"lose\"\nprobability = 1.5\n",
+            "<plan>:3:1: ",
+            "probability",
+        ),
+        (
+            "[[fault]]\nkind = \"lose\"\n every = 0\n",
+            "<plan>:3:2: ",
+            "every",
+        ),
+        (
+            "[[fault]]\nkind = \"lose\"\nwindow_ms = [5, 1]\n",
+            "<plan>:3:1: ",
+            "window_ms",
+        ),
+        (
+            "[[fault]]\nkind = \"lose\"\ntimes = 0\n",
+            "<plan>:3:1: ",
+            "times",
+        ),
+        (
+            "[[fault]]\nkind = \"lose\"\nlba = [9, 1]\n",
+            "<plan>:3:1: ",
+            "lba",
+        ),
+        (
+            "[[fault]]\nkind = \"lose\"\ndelay_ms = 3\n",
+            "<plan>:3:1: ",
+            "does not apply",
+        ),
+        (
+            "[[fault]]\nkind = \"teleport\"\n",
+            "<plan>:2:1: ",
+            "unknown fault kind",
+        ),
+        (
+            "[[fault]]\nkind = \"lose\"\nopcode = \"read-11\"\n",
+            "<plan>:3:1: ",
+            "read-11",
+        ),
+        (
+            "[[fault]]\nkind = \"lose\"\nlun = 20000\n",
+            "<plan>:3:1: ",
+            "lun",
+        ),
+        (
+            "[[fault]]\nkind = \"hang-tmf\"\ntmf = \"warp\"\n",
+            "<plan>:3:1: ",
+            "warp",
+        ),
+        (
+            "[[fault]]\nkind = \"status\"\nstatus = \"busy\"\nsense_key = 2\n",
+            "<plan>:4:1: ",
+            "check-condition",
+        ),
+        (
+            "[[fault]]\nkind = \"status\"\nstatus = \"check-condition\"\nsense_key = 16\n",
+            "<plan>:4:1: ",
+            "0xf",
+        ),
+        (
+            "[[fault]]\nkind = \"delay\"\ndistribution = \"uniform\"\nmin_ms = 9\nmax_ms = 1\n",
+            "<plan>:4:1: ",
+            "min_ms",
+        ),
+        (
+            "[[fault]]\nkind = \"lose\"\nonce = true\ntimes = 2\n",
+            "<plan>:3:1: ",
+            "once",
+        ),
+        (
+            "[[fault]]\nkind = \"drop-interrupt\"\ntmf = \"lu-reset\"\nopcode = 1\n",
+            "<plan>:4:1: ",
+            "only SCSI commands",
+        ),
+    ];
+    for (text, at, what) in cases {
+        let e = err_text(text);
+        assert!(e.starts_with(at) && e.contains(what), "{text:?} gave {e}");
+    }
+}
+
+#[test]
+fn missing_parameter_points_at_the_fault_header() {
+    let e = err_text("seed = 1\n\n[[fault]]\nkind = \"slow-tmf\"\nduration_ms = 5\n  [[fault]]\nkind = \"status\"\n");
+    assert!(e.starts_with("<plan>:6:3: fault #2: "), "{e}");
+    assert!(e.contains("needs `status`"), "{e}");
+}
+
+#[test]
+fn key_error_in_a_later_fault_points_at_that_key() {
+    let e = err_text(
+        "[[fault]]\nkind = \"lose\"\n\n[[fault]]\nkind = \"delay\"\ndelay_ms = 1\n    every = 0\n",
+    );
+    assert!(e.starts_with("<plan>:7:5: fault #2: key `every`"), "{e}");
+    let e =
+        err_text("[[fault]]\nkind = \"lose\"\n[[fault]]\nkind = \"lose\"\nqueue = \"sideways\"\n");
+    assert!(e.starts_with("<plan>:5:1: fault #2: key `queue`"), "{e}");
+}
+
+#[test]
+fn command_line_composes_file_presets_and_shorthands() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, "seed = 11\n[[fault]]\nkind = \"lose\"\n").unwrap();
+    let p = Plan::from_cli(
+        Some(&path),
+        &["hung-reset".into()],
+        &["drop-interrupt:every=2".into(), "delay:delay_ms=3".into()],
+    )
+    .unwrap();
+    assert_eq!(p.seed, 11);
+    let kinds: Vec<FaultKind> = p.faults.iter().map(|f| f.action.kind()).collect();
+    use FaultKind::*;
+    assert_eq!(kinds, vec![Lose, HangTmf, HangTmf, DropInterrupt, Delay]);
+    assert_eq!(
+        Plan::from_cli(None, &["lossy".into()], &[]).unwrap().seed,
+        4
+    );
+    assert!(Plan::from_cli(None, &[], &[]).unwrap().is_empty());
+    assert!(matches!(
+        Plan::from_cli(None, &[], &["corrupt".into()]),
+        Err(PlanError::InvalidShorthand { .. })
+    ));
+}
+
+#[test]
+fn corrupt_is_refused_without_allow_corruption() {
+    let e = err_text("[[fault]]\nkind = \"corrupt\"\n");
+    assert!(
+        e.starts_with("<plan>:2:1: ") && e.contains("allow_corruption"),
+        "{e}"
+    );
+    let p = plan("allow_corruption = true\n[[fault]]\nkind = \"corrupt\"\n");
+    assert_eq!(p.faults[0].action, FaultAction::Corrupt { bytes: 1 });
+    assert!(matches!(
+        FaultSpec::from_shorthand("corrupt:bytes=2", false),
+        Err(PlanError::InvalidShorthand { .. })
+    ));
+    let spec = FaultSpec::from_shorthand("corrupt:bytes=2", true).unwrap();
+    let mut strict = Plan::default();
+    assert!(matches!(
+        strict.push(spec.clone()),
+        Err(PlanError::CorruptionNotAllowed)
+    ));
+    let mut e = FaultEngine::new(Plan::default());
+    assert_eq!(e.add_fault(spec), Err(EngineError::CorruptionNotAllowed));
+}
+
+#[test]
+fn plan_file_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "seed = 1\n[[fault]]\nkind = \"lose\"\nprobability = -1.0\n",
+    )
+    .unwrap();
+    let e = Plan::from_file(&path).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}:4:1: fault #1: key `probability`: -1 is not between 0 and 1",
+            path.display()
+        )
+    );
+    assert!(matches!(
+        Plan::from_file(&dir.path().join("missing.toml")),
+        Err(PlanError::CouldNotRead { .. })
+    ));
+}
+
+#[test]
+fn parser_never_panics_on_mangled_plans() {
+    let base = preset_toml("error-storm").unwrap();
+    // Every prefix of a valid plan, plus a few hostile texts.
+    for end in (0..base.len()).filter(|&i| base.is_char_boundary(i)) {
+        let _ = Plan::from_toml_str(&base[..end]);
+    }
+    for text in [
+        "[[fault]]",
+        "fault = 3",
+        "[[fault]]\nkind = 3",
+        "seed = -1",
+        "\u{0}",
+        "[[fault]]\nkind=\"delay\"\ndistribution=\"long-tail\"\nmin_ms=1\nmax_ms=2\nalpha=nan",
+    ] {
+        assert!(Plan::from_toml_str(text).is_err(), "{text:?}");
+    }
+}
+
+#[test]
+fn shorthand_maps_onto_the_table_form() {
+    let short = FaultSpec::from_shorthand("drop-interrupt:every=3,queue=request", false).unwrap();
+    let long = plan("[[fault]]\nkind = \"drop-interrupt\"\nevery = 3\nqueue = \"request\"\n");
+    assert_eq!(short, long.faults[0]);
+    let s = FaultSpec::from_shorthand(
+        "lose: opcode=0x28, lba=10..20, probability=0.25, name=slow",
+        false,
+    )
+    .unwrap();
+    assert_eq!(s.matcher.opcode, Some(READ_10));
+    assert_eq!(s.matcher.lba, Some((10, 20)));
+    assert_eq!(s.trigger.probability, Some(0.25));
+    assert_eq!(s.name.as_deref(), Some("slow"));
+    let s = FaultSpec::from_shorthand("hang-tmf", false).unwrap();
+    assert_eq!(s.action, FaultAction::HangTmf);
+    for (bad, what) in [
+        ("drop-interrupt:every", "key=value"),
+        ("drop-interrupt:evry=3", "evry"),
+        ("drop-interrupt:every=0", "every"),
+        ("drop-interrupt:every=3,every=4", "twice"),
+        ("nonsense:every=3", "unknown fault kind"),
+        (":every=3", "missing fault kind"),
+        ("delay:delay_ms=fast", "delay_ms"),
+    ] {
+        match FaultSpec::from_shorthand(bad, false) {
+            Err(e @ PlanError::InvalidShorthand { .. }) => {
+                let e = e.to_string();
+                assert!(
+                    e.starts_with(&format!("--fault `{bad}`: ")) && e.contains(what),
+                    "{e}"
+                );
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn presets_are_valid_plans() {
+    for name in PRESET_NAMES {
+        let p = Plan::from_preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!p.faults.is_empty(), "{name}");
+        assert!(preset_toml(name).is_some());
+    }
+    assert!(matches!(
+        Plan::from_preset("nope"),
+        Err(PlanError::UnknownPreset { .. })
+    ));
+    let mut p = Plan::from_preset("flaky-irq").unwrap();
+    p.extend(Plan::from_preset("slow-reset").unwrap()).unwrap();
+    assert_eq!(p.faults.len(), 5);
+    assert_eq!(p.seed, 1);
+}
+
+// ---- matching ----
+
+#[test]
+fn matching_by_queue_target_lun_opcode_lba_direction() {
+    let p = plan(
+        r#"
+[[fault]]
+kind = "lose"
+queue = 3
+target = 1
+lun = 2
+opcode = "write-10"
+lba = [100, 199]
+direction = "write"
+"#,
+    );
+    let m = p.faults[0].matcher;
+    let base = RequestInfo::command(3, 1, 1, 2, WRITE_10)
+        .with_lba(96, 8)
+        .with_data(DataDirection::Write, 4096);
+    assert!(m.matches(&base));
+    assert!(m.matches(&base.with_lba(199, 1)));
+    assert!(!m.matches(&base.with_lba(200, 8)), "past the range");
+    assert!(!m.matches(&base.with_lba(90, 10)), "ends at 99");
+    assert!(!m.matches(&RequestInfo { queue: 2, ..base }));
+    assert!(!m.matches(&RequestInfo { target: 0, ..base }));
+    assert!(!m.matches(&RequestInfo { lun: 0, ..base }));
+    assert!(!m.matches(&RequestInfo {
+        opcode: Some(READ_10),
+        ..base
+    }));
+    assert!(!m.matches(&base.with_data(DataDirection::Read, 4096)));
+    assert!(!m.matches(&RequestInfo { lba: None, ..base }));
+    assert!(!m.matches(&RequestInfo::tmf(3, 1, TmfKind::AbortTask, 1, 2)));
+}
+
+#[test]
+fn matching_by_request_class_and_tmf_subtype() {
+    let p = plan(
+        r#"
+[[fault]]
+kind = "drop-interrupt"
+queue = "control"
+tmf = "abort-task"
+
+[[fault]]
+kind = "drop-interrupt"
+request = "an"
+
+[[fault]]
+kind = "delay"
+queue = "request"
+delay_ms = 1
+"#,
+    );
+    let abort = RequestInfo::tmf(0, 1, TmfKind::AbortTask, 0, 0);
+    let reset = RequestInfo::tmf(0, 2, TmfKind::LogicalUnitReset, 0, 0);
+    let an = RequestInfo::an(0, 3, 0, 0);
+    let cmd = RequestInfo::command(2, 4, 0, 0, 0);
+    let [a, b, c] = [0, 1, 2].map(|i| p.faults[i].matcher);
+    assert!(a.matches(&abort) && !a.matches(&reset) && !a.matches(&an) && !a.matches(&cmd));
+    assert!(b.matches(&an) && !b.matches(&abort) && !b.matches(&cmd));
+    assert!(c.matches(&cmd) && c.matches(&RequestInfo { queue: 7, ..cmd }) && !c.matches(&abort));
+    assert_eq!(TmfKind::from_virtio(5), TmfKind::LogicalUnitReset);
+    assert_eq!(TmfKind::from_virtio(99), TmfKind::Other(99));
+    assert!(!a.matches(&RequestInfo::tmf(0, 1, TmfKind::Other(0), 0, 0)));
+}
+
+#[test]
+fn armed_plan_that_matches_nothing_does_not_allocate() {
+    let mut e = engine(
+        r#"
+[[fault]]
+kind = "lose"
+target = 7
+
+[[fault]]
+kind = "drop-interrupt"
+opcode = "write-16"
+probability = 0.5
+
+[[fault]]
+kind = "delay"
+queue = "control"
+delay_ms = 3
+
+[[fault]]
+kind = "hang-tmf"
+"#,
+    );
+    let reqs: Vec<RequestInfo> = (0..1000).map(|i| read(i, i * 8)).collect();
+    let before = allocations();
+    let mut normal = 0;
+    for (i, r) in reqs.iter().enumerate() {
+        normal += usize::from(e.on_request(r, ms(i as u64)).is_normal());
+    }
+    assert_eq!(allocations() - before, 0);
+    assert_eq!(normal, 1000);
+    assert_eq!(e.stats().commands, 1000);
+}
+
+// ---- triggers ----
+
+#[test]
+fn trigger_always() {
+    let mut e = engine("[[fault]]\nkind = \"lose\"\n");
+    assert_eq!(fired_reads(&mut e, 5), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn trigger_every_nth() {
+    let mut e = engine("[[fault]]\nkind = \"drop-interrupt\"\nevery = 3\n");
+    assert_eq!(fired_reads(&mut e, 10), vec![3, 6, 9]);
+}
+
+#[test]
+fn trigger_after_n() {
+    let mut e = engine("[[fault]]\nkind = \"lose\"\nafter = 7\n");
+    assert_eq!(fired_reads(&mut e, 9), vec![8, 9]);
+}
+
+#[test]
+fn trigger_after_then_every() {
+    let mut e = engine("[[fault]]\nkind = \"lose\"\nafter = 2\nevery = 2\n");
+    assert_eq!(fired_reads(&mut e, 9), vec![4, 6, 8]);
+}
+
+#[test]
+fn trigger_at_most_n_times() {
+    let mut e = engine("[[fault]]\nkind = \"lose\"\nevery = 2\ntimes = 2\n");
+    assert_eq!(fired_reads(&mut e, 10), vec![2, 4]);
+    assert_eq!(e.faults().next().map(|f| (f.seen, f.fired)), Some((10, 2)));
+}
+
+#[test]
+fn trigger_one_shot() {
+    let mut e = engine("[[fault]]\nkind = \"lose\"\nafter = 1\nonce = true\n");
+    assert_eq!(fired_reads(&mut e, 5), vec![2]);
+}
+
+#[test]
+fn trigger_time_window() {
+    // fired_reads sends read i at i ms.
+    let mut e = engine("[[fault]]\nkind = \"lose\"\nwindow_ms = [3, 6]\n");
+    assert_eq!(fired_reads(&mut e, 9), vec![3, 4, 5]);
+    // Matches outside the window are not counted for `every`.
+    let mut e = engine("[[fault]]\nkind = \"lose\"\nwindow_ms = [3, 9]\nevery = 2\n");
+    assert_eq!(fired_reads(&mut e, 10), vec![4, 6, 8]);
+}
+
+#[test]
+fn trigger_probability() {
+    let mut never = engine("[[fault]]\nkind = \"lose\"\nprobability = 0.0\n");
+    assert!(fired_reads(&mut never, 200).is_empty());
+    let mut always = engine("[[fault]]\nkind = \"lose\"\nprobability = 1.0\n");
+    assert_eq!(fired_reads(&mut always, 200).len(), 200);
+    let mut some = engine("seed = 9\n[[fault]]\nkind = \"lose\"\nprobability = 0.3\n");
+    let n = fired_reads(&mut some, 2000).len();
+    assert!((500..700).contains(&n), "{n} of 2000 at p=0.3");
+}
+
+#[test]
+fn trigger_state_sequence() {
+    // blkdebug style: the first write moves to state 2; reads fail only in state 2, and
+    // the second such read moves on to state 3, where nothing fires.
+    let mut e = engine(
+        r#"
+[[fault]]
+kind = "delay"
+opcode = "write-10"
+delay_ms = 1
+state = 1
+set_state = 2
+
+[[fault]]
+kind = "status"
+opcode = "read-10"
+status = "busy"
+state = 2
+
+[[fault]]
+kind = "drop-interrupt"
+opcode = "read-10"
+state = 2
+every = 2
+set_state = 3
+"#,
+    );
+    assert!(e.on_request(&read(1, 0), ms(1)).is_normal());
+    assert_eq!(e.state(), 1);
+    assert_eq!(e.on_request(&write(2, 0), ms(2)).delay, ms(1));
+    assert_eq!(e.state(), 2);
+    let d = e.on_request(&read(3, 0), ms(3));
+    assert_eq!(d.completion, Completion::Status(StatusOverride::Busy));
+    assert!(!d.drop_interrupt);
+    let d = e.on_request(&read(4, 0), ms(4));
+    assert_eq!(d.completion, Completion::Status(StatusOverride::Busy));
+    assert!(
+        d.drop_interrupt,
+        "the state change applies after the request"
+    );
+    assert_eq!(e.state(), 3);
+    assert!(e.on_request(&read(5, 0), ms(5)).is_normal());
+    assert!(e.on_request(&write(6, 0), ms(6)).is_normal());
+}
+
+// ---- kinds ----
+
+#[test]
+fn kind_drop_interrupt() {
+    let mut e = engine("[[fault]]\nkind = \"drop-interrupt\"\nqueue = \"request\"\n");
+    let d = e.on_request(&read(1, 0), ms(0));
+    assert!(d.drop_interrupt);
+    assert_eq!(
+        (d.completion, d.delay),
+        (Completion::Normal, Duration::ZERO)
+    );
+    assert!(
+        !e.on_request(&RequestInfo::tmf(0, 2, TmfKind::AbortTask, 0, 0), ms(0))
+            .drop_interrupt
+    );
+    assert_eq!(e.stats().fired.drop_interrupt, 1);
+}
+
+#[test]
+fn kind_delay_fixed_uniform_long_tail() {
+    let mut e = engine("[[fault]]\nkind = \"delay\"\ndelay_ms = 7\n");
+    assert_eq!(e.on_request(&read(1, 0), ms(0)).delay, ms(7));
+
+    let mut e =
+        engine("[[fault]]\nkind = \"delay\"\ndistribution = \"uniform\"\nmin_ms = 2\nmax_ms = 4\n");
+    let delays: Vec<Duration> = (0..500)
+        .map(|i| e.on_request(&read(i, 0), ms(0)).delay)
+        .collect();
+    assert!(delays.iter().all(|d| (ms(2)..=ms(4)).contains(d)));
+    assert!(delays.iter().any(|d| *d < ms(3)) && delays.iter().any(|d| *d > ms(3)));
+
+    let mut e = engine(
+        "[[fault]]\nkind = \"delay\"\ndistribution = \"long-tail\"\nmin_ms = 1\nmax_ms = 100\nalpha = 1.0\n",
+    );
+    let mut delays: Vec<Duration> = (0..1000)
+        .map(|i| e.on_request(&read(i, 0), ms(0)).delay)
+        .collect();
+    assert!(delays.iter().all(|d| (ms(1)..=ms(100)).contains(d)));
+    delays.sort();
+    // Pareto(alpha 1): the median is 2x the scale, and about 1% reach the 100x cap.
+    assert!(delays[500] > Duration::from_micros(1700) && delays[500] < Duration::from_micros(2300));
+    assert!(delays.iter().filter(|d| **d == ms(100)).count() >= 3);
+
+    // Two delays add up; a delay also applies to TMFs.
+    let mut e = engine(
+        "[[fault]]\nkind = \"delay\"\ndelay_ms = 2\n[[fault]]\nkind = \"delay\"\ndelay_ms = 3\n",
+    );
+    assert_eq!(
+        e.on_request(&RequestInfo::tmf(0, 1, TmfKind::AbortTask, 0, 0), ms(0))
+            .delay,
+        ms(5)
+    );
+    assert_eq!(e.stats().fired.delay, 2);
+}
+
+#[test]
+fn kind_lose() {
+    let mut e = engine("[[fault]]\nkind = \"lose\"\nopcode = \"write-10\"\n");
+    assert_eq!(
+        e.on_request(&write(1, 0), ms(0)).completion,
+        Completion::Lose
+    );
+    assert!(e.on_request(&read(2, 0), ms(0)).is_normal());
+    assert_eq!(e.stats().fired.lose, 1);
+}
+
+#[test]
+fn kind_slow_tmf_with_busy_then_release() {
+    let mut e = engine("[[fault]]\nkind = \"slow-tmf\"\ntmf = \"lu-reset\"\nduration_ms = 100\n");
+    let d = e.on_request(
+        &RequestInfo::tmf(0, 1, TmfKind::LogicalUnitReset, 0, 0),
+        ms(10),
+    );
+    assert_eq!(
+        d.tmf,
+        TmfOutcome::Slow {
+            duration: ms(100),
+            new_commands: NewCommandPolicy::Busy
+        }
+    );
+    assert_eq!(
+        e.on_request(&read(2, 0), ms(50)).completion,
+        Completion::Status(StatusOverride::Busy)
+    );
+    let other_lun = RequestInfo {
+        lun: 1,
+        ..read(3, 0)
+    };
+    assert!(e.on_request(&other_lun, ms(50)).is_normal());
+    assert!(
+        e.on_request(&read(4, 0), ms(110)).is_normal(),
+        "the reset has finished"
+    );
+    assert_eq!(e.stats().busy_during_slow_tmf, 1);
+    assert_eq!(e.stats().fired.slow_tmf, 1);
+}
+
+#[test]
+fn kind_slow_tmf_with_hold_and_nexus_scope() {
+    let mut e = engine("[[fault]]\nkind = \"slow-tmf\"\ntmf = \"i-t-nexus-reset\"\nduration_ms = 100\nnew_commands = \"hold\"\n");
+    let d = e.on_request(&RequestInfo::tmf(0, 1, TmfKind::ITNexusReset, 0, 0), ms(0));
+    assert!(matches!(
+        d.tmf,
+        TmfOutcome::Slow {
+            new_commands: NewCommandPolicy::Hold,
+            ..
+        }
+    ));
+    // Every LUN of the target waits for the rest of the reset; other targets do not.
+    let d = e.on_request(
+        &RequestInfo {
+            lun: 5,
+            ..read(2, 0)
+        },
+        ms(30),
+    );
+    assert_eq!((d.delay, d.completion), (ms(70), Completion::Normal));
+    assert!(e
+        .on_request(
+            &RequestInfo {
+                target: 1,
+                ..read(3, 0)
+            },
+            ms(30)
+        )
+        .is_normal());
+    // A device reset ends the slow TMF at once.
+    e.on_device_reset(ms(40));
+    assert!(e.on_request(&read(4, 0), ms(41)).is_normal());
+    assert_eq!(e.stats().held_during_slow_tmf, 1);
+}
+
+#[test]
+fn kind_hang_tmf() {
+    let mut e = engine("[[fault]]\nkind = \"hang-tmf\"\ntmf = \"lu-reset\"\n");
+    assert_eq!(
+        e.on_request(
+            &RequestInfo::tmf(0, 1, TmfKind::LogicalUnitReset, 0, 0),
+            ms(0)
+        )
+        .tmf,
+        TmfOutcome::Hang
+    );
+    assert!(e
+        .on_request(&RequestInfo::tmf(0, 2, TmfKind::AbortTask, 0, 0), ms(0))
+        .is_normal());
+    assert_eq!(e.stats().fired.hang_tmf, 1);
+}
+
+#[test]
+fn kind_fail_tmf() {
+    let mut e = engine("[[fault]]\nkind = \"fail-tmf\"\ntmf = \"abort-task\"\n[[fault]]\nkind = \"fail-tmf\"\nresponse = \"failed\"\n");
+    assert_eq!(
+        e.on_request(&RequestInfo::tmf(0, 1, TmfKind::AbortTask, 0, 0), ms(0))
+            .tmf,
+        TmfOutcome::Fail(TmfFailure::FunctionRejected)
+    );
+    assert_eq!(
+        e.stats().shadowed,
+        1,
+        "the second fault fired but lost to the first"
+    );
+    assert_eq!(
+        e.on_request(
+            &RequestInfo::tmf(0, 2, TmfKind::LogicalUnitReset, 0, 0),
+            ms(0)
+        )
+        .tmf,
+        TmfOutcome::Fail(TmfFailure::Failure)
+    );
+    assert_eq!(e.stats().fired.fail_tmf, 2);
+}
+
+#[test]
+fn kind_spurious_interrupt_rate_and_burst() {
+    let mut e = engine("[[fault]]\nkind = \"spurious-interrupt\"\nqueue = \"request\"\ninterval_ms = 10\nburst = 3\n");
+    assert_eq!(e.next_due(), Some(ms(10)));
+    assert!(e.on_tick(ms(5)).is_empty());
+    assert_eq!(
+        e.on_tick(ms(10)),
+        vec![TickAction::SpuriousSignal { queue: 2, count: 3 }]
+    );
+    assert!(e.on_tick(ms(15)).is_empty());
+    // A late tick is one opportunity, and the schedule stays on its grid.
+    assert_eq!(e.on_tick(ms(47)).len(), 1);
+    assert_eq!(e.next_due(), Some(ms(50)));
+    assert_eq!(e.stats().spurious_signals, 6);
+    assert_eq!(e.stats().fired.spurious_interrupt, 2);
+    // Triggers apply to the opportunities.
+    let mut e = engine("[[fault]]\nkind = \"spurious-interrupt\"\nqueue = 4\ninterval_ms = 1\nevery = 2\ntimes = 2\n");
+    let fired: Vec<u64> = (1..=10).filter(|&t| !e.on_tick(ms(t)).is_empty()).collect();
+    assert_eq!(fired, vec![2, 4]);
+}
+
+#[test]
+fn kind_status_variants() {
+    let cases = [
+        (
+            "status = \"check-condition\"\nsense_key = 3\nasc = 0x11\nascq = 1",
+            StatusOverride::CheckCondition {
+                sense_key: 3,
+                asc: 0x11,
+                ascq: 1,
+            },
+        ),
+        ("status = \"busy\"", StatusOverride::Busy),
+        ("status = \"task-set-full\"", StatusOverride::TaskSetFull),
+        (
+            "status = \"reservation-conflict\"",
+            StatusOverride::ReservationConflict,
+        ),
+        (
+            "status = \"bad-target\"",
+            StatusOverride::Virtio(VirtioResponse::BadTarget),
+        ),
+        (
+            "status = \"transport-failure\"",
+            StatusOverride::Virtio(VirtioResponse::TransportFailure),
+        ),
+        (
+            "status = \"target-failure\"",
+            StatusOverride::Virtio(VirtioResponse::TargetFailure),
+        ),
+        (
+            "status = \"reset\"",
+            StatusOverride::Virtio(VirtioResponse::Reset),
+        ),
+        (
+            "status = \"short-transfer\"\nresidual = 512",
+            StatusOverride::ShortTransfer { residual: 512 },
+        ),
+    ];
+    for (keys, want) in cases {
+        let mut e = engine(&format!("[[fault]]\nkind = \"status\"\n{keys}\n"));
+        assert_eq!(
+            e.on_request(&read(1, 0), ms(0)).completion,
+            Completion::Status(want),
+            "{keys}"
+        );
+        assert_eq!(e.stats().fired.status, 1);
+    }
+    assert_eq!(StatusOverride::TaskSetFull.scsi_status(), Some(0x28));
+    assert_eq!(
+        StatusOverride::Virtio(VirtioResponse::Reset).scsi_status(),
+        None
+    );
+}
+
+#[test]
+fn kind_event_scheduled_and_fired_from_control() {
+    let mut e = engine("[[fault]]\nkind = \"event\"\nevent = \"transport-reset\"\nreason = \"removed\"\ntarget = 2\nat_ms = 100\n");
+    assert!(e.on_tick(ms(99)).is_empty());
+    let ev = VirtioEvent::TransportReset {
+        target: 2,
+        lun: 0,
+        reason: ResetReason::Removed,
+    };
+    assert_eq!(e.on_tick(ms(100)), vec![TickAction::PostEvent(ev)]);
+    assert!(e.on_tick(ms(1000)).is_empty(), "at_ms alone is one-shot");
+    assert_eq!(e.next_due(), None);
+    e.queue_event(VirtioEvent::EventsMissed);
+    assert_eq!(e.next_due(), Some(Duration::ZERO));
+    assert_eq!(
+        e.on_tick(ms(1001)),
+        vec![TickAction::PostEvent(VirtioEvent::EventsMissed)]
+    );
+    e.record_event_posted(&ev, ms(1002));
+    assert_eq!((e.stats().fired.event, e.stats().events_posted), (2, 1));
+}
+
+#[test]
+fn kind_corrupt_is_deterministic_and_changes_data() {
+    let text = "allow_corruption = true\nseed = 5\n[[fault]]\nkind = \"corrupt\"\nopcode = \"read-10\"\nbytes = 3\n";
+    let mut a = engine(text);
+    let mut b = engine(text);
+    let (Completion::Corrupt(ca), Completion::Corrupt(cb)) = (
+        a.on_request(&read(1, 0), ms(0)).completion,
+        b.on_request(&read(1, 0), ms(0)).completion,
+    ) else {
+        panic!("no corruption decided")
+    };
+    assert_eq!(ca, cb);
+    let clean = vec![0x5a_u8; 4096];
+    let (mut x, mut y) = (clean.clone(), clean.clone());
+    ca.apply(&mut x);
+    cb.apply(&mut y);
+    assert_eq!(x, y);
+    let changed = x.iter().zip(&clean).filter(|(p, q)| p != q).count();
+    assert!((1..=3).contains(&changed), "{changed}");
+    // The next decision flips other bytes.
+    let Completion::Corrupt(next) = a.on_request(&read(2, 0), ms(0)).completion else {
+        panic!()
+    };
+    assert_ne!(next.seed, ca.seed);
+    ca.apply(&mut []);
+}
+
+#[test]
+fn exclusive_outcomes_first_fault_wins() {
+    let mut e = engine(
+        "[[fault]]\nkind = \"status\"\nstatus = \"busy\"\n[[fault]]\nkind = \"lose\"\n[[fault]]\nkind = \"drop-interrupt\"\n",
+    );
+    let d = e.on_request(&read(1, 0), ms(0));
+    assert_eq!(d.completion, Completion::Status(StatusOverride::Busy));
+    assert!(d.drop_interrupt);
+    let s = e.stats();
+    assert_eq!(
+        (
+            s.fired.status,
+            s.fired.lose,
+            s.fired.drop_interrupt,
+            s.shadowed
+        ),
+        (1, 0, 1, 1)
+    );
+}
+
+// ---- determinism and the trace ----
+
+const MIXED_PLAN: &str = r#"
+seed = 1234
+allow_corruption = true
+
+[[fault]]
+kind = "drop-interrupt"
+probability = 0.3
+
+[[fault]]
+kind = "delay"
+distribution = "long-tail"
+min_ms = 1
+max_ms = 50
+probability = 0.5
+
+[[fault]]
+kind = "status"
+status = "busy"
+opcode = "write-10"
+probability = 0.1
+
+[[fault]]
+kind = "corrupt"
+opcode = "read-10"
+probability = 0.05
+
+[[fault]]
+kind = "slow-tmf"
+tmf = "lu-reset"
+duration_ms = 3
+
+[[fault]]
+kind = "spurious-interrupt"
+interval_ms = 7
+probability = 0.5
+"#;
+
+/// Drive an engine through a fixed request sequence with a fake clock; return the
+/// decisions, tick actions and trace text.
+fn run_script(seed: Option<u64>) -> (Vec<RequestDecision>, Vec<TickAction>, String) {
+    let buf = SharedBuf::default();
+    let mut e = engine(MIXED_PLAN);
+    if let Some(s) = seed {
+        e.set_seed(s);
+    }
+    e.set_trace(Some(Trace::to_writer(Box::new(buf.clone()))));
+    let mut decisions = Vec::new();
+    let mut ticks = Vec::new();
+    for i in 0..400u64 {
+        let now = Duration::from_micros(i * 1500);
+        let req = match i % 5 {
+            0 | 1 => read(i, i * 8),
+            2 | 3 => write(i, i * 8),
+            _ => RequestInfo::tmf(0, i, TmfKind::LogicalUnitReset, 0, 0),
+        };
+        let d = e.on_request(&req, now);
+        decisions.push(d);
+        let outcome = if d.drop_interrupt {
+            SignalOutcome::SuppressedByFault
+        } else {
+            SignalOutcome::Sent
+        };
+        e.record_complete(req.queue, req.id, "ok", Some(0), None, now + d.delay);
+        e.record_signal(req.queue, Some(req.id), outcome, now + d.delay);
+        ticks.extend(e.on_tick(now));
+    }
+    e.on_device_reset(ms(700));
+    e.flush_trace().unwrap();
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    (decisions, ticks, text)
+}
+
+#[test]
+fn same_plan_seed_and_requests_give_same_decisions_and_trace() {
+    let first = run_script(None);
+    let second = run_script(None);
+    assert_eq!(first.0, second.0);
+    assert_eq!(first.1, second.1);
+    assert_eq!(first.2, second.2, "trace bytes differ");
+    // The script exercises every kind in the plan.
+    assert!(first.0.iter().any(|d| d.drop_interrupt));
+    assert!(first
+        .0
+        .iter()
+        .any(|d| matches!(d.completion, Completion::Corrupt(_))));
+    assert!(first
+        .0
+        .iter()
+        .any(|d| matches!(d.tmf, TmfOutcome::Slow { .. })));
+    assert!(first
+        .0
+        .iter()
+        .any(|d| d.completion == Completion::Status(StatusOverride::Busy)));
+    assert!(!first.1.is_empty());
+    // Another seed decides differently.
+    let other = run_script(Some(99));
+    assert_ne!(first.0, other.0);
+}
+
+#[test]
+fn trace_lines_parse_and_cover_the_events() {
+    let (_, _, text) = run_script(None);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last_t = 0;
+    for line in text.lines() {
+        let rec = parse_line(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        seen.insert(v["ev"].as_str().unwrap().to_owned());
+        if matches!(rec.event, TraceEvent::Request { .. }) {
+            assert!(rec.t_us >= last_t, "arrivals are in time order");
+            last_t = rec.t_us;
+        }
+    }
+    for ev in [
+        "request",
+        "complete",
+        "fault",
+        "signal",
+        "signal-suppressed",
+        "spurious-signal",
+        "tmf-start",
+        "device-reset",
+    ] {
+        assert!(seen.contains(ev), "no `{ev}` record in the trace");
+    }
+    let first = text.lines().next().unwrap();
+    assert_eq!(
+        first,
+        r#"{"t_us":0,"ev":"request","queue":2,"id":0,"kind":"cmd","target":0,"lun":0,"op":"read-10","opcode":40,"lba":0,"blocks":8,"dir":"read"}"#
+    );
+}
+
+// ---- control socket ----
+
+fn shared(text: &str) -> Arc<Mutex<FaultEngine>> {
+    Arc::new(Mutex::new(engine(text)))
+}
+
+fn reply(e: &Mutex<FaultEngine>, line: &str) -> serde_json::Value {
+    let v = handle_line(e, line);
+    assert!(v.is_object() && v["ok"].is_boolean(), "{line} -> {v}");
+    v
+}
+
+#[test]
+fn control_commands() {
+    let e = shared("seed = 3\n[[fault]]\nname = \"irq\"\nkind = \"drop-interrupt\"\nevery = 2\n");
+    let v = reply(&e, r#"{"cmd":"list"}"#);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["seed"], 3);
+    assert_eq!(v["faults"][0]["id"], 1);
+    assert_eq!(
+        v["faults"][0]["fault"],
+        serde_json::json!({"kind":"drop-interrupt","name":"irq","every":2})
+    );
+
+    let v = reply(
+        &e,
+        r#"{"cmd":"add","fault":{"kind":"lose","opcode":"write-10","times":1}}"#,
+    );
+    assert_eq!((v["ok"].clone(), v["id"].clone()), (true.into(), 2.into()));
+    assert_eq!(
+        e.lock().unwrap().on_request(&write(1, 0), ms(0)).completion,
+        Completion::Lose
+    );
+
+    assert_eq!(reply(&e, r#"{"cmd":"disable","id":1}"#)["ok"], true);
+    assert!(
+        !e.lock()
+            .unwrap()
+            .on_request(&read(2, 0), ms(0))
+            .drop_interrupt
+    );
+    assert!(
+        !e.lock()
+            .unwrap()
+            .on_request(&read(3, 0), ms(0))
+            .drop_interrupt
+    );
+    assert_eq!(reply(&e, r#"{"cmd":"enable","id":1}"#)["ok"], true);
+    assert_eq!(reply(&e, r#"{"cmd":"remove","id":2}"#)["ok"], true);
+    assert_eq!(
+        reply(&e, r#"{"cmd":"list"}"#)["faults"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    assert_eq!(reply(&e, r#"{"cmd":"seed","seed":77}"#)["ok"], true);
+    assert_eq!(e.lock().unwrap().seed(), 77);
+
+    let v = reply(&e, r#"{"cmd":"stats"}"#);
+    assert_eq!(v["stats"]["commands"], 3);
+    assert_eq!(v["stats"]["fired"]["lose"], 1);
+    assert_eq!(v["stats"]["fired"]["drop-interrupt"], 0);
+
+    let v = reply(
+        &e,
+        r#"{"cmd":"fire-event","event":"param-change","target":1,"asc":42,"ascq":9}"#,
+    );
+    assert_eq!(v["ok"], true);
+    assert_eq!(
+        e.lock().unwrap().on_tick(ms(1)),
+        vec![TickAction::PostEvent(VirtioEvent::ParamChange {
+            target: 1,
+            lun: 0,
+            asc: 42,
+            ascq: 9
+        })]
+    );
+    assert_eq!(reply(&e, r#"{"cmd":"flush-trace"}"#)["ok"], true);
+}
+
+#[test]
+fn control_rejects_bad_requests_with_an_error_reply() {
+    let e = shared("");
+    for line in [
+        "not json",
+        "[1,2]",
+        r#"{"cmd":"warp"}"#,
+        r#"{"nocmd":1}"#,
+        r#"{"cmd":7}"#,
+        r#"{"cmd":"list","extra":1}"#,
+        r#"{"cmd":"remove","id":99}"#,
+        r#"{"cmd":"remove","id":-1}"#,
+        r#"{"cmd":"enable"}"#,
+        r#"{"cmd":"seed","seed":"x"}"#,
+        r#"{"cmd":"add","fault":{"kind":"lose","probability":2.0}}"#,
+        r#"{"cmd":"add","fault":{"kind":"lose","bogus":1}}"#,
+        r#"{"cmd":"add","fault":{"kind":"corrupt"}}"#,
+        r#"{"cmd":"add","fault":"lose"}"#,
+        r#"{"cmd":"fire-event","event":"meteor"}"#,
+        r#"{"cmd":"fire-event","event":"events-missed","reason":"rescan"}"#,
+    ] {
+        let v = reply(&e, line);
+        assert_eq!(v["ok"], false, "{line}");
+        assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()), "{line}");
+    }
+    assert_eq!(e.lock().unwrap().faults().count(), 0);
+}
+
+#[test]
+fn control_socket_is_0600_and_survives_a_bad_line() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::UnixStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    // A stale socket from an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let e = shared("[[fault]]\nkind = \"lose\"\n");
+    let server = ControlServer::start(&path, e.clone()).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // Nothing but the socket is left in the directory.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    let stream = UnixStream::connect(&path).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut roundtrip = |line: &str| {
+        w.write_all(line.as_bytes()).unwrap();
+        let mut out = String::new();
+        r.read_line(&mut out).unwrap();
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let bad = roundtrip("{\"cmd\":\n");
+    assert_eq!(bad["ok"], false);
+    let good = roundtrip("{\"cmd\":\"list\"}\n");
+    assert_eq!(good["ok"], true);
+    assert_eq!(good["faults"][0]["kind"], "lose");
+    let long = format!("{}\n", "x".repeat(super::control::MAX_LINE * 3 + 10));
+    assert_eq!(roundtrip(&long)["ok"], false);
+    let add = roundtrip("{\"cmd\":\"add\",\"fault\":{\"kind\":\"drop-interrupt\"}}\n");
+    assert_eq!(add["id"], 2);
+    assert_eq!(roundtrip("{\"cmd\":\"stats\"}\n")["ok"], true);
+    assert_eq!(e.lock().unwrap().faults().count(), 2);
+
+    drop(server);
+    assert!(!path.exists(), "the socket file is removed on drop");
+
+    // A path held by something that is not a socket is refused.
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"").unwrap();
+    assert!(matches!(
+        ControlServer::start(&file, e.clone()),
+        Err(super::control::ControlError::NotASocket(_))
+    ));
+    // A live server's socket is not taken over.
+    let live = dir.path().join("live.sock");
+    let first = ControlServer::start(&live, e.clone()).unwrap();
+    assert!(matches!(
+        ControlServer::start(&live, e),
+        Err(super::control::ControlError::InUse(_))
+    ));
+    drop(first);
+}
+
+#[test]
+fn extreme_values_do_not_panic() {
+    const MAX: i64 = i64::MAX;
+    let mut e = engine(&format!(
+        r#"
+[[fault]]
+kind = "delay"
+distribution = "uniform"
+min_ms = 0
+max_ms = {MAX}
+
+[[fault]]
+kind = "delay"
+distribution = "long-tail"
+min_ms = {MAX}
+max_ms = {MAX}
+alpha = 1e-300
+
+[[fault]]
+kind = "slow-tmf"
+duration_ms = {MAX}
+new_commands = "hold"
+window_ms = [0, {MAX}]
+
+[[fault]]
+kind = "spurious-interrupt"
+interval_ms = {MAX}
+burst = 4294967295
+
+[[fault]]
+kind = "drop-interrupt"
+lba = [0, 18446744073709551615]
+every = {MAX}
+after = {MAX}
+"#
+    ));
+    let huge = Duration::from_secs(u64::MAX / 4);
+    for (i, now) in [Duration::ZERO, ms(1), huge].into_iter().enumerate() {
+        let _ = e.on_request(
+            &RequestInfo::tmf(0, i as u64, TmfKind::ITNexusReset, 0, 0),
+            now,
+        );
+        let _ = e.on_request(&read(i as u64, u64::MAX).with_lba(u64::MAX, u64::MAX), now);
+        let _ = e.on_tick(now);
+    }
+    assert!(e.stats().fired.delay >= 2);
+}
+
+#[test]
+fn documented_examples_are_valid() {
+    let doc = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/fault-plan.md"
+    ));
+    let mut plans = 0;
+    for block in doc.split("```toml\n").skip(1) {
+        let text = block.split("```").next().unwrap();
+        Plan::from_toml_str(text).unwrap_or_else(|e| panic!("{e} in\n{text}"));
+        plans += 1;
+    }
+    let mut shorthands = 0;
+    for line in doc.lines().filter(|l| l.starts_with("--fault '")) {
+        let text = line
+            .trim_start_matches("--fault '")
+            .split('\'')
+            .next()
+            .unwrap();
+        FaultSpec::from_shorthand(text, false).unwrap_or_else(|e| panic!("{e}"));
+        shorthands += 1;
+    }
+    assert!(
+        plans >= 2 && shorthands >= 5,
+        "{plans} plans, {shorthands} shorthands"
+    );
+    for name in PRESET_NAMES {
+        assert!(
+            doc.contains(&format!("| `{name}` |")),
+            "preset {name} is not documented"
+        );
+    }
+}
+
+#[test]
+fn engine_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<FaultEngine>();
+    assert_send::<Trace>();
+}

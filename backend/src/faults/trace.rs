@@ -1,0 +1,249 @@
+//! The trace (`--trace FILE`): one JSON object per line, `t_us` monotonic since backend
+//! start. [`TraceRecord`] is the only place the line format is defined; the harness parses
+//! the same type back.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("could not create trace file {path}: {source}")]
+    CouldNotCreate {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("could not write trace record: {0}")]
+    CouldNotWrite(#[source] io::Error),
+    #[error("could not encode trace record: {0}")]
+    CouldNotEncode(#[source] serde_json::Error),
+}
+
+/// One trace line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceRecord<'a> {
+    /// Microseconds since backend start (monotonic clock).
+    pub t_us: u64,
+    #[serde(flatten)]
+    pub event: TraceEvent<'a>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What happened. The `ev` field names the variant in kebab case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "kebab-case")]
+pub enum TraceEvent<'a> {
+    /// A SCSI command or AN request arrived (TMFs are `tmf-start`).
+    Request {
+        queue: u16,
+        id: u64,
+        /// `cmd` or `an`.
+        kind: Cow<'a, str>,
+        target: u8,
+        lun: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        op: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        opcode: Option<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lba: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        blocks: Option<u64>,
+        dir: Cow<'a, str>,
+    },
+    /// A request was put on the used ring.
+    Complete {
+        queue: u16,
+        id: u64,
+        /// virtio response name (`ok`, `bad-target`, ...).
+        response: Cow<'a, str>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        residual: Option<u32>,
+    },
+    /// A fault fired. `fault` is the fault's id (0: a control-socket action).
+    Fault {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queue: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        fault: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<Cow<'a, str>>,
+        kind: Cow<'a, str>,
+        /// Kind-specific detail: the status, TMF response, event, policy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_us: Option<u64>,
+        /// Fired, but an earlier fault already decided the same thing for this request.
+        #[serde(default, skip_serializing_if = "is_false")]
+        shadowed: bool,
+    },
+    /// The call eventfd was written for a completion.
+    Signal {
+        queue: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// A completion did not signal the guest: `reason` is `fault` or `event-idx`.
+    SignalSuppressed {
+        queue: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        reason: Cow<'a, str>,
+    },
+    /// The call eventfd was written with no new used entry.
+    SpuriousSignal {
+        queue: u16,
+        fault: u32,
+        count: u32,
+    },
+    TmfStart {
+        queue: u16,
+        id: u64,
+        tmf: Cow<'a, str>,
+        target: u8,
+        lun: u16,
+    },
+    TmfEnd {
+        queue: u16,
+        id: u64,
+        response: Cow<'a, str>,
+    },
+    DeviceReset {},
+    /// An event was put on the event queue.
+    Event {
+        event: Cow<'a, str>,
+        target: u8,
+        lun: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<Cow<'a, str>>,
+    },
+}
+
+/// A JSON-lines trace writer.
+pub struct Trace {
+    out: BufWriter<Box<dyn Write + Send>>,
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Trace")
+    }
+}
+
+impl Trace {
+    /// Create (truncate) the trace file.
+    pub fn create(path: &Path) -> Result<Trace, TraceError> {
+        let file = File::create(path).map_err(|source| TraceError::CouldNotCreate {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Trace::to_writer(Box::new(file)))
+    }
+
+    /// Trace into any writer (tests use an in-memory one).
+    pub fn to_writer(out: Box<dyn Write + Send>) -> Trace {
+        Trace {
+            out: BufWriter::new(out),
+        }
+    }
+
+    pub fn write(&mut self, record: &TraceRecord<'_>) -> Result<(), TraceError> {
+        serde_json::to_writer(&mut self.out, record).map_err(|e| {
+            if e.is_io() {
+                TraceError::CouldNotWrite(io::Error::other(e))
+            } else {
+                TraceError::CouldNotEncode(e)
+            }
+        })?;
+        self.out.write_all(b"\n").map_err(TraceError::CouldNotWrite)
+    }
+
+    pub fn flush(&mut self) -> Result<(), TraceError> {
+        self.out.flush().map_err(TraceError::CouldNotWrite)
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        // Best effort: the writer's own drop would also flush but hide the error.
+        if let Err(e) = self.out.flush() {
+            log::warn!("could not flush the trace: {e}");
+        }
+    }
+}
+
+/// Parse one trace line (for the harness and tests).
+pub fn parse_line(line: &str) -> Result<TraceRecord<'static>, serde_json::Error> {
+    serde_json::from_str(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_one_line_each() {
+        let records = [
+            TraceRecord {
+                t_us: 12,
+                event: TraceEvent::Request {
+                    queue: 2,
+                    id: 7,
+                    kind: "cmd".into(),
+                    target: 0,
+                    lun: 1,
+                    op: Some("read-10".into()),
+                    opcode: Some(0x28),
+                    lba: Some(100),
+                    blocks: Some(8),
+                    dir: "read".into(),
+                },
+            },
+            TraceRecord {
+                t_us: 13,
+                event: TraceEvent::SignalSuppressed {
+                    queue: 2,
+                    id: Some(7),
+                    reason: "fault".into(),
+                },
+            },
+            TraceRecord {
+                t_us: 14,
+                event: TraceEvent::DeviceReset {},
+            },
+        ];
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut trace = Trace::to_writer(Box::new(super::super::tests::SharedBuf(buf.clone())));
+        for r in &records {
+            trace.write(r).unwrap();
+        }
+        trace.flush().unwrap();
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].starts_with(r#"{"t_us":12,"ev":"request","queue":2"#),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(
+            lines[1],
+            r#"{"t_us":13,"ev":"signal-suppressed","queue":2,"id":7,"reason":"fault"}"#
+        );
+        assert_eq!(lines[2], r#"{"t_us":14,"ev":"device-reset"}"#);
+        for (line, rec) in lines.iter().zip(&records) {
+            assert_eq!(&parse_line(line).unwrap(), rec);
+        }
+    }
+}
