@@ -4,7 +4,7 @@
 //! format), [`scsi`] (the target, which knows nothing about virtio).
 
 pub mod args;
+pub mod faults;
 pub mod scsi;
 pub mod vhu_scsi;
 pub mod virtio;
-pub mod faults;
