@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::scsi::MAX_LUNS;
+use crate::scsi::sense::SenseFormat;
+use crate::scsi::{Backing, LunAddress, LunSpec, MAX_LUNS};
 use crate::vhu_scsi::MAX_REQUEST_QUEUES;
 
 #[derive(Parser, Debug)]
@@ -13,8 +14,11 @@ pub struct Args {
     /// vhost-user socket to listen on; a stale file there is removed.
     #[arg(long)]
     pub socket_path: PathBuf,
-    /// Backing file of the next LUN of target 0 (LUN 0 first). `PATH,ro` makes it read-only.
-    #[arg(long = "lun", value_name = "PATH[,ro]")]
+    /// A LUN: `[T:L=]PATH[,ro][,block-size=512|4096][,sense=fixed|descriptor]`. PATH is a
+    /// file or block device, or `mem:SIZE` (K/M/G suffixes) for a RAM disk. Without `T:L=`
+    /// it is the next free LUN of target 0. `sense=descriptor` sets D_SENSE in the control
+    /// mode page, so sense data comes in descriptor format.
+    #[arg(long = "lun", value_name = "[T:L=]PATH[,ro][,block-size=N][,sense=F]")]
     pub luns: Vec<String>,
     /// Number of request queues (the device adds a control and an event queue).
     #[arg(long, default_value_t = 1)]
@@ -22,20 +26,18 @@ pub struct Args {
     /// Log at debug level unless RUST_LOG says otherwise.
     #[arg(short, long)]
     pub verbose: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LunConfig {
-    pub path: PathBuf,
-    pub read_only: bool,
+    #[command(flatten)]
+    pub faults: crate::faults::cli::FaultArgs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub socket_path: PathBuf,
-    pub luns: Vec<LunConfig>,
+    /// What `Lun::open_spec` opens, in the order given.
+    pub luns: Vec<LunSpec>,
     pub num_queues: u16,
     pub verbose: bool,
+    pub faults: crate::faults::cli::FaultArgs,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,10 +48,16 @@ pub enum ConfigError {
     NoLuns,
     #[error("too many LUNs: {0} (at most {MAX_LUNS})")]
     TooManyLuns(usize),
-    #[error("--lun {0:?}: unknown option after ',' (only \"ro\" and \"rw\" are known)")]
+    #[error("--lun {0:?}: unknown option after ',' (ro, rw, block-size=512|4096, sense=fixed|descriptor)")]
     UnknownLunOption(String),
     #[error("--lun {0:?}: empty path")]
     EmptyLunPath(String),
+    #[error("--lun {0:?}: bad T:L= address (target 0-255, LUN 0-16383)")]
+    BadLunAddress(String),
+    #[error("--lun {0:?}: bad mem:SIZE (a byte count with an optional K, M, G or T suffix)")]
+    BadMemorySize(String),
+    #[error("--lun {0:?}: block-size must be 512 or 4096")]
+    BadBlockSize(String),
 }
 
 impl TryFrom<Args> for Config {
@@ -75,24 +83,88 @@ impl TryFrom<Args> for Config {
             luns,
             num_queues: args.num_queues,
             verbose: args.verbose,
+            faults: args.faults,
         })
     }
 }
 
-fn parse_lun(spec: &str) -> Result<LunConfig, ConfigError> {
-    let (path, read_only) = match spec.rsplit_once(',') {
-        Some((path, "ro")) => (path, true),
-        Some((path, "rw")) => (path, false),
-        Some(_) => return Err(ConfigError::UnknownLunOption(spec.to_owned())),
-        None => (spec, false),
+fn parse_lun(text: &str) -> Result<LunSpec, ConfigError> {
+    let err = |f: fn(String) -> ConfigError| f(text.to_owned());
+    let mut parts = text.split(',');
+    let first = parts.next().unwrap_or_default();
+    // `T:L=` only when the part before '=' is two numbers, so paths with '=' still work.
+    let (address, path) = match first.split_once('=') {
+        Some((addr, path)) if is_address(addr) => {
+            let (t, l) = addr
+                .split_once(':')
+                .ok_or_else(|| err(ConfigError::BadLunAddress))?;
+            let target = t
+                .parse::<u8>()
+                .map_err(|_| err(ConfigError::BadLunAddress))?;
+            let lun = l
+                .parse::<u16>()
+                .map_err(|_| err(ConfigError::BadLunAddress))?;
+            if usize::from(lun) >= MAX_LUNS {
+                return Err(err(ConfigError::BadLunAddress));
+            }
+            (Some(LunAddress { target, lun }), path)
+        }
+        _ => (None, first),
     };
     if path.is_empty() {
-        return Err(ConfigError::EmptyLunPath(spec.to_owned()));
+        return Err(err(ConfigError::EmptyLunPath));
     }
-    Ok(LunConfig {
-        path: PathBuf::from(path),
+    let mut read_only = false;
+    let mut block_size = crate::scsi::BLOCK_SIZE as u32;
+    let mut sense_format = SenseFormat::Fixed;
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => read_only = true,
+            None if opt == "rw" => read_only = false,
+            Some(("block-size", v)) => {
+                block_size = match v {
+                    "512" => 512,
+                    "4096" => 4096,
+                    _ => return Err(err(ConfigError::BadBlockSize)),
+                }
+            }
+            Some(("sense", "fixed")) => sense_format = SenseFormat::Fixed,
+            Some(("sense", "descriptor")) => sense_format = SenseFormat::Descriptor,
+            _ => return Err(err(ConfigError::UnknownLunOption)),
+        }
+    }
+    let backing = match path.strip_prefix("mem:") {
+        Some(size) => {
+            Backing::Memory(parse_size(size).ok_or_else(|| err(ConfigError::BadMemorySize))?)
+        }
+        None => Backing::File(PathBuf::from(path)),
+    };
+    Ok(LunSpec {
+        backing,
         read_only,
+        block_size,
+        address,
+        sense_format,
     })
+}
+
+fn is_address(s: &str) -> bool {
+    s.split_once(':').is_some_and(|(t, l)| {
+        !t.is_empty() && !l.is_empty() && (t.bytes().chain(l.bytes())).all(|b| b.is_ascii_digit())
+    })
+}
+
+/// `64M`, `1G`, `4096`: binary multiples.
+fn parse_size(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        b'T' | b't' => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1u64 << shift).filter(|&b| b > 0)
 }
 
 #[cfg(test)]
@@ -121,16 +193,7 @@ mod tests {
         assert_eq!(c.num_queues, 1);
         assert_eq!(
             c.luns,
-            vec![
-                LunConfig {
-                    path: "a.img".into(),
-                    read_only: false
-                },
-                LunConfig {
-                    path: "b.img".into(),
-                    read_only: true
-                },
-            ]
+            vec![LunSpec::file("a.img", false), LunSpec::file("b.img", true)]
         );
     }
 
@@ -149,6 +212,52 @@ mod tests {
             parse(&["--socket-path", "s", "--lun", ",ro"]),
             Err(ConfigError::EmptyLunPath(",ro".into()))
         );
+    }
+
+    #[test]
+    fn lun_address_memory_block_size_and_sense() {
+        let c = parse(&[
+            "--socket-path",
+            "s",
+            "--lun",
+            "1:3=mem:64M,block-size=4096,sense=descriptor",
+            "--lun",
+            "dir/x=y.img,ro",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.luns[0],
+            LunSpec {
+                backing: Backing::Memory(64 << 20),
+                read_only: false,
+                block_size: 4096,
+                address: Some(LunAddress { target: 1, lun: 3 }),
+                sense_format: SenseFormat::Descriptor,
+            }
+        );
+        // '=' in a path that is not T:L stays part of the path.
+        assert_eq!(c.luns[1], LunSpec::file("dir/x=y.img", true));
+        for (bad, e) in [
+            (
+                "a,block-size=1024",
+                ConfigError::BadBlockSize as fn(String) -> ConfigError,
+            ),
+            ("mem:12Q", ConfigError::BadMemorySize),
+            ("mem:0", ConfigError::BadMemorySize),
+            ("0:16384=a", ConfigError::BadLunAddress),
+            ("256:0=a", ConfigError::BadLunAddress),
+            ("a,sense=weird", ConfigError::UnknownLunOption),
+            ("0:1=", ConfigError::EmptyLunPath),
+        ] {
+            assert_eq!(
+                parse(&["--socket-path", "s", "--lun", bad]),
+                Err(e(bad.to_owned())),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
     }
 
     #[test]

@@ -3,17 +3,26 @@
 
 use std::path::{Path, PathBuf};
 use std::process::exit;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Parser;
 use log::{error, info, warn};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
 
 use flakyhba_backend::args::{Args, Config, ConfigError};
+use flakyhba_backend::faults::{
+    ControlError, ControlServer, Epoch, FaultEngine, Plan, Trace, TraceError, PLAN_ERROR_EXIT_CODE,
+};
 use flakyhba_backend::scsi::{Lun, ScsiError, Target};
-use flakyhba_backend::vhu_scsi::VhostUserScsiBackend;
+use flakyhba_backend::vhu_scsi::{FaultContext, VhostUserScsiBackend, VhuScsiError};
+
+/// With a control socket, faults and events can be added at any time; the tick timer
+/// looks at the engine at least this often.
+const CONTROL_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 enum RunError {
@@ -30,6 +39,14 @@ enum RunError {
     CouldNotCreateDaemon(vhost_user_backend::Error),
     #[error("could not accept a frontend: {0}")]
     CouldNotAcceptFrontend(vhost_user_backend::Error),
+    #[error("could not create the trace")]
+    CouldNotCreateTrace(#[source] TraceError),
+    #[error("could not start the control socket")]
+    CouldNotStartControlSocket(#[source] ControlError),
+    #[error("could not create the device")]
+    CouldNotCreateBackend(#[source] VhuScsiError),
+    #[error("could not register a worker timer")]
+    CouldNotRegisterTimer(#[source] std::io::Error),
 }
 
 fn main() {
@@ -37,7 +54,15 @@ fn main() {
     let default_level = if args.verbose { "debug" } else { "info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .init();
-    let result = Config::try_from(args).map_err(RunError::from).and_then(run);
+    let config = Config::try_from(args).map_err(RunError::from);
+    let result = config.and_then(|config| {
+        // A bad plan is the user's input error: one line naming file:line:col, exit 2.
+        let plan = config.faults.plan().unwrap_or_else(|e| {
+            eprintln!("{e}");
+            exit(PLAN_ERROR_EXIT_CODE)
+        });
+        run(config, plan)
+    });
     if let Err(e) = result {
         // Log the whole cause chain on one line.
         let mut msg = e.to_string();
@@ -51,24 +76,62 @@ fn main() {
     }
 }
 
-fn run(config: Config) -> Result<(), RunError> {
+fn run(config: Config, plan: Plan) -> Result<(), RunError> {
     let luns = config
         .luns
         .iter()
-        .map(|l| Lun::open(&l.path, l.read_only))
+        .map(Lun::open_spec)
         .collect::<Result<Vec<_>, _>>()?;
-    for (n, (lun, cfg)) in luns.iter().zip(&config.luns).enumerate() {
+    for lun in &luns {
         info!(
-            "LUN {n}: {} ({} blocks{})",
-            cfg.path.display(),
+            "LUN {}: {} blocks of {} bytes{}",
+            lun.name(),
             lun.blocks(),
+            lun.block_size(),
             if lun.read_only() { ", read-only" } else { "" }
         );
     }
     let target = Arc::new(Target::new(luns)?);
 
+    let epoch = Epoch::start();
+    let active = config.faults.needs_engine(&plan);
+    if !plan.is_empty() {
+        info!(
+            "fault plan: {} faults, seed {}",
+            plan.faults.len(),
+            plan.seed
+        );
+    }
+    let mut engine = FaultEngine::new(plan);
+    if let Some(path) = &config.faults.trace {
+        engine.set_trace(Some(
+            Trace::create(path).map_err(RunError::CouldNotCreateTrace)?,
+        ));
+    }
+    let engine = Arc::new(Mutex::new(engine));
+
     // Before any thread exists, so that every thread inherits the blocked mask.
-    exit_on_termination_signals(config.socket_path.clone())?;
+    exit_on_termination_signals(
+        config.socket_path.clone(),
+        config.faults.control_socket.clone(),
+        engine.clone(),
+    )?;
+    // Kept for the whole run: dropping it closes the socket.
+    let _control = match &config.faults.control_socket {
+        Some(path) => {
+            let server = ControlServer::start(path, engine.clone())
+                .map_err(RunError::CouldNotStartControlSocket)?;
+            info!("control socket on {}", path.display());
+            Some(server)
+        }
+        None => None,
+    };
+    let faults = FaultContext {
+        engine: engine.clone(),
+        epoch,
+        active,
+        poll: config.faults.control_socket.as_ref().map(|_| CONTROL_POLL),
+    };
 
     // One listener for the whole run: a new frontend can connect as soon as the previous
     // one is gone. `true` removes a stale socket file.
@@ -77,17 +140,30 @@ fn run(config: Config) -> Result<(), RunError> {
     info!("listening on {}", config.socket_path.display());
     loop {
         // A fresh backend and daemon per connection: no state leaks between frontends.
-        let backend = Arc::new(VhostUserScsiBackend::new(target.clone(), config.num_queues));
+        let backend = Arc::new(
+            VhostUserScsiBackend::with_faults(target.clone(), config.num_queues, faults.clone())
+                .map_err(RunError::CouldNotCreateBackend)?,
+        );
         let mut daemon = VhostUserDaemon::new(
             "vhost-user-flakyhba".to_string(),
-            backend,
+            backend.clone(),
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
         .map_err(RunError::CouldNotCreateDaemon)?;
+        // Each worker's timer is one more fd in its epoll set (ids above the queues).
+        for (thread, handler) in daemon.get_epoll_handlers().iter().enumerate() {
+            if let Some(fd) = backend.timer_fd(thread) {
+                handler
+                    .register_listener(fd, EventSet::IN, u64::from(backend.timer_event()))
+                    .map_err(RunError::CouldNotRegisterTimer)?;
+            }
+        }
         daemon
             .start(&mut listener)
             .map_err(RunError::CouldNotAcceptFrontend)?;
         info!("frontend connected");
+        // A new frontend is a power-on from the guest's point of view.
+        target.power_on();
         match daemon.wait() {
             // A frontend that goes away is the normal end of a connection.
             Ok(())
@@ -98,12 +174,27 @@ fn run(config: Config) -> Result<(), RunError> {
         }
         // Dropping the daemon stops and joins its vring workers.
         drop(daemon);
+        // The frontend is gone: what the device held is dropped as on a device reset.
+        backend.on_disconnect();
+        if let Err(e) = lock(&engine).flush_trace() {
+            warn!("{e}");
+        }
     }
 }
 
+fn lock(engine: &Mutex<FaultEngine>) -> std::sync::MutexGuard<'_, FaultEngine> {
+    engine
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Blocks SIGINT and SIGTERM in every thread and waits for them on a dedicated one, which
-/// removes the socket and exits 0.
-fn exit_on_termination_signals(socket: PathBuf) -> Result<(), RunError> {
+/// flushes the trace, removes the sockets and exits 0.
+fn exit_on_termination_signals(
+    socket: PathBuf,
+    control: Option<PathBuf>,
+    engine: Arc<Mutex<FaultEngine>>,
+) -> Result<(), RunError> {
     let set = termination_signals();
     // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -114,7 +205,7 @@ fn exit_on_termination_signals(socket: PathBuf) -> Result<(), RunError> {
     }
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || wait_for_termination(set, &socket))
+        .spawn(move || wait_for_termination(set, &socket, control.as_deref(), &engine))
         .map_err(RunError::CouldNotHandleSignals)?;
     Ok(())
 }
@@ -131,7 +222,12 @@ fn termination_signals() -> libc::sigset_t {
     set
 }
 
-fn wait_for_termination(set: libc::sigset_t, socket: &Path) {
+fn wait_for_termination(
+    set: libc::sigset_t,
+    socket: &Path,
+    control: Option<&Path>,
+    engine: &Mutex<FaultEngine>,
+) {
     let mut sig: libc::c_int = 0;
     // SAFETY: `set` is an initialised sigset_t and `sig` a valid out pointer; the signals
     // are blocked in all threads, so sigwait is the one place that receives them.
@@ -141,6 +237,13 @@ fn wait_for_termination(set: libc::sigset_t, socket: &Path) {
         return;
     }
     info!("signal {sig} received, exiting");
+    // exit() runs no destructors: flush the trace's buffer here.
+    if let Err(e) = lock(engine).flush_trace() {
+        warn!("{e}");
+    }
     let _ = std::fs::remove_file(socket);
+    if let Some(c) = control {
+        let _ = std::fs::remove_file(c);
+    }
     exit(0);
 }

@@ -5,7 +5,8 @@ use std::io;
 use std::mem::size_of;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -13,14 +14,24 @@ use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap, Le32};
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap, Le32,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::timerfd::TimerFd;
 
-use crate::scsi::{CmdError, Target};
+use crate::faults::{Corruption, Epoch, FaultEngine, Plan, SignalOutcome};
+use crate::scsi::sense::Sense;
+use crate::scsi::{CmdError, DataIn, DataOut, LunAddress, Target};
 use crate::virtio::*;
+
+mod faulty;
+pub mod inflight;
+
+use inflight::InflightTable;
 
 /// Queue 0 is the control queue, 1 the event queue, 2.. the request queues (5.6.2).
 pub const CONTROL_QUEUE: usize = 0;
@@ -31,6 +42,8 @@ pub const MAX_REQUEST_QUEUES: u16 = 62;
 pub const QUEUE_SIZE: usize = 1024;
 
 type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
+/// A popped descriptor chain, as kept in the in-flight tables.
+pub type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VhuScsiError {
@@ -50,11 +63,50 @@ pub enum VhuScsiError {
     CouldNotCheckNotification(#[source] virtio_queue::Error),
     #[error("could not signal the used queue")]
     CouldNotSignalUsedQueue(#[source] io::Error),
+    #[error("could not create a worker timer")]
+    CouldNotCreateTimer(#[source] io::Error),
+    #[error("could not arm a worker timer")]
+    CouldNotArmTimer(#[source] io::Error),
 }
 
 impl From<VhuScsiError> for io::Error {
     fn from(e: VhuScsiError) -> Self {
         io::Error::other(e)
+    }
+}
+
+/// The fault engine as the request path sees it.
+#[derive(Clone, Debug)]
+pub struct FaultContext {
+    pub engine: Arc<Mutex<FaultEngine>>,
+    /// Every time given to the engine is measured from here.
+    pub epoch: Epoch,
+    /// False for an empty plan with no trace and no control socket: the request path then
+    /// never touches the engine.
+    pub active: bool,
+    /// With a control socket, faults and events can appear at any moment: the tick timer
+    /// runs at least this often.
+    pub poll: Option<Duration>,
+}
+
+impl FaultContext {
+    /// No faults, no trace: the request path skips the engine.
+    pub fn disabled() -> FaultContext {
+        FaultContext {
+            engine: Arc::new(Mutex::new(FaultEngine::new(Plan::default()))),
+            epoch: Epoch::start(),
+            active: false,
+            poll: None,
+        }
+    }
+
+    pub fn new(engine: Arc<Mutex<FaultEngine>>, epoch: Epoch) -> FaultContext {
+        FaultContext {
+            engine,
+            epoch,
+            active: true,
+            poll: None,
+        }
     }
 }
 
@@ -66,10 +118,56 @@ pub struct VhostUserScsiBackend {
     queue_masks: Vec<u64>,
     event_idx: AtomicBool,
     mem: Mutex<Option<GuestMemory>>,
+    faults: FaultContext,
+    /// Held requests per queue (index: global queue number).
+    inflight: Vec<Mutex<InflightTable<Chain>>>,
+    /// A clone of every vring a worker has served, so that a TMF on the control queue can
+    /// complete requests of any request queue. Lock order: this, then nothing else.
+    vrings: Mutex<Vec<Option<VringRwLock>>>,
+    /// Per worker: its vrings are in `vrings` (so a kick does not take that lock again).
+    remembered: Vec<AtomicBool>,
+    /// One timer per worker, firing at the earliest due held request (worker 0: also the
+    /// engine's ticks). None without an active engine.
+    timers: Vec<Mutex<TimerFd>>,
+    /// The next event posted carries VIRTIO_SCSI_T_EVENTS_MISSED (5.6.6.3).
+    events_missed: AtomicBool,
 }
 
 impl VhostUserScsiBackend {
     pub fn new(target: Arc<Target>, num_request_queues: u16) -> Self {
+        Self::build(
+            target,
+            num_request_queues,
+            FaultContext::disabled(),
+            Vec::new(),
+        )
+    }
+
+    /// A device whose request path asks `faults` about every request.
+    pub fn with_faults(
+        target: Arc<Target>,
+        num_request_queues: u16,
+        faults: FaultContext,
+    ) -> Result<Self, VhuScsiError> {
+        let workers = usize::from(num_request_queues.clamp(1, MAX_REQUEST_QUEUES));
+        let timers = if faults.active {
+            (0..workers)
+                .map(|_| faulty::new_timer().map(Mutex::new))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        let backend = Self::build(target, num_request_queues, faults, timers);
+        backend.rearm_timer(0)?;
+        Ok(backend)
+    }
+
+    fn build(
+        target: Arc<Target>,
+        num_request_queues: u16,
+        faults: FaultContext,
+        timers: Vec<Mutex<TimerFd>>,
+    ) -> Self {
         let num_request_queues = num_request_queues.clamp(1, MAX_REQUEST_QUEUES);
         // Worker 0 serves the control, event and first request queue; worker k the
         // request queue 2 + k.
@@ -77,13 +175,38 @@ impl VhostUserScsiBackend {
         let queue_masks = std::iter::once(first)
             .chain((1..usize::from(num_request_queues)).map(|k| 1u64 << (FIRST_REQUEST_QUEUE + k)))
             .collect();
+        let num_queues = FIRST_REQUEST_QUEUE + usize::from(num_request_queues);
         VhostUserScsiBackend {
             target,
             num_request_queues,
             queue_masks,
             event_idx: AtomicBool::new(false),
             mem: Mutex::new(None),
+            faults,
+            inflight: (0..num_queues).map(|_| Mutex::default()).collect(),
+            vrings: Mutex::new(vec![None; num_queues]),
+            remembered: (0..num_request_queues)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            timers,
+            events_missed: AtomicBool::new(false),
         }
+    }
+
+    /// The epoll id under which `main` registers each worker's timer
+    /// (`VringEpollHandler::register_listener` reserves 0..=num_queues).
+    pub fn timer_event(&self) -> u16 {
+        (self.num_queues() + 1) as u16
+    }
+
+    /// The timer fd of worker `thread`, if the fault engine is active.
+    pub fn timer_fd(&self, thread: usize) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.timers.get(thread).map(|t| lock(t).as_raw_fd())
+    }
+
+    fn engine(&self) -> MutexGuard<'_, FaultEngine> {
+        lock(&self.faults.engine)
     }
 
     fn memory(&self) -> Option<GuestMemory> {
@@ -98,6 +221,9 @@ impl VhostUserScsiBackend {
         if queue == EVENT_QUEUE {
             // Event buffers stay with the device until there is an event to post.
             return Ok(());
+        }
+        if self.faults.active {
+            return self.process_queue_with_faults(queue, vring);
         }
         let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
         let event_idx = self.event_idx.load(Ordering::Relaxed);
@@ -121,7 +247,7 @@ impl VhostUserScsiBackend {
                 } else {
                     process_request_chain(&self.target, &mem, chain)
                 };
-                complete_and_notify(vring, head, used_len)?;
+                complete_and_notify(vring, head, used_len, false)?;
             }
             // With EVENT_IDX, re-enabling reports chains that arrived meanwhile.
             if !event_idx
@@ -138,8 +264,14 @@ impl VhostUserScsiBackend {
 
 /// The one completion path of the device: add the used element, then let EVENT_IDX decide
 /// whether the driver wants an interrupt, and only then signal the call eventfd
-/// (`signal_used_queue` always signals). The fault engine will drop interrupts here.
-pub fn complete_and_notify<V>(vring: &V, head: u16, used_len: u32) -> Result<(), VhuScsiError>
+/// (`signal_used_queue` always signals). A `drop-interrupt` fault skips the signal here,
+/// leaving the used entry for the driver's timer poll to find.
+pub fn complete_and_notify<V>(
+    vring: &V,
+    head: u16,
+    used_len: u32,
+    drop_interrupt: bool,
+) -> Result<SignalOutcome, VhuScsiError>
 where
     V: VringT<GuestMemory>,
 {
@@ -149,12 +281,20 @@ where
     let needed = vring
         .needs_notification()
         .map_err(VhuScsiError::CouldNotCheckNotification)?;
-    if needed {
-        vring
-            .signal_used_queue()
-            .map_err(VhuScsiError::CouldNotSignalUsedQueue)?;
+    if !needed {
+        return Ok(SignalOutcome::SuppressedByEventIdx);
     }
-    Ok(())
+    if drop_interrupt {
+        return Ok(SignalOutcome::SuppressedByFault);
+    }
+    vring
+        .signal_used_queue()
+        .map_err(VhuScsiError::CouldNotSignalUsedQueue)?;
+    Ok(SignalOutcome::Sent)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Which global queue a worker's local event index means: the `local`-th set bit of `mask`.
@@ -194,9 +334,21 @@ impl VhostUserBackend for VhostUserScsiBackend {
     }
 
     fn reset_device(&self) {
-        // Requests are served synchronously, so nothing is in flight to cancel.
         debug!("device reset");
         self.event_idx.store(false, Ordering::Relaxed);
+        self.drop_all_inflight();
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE stops the ring: what it still holds is dropped as a reset drops
+        // it, since the driver gets its ring back and will reinitialise it.
+        if let Some(table) = self.inflight.get(queue_index as usize) {
+            let dropped = lock(table).clear();
+            if dropped > 0 {
+                debug!("queue {queue_index} stopped: {dropped} held requests dropped");
+            }
+        }
+        Ok(())
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -235,6 +387,19 @@ impl VhostUserBackend for VhostUserScsiBackend {
             return Err(VhuScsiError::UnexpectedEventSet(evset).into());
         }
         let mask = self.queue_masks.get(thread_id).copied().unwrap_or(0);
+        if self.faults.active {
+            if let Some(done) = self.remembered.get(thread_id) {
+                if !done.swap(true, Ordering::Relaxed) {
+                    self.remember_vrings(mask, vrings);
+                }
+            }
+            if device_event == self.timer_event() {
+                if let Err(e) = self.on_timer(thread_id) {
+                    log::error!("worker {thread_id} timer: {e}");
+                }
+                return Ok(());
+            }
+        }
         let (Some(queue), Some(vring)) = (
             queue_of(mask, device_event),
             vrings.get(usize::from(device_event)),
@@ -264,39 +429,108 @@ pub fn process_request_chain<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
+    serve_command(target, mem, chain, Disposition::EXECUTE).used
+}
+
+/// How a command is served: executed (with the faults that change its result), or
+/// answered without executing it.
+#[derive(Debug, Clone, Copy)]
+pub enum Disposition {
+    Execute {
+        /// Flip bytes of what the guest receives (reads) or of what is stored (writes).
+        corrupt: Option<Corruption>,
+        /// Report this many more bytes as not transferred (a short transfer).
+        extra_residual: u32,
+    },
+    /// Write this response and nothing else (status faults, aborts, resets).
+    Respond(VirtioScsiCmdResp),
+}
+
+impl Disposition {
+    pub const EXECUTE: Disposition = Disposition::Execute {
+        corrupt: None,
+        extra_residual: 0,
+    };
+}
+
+/// What serving a command wrote: the used length and, when one was written, the response.
+#[derive(Debug, Clone, Copy)]
+pub struct Served {
+    pub used: u32,
+    pub resp: Option<VirtioScsiCmdResp>,
+}
+
+/// Serves one request-queue chain as `how` says.
+pub fn serve_command<M>(
+    target: &Target,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+    how: Disposition,
+) -> Served
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let none = Served {
+        used: 0,
+        resp: None,
+    };
     let head = chain.head_index();
-    let Ok(mut writer) = chain.clone().writer(mem) else {
+    // Guest buffers walked in place: nothing is allocated for the request (issue 3.5).
+    let Ok(mut data_in) = GuestBuffer::writable(mem, chain.clone()) else {
         warn!("request {head}: writable descriptor outside guest memory, no response possible");
-        return 0;
+        return none;
     };
     let resp_len = size_of::<VirtioScsiCmdResp>();
-    if writer.available_bytes() < resp_len {
+    let Ok(mut writer) = data_in.split_at(resp_len) else {
         warn!(
             "request {head}: {} writable bytes, response needs {resp_len}",
-            writer.available_bytes()
+            DataIn::remaining(&data_in)
         );
-        return 0;
-    }
-    let data_in = match writer.split_at(resp_len) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!("request {head}: cannot split response from data-in: {e}");
-            return 0;
-        }
+        return none;
     };
-    let mut data_in = ChainDataIn { writer: data_in };
-    let resp = match execute_request(target, mem, chain, &mut data_in) {
-        Ok(resp) => resp,
-        Err(reason) => {
-            warn!("request {head}: {reason}");
-            VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_FAILURE)
+    let data_in_len = DataIn::remaining(&data_in);
+    let resp = match how {
+        Disposition::Respond(mut resp) => {
+            // Not executed: nothing of the data buffer was transferred.
+            if resp.response == VIRTIO_SCSI_S_OK {
+                let total = data_in_len.max(faulty::data_out_len(mem, &chain));
+                resp.resid = Le32::from(total as u32);
+            }
+            resp
+        }
+        Disposition::Execute {
+            corrupt,
+            extra_residual,
+        } => {
+            let mut resp = match execute_request(target, mem, chain.clone(), &mut data_in, corrupt)
+            {
+                Ok(resp) => resp,
+                Err(reason) => {
+                    warn!("request {head}: {reason}");
+                    VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_FAILURE)
+                }
+            };
+            if let Some(c) = corrupt {
+                let written = data_in.bytes_moved();
+                faulty::corrupt_data_in(mem, chain.clone(), resp_len, written, c);
+            }
+            if extra_residual > 0 && resp.response == VIRTIO_SCSI_S_OK {
+                // Never more than the whole buffer (5.6.6.1: residual counts buffer bytes).
+                let total = data_in_len.max(faulty::data_out_len(mem, &chain));
+                let resid = u32::from(resp.resid).saturating_add(extra_residual);
+                resp.resid = Le32::from(resid.min(total as u32));
+            }
+            resp
         }
     };
     if let Err(e) = writer.write_obj(resp) {
-        warn!("request {head}: cannot write response: {e}");
-        return 0;
+        warn!("request {head}: cannot write response: {e:?}");
+        return none;
     }
-    (resp_len + data_in.writer.bytes_written()) as u32
+    Served {
+        used: (resp_len + data_in.bytes_moved()) as u32,
+        resp: Some(resp),
+    }
 }
 
 /// Whether a readable descriptor follows a writable one (2.7.4.2 forbids it).
@@ -316,11 +550,13 @@ where
 }
 
 /// Parses and executes one command. `Err` is a malformed chain, described for the log.
+/// `corrupt_writes` flips bytes of the data a write stores.
 fn execute_request<M>(
     target: &Target,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
-    data_in: &mut ChainDataIn<'_>,
+    data_in: &mut GuestDataIn<'_, M>,
+    corrupt_writes: Option<Corruption>,
 ) -> Result<VirtioScsiCmdResp, String>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
@@ -328,10 +564,9 @@ where
     if readable_after_writable(chain.clone()) {
         return Err("device-readable descriptor after a device-writable one".into());
     }
-    let mut reader = chain
-        .reader(mem)
+    let mut data_out = GuestBuffer::readable(mem, chain)
         .map_err(|e| format!("readable descriptor outside guest memory: {e}"))?;
-    let readable = reader.available_bytes();
+    let readable = DataOut::remaining(&data_out);
     if readable < VIRTIO_SCSI_CMD_REQ_FIXED {
         return Err(format!("short request header: {readable} bytes"));
     }
@@ -341,37 +576,47 @@ where
             size_of::<VirtioScsiCmdReq>()
         ));
     }
-    let req: VirtioScsiCmdReq = reader
+    let req: VirtioScsiCmdReq = data_out
         .read_obj()
-        .map_err(|e| format!("cannot read request header: {e}"))?;
+        .map_err(|e| format!("cannot read request header: {e:?}"))?;
     let cdb = req.cdb;
     if let Some(len) = cdb_len_for_opcode(cdb[0]) {
         if len > VIRTIO_SCSI_CDB_SIZE {
             return Err(format!("CDB of {len} bytes exceeds cdb_size"));
         }
     }
-    let data_out = ChainDataOut { reader };
     // Without VIRTIO_SCSI_F_INOUT a request moves data in one direction only.
-    if data_out.reader.available_bytes() > 0 && data_in.writer.available_bytes() > 0 {
+    if DataOut::remaining(&data_out) > 0 && DataIn::remaining(data_in) > 0 {
         return Err("both data-out and data-in buffers without VIRTIO_SCSI_F_INOUT".into());
     }
 
     let lun = req.lun;
-    let Some(addr) = decode_lun(&lun).filter(|a| a.target == 0 && target.lun(a.lun).is_some())
+    // An absent LU is BAD_TARGET, as QEMU's virtio-scsi answers.
+    let Some(addr) = decode_lun(&lun)
+        .map(|a| LunAddress {
+            target: a.target,
+            lun: a.lun,
+        })
+        .filter(|&a| target.lu(a).is_some())
     else {
         debug!("request to absent LU {lun:02x?}");
         return Ok(VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_BAD_TARGET));
     };
-    let in_len = data_in.writer.available_bytes();
-    let mut data_out = data_out;
-    let out_len = data_out.reader.available_bytes();
-    let outcome = target.execute(addr.lun, &cdb, data_in, &mut data_out);
+    let in_len = DataIn::remaining(data_in);
+    let out_len = DataOut::remaining(&data_out);
+    let outcome = match corrupt_writes {
+        Some(c) if out_len > 0 => {
+            let mut corrupting = faulty::CorruptingDataOut::new(&mut data_out, c);
+            target.execute_at(addr, &cdb, data_in, &mut corrupting)
+        }
+        _ => target.execute_at(addr, &cdb, data_in, &mut data_out),
+    };
     // Residual: bytes of the data buffer that were not transferred (5.6.6.1). What is
     // left in the buffer is exactly that, whatever the target did.
     let resid = if out_len > 0 {
-        data_out.reader.available_bytes()
+        DataOut::remaining(&data_out)
     } else {
-        data_in.writer.available_bytes()
+        DataIn::remaining(data_in)
     };
     debug!(
         "LUN {} CDB {:02x?}: {outcome:?}",
@@ -383,11 +628,9 @@ where
             let mut resp = VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_OK);
             resp.status = outcome.status;
             resp.resid = Le32::from(resid as u32);
-            if let Some(sense) = outcome.sense {
-                let fixed = sense.to_fixed();
-                resp.sense[..fixed.len()].copy_from_slice(&fixed);
-                resp.sense_len = Le32::from(fixed.len() as u32);
-            }
+            // Fixed or descriptor format, as the LU's control mode page says.
+            let sense_len = outcome.sense_bytes(&mut resp.sense);
+            resp.sense_len = Le32::from(sense_len as u32);
             Ok(resp)
         }
         Err(CmdError::NoSuchLun(_)) => {
@@ -415,8 +658,22 @@ pub fn process_control_chain<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
+    let resp = control_response(target, mem, chain.clone());
+    write_control(mem, chain, resp)
+}
+
+/// Writes a control response (or, for a malformed request, VIRTIO_SCSI_S_FAILURE with one
+/// warning) and returns the bytes written.
+fn write_control<M>(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+    resp: Result<ControlResponse, String>,
+) -> u32
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
     let head = chain.head_index();
-    let Ok(mut writer) = chain.clone().writer(mem) else {
+    let Ok(mut writer) = chain.writer(mem) else {
         warn!("control {head}: writable descriptor outside guest memory, no response possible");
         return 0;
     };
@@ -424,7 +681,7 @@ where
         warn!("control {head}: no writable response descriptor");
         return 0;
     }
-    let written = match control_response(target, mem, chain) {
+    let written = match resp {
         Ok(ControlResponse::Tmf(resp)) => writer
             .write_obj(resp)
             .map(|_| size_of::<VirtioScsiCtrlTmfResp>()),
@@ -451,11 +708,40 @@ enum ControlResponse {
     An(VirtioScsiCtrlAnResp),
 }
 
+/// A parsed control-queue request.
+enum ControlRequest {
+    Tmf(VirtioScsiCtrlTmfReq),
+    An(VirtioScsiCtrlAnReq),
+}
+
 fn control_response<M>(
     target: &Target,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
 ) -> Result<ControlResponse, String>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    Ok(match parse_control(mem, chain)? {
+        ControlRequest::Tmf(req) => ControlResponse::Tmf(VirtioScsiCtrlTmfResp {
+            response: task_management(target, &req),
+        }),
+        ControlRequest::An(_) => an_response(),
+    })
+}
+
+/// No asynchronous events are supported: report none.
+fn an_response() -> ControlResponse {
+    ControlResponse::An(VirtioScsiCtrlAnResp {
+        event_actual: Le32::from(0),
+        response: VIRTIO_SCSI_S_OK,
+    })
+}
+
+fn parse_control<M>(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+) -> Result<ControlRequest, String>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
@@ -475,38 +761,44 @@ where
             let req: VirtioScsiCtrlTmfReq = reader
                 .read_obj()
                 .map_err(|_| "short TMF request".to_string())?;
-            Ok(ControlResponse::Tmf(VirtioScsiCtrlTmfResp {
-                response: task_management(target, &req),
-            }))
+            Ok(ControlRequest::Tmf(req))
         }
         VIRTIO_SCSI_T_AN_QUERY | VIRTIO_SCSI_T_AN_SUBSCRIBE => {
-            let _req: VirtioScsiCtrlAnReq = reader
+            let req: VirtioScsiCtrlAnReq = reader
                 .read_obj()
                 .map_err(|_| "short AN request".to_string())?;
-            // No asynchronous events are supported: report none.
-            Ok(ControlResponse::An(VirtioScsiCtrlAnResp {
-                event_actual: Le32::from(0),
-                response: VIRTIO_SCSI_S_OK,
-            }))
+            Ok(ControlRequest::An(req))
         }
         other => Err(format!("unknown control request type {other}")),
     }
 }
 
-/// Requests are served synchronously on the worker, so no task is ever in flight when a
-/// TMF arrives: aborts and resets complete at once, queries find nothing.
+/// The answer to a TMF when no task is held: aborts and resets complete at once, queries
+/// find nothing. With faults, the fault path acts on held tasks before answering.
 fn task_management(target: &Target, req: &VirtioScsiCtrlTmfReq) -> u8 {
     let lun = req.lun;
-    let exists = decode_lun(&lun).is_some_and(|a| a.target == 0 && target.lun(a.lun).is_some());
-    if !exists {
+    let Some(addr) = decode_lun(&lun)
+        .map(|a| LunAddress {
+            target: a.target,
+            lun: a.lun,
+        })
+        .filter(|&a| target.lu(a).is_some())
+    else {
         return VIRTIO_SCSI_S_BAD_TARGET;
-    }
+    };
     match u32::from(req.subtype) {
         VIRTIO_SCSI_T_TMF_ABORT_TASK
         | VIRTIO_SCSI_T_TMF_ABORT_TASK_SET
-        | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET
-        | VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET
-        | VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
+        | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
+        // The next command to the LU (or to every LU) reports the reset (SAM-5 5.14).
+        VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
+            target.nexus_reset();
+            VIRTIO_SCSI_S_FUNCTION_COMPLETE
+        }
+        VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => match target.lu_reset(addr) {
+            Ok(()) => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
+            Err(_) => VIRTIO_SCSI_S_BAD_TARGET,
+        },
         // No task to report: FUNCTION COMPLETE (SAM-5 7.9, 7.10).
         VIRTIO_SCSI_T_TMF_QUERY_TASK | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => {
             VIRTIO_SCSI_S_FUNCTION_COMPLETE
@@ -520,5 +812,9 @@ fn task_management(target: &Target, req: &VirtioScsiCtrlTmfReq) -> u8 {
     }
 }
 
+#[cfg(test)]
+mod command_tests;
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

@@ -1,13 +1,18 @@
 //! The virtio-scsi wire format (virtio 1.2 section 5.6), under the spec's names, and the
-//! data-in/data-out buffers of a request built on virtio-queue's descriptor-chain
-//! [`Reader`] and [`Writer`].
+//! data-in/data-out buffers of a request: [`GuestBuffer`], which walks the chain's
+//! descriptors and moves file data straight to and from guest memory.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
+use std::ops::Deref;
+use std::os::fd::AsRawFd;
 
-use virtio_queue::{Reader, Writer};
-use vm_memory::{ByteValued, Le32, Le64};
+use virtio_queue::DescriptorChain;
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{
+    Address, ByteValued, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Le32, Le64,
+    VolatileSlice,
+};
 
 use crate::scsi::{DataError, DataIn, DataOut};
 
@@ -58,6 +63,11 @@ pub const VIRTIO_SCSI_T_TRANSPORT_RESET: u32 = 1;
 pub const VIRTIO_SCSI_T_ASYNC_NOTIFY: u32 = 2;
 pub const VIRTIO_SCSI_T_PARAM_CHANGE: u32 = 3;
 pub const VIRTIO_SCSI_T_EVENTS_MISSED: u32 = 0x8000_0000;
+
+/// TRANSPORT_RESET event reasons (5.6.6.3.1).
+pub const VIRTIO_SCSI_EVT_RESET_HARD: u32 = 0;
+pub const VIRTIO_SCSI_EVT_RESET_RESCAN: u32 = 1;
+pub const VIRTIO_SCSI_EVT_RESET_REMOVED: u32 = 2;
 
 /// `struct virtio_scsi_req_cmd`, device-readable part, with cdb_size = 32.
 #[repr(C, packed)]
@@ -190,63 +200,322 @@ pub fn encode_lun(addr: ScsiAddress) -> [u8; 8] {
     [1, addr.target, hi, lo, 0, 0, 0, 0]
 }
 
-/// Bytes copied per step between a LUN file and guest memory. The bounce buffer lives on
-/// the worker's stack, so a request allocates nothing for its data.
-const BOUNCE_CHUNK: usize = 16 * 1024;
-
-/// The data-in part of a request chain: the writable descriptors after the response.
-pub struct ChainDataIn<'a> {
-    pub writer: Writer<'a>,
+/// A guest buffer made of one direction of a request chain's descriptors: the readable
+/// ones (up to the first writable one) or the writable ones. The descriptors are walked
+/// as data moves, so no list of them is built: a request allocates nothing for its data,
+/// and file data goes by pread/pwrite straight into or out of guest memory.
+pub struct GuestBuffer<'m, M>
+where
+    M: Deref<Target = GuestMemoryMmap>,
+{
+    mem: &'m GuestMemoryMmap,
+    /// Descriptors not yet entered.
+    chain: DescriptorChain<M>,
+    writable: bool,
+    /// The unused part of the current descriptor.
+    addr: GuestAddress,
+    left_in_desc: usize,
+    /// Bytes left in the whole buffer (or in the limit set by `split_at`).
+    remaining: usize,
+    moved: usize,
 }
 
-impl DataIn for ChainDataIn<'_> {
-    fn remaining(&self) -> usize {
-        self.writer.available_bytes()
+impl<M> Clone for GuestBuffer<'_, M>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    fn clone(&self) -> Self {
+        GuestBuffer {
+            mem: self.mem,
+            chain: self.chain.clone(),
+            writable: self.writable,
+            addr: self.addr,
+            left_in_desc: self.left_in_desc,
+            remaining: self.remaining,
+            moved: self.moved,
+        }
+    }
+}
+
+/// The data-out part of a request: the readable descriptors.
+pub type GuestDataOut<'m, M> = GuestBuffer<'m, M>;
+/// The response and data-in part of a request: the writable descriptors.
+pub type GuestDataIn<'m, M> = GuestBuffer<'m, M>;
+
+fn buffer_err(msg: impl Into<String>) -> DataError {
+    DataError::Buffer(io::Error::other(msg.into()))
+}
+
+impl<'m, M> GuestBuffer<'m, M>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    /// The device-readable descriptors of `chain`, up to the first writable one.
+    pub fn readable(mem: &'m GuestMemoryMmap, chain: DescriptorChain<M>) -> io::Result<Self> {
+        Self::new(mem, chain, false)
     }
 
-    fn write_bytes(&mut self, buf: &[u8]) -> Result<(), DataError> {
-        self.writer.write_all(buf).map_err(DataError::Buffer)
+    /// The device-writable descriptors of `chain`.
+    pub fn writable(mem: &'m GuestMemoryMmap, chain: DescriptorChain<M>) -> io::Result<Self> {
+        Self::new(mem, chain, true)
     }
 
-    // Issue 3 replaces the bounce buffer with pread straight into the chain's
-    // VolatileSlices; only this function and `read_to_file` change.
-    fn write_from_file(&mut self, file: &File, offset: u64, len: usize) -> Result<(), DataError> {
-        let mut bounce = [0u8; BOUNCE_CHUNK];
-        let mut done = 0usize;
-        while done < len {
-            let n = (len - done).min(BOUNCE_CHUNK);
-            file.read_exact_at(&mut bounce[..n], offset + done as u64)
-                .map_err(DataError::File)?;
-            self.writer
-                .write_all(&bounce[..n])
-                .map_err(DataError::Buffer)?;
+    /// Checks every descriptor of the direction against guest memory up front, as
+    /// virtio-queue's Reader and Writer do, and totals their length.
+    fn new(
+        mem: &'m GuestMemoryMmap,
+        chain: DescriptorChain<M>,
+        writable: bool,
+    ) -> io::Result<Self> {
+        let mut total = 0usize;
+        for desc in chain.clone() {
+            if desc.is_write_only() != writable {
+                if writable {
+                    continue;
+                }
+                break;
+            }
+            let len = desc.len() as usize;
+            if !mem.check_range(desc.addr(), len) {
+                return Err(io::Error::other(format!(
+                    "descriptor {:#x}+{len} outside guest memory",
+                    desc.addr().0
+                )));
+            }
+            total = total
+                .checked_add(len)
+                .ok_or_else(|| io::Error::other("descriptor chain length overflows"))?;
+        }
+        Ok(GuestBuffer {
+            mem,
+            chain,
+            writable,
+            addr: GuestAddress(0),
+            left_in_desc: 0,
+            remaining: total,
+            moved: 0,
+        })
+    }
+
+    /// Bytes moved through this buffer so far.
+    pub fn bytes_moved(&self) -> usize {
+        self.moved
+    }
+
+    /// Splits off the first `len` bytes (the response in front of data-in, say): `self`
+    /// keeps the rest. Fails when fewer than `len` bytes are left.
+    pub fn split_at(&mut self, len: usize) -> io::Result<Self> {
+        if len > self.remaining {
+            return Err(io::Error::other(format!(
+                "cannot split {len} bytes off a {}-byte buffer",
+                self.remaining
+            )));
+        }
+        let mut head = self.clone();
+        head.remaining = len;
+        head.moved = 0;
+        self.skip(len).map_err(|e| match e {
+            DataError::Buffer(e) | DataError::File(e) => e,
+        })?;
+        self.moved = 0;
+        Ok(head)
+    }
+
+    /// Moves past `len` bytes without touching them.
+    pub fn skip(&mut self, len: usize) -> Result<(), DataError> {
+        let mut left = len;
+        while left > 0 {
+            let n = self.next_segment(left)?.len();
+            self.advance(n);
+            left -= n;
+        }
+        Ok(())
+    }
+
+    /// Reads one object (a request header).
+    pub fn read_obj<T: ByteValued>(&mut self) -> Result<T, DataError> {
+        let mut obj = T::zeroed();
+        self.read_into(obj.as_mut_slice())?;
+        Ok(obj)
+    }
+
+    /// Writes one object (a response).
+    pub fn write_obj<T: ByteValued>(&mut self, obj: T) -> Result<(), DataError> {
+        self.write_from(obj.as_slice())
+    }
+
+    /// The guest memory of the next at most `max` bytes, within one descriptor and one
+    /// memory region.
+    fn next_segment(&mut self, max: usize) -> Result<VolatileSlice<'m>, DataError> {
+        if max > self.remaining {
+            return Err(buffer_err(format!(
+                "{max} bytes asked of a {}-byte buffer",
+                self.remaining
+            )));
+        }
+        while self.left_in_desc == 0 {
+            let desc = self
+                .chain
+                .next()
+                .ok_or_else(|| buffer_err("descriptor chain ended early"))?;
+            if desc.is_write_only() != self.writable {
+                if self.writable {
+                    continue;
+                }
+                return Err(buffer_err("readable descriptors ended early"));
+            }
+            self.addr = desc.addr();
+            self.left_in_desc = desc.len() as usize;
+        }
+        let want = max.min(self.left_in_desc);
+        // get_slices splits at region boundaries; the first piece is what is contiguous.
+        match self.mem.get_slices(self.addr, want).next() {
+            Some(Ok(slice)) => Ok(slice),
+            Some(Err(e)) => Err(buffer_err(format!(
+                "guest buffer at {:#x}: {e}",
+                self.addr.0
+            ))),
+            None => Err(buffer_err("empty guest buffer segment")),
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.addr = self.addr.unchecked_add(n as u64);
+        self.left_in_desc -= n;
+        self.remaining -= n;
+        self.moved += n;
+    }
+
+    fn read_into(&mut self, buf: &mut [u8]) -> Result<(), DataError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let seg = self.next_segment(buf.len() - done)?;
+            let n = seg.copy_to(&mut buf[done..]);
+            self.advance(n);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_from(&mut self, buf: &[u8]) -> Result<(), DataError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let seg = self.next_segment(buf.len() - done)?;
+            let n = seg.len();
+            seg.copy_from(&buf[done..done + n]);
+            self.advance(n);
             done += n;
         }
         Ok(())
     }
 }
 
-/// The data-out part of a request chain: the readable descriptors after the header.
-pub struct ChainDataOut<'a> {
-    pub reader: Reader<'a>,
+/// pread until `seg` is full: file straight into guest memory.
+fn pread_into(file: &File, seg: &VolatileSlice<'_>, offset: u64) -> Result<(), DataError> {
+    let guard = seg.ptr_guard_mut();
+    let mut got = 0usize;
+    while got < seg.len() {
+        let at = libc::off_t::try_from(offset + got as u64)
+            .map_err(|_| DataError::File(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        // SAFETY: the slice is `seg.len()` bytes of mapped guest memory, kept mapped by
+        // `guard`; the kernel writes at most `seg.len() - got` bytes from offset `got`.
+        let r = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                guard.as_ptr().add(got).cast(),
+                seg.len() - got,
+                at,
+            )
+        };
+        match r {
+            0 => return Err(DataError::File(io::ErrorKind::UnexpectedEof.into())),
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(DataError::File(e));
+                }
+            }
+            r => got += r as usize,
+        }
+    }
+    seg.bitmap().mark_dirty(0, seg.len());
+    Ok(())
 }
 
-impl DataOut for ChainDataOut<'_> {
+/// pwrite until all of `seg` is in the file: guest memory straight into the file.
+fn pwrite_from(file: &File, seg: &VolatileSlice<'_>, offset: u64) -> Result<(), DataError> {
+    let guard = seg.ptr_guard();
+    let mut put = 0usize;
+    while put < seg.len() {
+        let at = libc::off_t::try_from(offset + put as u64)
+            .map_err(|_| DataError::File(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        // SAFETY: the slice is `seg.len()` bytes of mapped guest memory, kept mapped by
+        // `guard`; the kernel reads at most `seg.len() - put` bytes from offset `put`.
+        let r = unsafe {
+            libc::pwrite(
+                file.as_raw_fd(),
+                guard.as_ptr().add(put).cast(),
+                seg.len() - put,
+                at,
+            )
+        };
+        match r {
+            0 => return Err(DataError::File(io::ErrorKind::WriteZero.into())),
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(DataError::File(e));
+                }
+            }
+            r => put += r as usize,
+        }
+    }
+    Ok(())
+}
+
+impl<M> DataIn for GuestBuffer<'_, M>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
     fn remaining(&self) -> usize {
-        self.reader.available_bytes()
+        self.remaining
+    }
+
+    fn write_bytes(&mut self, buf: &[u8]) -> Result<(), DataError> {
+        self.write_from(buf)
+    }
+
+    fn write_from_file(&mut self, file: &File, offset: u64, len: usize) -> Result<(), DataError> {
+        let mut done = 0usize;
+        while done < len {
+            let seg = self.next_segment(len - done)?;
+            pread_into(file, &seg, offset + done as u64)?;
+            self.advance(seg.len());
+            done += seg.len();
+        }
+        Ok(())
+    }
+}
+
+impl<M> DataOut for GuestBuffer<'_, M>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn read_bytes(&mut self, buf: &mut [u8]) -> Result<(), DataError> {
+        self.read_into(buf)
     }
 
     fn read_to_file(&mut self, file: &File, offset: u64, len: usize) -> Result<(), DataError> {
-        let mut bounce = [0u8; BOUNCE_CHUNK];
         let mut done = 0usize;
         while done < len {
-            let n = (len - done).min(BOUNCE_CHUNK);
-            self.reader
-                .read_exact(&mut bounce[..n])
-                .map_err(DataError::Buffer)?;
-            file.write_all_at(&bounce[..n], offset + done as u64)
-                .map_err(DataError::File)?;
-            done += n;
+            let seg = self.next_segment(len - done)?;
+            pwrite_from(file, &seg, offset + done as u64)?;
+            self.advance(seg.len());
+            done += seg.len();
         }
         Ok(())
     }

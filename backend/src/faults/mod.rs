@@ -4,6 +4,7 @@
 //! request and [`FaultEngine::on_tick`] from its timer; it reports what it did with the
 //! `record_*` methods so that the trace shows signals, completions and resets.
 
+pub mod cli;
 pub mod control;
 pub mod engine;
 pub mod plan;

@@ -1,18 +1,19 @@
-//! The SCSI target model: one target (id 0) with file-backed LUNs, SPC/SBC commands and
-//! sense data. It knows nothing about virtio: data moves through [`DataIn`] and [`DataOut`],
-//! which the transport implements over guest memory.
+//! The SCSI target model: targets with file- or RAM-backed LUNs, SPC/SBC commands, sense
+//! data and unit attention. It knows nothing about virtio: data moves through [`DataIn`]
+//! and [`DataOut`], which the transport implements over guest memory.
 
+mod lun;
+mod sbc;
 pub mod sense;
+mod spc;
 
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::PathBuf;
 
-use log::warn;
+use self::lun::{memory_serial, ua};
+pub use self::lun::{Backing, Lun, LunAddress, LunSpec, BLOCK_SIZE};
+use self::sense::{status, Sense, SenseFormat};
 
-use self::sense::{status, Sense, FIXED_SENSE_LEN};
-
-/// Logical block size of every LUN.
-pub const BLOCK_SIZE: u64 = 512;
 /// Flat-space LUNs are 14 bits wide (SAM-5 4.7.7).
 pub const MAX_LUNS: usize = 0x4000;
 
@@ -20,16 +21,34 @@ pub const MAX_LUNS: usize = 0x4000;
 pub mod opcode {
     pub const TEST_UNIT_READY: u8 = 0x00;
     pub const REQUEST_SENSE: u8 = 0x03;
+    pub const READ_6: u8 = 0x08;
+    pub const WRITE_6: u8 = 0x0a;
     pub const INQUIRY: u8 = 0x12;
+    pub const MODE_SENSE_6: u8 = 0x1a;
+    pub const START_STOP_UNIT: u8 = 0x1b;
     pub const READ_CAPACITY_10: u8 = 0x25;
     pub const READ_10: u8 = 0x28;
     pub const WRITE_10: u8 = 0x2a;
+    pub const VERIFY_10: u8 = 0x2f;
+    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const WRITE_SAME_10: u8 = 0x41;
+    pub const UNMAP: u8 = 0x42;
+    pub const MODE_SENSE_10: u8 = 0x5a;
     pub const READ_16: u8 = 0x88;
     pub const WRITE_16: u8 = 0x8a;
+    pub const VERIFY_16: u8 = 0x8f;
+    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    pub const WRITE_SAME_16: u8 = 0x93;
     pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
     pub const REPORT_LUNS: u8 = 0xa0;
+    pub const MAINTENANCE_IN: u8 = 0xa3;
+    pub const READ_12: u8 = 0xa8;
+    pub const WRITE_12: u8 = 0xaa;
+    pub const VERIFY_12: u8 = 0xaf;
     /// Service action of SERVICE ACTION IN(16) for READ CAPACITY(16).
     pub const SAI_READ_CAPACITY_16: u8 = 0x10;
+    /// Service action of MAINTENANCE IN for REPORT SUPPORTED OPERATION CODES.
+    pub const MI_REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0c;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,16 +59,32 @@ pub enum ScsiError {
         #[source]
         source: std::io::Error,
     },
-    #[error("could not read the size of LUN backing file {path}")]
+    #[error("could not create the memory for a RAM-backed LUN")]
+    CouldNotCreateMemoryLun(#[source] std::io::Error),
+    #[error("could not read the size of LUN backing {name}")]
     CouldNotSizeLun {
-        path: PathBuf,
+        name: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("LUN backing file {0} is smaller than one block")]
-    LunTooSmall(PathBuf),
+    #[error("LUN backing {0} is smaller than one block")]
+    LunTooSmall(String),
+    #[error("block size {0} is not supported (512 or 4096)")]
+    InvalidBlockSize(u32),
     #[error("too many LUNs: {0} (at most {MAX_LUNS})")]
     TooManyLuns(usize),
+    #[error("two LUNs at target {} LUN {}", .0.target, .0.lun)]
+    DuplicateLunAddress(LunAddress),
+    #[error("LUN {} is beyond the 14-bit flat space", .0.lun)]
+    LunOutOfRange(LunAddress),
+    #[error("no LU at target {} LUN {}", .0.target, .0.lun)]
+    NoSuchLu(LunAddress),
+    #[error("could not resize the backing of LU {name}")]
+    CouldNotResizeLun {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why moving data between a LUN file and the initiator's buffer failed.
@@ -75,6 +110,8 @@ pub trait DataIn {
 pub trait DataOut {
     /// Bytes left in the buffer.
     fn remaining(&self) -> usize;
+    /// Copies the next `buf.len()` bytes of the buffer into `buf` (`<= remaining()`).
+    fn read_bytes(&mut self, buf: &mut [u8]) -> Result<(), DataError>;
     /// Copies `len` bytes of the buffer into `file` at `offset` (`len <= remaining()`).
     fn read_to_file(&mut self, file: &File, offset: u64, len: usize) -> Result<(), DataError>;
 }
@@ -84,26 +121,36 @@ pub trait DataOut {
 pub struct CmdOutcome {
     pub status: u8,
     pub sense: Option<Sense>,
+    /// The format the LU's control mode page (D_SENSE) asks for.
+    pub sense_format: SenseFormat,
 }
 
 impl CmdOutcome {
     pub const GOOD: CmdOutcome = CmdOutcome {
         status: status::GOOD,
         sense: None,
+        sense_format: SenseFormat::Fixed,
     };
 
     pub fn check_condition(sense: Sense) -> Self {
         CmdOutcome {
             status: status::CHECK_CONDITION,
             sense: Some(sense),
+            sense_format: SenseFormat::Fixed,
         }
+    }
+
+    /// Writes the autosense data in the LU's format into `out`; returns its length (0
+    /// without sense).
+    pub fn sense_bytes(&self, out: &mut [u8]) -> usize {
+        self.sense.map_or(0, |s| s.encode(self.sense_format, out))
     }
 }
 
 /// A command that could not reach the SCSI layer's own status: the transport reports it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CmdError {
-    /// No LU with this number.
+    /// No LU with this number (and, for [`Target::execute_at`], no such target).
     NoSuchLun(u16),
     /// The data-in buffer is smaller than the transfer the CDB asks for.
     DataInTooSmall { needed: u64, available: usize },
@@ -113,82 +160,274 @@ pub enum CmdError {
     BufferAccess(String),
 }
 
-/// A LUN backed by a regular file or block device.
-#[derive(Debug)]
-pub struct Lun {
-    file: File,
-    read_only: bool,
-    /// Capacity in blocks; a partial trailing block of the file is not exposed.
-    blocks: u64,
+type CmdResult = Result<CmdOutcome, CmdError>;
+type Handler = fn(&Target, &Lun, &[u8], &mut dyn DataIn, &mut dyn DataOut) -> CmdResult;
+
+/// Command flags of the table.
+mod flag {
+    /// Neither reports nor clears a unit attention (SPC-4 5.14: INQUIRY, REPORT LUNS,
+    /// REQUEST SENSE).
+    pub const UA_EXEMPT: u8 = 1 << 0;
+    /// Touches the medium: NOT READY while the LU is stopped.
+    pub const MEDIUM: u8 = 1 << 1;
+    /// Offered only on LUs whose backing can punch holes.
+    pub const NEEDS_PUNCH: u8 = 1 << 2;
 }
 
-impl Lun {
-    pub fn open(path: &Path, read_only: bool) -> Result<Self, ScsiError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| ScsiError::CouldNotOpenLun {
-                path: path.to_owned(),
-                source,
-            })?;
-        let size = file_size(&file).map_err(|source| ScsiError::CouldNotSizeLun {
-            path: path.to_owned(),
-            source,
-        })?;
-        let blocks = size / BLOCK_SIZE;
-        if blocks == 0 {
-            return Err(ScsiError::LunTooSmall(path.to_owned()));
+/// One implemented command. The dispatcher and REPORT SUPPORTED OPERATION CODES both read
+/// [`COMMANDS`], so the list reported is the list served.
+pub struct Command {
+    pub opcode: u8,
+    pub service_action: Option<u8>,
+    pub name: &'static str,
+    /// CDB usage data (SPC-4 6.35.3): its length is the CDB length.
+    pub usage: &'static [u8],
+    flags: u8,
+    handler: Handler,
+}
+
+impl Command {
+    /// Whether `lu` offers this command.
+    pub fn offered_by(&self, lu: &Lun) -> bool {
+        self.flags & flag::NEEDS_PUNCH == 0 || lu.can_punch()
+    }
+}
+
+const fn cmd(
+    opcode: u8,
+    service_action: Option<u8>,
+    name: &'static str,
+    usage: &'static [u8],
+    flags: u8,
+    handler: Handler,
+) -> Command {
+    Command {
+        opcode,
+        service_action,
+        name,
+        usage,
+        flags,
+        handler,
+    }
+}
+
+use self::flag::{MEDIUM, NEEDS_PUNCH, UA_EXEMPT};
+use self::opcode as op;
+
+/// Every command the target implements, by opcode and service action. One line per
+/// command keeps the table readable.
+#[rustfmt::skip]
+pub static COMMANDS: &[Command] = &[
+    cmd(op::TEST_UNIT_READY, None, "TEST UNIT READY", &[0x00, 0, 0, 0, 0, 0], MEDIUM, spc::test_unit_ready),
+    cmd(op::REQUEST_SENSE, None, "REQUEST SENSE", &[0x03, 0x01, 0, 0, 0xff, 0], UA_EXEMPT, spc::request_sense),
+    cmd(op::READ_6, None, "READ(6)", &[0x08, 0x1f, 0xff, 0xff, 0xff, 0], MEDIUM, sbc::read),
+    cmd(op::WRITE_6, None, "WRITE(6)", &[0x0a, 0x1f, 0xff, 0xff, 0xff, 0], MEDIUM, sbc::write),
+    cmd(op::INQUIRY, None, "INQUIRY", &[0x12, 0x01, 0xff, 0xff, 0xff, 0], UA_EXEMPT, spc::inquiry),
+    cmd(op::MODE_SENSE_6, None, "MODE SENSE(6)", &[0x1a, 0x08, 0xff, 0xff, 0xff, 0], 0, spc::mode_sense),
+    cmd(op::START_STOP_UNIT, None, "START STOP UNIT", &[0x1b, 0x01, 0, 0x0f, 0xf7, 0], 0, sbc::start_stop_unit),
+    cmd(op::READ_CAPACITY_10, None, "READ CAPACITY(10)", &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], MEDIUM, sbc::read_capacity_10),
+    cmd(op::READ_10, None, "READ(10)", &[0x28, 0x18, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0], MEDIUM, sbc::read),
+    cmd(op::WRITE_10, None, "WRITE(10)", &[0x2a, 0x18, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0], MEDIUM, sbc::write),
+    cmd(op::VERIFY_10, None, "VERIFY(10)", &[0x2f, 0x06, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0], MEDIUM, sbc::verify),
+    cmd(op::SYNCHRONIZE_CACHE_10, None, "SYNCHRONIZE CACHE(10)", &[0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0], MEDIUM, sbc::synchronize_cache),
+    cmd(op::WRITE_SAME_10, None, "WRITE SAME(10)", &[0x41, 0x08, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0], MEDIUM, sbc::write_same),
+    cmd(op::UNMAP, None, "UNMAP", &[0x42, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0], MEDIUM | NEEDS_PUNCH, sbc::unmap),
+    cmd(op::MODE_SENSE_10, None, "MODE SENSE(10)", &[0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0], 0, spc::mode_sense),
+    cmd(op::READ_16, None, "READ(16)", &[0x88, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], MEDIUM, sbc::read),
+    cmd(op::WRITE_16, None, "WRITE(16)", &[0x8a, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], MEDIUM, sbc::write),
+    cmd(op::VERIFY_16, None, "VERIFY(16)", &[0x8f, 0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], MEDIUM, sbc::verify),
+    cmd(op::SYNCHRONIZE_CACHE_16, None, "SYNCHRONIZE CACHE(16)", &[0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], MEDIUM, sbc::synchronize_cache),
+    cmd(op::WRITE_SAME_16, None, "WRITE SAME(16)", &[0x93, 0x09, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], MEDIUM, sbc::write_same),
+    cmd(op::SERVICE_ACTION_IN_16, Some(op::SAI_READ_CAPACITY_16), "READ CAPACITY(16)", &[0x9e, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], MEDIUM, sbc::read_capacity_16),
+    cmd(op::REPORT_LUNS, None, "REPORT LUNS", &[0xa0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], UA_EXEMPT, spc::report_luns),
+    cmd(op::MAINTENANCE_IN, Some(op::MI_REPORT_SUPPORTED_OPERATION_CODES), "REPORT SUPPORTED OPERATION CODES", &[0xa3, 0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], 0, spc::report_supported_operation_codes),
+    cmd(op::READ_12, None, "READ(12)", &[0xa8, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], MEDIUM, sbc::read),
+    cmd(op::WRITE_12, None, "WRITE(12)", &[0xaa, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], MEDIUM, sbc::write),
+    cmd(op::VERIFY_12, None, "VERIFY(12)", &[0xaf, 0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], MEDIUM, sbc::verify),
+];
+
+/// Whether any command of the table uses service actions under `opcode`.
+fn has_service_actions(opcode: u8) -> bool {
+    COMMANDS
+        .iter()
+        .any(|c| c.opcode == opcode && c.service_action.is_some())
+}
+
+/// The table entry for a CDB: `Err` carries the sense for an unknown opcode or service
+/// action.
+fn lookup(cdb: &[u8]) -> Result<&'static Command, Sense> {
+    let opcode = cdb_byte(cdb, 0);
+    let sa = cdb_byte(cdb, 1) & 0x1f;
+    let mut opcode_known = false;
+    for c in COMMANDS.iter().filter(|c| c.opcode == opcode) {
+        opcode_known = true;
+        match c.service_action {
+            None => return Ok(c),
+            Some(s) if s == sa => return Ok(c),
+            Some(_) => {}
         }
-        Ok(Lun {
-            file,
-            read_only,
-            blocks,
-        })
     }
-
-    pub fn blocks(&self) -> u64 {
-        self.blocks
-    }
-
-    pub fn read_only(&self) -> bool {
-        self.read_only
-    }
+    Err(if opcode_known {
+        Sense::INVALID_FIELD_IN_CDB
+    } else {
+        Sense::INVALID_COMMAND_OPERATION_CODE
+    })
 }
 
-/// Size of a regular file or of a block device (whose metadata length is 0).
-fn file_size(file: &File) -> std::io::Result<u64> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = file;
-    let end = f.seek(SeekFrom::End(0))?;
-    f.seek(SeekFrom::Start(0))?;
-    Ok(end)
-}
-
-/// SCSI target 0 and its LUNs, numbered in the order given.
+/// The backend's SCSI bus: LUs on one or more targets. The name is historical (one target
+/// at first); a transport addresses LUs with [`LunAddress`].
 #[derive(Debug)]
 pub struct Target {
+    /// Sorted by address.
     luns: Vec<Lun>,
 }
 
 impl Target {
+    /// Places every LU: those without an address go to the next free LUN of target 0, in
+    /// order. No unit attention is pending: call [`Target::power_on`] for that.
     pub fn new(luns: Vec<Lun>) -> Result<Self, ScsiError> {
         if luns.len() > MAX_LUNS {
             return Err(ScsiError::TooManyLuns(luns.len()));
         }
-        Ok(Target { luns })
+        let mut placed: Vec<Lun> = Vec::with_capacity(luns.len());
+        let (fixed, auto): (Vec<Lun>, Vec<Lun>) =
+            luns.into_iter().partition(|l| l.address.is_some());
+        for lu in fixed {
+            let addr = lu.address.unwrap_or(LunAddress { target: 0, lun: 0 });
+            if usize::from(addr.lun) >= MAX_LUNS {
+                return Err(ScsiError::LunOutOfRange(addr));
+            }
+            if placed.iter().any(|p| p.address == Some(addr)) {
+                return Err(ScsiError::DuplicateLunAddress(addr));
+            }
+            placed.push(lu);
+        }
+        let mut next = 0u16;
+        for mut lu in auto {
+            while placed.iter().any(|p| {
+                p.address
+                    == Some(LunAddress {
+                        target: 0,
+                        lun: next,
+                    })
+            }) {
+                next += 1;
+            }
+            let addr = LunAddress {
+                target: 0,
+                lun: next,
+            };
+            if usize::from(next) >= MAX_LUNS {
+                return Err(ScsiError::TooManyLuns(MAX_LUNS + 1));
+            }
+            lu.address = Some(addr);
+            placed.push(lu);
+        }
+        for lu in &mut placed {
+            if let (Some(bytes), Some(addr)) = (lu.memory_bytes(), lu.address) {
+                lu.set_serial(memory_serial(addr, bytes));
+            }
+        }
+        placed.sort_by_key(|l| l.address);
+        Ok(Target { luns: placed })
     }
 
+    /// The LU at LUN `lun` of target 0.
     pub fn lun(&self, lun: u16) -> Option<&Lun> {
-        self.luns.get(usize::from(lun))
+        self.lu(LunAddress { target: 0, lun })
+    }
+
+    pub fn lu(&self, addr: LunAddress) -> Option<&Lun> {
+        self.luns
+            .binary_search_by_key(&Some(addr), |l| l.address)
+            .ok()
+            .map(|i| &self.luns[i])
+    }
+
+    /// Whether target `id` has any LU (a command to one of its absent LUNs still gets a
+    /// SCSI answer).
+    pub fn has_target(&self, id: u8) -> bool {
+        self.luns
+            .iter()
+            .any(|l| l.address.is_some_and(|a| a.target == id))
     }
 
     pub fn lun_count(&self) -> usize {
         self.luns.len()
     }
 
-    /// Executes one CDB on `lun`. Guest mistakes in the CDB become CHECK CONDITION with
-    /// sense data; only buffer problems and a missing LU come back as [`CmdError`].
+    /// Every LU with its address, in address order.
+    pub fn luns(&self) -> impl Iterator<Item = (LunAddress, &Lun)> {
+        self.luns.iter().filter_map(|l| l.address.map(|a| (a, l)))
+    }
+
+    /// Power on: every LU reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29/00) and
+    /// is started.
+    pub fn power_on(&self) {
+        for lu in &self.luns {
+            lu.set_stopped(false);
+            lu.raise_ua(ua::POWER_ON);
+        }
+    }
+
+    /// LOGICAL UNIT RESET: the LU reports 29/03 next.
+    pub fn lu_reset(&self, addr: LunAddress) -> Result<(), ScsiError> {
+        self.lu(addr)
+            .ok_or(ScsiError::NoSuchLu(addr))?
+            .raise_ua(ua::LU_RESET);
+        Ok(())
+    }
+
+    /// I_T NEXUS RESET of the single initiator: every LU reports 29/07 next.
+    pub fn nexus_reset(&self) {
+        for lu in &self.luns {
+            lu.raise_ua(ua::I_T_NEXUS_LOSS);
+        }
+    }
+
+    /// Resizes the LU's backing to `blocks` blocks and raises CAPACITY DATA HAS CHANGED.
+    pub fn set_capacity(&self, addr: LunAddress, blocks: u64) -> Result<(), ScsiError> {
+        let lu = self.lu(addr).ok_or(ScsiError::NoSuchLu(addr))?;
+        let bytes = blocks
+            .checked_mul(u64::from(lu.block_size()))
+            .filter(|&b| b > 0)
+            .ok_or_else(|| ScsiError::LunTooSmall(lu.name().to_owned()))?;
+        lu.file
+            .set_len(bytes)
+            .map_err(|source| ScsiError::CouldNotResizeLun {
+                name: lu.name().to_owned(),
+                source,
+            })?;
+        lu.set_blocks(blocks);
+        lu.raise_ua(ua::CAPACITY_CHANGED);
+        Ok(())
+    }
+
+    /// Re-reads the backing's size (for a file grown or shrunk from outside); a change
+    /// raises CAPACITY DATA HAS CHANGED. Returns whether the capacity changed.
+    pub fn refresh_capacity(&self, addr: LunAddress) -> Result<bool, ScsiError> {
+        let lu = self.lu(addr).ok_or(ScsiError::NoSuchLu(addr))?;
+        let len = lu
+            .backing_len()
+            .map_err(|source| ScsiError::CouldNotSizeLun {
+                name: lu.name().to_owned(),
+                source,
+            })?;
+        let blocks = len / u64::from(lu.block_size());
+        if blocks == 0 || blocks == lu.blocks() {
+            return Ok(false);
+        }
+        lu.set_blocks(blocks);
+        lu.raise_ua(ua::CAPACITY_CHANGED);
+        Ok(true)
+    }
+
+    /// Whether `addr` has a unit attention pending (for tests and the trace).
+    pub fn unit_attention_pending(&self, addr: LunAddress) -> bool {
+        self.lu(addr).is_some_and(Lun::ua_pending)
+    }
+
+    /// Executes one CDB on LUN `lun` of target 0.
     pub fn execute(
         &self,
         lun: u16,
@@ -196,71 +435,63 @@ impl Target {
         data_in: &mut dyn DataIn,
         data_out: &mut dyn DataOut,
     ) -> Result<CmdOutcome, CmdError> {
-        let lu = self.lun(lun).ok_or(CmdError::NoSuchLun(lun))?;
-        let Some(&op) = cdb.first() else {
-            return Ok(CmdOutcome::check_condition(
-                Sense::INVALID_COMMAND_OPERATION_CODE,
-            ));
+        self.execute_at(LunAddress { target: 0, lun }, cdb, data_in, data_out)
+    }
+
+    /// Executes one CDB. Guest mistakes in the CDB become CHECK CONDITION with sense data;
+    /// only buffer problems and an absent target come back as [`CmdError`]. An absent LUN
+    /// of a present target answers INQUIRY (peripheral qualifier 3), REPORT LUNS and
+    /// REQUEST SENSE, and LOGICAL UNIT NOT SUPPORTED otherwise (SPC-4 4.6.4).
+    pub fn execute_at(
+        &self,
+        addr: LunAddress,
+        cdb: &[u8],
+        data_in: &mut dyn DataIn,
+        data_out: &mut dyn DataOut,
+    ) -> Result<CmdOutcome, CmdError> {
+        let Some(lu) = self.lu(addr) else {
+            if !self.has_target(addr.target) {
+                return Err(CmdError::NoSuchLun(addr.lun));
+            }
+            return spc::absent_lun(self, addr, cdb, data_in);
         };
-        match op {
-            opcode::TEST_UNIT_READY => Ok(CmdOutcome::GOOD),
-            opcode::REQUEST_SENSE => request_sense(cdb, data_in),
-            opcode::INQUIRY => inquiry(cdb, data_in),
-            opcode::REPORT_LUNS => self.report_luns(cdb, data_in),
-            opcode::READ_CAPACITY_10 => read_capacity_10(lu, data_in),
-            opcode::SERVICE_ACTION_IN_16 => match cdb_byte(cdb, 1) & 0x1f {
-                opcode::SAI_READ_CAPACITY_16 => read_capacity_16(lu, cdb, data_in),
-                _ => Ok(CmdOutcome::check_condition(Sense::INVALID_FIELD_IN_CDB)),
-            },
-            opcode::READ_10 => {
-                let lba = u64::from(be_u32(cdb, 2));
-                let blocks = u32::from(be_u16(cdb, 7));
-                read(lu, lba, blocks, data_in)
-            }
-            opcode::READ_16 => read(lu, be_u64(cdb, 2), be_u32(cdb, 10), data_in),
-            opcode::WRITE_10 => {
-                let lba = u64::from(be_u32(cdb, 2));
-                let blocks = u32::from(be_u16(cdb, 7));
-                write(lu, lba, blocks, data_out)
-            }
-            opcode::WRITE_16 => write(lu, be_u64(cdb, 2), be_u32(cdb, 10), data_out),
-            _ => Ok(CmdOutcome::check_condition(
-                Sense::INVALID_COMMAND_OPERATION_CODE,
-            )),
-        }
+        let mut outcome = self.dispatch(lu, cdb, data_in, data_out)?;
+        outcome.sense_format = lu.sense_format();
+        Ok(outcome)
     }
 
-    fn report_luns(&self, cdb: &[u8], data_in: &mut dyn DataIn) -> Result<CmdOutcome, CmdError> {
-        let alloc = be_u32(cdb, 6) as usize;
-        // SPC-4 6.33: an allocation length below 16 is an invalid field.
-        if alloc < 16 {
-            return Ok(CmdOutcome::check_condition(Sense::INVALID_FIELD_IN_CDB));
-        }
-        let list_len = (self.luns.len() * 8) as u32;
-        let mut header = [0u8; 8];
-        header[..4].copy_from_slice(&list_len.to_be_bytes());
-        let mut budget = alloc.min(data_in.remaining());
-        put_truncated(data_in, &header, &mut budget)?;
-        for n in 0..self.luns.len() {
-            if budget == 0 {
-                break;
+    fn dispatch(
+        &self,
+        lu: &Lun,
+        cdb: &[u8],
+        data_in: &mut dyn DataIn,
+        data_out: &mut dyn DataOut,
+    ) -> CmdResult {
+        let command = lookup(cdb);
+        let exempt = command.as_ref().is_ok_and(|c| c.flags & UA_EXEMPT != 0);
+        // A pending UA goes to the first command that is not exempt, known or not
+        // (SAM-5 5.14; the guest miniport retries once, Linux handles it).
+        if !exempt {
+            if let Some(sense) = lu.take_ua() {
+                return Ok(CmdOutcome::check_condition(sense));
             }
-            put_truncated(data_in, &encode_report_lun(n as u16), &mut budget)?;
         }
-        Ok(CmdOutcome::GOOD)
+        let command = match command {
+            Ok(c) if c.offered_by(lu) => c,
+            Ok(_) => {
+                return Ok(CmdOutcome::check_condition(
+                    Sense::INVALID_COMMAND_OPERATION_CODE,
+                ))
+            }
+            Err(sense) => return Ok(CmdOutcome::check_condition(sense)),
+        };
+        if command.flags & MEDIUM != 0 && lu.stopped() {
+            return Ok(CmdOutcome::check_condition(
+                Sense::NOT_READY_INITIALIZING_COMMAND_REQUIRED,
+            ));
+        }
+        (command.handler)(self, lu, cdb, data_in, data_out)
     }
-}
-
-/// One REPORT LUNS entry: peripheral addressing below 256, flat space above (SAM-5 4.7).
-fn encode_report_lun(lun: u16) -> [u8; 8] {
-    let mut e = [0u8; 8];
-    if lun < 256 {
-        e[1] = lun as u8;
-    } else {
-        e[0] = 0x40 | ((lun >> 8) as u8 & 0x3f);
-        e[1] = lun as u8;
-    }
-    e
 }
 
 /// Writes as much of `data` as `budget` allows (allocation length and buffer size).
@@ -275,6 +506,7 @@ fn put_truncated(
     Ok(())
 }
 
+/// Writes `data` cut to the allocation length and the buffer: the rest is the residual.
 fn put_alloc(data_in: &mut dyn DataIn, data: &[u8], alloc: usize) -> Result<(), CmdError> {
     let mut budget = alloc.min(data_in.remaining());
     put_truncated(data_in, data, &mut budget)
@@ -283,117 +515,6 @@ fn put_alloc(data_in: &mut dyn DataIn, data: &[u8], alloc: usize) -> Result<(), 
 fn buffer_error(e: DataError) -> CmdError {
     match e {
         DataError::Buffer(e) | DataError::File(e) => CmdError::BufferAccess(e.to_string()),
-    }
-}
-
-fn request_sense(cdb: &[u8], data_in: &mut dyn DataIn) -> Result<CmdOutcome, CmdError> {
-    // DESC=1 asks for descriptor format, which we do not implement (SPC-4 6.39).
-    if cdb_byte(cdb, 1) & 0x01 != 0 {
-        return Ok(CmdOutcome::check_condition(Sense::INVALID_FIELD_IN_CDB));
-    }
-    // Sense is always delivered as autosense with the failing command, so nothing is
-    // pending here.
-    let data: [u8; FIXED_SENSE_LEN] = Sense::NO_SENSE.to_fixed();
-    put_alloc(data_in, &data, usize::from(cdb_byte(cdb, 4)))?;
-    Ok(CmdOutcome::GOOD)
-}
-
-/// Standard INQUIRY data length (SPC-4 6.6.2: additional length 31).
-pub const INQUIRY_LEN: usize = 36;
-
-fn inquiry(cdb: &[u8], data_in: &mut dyn DataIn) -> Result<CmdOutcome, CmdError> {
-    // No VPD pages yet: EVPD=1 or a page code is an invalid field.
-    if cdb_byte(cdb, 1) & 0x01 != 0 || cdb_byte(cdb, 2) != 0 {
-        return Ok(CmdOutcome::check_condition(Sense::INVALID_FIELD_IN_CDB));
-    }
-    let mut data = [0u8; INQUIRY_LEN];
-    data[0] = 0x00; // connected direct-access block device
-    data[2] = 0x06; // SPC-4
-    data[3] = 0x02; // response data format 2
-    data[4] = (INQUIRY_LEN - 5) as u8;
-    data[7] = 0x02; // CMDQUE: tagged queuing
-    data[8..16].copy_from_slice(b"FLAKYHBA");
-    data[16..32].copy_from_slice(b"VIRTUAL DISK    ");
-    data[32..36].copy_from_slice(b"0001");
-    put_alloc(data_in, &data, usize::from(be_u16(cdb, 3)))?;
-    Ok(CmdOutcome::GOOD)
-}
-
-fn read_capacity_10(lu: &Lun, data_in: &mut dyn DataIn) -> Result<CmdOutcome, CmdError> {
-    // Above 2^32 blocks the initiator must use READ CAPACITY(16) (SBC-3 5.15.2).
-    let last = u32::try_from(lu.blocks - 1).unwrap_or(u32::MAX);
-    let mut data = [0u8; 8];
-    data[..4].copy_from_slice(&last.to_be_bytes());
-    data[4..].copy_from_slice(&(BLOCK_SIZE as u32).to_be_bytes());
-    put_alloc(data_in, &data, data.len())?;
-    Ok(CmdOutcome::GOOD)
-}
-
-fn read_capacity_16(
-    lu: &Lun,
-    cdb: &[u8],
-    data_in: &mut dyn DataIn,
-) -> Result<CmdOutcome, CmdError> {
-    let mut data = [0u8; 32];
-    data[..8].copy_from_slice(&(lu.blocks - 1).to_be_bytes());
-    data[8..12].copy_from_slice(&(BLOCK_SIZE as u32).to_be_bytes());
-    put_alloc(data_in, &data, be_u32(cdb, 10) as usize)?;
-    Ok(CmdOutcome::GOOD)
-}
-
-/// Byte offset and length of a block range, or LBA OUT OF RANGE.
-fn block_range(lu: &Lun, lba: u64, blocks: u32) -> Option<(u64, u64)> {
-    let end = lba.checked_add(u64::from(blocks))?;
-    (end <= lu.blocks).then(|| (lba * BLOCK_SIZE, u64::from(blocks) * BLOCK_SIZE))
-}
-
-fn read(lu: &Lun, lba: u64, blocks: u32, data_in: &mut dyn DataIn) -> Result<CmdOutcome, CmdError> {
-    let Some((offset, len)) = block_range(lu, lba, blocks) else {
-        return Ok(CmdOutcome::check_condition(Sense::LBA_OUT_OF_RANGE));
-    };
-    let available = data_in.remaining();
-    if len > available as u64 {
-        return Err(CmdError::DataInTooSmall {
-            needed: len,
-            available,
-        });
-    }
-    match data_in.write_from_file(&lu.file, offset, len as usize) {
-        Ok(()) => Ok(CmdOutcome::GOOD),
-        Err(DataError::File(e)) => {
-            warn!("read of LBA {lba} (+{blocks}) failed: {e}");
-            Ok(CmdOutcome::check_condition(Sense::UNRECOVERED_READ_ERROR))
-        }
-        Err(e @ DataError::Buffer(_)) => Err(buffer_error(e)),
-    }
-}
-
-fn write(
-    lu: &Lun,
-    lba: u64,
-    blocks: u32,
-    data_out: &mut dyn DataOut,
-) -> Result<CmdOutcome, CmdError> {
-    if lu.read_only {
-        return Ok(CmdOutcome::check_condition(Sense::WRITE_PROTECTED));
-    }
-    let Some((offset, len)) = block_range(lu, lba, blocks) else {
-        return Ok(CmdOutcome::check_condition(Sense::LBA_OUT_OF_RANGE));
-    };
-    let available = data_out.remaining();
-    if len > available as u64 {
-        return Err(CmdError::DataOutTooSmall {
-            needed: len,
-            available,
-        });
-    }
-    match data_out.read_to_file(&lu.file, offset, len as usize) {
-        Ok(()) => Ok(CmdOutcome::GOOD),
-        Err(DataError::File(e)) => {
-            warn!("write of LBA {lba} (+{blocks}) failed: {e}");
-            Ok(CmdOutcome::check_condition(Sense::WRITE_ERROR))
-        }
-        Err(e @ DataError::Buffer(_)) => Err(buffer_error(e)),
     }
 }
 
@@ -412,4 +533,49 @@ fn be_u32(cdb: &[u8], at: usize) -> u32 {
 
 fn be_u64(cdb: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(std::array::from_fn(|i| cdb_byte(cdb, at + i)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_table_has_no_duplicates_and_usage_matches_cdb_length() {
+        for (i, a) in COMMANDS.iter().enumerate() {
+            assert_eq!(a.usage[0], a.opcode, "{}", a.name);
+            let len = match a.opcode >> 5 {
+                0 => 6,
+                1 | 2 => 10,
+                4 => 16,
+                5 => 12,
+                _ => 0,
+            };
+            assert_eq!(a.usage.len(), len, "{}", a.name);
+            for b in &COMMANDS[i + 1..] {
+                assert!(
+                    (a.opcode, a.service_action) != (b.opcode, b.service_action),
+                    "{} twice",
+                    a.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lookup_distinguishes_opcode_and_service_action() {
+        assert_eq!(lookup(&[0x42]).map(|c| c.name), Ok("UNMAP"));
+        assert_eq!(
+            lookup(&[0x9e, 0x10]).map(|c| c.name),
+            Ok("READ CAPACITY(16)")
+        );
+        assert_eq!(
+            lookup(&[0x9e, 0x11]).err(),
+            Some(Sense::INVALID_FIELD_IN_CDB)
+        );
+        assert_eq!(
+            lookup(&[0x7f]).err(),
+            Some(Sense::INVALID_COMMAND_OPERATION_CODE)
+        );
+        assert!(has_service_actions(0xa3) && !has_service_actions(0x28));
+    }
 }

@@ -23,7 +23,7 @@ const OUT_ADDR: u64 = 0x20_0000;
 const RESP_ADDR: u64 = 0x30_0000;
 const IN_ADDR: u64 = 0x40_0000;
 const LUN_BLOCKS: u64 = 64;
-const RESP_LEN: u32 = size_of::<VirtioScsiCmdResp>() as u32;
+pub(super) const RESP_LEN: u32 = size_of::<VirtioScsiCmdResp>() as u32;
 
 // ---- log capture: the malformed-chain rule is "exactly one warning" ----
 
@@ -60,14 +60,14 @@ fn take_warnings() -> Vec<String> {
 
 // ---- fixtures ----
 
-struct Fixture {
-    mem: GuestMemoryMmap,
-    target: Arc<Target>,
-    files: Vec<tempfile::NamedTempFile>,
+pub(super) struct Fixture {
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) target: Arc<Target>,
+    pub(super) files: Vec<tempfile::NamedTempFile>,
 }
 
 /// LUN 0 read-write and LUN 1 read-only, each LUN_BLOCKS blocks, block b filled with b.
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     init_logger();
     take_warnings();
     let mut files = Vec::new();
@@ -88,7 +88,7 @@ fn fixture() -> Fixture {
     }
 }
 
-fn lun(n: u16) -> [u8; 8] {
+pub(super) fn lun(n: u16) -> [u8; 8] {
     encode_lun(ScsiAddress { target: 0, lun: n })
 }
 
@@ -101,7 +101,7 @@ fn desc(addr: u64, len: u32, writable: bool) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
 }
 
-fn cmd_header(lun: [u8; 8], cdb: &[u8]) -> VirtioScsiCmdReq {
+pub(super) fn cmd_header(lun: [u8; 8], cdb: &[u8]) -> VirtioScsiCmdReq {
     let mut req = VirtioScsiCmdReq {
         lun,
         ..Default::default()
@@ -172,7 +172,7 @@ impl Fixture {
         }
     }
 
-    fn file_block(&self, lun: usize, lba: u64) -> Vec<u8> {
+    pub(super) fn file_block(&self, lun: usize, lba: u64) -> Vec<u8> {
         let mut f = File::open(self.files[lun].path()).unwrap();
         f.seek(SeekFrom::Start(lba * BLOCK_SIZE)).unwrap();
         let mut buf = vec![0u8; BLOCK_SIZE as usize];
@@ -200,7 +200,7 @@ fn assert_check(d: &Done, key: u8, asc: u8, ascq: u8) {
     assert_eq!(d.sense(), (key, asc, ascq));
 }
 
-fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+pub(super) fn read10(lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = [0u8; 10];
     c[0] = opcode::READ_10;
     c[2..6].copy_from_slice(&lba.to_be_bytes());
@@ -208,7 +208,7 @@ fn read10(lba: u32, blocks: u16) -> [u8; 10] {
     c
 }
 
-fn write10(lba: u32, blocks: u16) -> [u8; 10] {
+pub(super) fn write10(lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = read10(lba, blocks);
     c[0] = opcode::WRITE_10;
     c
@@ -257,9 +257,11 @@ fn inquiry_truncates_to_allocation_length() {
 #[test]
 fn inquiry_evpd_is_invalid_field() {
     let f = fixture();
-    let d = f.command(lun(0), &[opcode::INQUIRY, 1, 0x80, 0, 96, 0], &[], 96);
+    // A VPD page the target does not offer.
+    let d = f.command(lun(0), &[opcode::INQUIRY, 1, 0xc7, 0, 96, 0], &[], 96);
     assert_check(&d, sense_key::ILLEGAL_REQUEST, 0x24, 0x00);
     assert_eq!(d.resid(), 96);
+    // A page code without EVPD.
     let d = f.command(lun(0), &[opcode::INQUIRY, 0, 0x83, 0, 96, 0], &[], 96);
     assert_check(&d, sense_key::ILLEGAL_REQUEST, 0x24, 0x00);
 }
@@ -417,7 +419,8 @@ fn request_sense_reports_no_sense() {
 #[test]
 fn unknown_opcode_is_invalid_command_operation_code() {
     let f = fixture();
-    let d = f.command(lun(0), &[0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0);
+    // XDWRITE(10): obsolete, never implemented.
+    let d = f.command(lun(0), &[0x50, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0);
     assert_check(&d, sense_key::ILLEGAL_REQUEST, 0x20, 0x00);
     assert!(
         take_warnings().is_empty(),
@@ -584,7 +587,7 @@ fn control(f: &Fixture, req_bytes: &[u8], resp_len: u32) -> (u32, Vec<u8>) {
     (used, resp)
 }
 
-fn tmf(subtype: u32, lun: [u8; 8]) -> VirtioScsiCtrlTmfReq {
+pub(super) fn tmf(subtype: u32, lun: [u8; 8]) -> VirtioScsiCtrlTmfReq {
     VirtioScsiCtrlTmfReq {
         type_: Le32::from(VIRTIO_SCSI_T_TMF),
         subtype: Le32::from(subtype),

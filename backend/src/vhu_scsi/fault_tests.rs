@@ -1,0 +1,907 @@
+//! Queue-level tests of the fault path: real `VringRwLock`s for the control, event and first
+//! request queue, real call eventfds, a real worker timer, and the engine's trace read back.
+//! The rings are laid out by hand so that several chains can be in flight at once.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, Le64};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::tests::{cmd_header, fixture, lun, read10, tmf, write10, Fixture, RESP_LEN};
+use super::*;
+use crate::faults::{FaultEngine, FaultSpec, Plan, Trace};
+use crate::scsi::opcode;
+
+const RING: u16 = 64;
+/// Queues of a rig with two request queues: worker 0 has 0, 1 and 2; worker 1 has 3.
+const QUEUES: usize = 4;
+const BUF_BASE: u64 = 0x50_0000;
+const BUF_STEP: u64 = 0x2000;
+
+fn desc_table(q: usize) -> u64 {
+    0x1_0000 * (q as u64 + 1)
+}
+fn avail_ring(q: usize) -> u64 {
+    desc_table(q) + 0x400
+}
+fn used_ring(q: usize) -> u64 {
+    desc_table(q) + 0x8000
+}
+
+/// A `Write` shared with the test, so the trace can be read back.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Rig {
+    f: Fixture,
+    backend: VhostUserScsiBackend,
+    vrings: Vec<VringRwLock>,
+    calls: Vec<EventFd>,
+    trace: SharedBuf,
+    next_slot: [Cell<u16>; QUEUES],
+    request_queues: u16,
+    next_buf: Cell<u64>,
+}
+
+/// A request posted by the rig: where its response goes.
+#[derive(Clone, Copy, Debug)]
+struct Posted {
+    head: u16,
+    resp: u64,
+    data_in: u64,
+}
+
+fn rig(faults: &[&str], seed: u64) -> Rig {
+    let mut plan = Plan {
+        seed,
+        ..Plan::default()
+    };
+    for text in faults {
+        plan.push(FaultSpec::from_shorthand(text, false).unwrap())
+            .unwrap();
+    }
+    rig_with_plan(plan)
+}
+
+fn rig_with_plan(plan: Plan) -> Rig {
+    rig_with_queues(plan, 1)
+}
+
+fn rig_with_queues(plan: Plan, request_queues: u16) -> Rig {
+    let f = fixture();
+    let trace = SharedBuf::default();
+    let mut engine = FaultEngine::new(plan);
+    engine.set_trace(Some(Trace::to_writer(Box::new(trace.clone()))));
+    let ctx = FaultContext::new(Arc::new(Mutex::new(engine)), crate::faults::Epoch::start());
+    let backend = VhostUserScsiBackend::with_faults(f.target.clone(), request_queues, ctx).unwrap();
+    let atomic = GuestMemoryAtomic::new(f.mem.clone());
+    backend.update_memory(atomic.clone()).unwrap();
+    let mut vrings = Vec::new();
+    let mut calls = Vec::new();
+    for q in 0..FIRST_REQUEST_QUEUE + usize::from(request_queues) {
+        let vring = VringRwLock::new(atomic.clone(), RING).unwrap();
+        vring
+            .set_queue_info(desc_table(q), avail_ring(q), used_ring(q))
+            .unwrap();
+        vring.set_queue_size(RING);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        let call = EventFd::new(EFD_NONBLOCK).unwrap();
+        let fd = call.try_clone().unwrap().into_raw_fd();
+        // SAFETY: `fd` is a fresh duplicate that nothing else owns.
+        vring.set_call(Some(unsafe { File::from_raw_fd(fd) }));
+        vrings.push(vring);
+        calls.push(call);
+    }
+    Rig {
+        f,
+        backend,
+        vrings,
+        calls,
+        trace,
+        next_slot: Default::default(),
+        request_queues,
+        next_buf: Cell::new(BUF_BASE),
+    }
+}
+
+impl Rig {
+    fn buf(&self) -> u64 {
+        let at = self.next_buf.get();
+        self.next_buf.set(at + BUF_STEP);
+        at
+    }
+
+    /// Writes a chain of (addr, len, writable) into free descriptor slots and makes it
+    /// available; returns its head.
+    fn post(&self, q: usize, descs: &[(u64, u32, bool)]) -> u16 {
+        let head = self.next_slot[q].get();
+        self.next_slot[q].set((head + descs.len() as u16) % RING);
+        for (i, &(addr, len, w)) in descs.iter().enumerate() {
+            let idx = (head + i as u16) % RING;
+            let last = i + 1 == descs.len();
+            let mut flags = if w { VRING_DESC_F_WRITE as u16 } else { 0 };
+            if !last {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let at = desc_table(q) + 16 * u64::from(idx);
+            let mem = &self.f.mem;
+            mem.write_obj(addr, GuestAddress(at)).unwrap();
+            mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+            mem.write_obj((idx + 1) % RING, GuestAddress(at + 14))
+                .unwrap();
+        }
+        let avail_idx: u16 = self
+            .f
+            .mem
+            .read_obj(GuestAddress(avail_ring(q) + 2))
+            .unwrap();
+        let slot = avail_ring(q) + 4 + 2 * u64::from(avail_idx % RING);
+        self.f.mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.f
+            .mem
+            .write_obj(avail_idx.wrapping_add(1), GuestAddress(avail_ring(q) + 2))
+            .unwrap();
+        head
+    }
+
+    /// Posts a command with request id `id` on the first request queue (not kicked).
+    fn command(&self, lun: [u8; 8], cdb: &[u8], id: u64, data_in: u32) -> Posted {
+        self.command_on(FIRST_REQUEST_QUEUE, lun, cdb, id, data_in)
+    }
+
+    fn command_on(&self, q: usize, lun: [u8; 8], cdb: &[u8], id: u64, data_in: u32) -> Posted {
+        let (hdr, resp, din) = (self.buf(), self.buf(), self.buf());
+        let mut req = cmd_header(lun, cdb);
+        req.id = Le64::from(id);
+        self.f.mem.write_obj(req, GuestAddress(hdr)).unwrap();
+        self.f
+            .mem
+            .write_slice(&[0xee; RESP_LEN as usize], GuestAddress(resp))
+            .unwrap();
+        let mut descs = vec![
+            (hdr, size_of::<VirtioScsiCmdReq>() as u32, false),
+            (resp, RESP_LEN, true),
+        ];
+        if data_in > 0 {
+            descs.push((din, data_in, true));
+        }
+        let head = self.post(q, &descs);
+        Posted {
+            head,
+            resp,
+            data_in: din,
+        }
+    }
+
+    /// Posts a command with data-out on the first request queue (not kicked).
+    fn command_out(&self, lun: [u8; 8], cdb: &[u8], id: u64, data: &[u8]) -> Posted {
+        let (hdr, out, resp) = (self.buf(), self.buf(), self.buf());
+        let mut req = cmd_header(lun, cdb);
+        req.id = Le64::from(id);
+        self.f.mem.write_obj(req, GuestAddress(hdr)).unwrap();
+        self.f.mem.write_slice(data, GuestAddress(out)).unwrap();
+        let descs = [
+            (hdr, size_of::<VirtioScsiCmdReq>() as u32, false),
+            (out, data.len() as u32, false),
+            (resp, RESP_LEN, true),
+        ];
+        let head = self.post(FIRST_REQUEST_QUEUE, &descs);
+        Posted {
+            head,
+            resp,
+            data_in: 0,
+        }
+    }
+
+    fn tur(&self, id: u64) -> Posted {
+        self.command(lun(0), &[opcode::TEST_UNIT_READY], id, 0)
+    }
+
+    /// Posts a TMF on the control queue (not kicked).
+    fn tmf(&self, subtype: u32, lun: [u8; 8], id: u64) -> Posted {
+        let (hdr, resp) = (self.buf(), self.buf());
+        let mut req = tmf(subtype, lun);
+        req.id = Le64::from(id);
+        self.f.mem.write_obj(req, GuestAddress(hdr)).unwrap();
+        self.f.mem.write_obj(0xeeu8, GuestAddress(resp)).unwrap();
+        let head = self.post(CONTROL_QUEUE, &[(hdr, 24, false), (resp, 1, true)]);
+        Posted {
+            head,
+            resp,
+            data_in: 0,
+        }
+    }
+
+    /// The vrings worker `thread` was given (see `queues_per_thread`).
+    fn worker_vrings(&self, thread: usize) -> &[VringRwLock] {
+        match thread {
+            0 => &self.vrings[..=FIRST_REQUEST_QUEUE],
+            t => &self.vrings[FIRST_REQUEST_QUEUE + t..=FIRST_REQUEST_QUEUE + t],
+        }
+    }
+
+    /// What the worker serving queue `q` does on a kick of it.
+    fn kick(&self, q: usize) {
+        let thread = faulty::thread_of(q);
+        let local = if thread == 0 { q } else { 0 };
+        assert!(q < FIRST_REQUEST_QUEUE + usize::from(self.request_queues));
+        self.backend
+            .handle_event(
+                local as u16,
+                EventSet::IN,
+                self.worker_vrings(thread),
+                thread,
+            )
+            .unwrap();
+    }
+
+    /// What worker 0 does when its timer fd is readable.
+    fn timer(&self) {
+        let ev = self.backend.timer_event();
+        self.backend
+            .handle_event(ev, EventSet::IN, self.worker_vrings(0), 0)
+            .unwrap();
+    }
+
+    /// Waits (at most `max`) for worker 0's timer fd to become readable.
+    fn timer_fires_within(&self, max: Duration) -> bool {
+        let fd = self.backend.timer_fd(0).unwrap();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, max.as_millis() as libc::c_int) };
+        n == 1
+    }
+
+    /// (head, len) of every used element of queue `q`.
+    fn used(&self, q: usize) -> Vec<(u32, u32)> {
+        let idx: u16 = self.f.mem.read_obj(GuestAddress(used_ring(q) + 2)).unwrap();
+        (0..u64::from(idx))
+            .map(|n| {
+                let at = used_ring(q) + 4 + 8 * n;
+                (
+                    self.f.mem.read_obj(GuestAddress(at)).unwrap(),
+                    self.f.mem.read_obj(GuestAddress(at + 4)).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Interrupts (call eventfd writes) on queue `q` since the last call.
+    fn signals(&self, q: usize) -> u64 {
+        self.calls[q].read().unwrap_or(0)
+    }
+
+    fn resp(&self, p: Posted) -> VirtioScsiCmdResp {
+        self.f.mem.read_obj(GuestAddress(p.resp)).unwrap()
+    }
+
+    fn tmf_resp(&self, p: Posted) -> u8 {
+        self.f.mem.read_obj(GuestAddress(p.resp)).unwrap()
+    }
+
+    /// Trace records without their timestamps.
+    fn trace(&self) -> Vec<Value> {
+        lock(&self.backend.faults.engine).flush_trace().unwrap();
+        let bytes = self.trace.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("t_us");
+                v
+            })
+            .collect()
+    }
+
+    fn trace_events(&self, ev: &str) -> Vec<Value> {
+        self.trace().into_iter().filter(|v| v["ev"] == ev).collect()
+    }
+
+    fn stats(&self) -> crate::faults::Stats {
+        *lock(&self.backend.faults.engine).stats()
+    }
+}
+
+/// Position of the first trace record with these fields.
+fn position(trace: &[Value], want: &[(&str, Value)]) -> usize {
+    trace
+        .iter()
+        .position(|v| want.iter().all(|(k, x)| &v[*k] == x))
+        .unwrap_or_else(|| panic!("no trace record with {want:?} in {trace:#?}"))
+}
+
+#[test]
+fn drop_interrupt_leaves_the_used_entry_but_no_signal() {
+    let r = rig(&["drop-interrupt:queue=request"], 0);
+    let p = r.tur(7);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(
+        r.used(FIRST_REQUEST_QUEUE),
+        vec![(u32::from(p.head), RESP_LEN)]
+    );
+    assert_eq!(r.resp(p).response, VIRTIO_SCSI_S_OK);
+    assert_eq!(
+        r.signals(FIRST_REQUEST_QUEUE),
+        0,
+        "call eventfd not written"
+    );
+    let s = r.trace_events("signal-suppressed");
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0]["reason"], "fault");
+    assert_eq!(s[0]["id"], 7);
+    assert!(r.trace_events("signal").is_empty());
+    assert_eq!(r.stats().signals_suppressed_fault, 1);
+}
+
+#[test]
+fn without_faults_every_completion_signals_and_is_traced() {
+    let r = rig(&[], 0);
+    let p = r.tur(1);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 1);
+    assert_eq!(r.resp(p).response, VIRTIO_SCSI_S_OK);
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 1);
+    let t = r.trace();
+    let req = position(&t, &[("ev", "request".into()), ("id", 1.into())]);
+    let done = position(&t, &[("ev", "complete".into()), ("response", "ok".into())]);
+    let sig = position(&t, &[("ev", "signal".into()), ("queue", 2.into())]);
+    assert!(req < done && done < sig);
+}
+
+#[test]
+fn delay_completes_only_when_the_timer_fires() {
+    let r = rig(&["delay:delay_ms=30"], 0);
+    let start = Instant::now();
+    let p = r.command(lun(0), &read10(3, 1), 5, 512);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty(), "not complete yet");
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 1);
+    // A timer fired early must not complete it.
+    r.timer();
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
+    assert!(r.timer_fires_within(Duration::from_secs(5)), "timer armed");
+    assert!(start.elapsed() >= Duration::from_millis(30));
+    r.timer();
+    assert_eq!(
+        r.used(FIRST_REQUEST_QUEUE),
+        vec![(u32::from(p.head), RESP_LEN + 512)]
+    );
+    assert_eq!(r.resp(p).response, VIRTIO_SCSI_S_OK);
+    let mut block = [0u8; 512];
+    r.f.mem
+        .read_slice(&mut block, GuestAddress(p.data_in))
+        .unwrap();
+    assert_eq!(block, [3u8; 512], "executed when due");
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 1);
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 0);
+    let req = &r.trace_events("request")[0];
+    assert_eq!(
+        (
+            &req["op"],
+            &req["lba"],
+            &req["blocks"],
+            &req["dir"],
+            &req["id"]
+        ),
+        (
+            &"read-10".into(),
+            &3.into(),
+            &1.into(),
+            &"read".into(),
+            &5.into()
+        )
+    );
+    let f = r.trace_events("fault");
+    assert_eq!(f[0]["kind"], "delay");
+    assert_eq!(f[0]["delay_us"], 30_000);
+}
+
+#[test]
+fn lost_request_is_aborted_before_the_abort_task_answer() {
+    let r = rig(&["lose:opcode=read-10"], 0);
+    let lost = r.command(lun(0), &read10(0, 1), 42, 512);
+    let other = r.tur(43);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(
+        r.used(FIRST_REQUEST_QUEUE),
+        vec![(u32::from(other.head), RESP_LEN)]
+    );
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 1);
+    // Neither a timer nor time ends a lost request.
+    r.timer();
+    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 1);
+
+    // ABORT TASK of another tag finds nothing and leaves it.
+    let miss = r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK, lun(0), 99);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(miss), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 1);
+
+    let abort = r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK, lun(0), 42);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(abort), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_eq!(r.resp(lost).response, VIRTIO_SCSI_S_ABORTED);
+    assert_eq!(
+        r.used(FIRST_REQUEST_QUEUE)[1],
+        (u32::from(lost.head), RESP_LEN)
+    );
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 1);
+    assert_eq!(r.used(CONTROL_QUEUE).len(), 2);
+    let t = r.trace();
+    let aborted = position(
+        &t,
+        &[
+            ("ev", "complete".into()),
+            ("id", 42.into()),
+            ("response", "aborted".into()),
+        ],
+    );
+    let answered = position(&t, &[("ev", "tmf-end".into()), ("id", 42.into())]);
+    assert!(aborted < answered, "effects before the TMF completes");
+    assert_eq!(t[answered]["response"], "function-complete");
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 0);
+}
+
+#[test]
+fn lu_reset_ends_lost_requests_of_that_lu_with_reset() {
+    let r = rig(&["lose"], 0);
+    let a = r.tur(1);
+    let b = r.tur(2);
+    let other_lu = r.command(lun(1), &[opcode::TEST_UNIT_READY], 3, 0);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
+    let reset = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(reset), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_eq!(r.resp(a).response, VIRTIO_SCSI_S_RESET);
+    assert_eq!(r.resp(b).response, VIRTIO_SCSI_S_RESET);
+    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 2);
+    assert_eq!(
+        r.backend.inflight_len(FIRST_REQUEST_QUEUE),
+        1,
+        "LUN 1 untouched"
+    );
+    let lu0 = crate::scsi::LunAddress { target: 0, lun: 0 };
+    assert!(r.f.target.unit_attention_pending(lu0), "29/03 next");
+    // I_T nexus reset takes the rest.
+    r.tmf(VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET, lun(0), 0);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.resp(other_lu).response, VIRTIO_SCSI_S_RESET);
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 0);
+}
+
+#[test]
+fn query_task_sees_a_held_task() {
+    let r = rig(&["lose:opcode=test-unit-ready"], 0);
+    r.tur(9);
+    r.kick(FIRST_REQUEST_QUEUE);
+    let q = r.tmf(VIRTIO_SCSI_T_TMF_QUERY_TASK, lun(0), 9);
+    let none = r.tmf(VIRTIO_SCSI_T_TMF_QUERY_TASK, lun(0), 10);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(q), VIRTIO_SCSI_S_FUNCTION_SUCCEEDED);
+    assert_eq!(r.tmf_resp(none), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+}
+
+#[test]
+fn slow_tmf_answers_late_and_new_commands_get_busy() {
+    let r = rig(&["slow-tmf:tmf=lu-reset,duration_ms=40"], 0);
+    let reset = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
+    r.kick(CONTROL_QUEUE);
+    assert!(r.used(CONTROL_QUEUE).is_empty(), "not answered yet");
+    assert_eq!(r.tmf_resp(reset), 0xee);
+    let busy = r.tur(5);
+    let other = r.command(lun(1), &[opcode::TEST_UNIT_READY], 6, 0);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.resp(busy).response, VIRTIO_SCSI_S_OK);
+    assert_eq!(r.resp(busy).status, 0x08, "BUSY while the LU reset runs");
+    assert_eq!(r.resp(other).status, 0, "another LU is not affected");
+    assert!(r.timer_fires_within(Duration::from_secs(5)));
+    r.timer();
+    assert_eq!(r.tmf_resp(reset), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_eq!(r.used(CONTROL_QUEUE).len(), 1);
+    assert_eq!(r.signals(CONTROL_QUEUE), 1);
+    assert_eq!(r.stats().busy_during_slow_tmf, 1);
+    // After the TMF, commands run again.
+    let after = r.tur(7);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_ne!(r.resp(after).status, 0x08);
+}
+
+#[test]
+fn slow_tmf_can_hold_new_commands_until_it_ends() {
+    let r = rig(
+        &["slow-tmf:tmf=lu-reset,duration_ms=30,new_commands=hold"],
+        0,
+    );
+    let reset = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
+    r.kick(CONTROL_QUEUE);
+    let held = r.tur(5);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty(), "held");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.used(FIRST_REQUEST_QUEUE).is_empty() && Instant::now() < deadline {
+        assert!(r.timer_fires_within(Duration::from_secs(5)));
+        r.timer();
+    }
+    assert_eq!(r.tmf_resp(reset), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_eq!(r.resp(held).response, VIRTIO_SCSI_S_OK);
+    assert_eq!(r.stats().held_during_slow_tmf, 1);
+}
+
+#[test]
+fn hung_tmf_is_never_answered_until_device_reset() {
+    let r = rig(&["hang-tmf:tmf=lu-reset", "lose:opcode=test-unit-ready"], 0);
+    r.tur(1);
+    r.kick(FIRST_REQUEST_QUEUE);
+    let reset = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
+    r.kick(CONTROL_QUEUE);
+    r.timer();
+    assert!(r.used(CONTROL_QUEUE).is_empty());
+    assert_eq!(r.tmf_resp(reset), 0xee);
+    assert!(
+        r.used(FIRST_REQUEST_QUEUE).is_empty(),
+        "a hung reset aborts nothing"
+    );
+    assert_eq!(r.backend.inflight_len(CONTROL_QUEUE), 1);
+
+    r.backend.reset_device();
+    assert_eq!(r.backend.inflight_len(CONTROL_QUEUE), 0);
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 0);
+    assert!(r.used(CONTROL_QUEUE).is_empty(), "dropped, not answered");
+    assert_eq!(r.trace_events("device-reset").len(), 1);
+    assert_eq!(r.stats().device_resets, 1);
+}
+
+#[test]
+fn fail_tmf_answers_rejected_or_failure_and_does_nothing() {
+    let r = rig(
+        &[
+            "fail-tmf:tmf=abort-task",
+            "fail-tmf:tmf=lu-reset,response=failed",
+            "lose:opcode=test-unit-ready",
+        ],
+        0,
+    );
+    r.tur(4);
+    r.kick(FIRST_REQUEST_QUEUE);
+    let abort = r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK, lun(0), 4);
+    let reset = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(abort), VIRTIO_SCSI_S_FUNCTION_REJECTED);
+    assert_eq!(r.tmf_resp(reset), VIRTIO_SCSI_S_FAILURE);
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 1, "still lost");
+    let ends = r.trace_events("tmf-end");
+    assert_eq!(ends[0]["response"], "function-rejected");
+    assert_eq!(ends[1]["response"], "failure");
+}
+
+#[test]
+fn spurious_interrupt_signals_with_no_used_entry() {
+    let r = rig(&["spurious-interrupt:at_ms=1,burst=3"], 0);
+    // The worker learns its vrings on its first event.
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert!(r.timer_fires_within(Duration::from_secs(5)));
+    r.timer();
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 3);
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
+    let s = r.trace_events("spurious-signal");
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0]["count"], 3);
+    assert_eq!(r.stats().spurious_signals, 3);
+}
+
+#[test]
+fn status_overrides_replace_the_result() {
+    let r = rig(
+        &[
+            "status:opcode=read-10,status=check-condition,sense_key=3,asc=0x11",
+            "status:opcode=test-unit-ready,status=task-set-full",
+            "status:opcode=inquiry,status=transport-failure",
+        ],
+        0,
+    );
+    let read = r.command(lun(0), &read10(0, 1), 1, 512);
+    let tur = r.tur(2);
+    let inq = r.command(lun(0), &[opcode::INQUIRY, 0, 0, 0, 96, 0], 3, 96);
+    r.kick(FIRST_REQUEST_QUEUE);
+    let resp = r.resp(read);
+    assert_eq!((resp.response, resp.status), (VIRTIO_SCSI_S_OK, 0x02));
+    assert_eq!((resp.sense[2] & 0xf, resp.sense[12]), (3, 0x11));
+    assert_eq!(u32::from(resp.resid), 512, "nothing transferred");
+    assert_eq!(r.resp(tur).status, 0x28);
+    assert_eq!(r.resp(inq).response, VIRTIO_SCSI_S_TRANSPORT_FAILURE);
+    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 3);
+    let done = r.trace_events("complete");
+    assert_eq!(done[0]["status"], 2);
+    assert_eq!(done[2]["response"], "transport-failure");
+}
+
+#[test]
+fn short_transfer_reports_a_residual() {
+    let r = rig(
+        &["status:opcode=read-10,status=short-transfer,residual=100"],
+        0,
+    );
+    let read = r.command(lun(0), &read10(0, 1), 1, 512);
+    r.kick(FIRST_REQUEST_QUEUE);
+    let resp = r.resp(read);
+    assert_eq!((resp.response, resp.status), (VIRTIO_SCSI_S_OK, 0));
+    assert_eq!(u32::from(resp.resid), 100);
+}
+
+#[test]
+fn corrupt_flips_read_data() {
+    let mut plan = Plan::from_toml_str(
+        "allow_corruption = true\n[[fault]]\nkind = \"corrupt\"\nopcode = \"read-10\"\nbytes = 4\n",
+    )
+    .unwrap();
+    plan.seed = 1;
+    let r = rig_with_plan(plan);
+    let read = r.command(lun(0), &read10(2, 1), 1, 512);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.resp(read).response, VIRTIO_SCSI_S_OK);
+    let mut block = [0u8; 512];
+    r.f.mem
+        .read_slice(&mut block, GuestAddress(read.data_in))
+        .unwrap();
+    let flipped = block.iter().filter(|&&b| b != 2).count();
+    assert!((1..=4).contains(&flipped), "{flipped} bytes differ");
+}
+
+#[test]
+fn event_is_posted_in_a_driver_buffer_and_missed_ones_are_flagged() {
+    let r = rig(&["event:event=param-change,at_ms=1"], 0);
+    r.kick(EVENT_QUEUE);
+    // No buffer yet: the event is missed.
+    assert!(r.timer_fires_within(Duration::from_secs(5)));
+    r.timer();
+    assert!(r.used(EVENT_QUEUE).is_empty());
+    assert_eq!(r.stats().events_posted, 0);
+
+    let buf = r.buf();
+    let head = r.post(EVENT_QUEUE, &[(buf, 16, true)]);
+    r.kick(EVENT_QUEUE);
+    assert!(r.used(EVENT_QUEUE).is_empty(), "buffers wait for an event");
+    let now = r.backend.faults.epoch.now();
+    r.backend
+        .post_event(
+            crate::faults::VirtioEvent::TransportReset {
+                target: 0,
+                lun: 1,
+                reason: crate::faults::ResetReason::Rescan,
+            },
+            now,
+        )
+        .unwrap();
+    assert_eq!(r.used(EVENT_QUEUE), vec![(u32::from(head), 16)]);
+    let ev: VirtioScsiEvent = r.f.mem.read_obj(GuestAddress(buf)).unwrap();
+    assert_eq!(
+        u32::from(ev.event),
+        VIRTIO_SCSI_T_TRANSPORT_RESET | VIRTIO_SCSI_T_EVENTS_MISSED
+    );
+    assert_eq!(u32::from(ev.reason), VIRTIO_SCSI_EVT_RESET_RESCAN);
+    assert_eq!(ev.lun, lun(1));
+    assert_eq!(r.signals(EVENT_QUEUE), 1);
+    let posted = r.trace_events("event");
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0]["event"], "transport-reset");
+}
+
+#[test]
+fn param_change_event_carries_asc_and_ascq() {
+    let ev = faulty::event_wire(
+        &crate::faults::VirtioEvent::ParamChange {
+            target: 0,
+            lun: 0,
+            asc: 0x2a,
+            ascq: 0x09,
+        },
+        false,
+    );
+    assert_eq!(u32::from(ev.event), VIRTIO_SCSI_T_PARAM_CHANGE);
+    assert_eq!(u32::from(ev.reason), 0x092a);
+    assert_eq!(ev.as_slice().len(), 16);
+}
+
+#[test]
+fn stopping_a_vring_drops_what_it_holds() {
+    let r = rig(&["lose"], 0);
+    r.tur(1);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 1);
+    r.backend.stop_vring(FIRST_REQUEST_QUEUE as u32).unwrap();
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 0);
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
+}
+
+#[test]
+fn same_plan_seed_and_script_give_the_same_trace() {
+    let faults = [
+        "drop-interrupt:probability=0.5",
+        "status:opcode=test-unit-ready,status=busy,probability=0.3",
+        "lose:opcode=read-10,probability=0.4",
+    ];
+    let run = |seed| {
+        let r = rig(&faults, seed);
+        for id in 0..12u64 {
+            if id % 3 == 0 {
+                r.command(lun(0), &read10(id as u32, 1), id, 512);
+            } else {
+                r.tur(id);
+            }
+            r.kick(FIRST_REQUEST_QUEUE);
+        }
+        r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK_SET, lun(0), 0);
+        r.kick(CONTROL_QUEUE);
+        (r.trace(), r.stats())
+    };
+    let (a, sa) = run(7);
+    let (b, sb) = run(7);
+    assert_eq!(a, b);
+    assert_eq!(sa, sb);
+    assert!(
+        a.iter().any(|v| v["ev"] == "fault"),
+        "the plan did something"
+    );
+    let (c, _) = run(8);
+    assert_ne!(a, c, "another seed decides differently");
+}
+
+#[test]
+fn timer_fd_is_registered_above_the_queue_ids() {
+    let r = rig(&[], 0);
+    assert_eq!(r.backend.timer_event() as usize, r.backend.num_queues() + 1);
+    assert!(r.backend.timer_fd(0).is_some());
+    let plain = VhostUserScsiBackend::new(r.f.target.clone(), 1);
+    assert!(plain.timer_fd(0).is_none(), "no engine, no timer");
+}
+
+#[test]
+fn abort_task_reaches_a_request_queue_of_another_worker() {
+    let plan = Plan {
+        faults: vec![FaultSpec::from_shorthand("lose:queue=3", false).unwrap()],
+        ..Plan::default()
+    };
+    let r = rig_with_queues(plan, 2);
+    let q3 = FIRST_REQUEST_QUEUE + 1;
+    let lost = r.command_on(q3, lun(0), &[opcode::TEST_UNIT_READY], 77, 0);
+    let fine = r.tur(78);
+    r.kick(q3);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(
+        r.resp(fine).response,
+        VIRTIO_SCSI_S_OK,
+        "queue 2 is not matched"
+    );
+    assert!(r.used(q3).is_empty());
+    assert_eq!(r.backend.inflight_len(q3), 1);
+
+    // The control queue is worker 0's; the lost request sits on worker 1's queue.
+    let abort = r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK, lun(0), 77);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.resp(lost).response, VIRTIO_SCSI_S_ABORTED);
+    assert_eq!(r.used(q3), vec![(u32::from(lost.head), RESP_LEN)]);
+    assert_eq!(r.signals(q3), 1, "queue 3's own interrupt");
+    assert_eq!(r.tmf_resp(abort), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_eq!(r.backend.inflight_len(q3), 0);
+}
+
+#[test]
+fn event_idx_suppression_is_traced_apart_from_the_fault() {
+    let r = rig(&["drop-interrupt:every=2"], 0);
+    r.backend.set_event_idx(true);
+    r.vrings[FIRST_REQUEST_QUEUE].set_queue_event_idx(true);
+    // used_event (after the avail ring) far ahead: the driver wants no interrupt yet.
+    let used_event = avail_ring(FIRST_REQUEST_QUEUE) + 4 + 2 * u64::from(RING);
+    r.f.mem.write_obj(10u16, GuestAddress(used_event)).unwrap();
+    r.tur(1);
+    r.kick(FIRST_REQUEST_QUEUE);
+    // used_event = 1: the second completion is wanted, but the fault drops it.
+    r.f.mem.write_obj(1u16, GuestAddress(used_event)).unwrap();
+    r.tur(2);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 2);
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 0);
+    let s = r.trace_events("signal-suppressed");
+    assert_eq!(s.len(), 2);
+    assert_eq!(
+        (s[0]["id"].clone(), s[0]["reason"].clone()),
+        (1.into(), "event-idx".into())
+    );
+    assert_eq!(
+        (s[1]["id"].clone(), s[1]["reason"].clone()),
+        (2.into(), "fault".into())
+    );
+    let st = r.stats();
+    assert_eq!(
+        (st.signals_suppressed_event_idx, st.signals_suppressed_fault),
+        (1, 1)
+    );
+}
+
+#[test]
+fn corrupt_flips_the_data_a_write_stores() {
+    let plan = Plan::from_toml_str(
+        "allow_corruption = true\n[[fault]]\nkind = \"corrupt\"\nopcode = \"write-10\"\nbytes = 3\n",
+    )
+    .unwrap();
+    let r = rig_with_plan(plan);
+    let data = [0x5a_u8; 512];
+    let w = r.command_out(lun(0), &write10(4, 1), 1, &data);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.resp(w).response, VIRTIO_SCSI_S_OK);
+    assert_eq!(r.resp(w).status, 0);
+    let stored = r.f.file_block(0, 4);
+    let flipped = stored.iter().filter(|&&b| b != 0x5a).count();
+    assert!((1..=3).contains(&flipped), "{flipped} bytes differ");
+    let mut guest = [0u8; 512];
+    // The guest's own buffer is untouched.
+    let out_addr = w.resp - BUF_STEP;
+    r.f.mem
+        .read_slice(&mut guest, GuestAddress(out_addr))
+        .unwrap();
+    assert_eq!(guest, data);
+}
+
+#[test]
+fn cdb_blocks_cover_every_read_and_write_size() {
+    let cdb = |bytes: &[u8]| {
+        let mut c = [0u8; VIRTIO_SCSI_CDB_SIZE];
+        c[..bytes.len()].copy_from_slice(bytes);
+        c
+    };
+    assert_eq!(
+        faulty::cdb_blocks(&cdb(&[0x08, 0x1f, 0xff, 0xfe, 0])),
+        Some((0x1f_fffe, 256))
+    );
+    assert_eq!(faulty::cdb_blocks(&cdb(&read10(7, 3))), Some((7, 3)));
+    assert_eq!(
+        faulty::cdb_blocks(&cdb(&[0xaa, 0, 0, 0, 1, 0, 0, 0, 0, 9, 0, 0])),
+        Some((256, 9))
+    );
+    let mut r16 = [0u8; 16];
+    r16[0] = 0x88;
+    r16[2..10].copy_from_slice(&(1u64 << 40).to_be_bytes());
+    r16[10..14].copy_from_slice(&8u32.to_be_bytes());
+    assert_eq!(faulty::cdb_blocks(&cdb(&r16)), Some((1 << 40, 8)));
+    assert_eq!(faulty::cdb_blocks(&cdb(&[opcode::INQUIRY])), None);
+}
+
+#[test]
+fn device_reset_drops_a_delayed_request_for_good() {
+    let r = rig(&["delay:delay_ms=1"], 0);
+    r.tur(1);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 1);
+    r.backend.reset_device();
+    std::thread::sleep(Duration::from_millis(5));
+    r.timer();
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty(), "never completed");
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 0);
+    assert!(r.trace_events("complete").is_empty());
+    assert_eq!(r.trace_events("device-reset").len(), 1);
+}

@@ -1,0 +1,889 @@
+//! The request path with the fault engine: each popped chain becomes a `RequestInfo`, the
+//! engine decides, and the decision is applied here. Requests that do not complete at once
+//! wait in the per-queue in-flight tables for the worker's timer, an abort or a reset.
+//!
+//! Locks: the engine, each in-flight table, the vring cache and each vring are taken one at
+//! a time, never nested.
+
+use std::fs::File;
+use std::io;
+use std::mem::size_of;
+use std::ops::Deref;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use log::{debug, warn};
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddressSpace, GuestMemoryMmap, Le32};
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::inflight::{InflightEntry, Work};
+use super::*;
+use crate::faults::{
+    Completion, Corruption, DataDirection, RequestInfo, ResetReason, StatusOverride, TickAction,
+    TmfFailure, TmfKind, TmfOutcome, VirtioEvent, VirtioResponse,
+};
+use crate::scsi::{DataError, DataOut, LunAddress};
+
+/// Shortest timer interval: a zero `it_value` would disarm a timerfd.
+const MIN_TIMER: Duration = Duration::from_micros(1);
+
+pub(super) fn new_timer() -> Result<TimerFd, VhuScsiError> {
+    let errno = |e: vmm_sys_util::errno::Error| io::Error::from_raw_os_error(e.errno());
+    let timer = TimerFd::new().map_err(|e| VhuScsiError::CouldNotCreateTimer(errno(e)))?;
+    // Non-blocking: a timer re-armed between epoll_wait and our read must not stall the
+    // worker (timerfd_settime resets the expiration count).
+    // SAFETY: F_GETFL/F_SETFL on a timerfd we own; no pointers are passed.
+    let ok = unsafe {
+        let fd = timer.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !ok {
+        return Err(VhuScsiError::CouldNotCreateTimer(io::Error::last_os_error()));
+    }
+    Ok(timer)
+}
+
+/// Which worker serves `queue` (see `queues_per_thread`).
+pub(super) fn thread_of(queue: usize) -> usize {
+    queue.saturating_sub(FIRST_REQUEST_QUEUE)
+}
+
+fn queues_of(mask: u64) -> impl Iterator<Item = usize> {
+    (0..64).filter(move |bit| mask >> bit & 1 == 1)
+}
+
+impl VhostUserScsiBackend {
+    /// `process_queue` with the engine consulted on every chain.
+    pub(super) fn process_queue_with_faults(
+        &self,
+        queue: usize,
+        vring: &VringRwLock,
+    ) -> Result<(), VhuScsiError> {
+        let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let mut parked = false;
+        loop {
+            if event_idx {
+                vring
+                    .disable_notification()
+                    .map_err(VhuScsiError::CouldNotToggleNotification)?;
+            }
+            loop {
+                let mem = atomic.memory();
+                let chain = vring
+                    .get_mut()
+                    .get_queue_mut()
+                    .pop_descriptor_chain(mem.clone());
+                let Some(chain) = chain else { break };
+                parked |= if queue == CONTROL_QUEUE {
+                    self.control_with_faults(vring, &mem, chain)?
+                } else {
+                    self.command_with_faults(queue, vring, &mem, chain)?
+                };
+            }
+            if !event_idx
+                || !vring
+                    .enable_notification()
+                    .map_err(VhuScsiError::CouldNotToggleNotification)?
+            {
+                break;
+            }
+        }
+        if parked {
+            self.rearm_timer(thread_of(queue))?;
+        }
+        Ok(())
+    }
+
+    /// One request-queue chain. Returns whether it was parked in the in-flight table.
+    fn command_with_faults(
+        &self,
+        queue: usize,
+        vring: &VringRwLock,
+        mem: &GuestMemoryMmap,
+        chain: Chain,
+    ) -> Result<bool, VhuScsiError> {
+        let Some(info) = request_info(queue as u16, mem, &chain) else {
+            // Malformed: served as without faults, so it fails the usual way.
+            self.finish_command(queue, vring, mem, chain, 0, Disposition::EXECUTE, false)?;
+            return Ok(false);
+        };
+        let now = self.faults.epoch.now();
+        let d = self.engine().on_request(&info, now);
+        let park = |due, work| InflightEntry {
+            head: chain.head_index(),
+            tag: info.id,
+            target: info.target,
+            lun: info.lun,
+            due,
+            work,
+            chain: chain.clone(),
+        };
+        let entry = match d.completion {
+            Completion::Lose => park(
+                None,
+                Work::Lost {
+                    drop_interrupt: d.drop_interrupt,
+                },
+            ),
+            completion if !d.delay.is_zero() => park(
+                Some(now + d.delay),
+                Work::Command {
+                    completion,
+                    drop_interrupt: d.drop_interrupt,
+                },
+            ),
+            completion => {
+                let how = disposition(completion);
+                self.finish_command(queue, vring, mem, chain, info.id, how, d.drop_interrupt)?;
+                return Ok(false);
+            }
+        };
+        lock(&self.inflight[queue]).insert(entry);
+        Ok(true)
+    }
+
+    /// Serves a command, completes it and traces the completion and the signal.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_command<M>(
+        &self,
+        queue: usize,
+        vring: &VringRwLock,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<M>,
+        tag: u64,
+        how: Disposition,
+        drop_interrupt: bool,
+    ) -> Result<(), VhuScsiError>
+    where
+        M: Deref<Target = GuestMemoryMmap> + Clone,
+    {
+        let head = chain.head_index();
+        let served = serve_command(&self.target, mem, chain, how);
+        let outcome = complete_and_notify(vring, head, served.used, drop_interrupt)?;
+        let now = self.faults.epoch.now();
+        let mut engine = self.engine();
+        match served.resp {
+            Some(r) => engine.record_complete(
+                queue as u16,
+                tag,
+                cmd_response_name(r.response),
+                (r.response == VIRTIO_SCSI_S_OK).then_some(r.status),
+                Some(u32::from(r.resid)),
+                now,
+            ),
+            None => engine.record_complete(queue as u16, tag, "none", None, None, now),
+        }
+        engine.record_signal(queue as u16, Some(tag), outcome, now);
+        Ok(())
+    }
+
+    /// One control-queue chain. Returns whether a TMF was parked.
+    fn control_with_faults(
+        &self,
+        vring: &VringRwLock,
+        mem: &GuestMemoryMmap,
+        chain: Chain,
+    ) -> Result<bool, VhuScsiError> {
+        let head = chain.head_index();
+        let now = self.faults.epoch.now();
+        let req = match parse_control(mem, chain.clone()) {
+            Ok(ControlRequest::Tmf(req)) => req,
+            Ok(ControlRequest::An(an)) => {
+                let lun = an.lun;
+                let (target, lun) = address_of(&lun);
+                let d = self
+                    .engine()
+                    .on_request(&RequestInfo::an(CONTROL_QUEUE as u16, 0, target, lun), now);
+                let used = write_control(mem, chain, Ok(an_response()));
+                let outcome = complete_and_notify(vring, head, used, d.drop_interrupt)?;
+                let mut engine = self.engine();
+                engine.record_complete(CONTROL_QUEUE as u16, 0, "ok", None, None, now);
+                engine.record_signal(CONTROL_QUEUE as u16, Some(0), outcome, now);
+                return Ok(false);
+            }
+            Err(reason) => {
+                let used = write_control(mem, chain, Err(reason));
+                let outcome = complete_and_notify(vring, head, used, false)?;
+                self.engine()
+                    .record_signal(CONTROL_QUEUE as u16, None, outcome, now);
+                return Ok(false);
+            }
+        };
+        let tmf = TmfKind::from_virtio(u32::from(req.subtype));
+        let tag = u64::from(req.id);
+        let lun = req.lun;
+        let (target, lun) = address_of(&lun);
+        let info = RequestInfo::tmf(CONTROL_QUEUE as u16, tag, tmf, target, lun);
+        let d = self.engine().on_request(&info, now);
+        let base = task_management(&self.target, &req);
+        let park = |due: Option<Duration>, response| InflightEntry {
+            head,
+            tag,
+            target,
+            lun,
+            due,
+            work: Work::Tmf {
+                response,
+                drop_interrupt: d.drop_interrupt,
+            },
+            chain: chain.clone(),
+        };
+        let entry = match d.tmf {
+            TmfOutcome::Fail(f) => {
+                let response = match f {
+                    TmfFailure::FunctionRejected => VIRTIO_SCSI_S_FUNCTION_REJECTED,
+                    TmfFailure::Failure => VIRTIO_SCSI_S_FAILURE,
+                };
+                self.answer_tmf(vring, mem, chain, tag, response, d.drop_interrupt)?;
+                return Ok(false);
+            }
+            // A hung TMF does nothing: only a device reset ends it (and what it would
+            // have aborted).
+            TmfOutcome::Hang => park(None, base),
+            TmfOutcome::Slow { duration, .. } => {
+                // The work is done at once; only the answer is late. Meanwhile the
+                // engine answers new commands to the LU BUSY, or holds them.
+                let response = self.tmf_effects(tmf, tag, target, lun, base)?;
+                park(Some(now + duration + d.delay), response)
+            }
+            TmfOutcome::Normal => {
+                let response = self.tmf_effects(tmf, tag, target, lun, base)?;
+                if d.delay.is_zero() {
+                    self.answer_tmf(vring, mem, chain, tag, response, d.drop_interrupt)?;
+                    return Ok(false);
+                }
+                park(Some(now + d.delay), response)
+            }
+        };
+        lock(&self.inflight[CONTROL_QUEUE]).insert(entry);
+        Ok(true)
+    }
+
+    fn answer_tmf<M>(
+        &self,
+        vring: &VringRwLock,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<M>,
+        tag: u64,
+        response: u8,
+        drop_interrupt: bool,
+    ) -> Result<(), VhuScsiError>
+    where
+        M: Deref<Target = GuestMemoryMmap> + Clone,
+    {
+        let head = chain.head_index();
+        let used = write_control(
+            mem,
+            chain,
+            Ok(ControlResponse::Tmf(VirtioScsiCtrlTmfResp { response })),
+        );
+        let outcome = complete_and_notify(vring, head, used, drop_interrupt)?;
+        let now = self.faults.epoch.now();
+        let mut engine = self.engine();
+        engine.record_tmf_end(CONTROL_QUEUE as u16, tag, tmf_response_name(response), now);
+        engine.record_signal(CONTROL_QUEUE as u16, Some(tag), outcome, now);
+        Ok(())
+    }
+
+    /// Acts on the held tasks a TMF names and returns its response. Every cancelled
+    /// request is on its used ring before this returns, so before the TMF's answer.
+    fn tmf_effects(
+        &self,
+        tmf: TmfKind,
+        tag: u64,
+        target: u8,
+        lun: u16,
+        base: u8,
+    ) -> Result<u8, VhuScsiError> {
+        if base != VIRTIO_SCSI_S_FUNCTION_COMPLETE {
+            return Ok(base);
+        }
+        let addr = LunAddress { target, lun };
+        let request_queues = FIRST_REQUEST_QUEUE..self.num_queues();
+        match tmf {
+            TmfKind::AbortTask => {
+                for q in request_queues {
+                    let held = lock(&self.inflight[q]).take_tag(target, lun, tag);
+                    if let Some(e) = held {
+                        self.cancel(q, e, VIRTIO_SCSI_S_ABORTED)?;
+                        break;
+                    }
+                }
+            }
+            TmfKind::AbortTaskSet | TmfKind::ClearTaskSet => {
+                self.cancel_matching(target, Some(lun), VIRTIO_SCSI_S_ABORTED)?;
+            }
+            TmfKind::LogicalUnitReset => {
+                self.cancel_matching(target, Some(lun), VIRTIO_SCSI_S_RESET)?;
+                if let Err(e) = self.target.lu_reset(addr) {
+                    debug!("LU reset of {addr:?}: {e}");
+                }
+            }
+            TmfKind::ITNexusReset => {
+                self.cancel_matching(target, None, VIRTIO_SCSI_S_RESET)?;
+                self.target.nexus_reset();
+            }
+            // A held task is one the device still has: the query succeeds (SAM-5 7.9).
+            TmfKind::QueryTask => {
+                if request_queues
+                    .into_iter()
+                    .any(|q| lock(&self.inflight[q]).has_tag(target, lun, tag))
+                {
+                    return Ok(VIRTIO_SCSI_S_FUNCTION_SUCCEEDED);
+                }
+            }
+            TmfKind::QueryTaskSet => {
+                if request_queues
+                    .into_iter()
+                    .any(|q| lock(&self.inflight[q]).has_lun(target, lun))
+                {
+                    return Ok(VIRTIO_SCSI_S_FUNCTION_SUCCEEDED);
+                }
+            }
+            TmfKind::ClearAca | TmfKind::Other(_) => {}
+        }
+        Ok(base)
+    }
+
+    fn cancel_matching(
+        &self,
+        target: u8,
+        lun: Option<u16>,
+        response: u8,
+    ) -> Result<(), VhuScsiError> {
+        for q in FIRST_REQUEST_QUEUE..self.num_queues() {
+            loop {
+                let held = lock(&self.inflight[q]).take_matching(target, lun);
+                let Some(e) = held else { break };
+                self.cancel(q, e, response)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes a held command with `response` (ABORTED or RESET) without executing it.
+    fn cancel(
+        &self,
+        queue: usize,
+        entry: InflightEntry<Chain>,
+        response: u8,
+    ) -> Result<(), VhuScsiError> {
+        let Some(vring) = self.vring(queue) else {
+            warn!("queue {queue}: no vring to cancel request {}", entry.tag);
+            return Ok(());
+        };
+        let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
+        let mem = atomic.memory();
+        let how = Disposition::Respond(VirtioScsiCmdResp::with_response(response));
+        let drop_interrupt = entry.work.drop_interrupt();
+        self.finish_command(
+            queue,
+            &vring,
+            &mem,
+            entry.chain,
+            entry.tag,
+            how,
+            drop_interrupt,
+        )
+    }
+
+    /// Completes a held request whose time has come.
+    fn complete_due(&self, queue: usize, entry: InflightEntry<Chain>) -> Result<(), VhuScsiError> {
+        let Some(vring) = self.vring(queue) else {
+            warn!("queue {queue}: no vring for held request {}", entry.tag);
+            return Ok(());
+        };
+        let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
+        let mem = atomic.memory();
+        match entry.work {
+            Work::Command {
+                completion,
+                drop_interrupt,
+            } => self.finish_command(
+                queue,
+                &vring,
+                &mem,
+                entry.chain,
+                entry.tag,
+                disposition(completion),
+                drop_interrupt,
+            ),
+            Work::Tmf {
+                response,
+                drop_interrupt,
+            } => self.answer_tmf(
+                &vring,
+                &mem,
+                entry.chain,
+                entry.tag,
+                response,
+                drop_interrupt,
+            ),
+            // Never due.
+            Work::Lost { .. } => Ok(()),
+        }
+    }
+
+    /// The worker's timer fired: run the engine's ticks (worker 0) and complete what is due.
+    pub fn on_timer(&self, thread: usize) -> Result<(), VhuScsiError> {
+        if let Some(t) = self.timers.get(thread) {
+            // Consume the expiration; EAGAIN (re-armed meanwhile) is fine.
+            let _ = lock(t).wait();
+        }
+        let now = self.faults.epoch.now();
+        if thread == 0 && self.faults.active {
+            let actions = self.engine().on_tick(now);
+            for action in actions {
+                self.apply_tick(action, now)?;
+            }
+        }
+        let mask = self.queue_masks.get(thread).copied().unwrap_or(0);
+        for queue in queues_of(mask).filter(|&q| q != EVENT_QUEUE) {
+            loop {
+                let due = lock(&self.inflight[queue]).take_due(now);
+                let Some(entry) = due else { break };
+                if let Err(e) = self.complete_due(queue, entry) {
+                    log::error!("queue {queue}: {e}");
+                }
+            }
+        }
+        self.rearm_timer(thread)
+    }
+
+    /// Arms worker `thread`'s timer for its earliest due request (worker 0: or tick).
+    pub(super) fn rearm_timer(&self, thread: usize) -> Result<(), VhuScsiError> {
+        let Some(timer) = self.timers.get(thread) else {
+            return Ok(());
+        };
+        let mask = self.queue_masks.get(thread).copied().unwrap_or(0);
+        let mut due = queues_of(mask)
+            .filter_map(|q| self.inflight.get(q).and_then(|t| lock(t).earliest_due()))
+            .min();
+        let now = self.faults.epoch.now();
+        if thread == 0 {
+            let tick = self.engine().next_due();
+            let poll = self.faults.poll.map(|p| now + p);
+            due = [due, tick, poll].into_iter().flatten().min();
+        }
+        let mut timer = lock(timer);
+        let result = match due {
+            Some(at) => timer.reset(at.saturating_sub(now).max(MIN_TIMER), None),
+            None => timer.clear(),
+        };
+        result.map_err(|e| VhuScsiError::CouldNotArmTimer(io::Error::from_raw_os_error(e.errno())))
+    }
+
+    fn apply_tick(&self, action: TickAction, now: Duration) -> Result<(), VhuScsiError> {
+        match action {
+            TickAction::SpuriousSignal { queue, count } => {
+                let Some(vring) = self.vring(usize::from(queue)) else {
+                    debug!("spurious interrupt on queue {queue}: queue not started");
+                    return Ok(());
+                };
+                // No used entry: the driver's HwInterrupt must find nothing and say so (I1).
+                for _ in 0..count {
+                    vring
+                        .signal_used_queue()
+                        .map_err(VhuScsiError::CouldNotSignalUsedQueue)?;
+                }
+                Ok(())
+            }
+            TickAction::PostEvent(event) => self.post_event(event, now),
+        }
+    }
+
+    /// Puts `event` in a buffer the driver left on the event queue. With none there, the
+    /// event is lost and the next one carries VIRTIO_SCSI_T_EVENTS_MISSED (5.6.6.3).
+    pub fn post_event(&self, event: VirtioEvent, now: Duration) -> Result<(), VhuScsiError> {
+        let vring = self.vring(EVENT_QUEUE);
+        let atomic = self.memory();
+        let (Some(vring), Some(atomic)) = (vring, atomic) else {
+            self.events_missed.store(true, Ordering::Relaxed);
+            return Ok(());
+        };
+        let mem = atomic.memory();
+        let chain = vring
+            .get_mut()
+            .get_queue_mut()
+            .pop_descriptor_chain(mem.clone());
+        let Some(chain) = chain else {
+            debug!("no event buffer for {}: events missed", event.name());
+            self.events_missed.store(true, Ordering::Relaxed);
+            return Ok(());
+        };
+        let missed = self.events_missed.swap(false, Ordering::Relaxed);
+        let wire = event_wire(&event, missed);
+        let head = chain.head_index();
+        let used = match chain.writer(&mem) {
+            Ok(mut w) => match w.write_obj(wire) {
+                Ok(()) => size_of::<VirtioScsiEvent>() as u32,
+                Err(e) => {
+                    warn!("event buffer {head}: {e}");
+                    0
+                }
+            },
+            Err(e) => {
+                warn!("event buffer {head}: {e}");
+                0
+            }
+        };
+        let outcome = complete_and_notify(&vring, head, used, false)?;
+        let mut engine = self.engine();
+        engine.record_event_posted(&event, now);
+        engine.record_signal(EVENT_QUEUE as u16, None, outcome, now);
+        Ok(())
+    }
+
+    /// Keeps a clone of each vring a worker serves (see the `vrings` field).
+    pub(super) fn remember_vrings(&self, mask: u64, vrings: &[VringRwLock]) {
+        let mut cache = lock(&self.vrings);
+        for (queue, vring) in queues_of(mask).zip(vrings) {
+            if let Some(slot @ None) = cache.get_mut(queue) {
+                *slot = Some(vring.clone());
+            }
+        }
+    }
+
+    fn vring(&self, queue: usize) -> Option<VringRwLock> {
+        lock(&self.vrings).get(queue).cloned().flatten()
+    }
+
+    /// Device reset (or the frontend went away): every held request and TMF is dropped
+    /// unanswered, as a reset discards them (virtio 2.4), and slow TMFs end.
+    pub fn drop_all_inflight(&self) {
+        let dropped: usize = self.inflight.iter().map(|t| lock(t).clear()).sum();
+        self.events_missed.store(false, Ordering::Relaxed);
+        if dropped > 0 {
+            debug!("device reset: {dropped} held requests dropped");
+        }
+        if self.faults.active {
+            let now = self.faults.epoch.now();
+            self.engine().on_device_reset(now);
+        }
+    }
+
+    /// The frontend went away. A connection that never set up guest memory had no driver,
+    /// so it is no device reset (the harness probes the socket by connecting).
+    pub fn on_disconnect(&self) {
+        let held = self.inflight.iter().any(|t| !lock(t).is_empty());
+        if held || self.memory().is_some() {
+            self.drop_all_inflight();
+        }
+    }
+
+    /// Number of requests held on `queue` (tests and diagnostics).
+    pub fn inflight_len(&self, queue: usize) -> usize {
+        self.inflight.get(queue).map_or(0, |t| lock(t).len())
+    }
+}
+
+/// (target, LUN) for the engine; an address that names no LU gets target 0xff.
+fn address_of(lun: &[u8; 8]) -> (u8, u16) {
+    decode_lun(lun).map_or((u8::MAX, 0), |a| (a.target, a.lun))
+}
+
+/// What the engine needs to know about a command chain; `None` if it has no readable
+/// header (it will fail without the engine). Walks the descriptors without building a
+/// Reader or Writer, so it allocates nothing.
+fn request_info<M>(
+    queue: u16,
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain<M>,
+) -> Option<RequestInfo>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let mut hdr = [0u8; size_of::<VirtioScsiCmdReq>()];
+    let (mut got, mut readable, mut writable) = (0usize, 0usize, 0usize);
+    for desc in chain.clone() {
+        let len = desc.len() as usize;
+        if desc.is_write_only() {
+            writable = writable.saturating_add(len);
+            continue;
+        }
+        readable = readable.saturating_add(len);
+        if got < hdr.len() {
+            let n = (hdr.len() - got).min(len);
+            mem.read_slice(&mut hdr[got..got + n], desc.addr()).ok()?;
+            got += n;
+        }
+    }
+    let req = *VirtioScsiCmdReq::from_slice(&hdr).filter(|_| got == hdr.len())?;
+    let lun = req.lun;
+    let (target, lun) = address_of(&lun);
+    let cdb = req.cdb;
+    let out_len = readable - got;
+    let in_len = writable.saturating_sub(size_of::<VirtioScsiCmdResp>());
+    let (direction, len) = if out_len > 0 {
+        (DataDirection::Write, out_len)
+    } else if in_len > 0 {
+        (DataDirection::Read, in_len)
+    } else {
+        (DataDirection::None, 0)
+    };
+    let info = RequestInfo::command(queue, u64::from(req.id), target, lun, cdb[0])
+        .with_data(direction, u32::try_from(len).unwrap_or(u32::MAX));
+    Some(match cdb_blocks(&cdb) {
+        Some((lba, blocks)) => info.with_lba(lba, blocks),
+        None => info,
+    })
+}
+
+/// First block and block count of the reads and writes (SBC-3), for `lba` matching.
+pub fn cdb_blocks(cdb: &[u8; VIRTIO_SCSI_CDB_SIZE]) -> Option<(u64, u64)> {
+    let be = |b: &[u8]| b.iter().fold(0u64, |acc, &x| acc << 8 | u64::from(x));
+    match cdb[0] {
+        // READ(6), WRITE(6): 21-bit LBA; a length of 0 means 256 blocks.
+        0x08 | 0x0a => {
+            let blocks = if cdb[4] == 0 { 256 } else { u64::from(cdb[4]) };
+            Some((be(&cdb[1..4]) & 0x1f_ffff, blocks))
+        }
+        // READ(10), WRITE(10), WRITE AND VERIFY(10), VERIFY(10), WRITE SAME(10).
+        0x28 | 0x2a | 0x2e | 0x2f | 0x41 => Some((be(&cdb[2..6]), be(&cdb[7..9]))),
+        // READ(12), WRITE(12), VERIFY(12).
+        0xa8 | 0xaa | 0xaf => Some((be(&cdb[2..6]), be(&cdb[6..10]))),
+        // READ(16), WRITE(16), WRITE AND VERIFY(16), VERIFY(16), WRITE SAME(16).
+        0x88 | 0x8a | 0x8e | 0x8f | 0x93 => Some((be(&cdb[2..10]), be(&cdb[10..14]))),
+        _ => None,
+    }
+}
+
+/// How a command with this engine verdict is served.
+fn disposition(completion: Completion) -> Disposition {
+    match completion {
+        Completion::Normal => Disposition::EXECUTE,
+        // Reads: the guest receives flipped bytes; writes: flipped bytes are stored.
+        Completion::Corrupt(c) => Disposition::Execute {
+            corrupt: Some(c),
+            extra_residual: 0,
+        },
+        Completion::Status(StatusOverride::ShortTransfer { residual }) => Disposition::Execute {
+            corrupt: None,
+            extra_residual: residual,
+        },
+        Completion::Status(s) => Disposition::Respond(status_response(s)),
+        // Lost commands are held, never served; one that gets here was cancelled.
+        Completion::Lose => {
+            Disposition::Respond(VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_ABORTED))
+        }
+    }
+}
+
+/// The response a `status` fault forces; the command is not executed.
+pub fn status_response(s: StatusOverride) -> VirtioScsiCmdResp {
+    match s {
+        StatusOverride::Virtio(v) => VirtioScsiCmdResp::with_response(virtio_response_code(v)),
+        StatusOverride::CheckCondition {
+            sense_key,
+            asc,
+            ascq,
+        } => {
+            let mut resp = VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_OK);
+            resp.status = s.scsi_status().unwrap_or(0x02);
+            let fixed = Sense::new(sense_key, asc, ascq).to_fixed();
+            resp.sense[..fixed.len()].copy_from_slice(&fixed);
+            resp.sense_len = Le32::from(fixed.len() as u32);
+            resp
+        }
+        other => {
+            let mut resp = VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_OK);
+            resp.status = other.scsi_status().unwrap_or(0);
+            resp
+        }
+    }
+}
+
+fn virtio_response_code(v: VirtioResponse) -> u8 {
+    match v {
+        VirtioResponse::Overrun => VIRTIO_SCSI_S_OVERRUN,
+        VirtioResponse::Aborted => VIRTIO_SCSI_S_ABORTED,
+        VirtioResponse::BadTarget => VIRTIO_SCSI_S_BAD_TARGET,
+        VirtioResponse::Reset => VIRTIO_SCSI_S_RESET,
+        VirtioResponse::Busy => VIRTIO_SCSI_S_BUSY,
+        VirtioResponse::TransportFailure => VIRTIO_SCSI_S_TRANSPORT_FAILURE,
+        VirtioResponse::TargetFailure => VIRTIO_SCSI_S_TARGET_FAILURE,
+        VirtioResponse::NexusFailure => VIRTIO_SCSI_S_NEXUS_FAILURE,
+        VirtioResponse::Failure => VIRTIO_SCSI_S_FAILURE,
+    }
+}
+
+/// The trace's name of a request-queue response code.
+pub fn cmd_response_name(code: u8) -> &'static str {
+    match code {
+        VIRTIO_SCSI_S_OK => "ok",
+        VIRTIO_SCSI_S_OVERRUN => "overrun",
+        VIRTIO_SCSI_S_ABORTED => "aborted",
+        VIRTIO_SCSI_S_BAD_TARGET => "bad-target",
+        VIRTIO_SCSI_S_RESET => "reset",
+        VIRTIO_SCSI_S_BUSY => "busy",
+        VIRTIO_SCSI_S_TRANSPORT_FAILURE => "transport-failure",
+        VIRTIO_SCSI_S_TARGET_FAILURE => "target-failure",
+        VIRTIO_SCSI_S_NEXUS_FAILURE => "nexus-failure",
+        VIRTIO_SCSI_S_FAILURE => "failure",
+        _ => "unknown",
+    }
+}
+
+/// The trace's name of a TMF response code.
+pub fn tmf_response_name(code: u8) -> &'static str {
+    match code {
+        VIRTIO_SCSI_S_FUNCTION_COMPLETE => "function-complete",
+        VIRTIO_SCSI_S_BAD_TARGET => "bad-target",
+        VIRTIO_SCSI_S_FAILURE => "failure",
+        VIRTIO_SCSI_S_FUNCTION_SUCCEEDED => "function-succeeded",
+        VIRTIO_SCSI_S_FUNCTION_REJECTED => "function-rejected",
+        VIRTIO_SCSI_S_INCORRECT_LUN => "incorrect-lun",
+        _ => "unknown",
+    }
+}
+
+/// `struct virtio_scsi_event` for `event` (5.6.6.3).
+pub fn event_wire(event: &VirtioEvent, missed: bool) -> VirtioScsiEvent {
+    let missed_flag = if missed {
+        VIRTIO_SCSI_T_EVENTS_MISSED
+    } else {
+        0
+    };
+    let (target, lun) = event.address();
+    let lun = encode_lun(ScsiAddress { target, lun });
+    let (kind, reason) = match *event {
+        VirtioEvent::TransportReset { reason, .. } => (
+            VIRTIO_SCSI_T_TRANSPORT_RESET,
+            match reason {
+                ResetReason::Hard => VIRTIO_SCSI_EVT_RESET_HARD,
+                ResetReason::Rescan => VIRTIO_SCSI_EVT_RESET_RESCAN,
+                ResetReason::Removed => VIRTIO_SCSI_EVT_RESET_REMOVED,
+            },
+        ),
+        // The sense code is in bits 0-7, its qualifier in 8-15.
+        VirtioEvent::ParamChange { asc, ascq, .. } => (
+            VIRTIO_SCSI_T_PARAM_CHANGE,
+            u32::from(asc) | u32::from(ascq) << 8,
+        ),
+        VirtioEvent::EventsMissed => {
+            return VirtioScsiEvent {
+                event: Le32::from(VIRTIO_SCSI_T_NO_EVENT | VIRTIO_SCSI_T_EVENTS_MISSED),
+                lun: [0; 8],
+                reason: Le32::from(0),
+            }
+        }
+    };
+    VirtioScsiEvent {
+        event: Le32::from(kind | missed_flag),
+        lun,
+        reason: Le32::from(reason),
+    }
+}
+
+/// The data-out of a write whose stored data a `corrupt` fault changes. Only what goes to
+/// the backing file is changed (not parameter lists read with `read_bytes`), and only the
+/// first chunk, so a request gets `bytes` flips as on a read.
+pub(super) struct CorruptingDataOut<'a> {
+    inner: &'a mut dyn DataOut,
+    corruption: Option<Corruption>,
+}
+
+impl<'a> CorruptingDataOut<'a> {
+    pub(super) fn new(inner: &'a mut dyn DataOut, corruption: Corruption) -> Self {
+        CorruptingDataOut {
+            inner,
+            corruption: Some(corruption),
+        }
+    }
+}
+
+/// Bounce buffer of a corrupted write, on the worker's stack.
+const CORRUPT_CHUNK: usize = 16 * 1024;
+
+impl DataOut for CorruptingDataOut<'_> {
+    fn remaining(&self) -> usize {
+        self.inner.remaining()
+    }
+
+    fn read_bytes(&mut self, buf: &mut [u8]) -> Result<(), DataError> {
+        self.inner.read_bytes(buf)
+    }
+
+    fn read_to_file(&mut self, file: &File, offset: u64, len: usize) -> Result<(), DataError> {
+        let mut bounce = [0u8; CORRUPT_CHUNK];
+        let mut done = 0usize;
+        while done < len {
+            let n = (len - done).min(CORRUPT_CHUNK);
+            self.inner.read_bytes(&mut bounce[..n])?;
+            if let Some(c) = self.corruption.take() {
+                c.apply(&mut bounce[..n]);
+            }
+            file.write_all_at(&bounce[..n], offset + done as u64)
+                .map_err(DataError::File)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of data-out in a command chain (after the header).
+pub(super) fn data_out_len<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>) -> usize
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    chain.clone().reader(mem).map_or(0, |r| {
+        r.available_bytes()
+            .saturating_sub(size_of::<VirtioScsiCmdReq>())
+    })
+}
+
+/// Flips bytes of the `len` data-in bytes that follow the `skip`-byte response.
+pub(super) fn corrupt_data_in<M>(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+    skip: usize,
+    len: usize,
+    corruption: Corruption,
+) where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    if len == 0 {
+        return;
+    }
+    // A corrupt fault is opt-in (allow_corruption), so this copy is off the normal path.
+    let mut buf = vec![0u8; len];
+    let regions: Vec<_> = chain
+        .filter(|d| d.is_write_only())
+        .map(|d| (d.addr(), d.len() as usize))
+        .collect();
+    let walk = |buf: &mut [u8], write: bool| -> Result<(), vm_memory::GuestMemoryError> {
+        let (mut skip, mut done) = (skip, 0usize);
+        for &(addr, dlen) in &regions {
+            if skip >= dlen {
+                skip -= dlen;
+                continue;
+            }
+            let n = (dlen - skip).min(len - done);
+            let at = addr.unchecked_add(skip as u64);
+            if write {
+                mem.write_slice(&buf[done..done + n], at)?;
+            } else {
+                mem.read_slice(&mut buf[done..done + n], at)?;
+            }
+            skip = 0;
+            done += n;
+            if done == len {
+                break;
+            }
+        }
+        Ok(())
+    };
+    let result = walk(&mut buf, false).and_then(|()| {
+        corruption.apply(&mut buf);
+        walk(&mut buf, true)
+    });
+    if let Err(e) = result {
+        warn!("could not corrupt data-in: {e}");
+    }
+}
