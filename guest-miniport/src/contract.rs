@@ -37,6 +37,12 @@ pub const REPORT_EVENT_KEY: &str = "event";
 /// - `lbas`: the LBAs written with [`fill_pattern`], in order.
 /// - `elapsed_us`: microseconds from guest entry to this line.
 /// - `completed_by_interrupt`, `completed_by_poll`: how the miniport found completions.
+/// - `violations`: how many rule violations the port's checker recorded (0 to pass);
+///   `violation_list`: the first of them, each `{"rule","routine","time_us","message",
+///   "value"}` (rule ids of docs/miniport-rules.md).
+/// - `hw_interrupt_max_us`, `hw_interrupt_total_us`, `hw_timer_max_us`,
+///   `hw_timer_total_us`, `hw_start_io_max_us`, `hw_start_io_total_us`, `stall_max_us`:
+///   time measured in the miniport's routines (P4).
 pub mod result_fields {
     pub const RESULT: &str = "result";
     pub const REASON: &str = "reason";
@@ -49,6 +55,21 @@ pub mod result_fields {
     pub const ELAPSED_US: &str = "elapsed_us";
     pub const COMPLETED_BY_INTERRUPT: &str = "completed_by_interrupt";
     pub const COMPLETED_BY_POLL: &str = "completed_by_poll";
+    pub const VIOLATIONS: &str = "violations";
+    pub const VIOLATION_LIST: &str = "violation_list";
+    pub const HW_INTERRUPT_MAX_US: &str = "hw_interrupt_max_us";
+    pub const HW_INTERRUPT_TOTAL_US: &str = "hw_interrupt_total_us";
+    pub const HW_TIMER_MAX_US: &str = "hw_timer_max_us";
+    pub const HW_TIMER_TOTAL_US: &str = "hw_timer_total_us";
+    pub const HW_START_IO_MAX_US: &str = "hw_start_io_max_us";
+    pub const HW_START_IO_TOTAL_US: &str = "hw_start_io_total_us";
+    pub const STALL_MAX_US: &str = "stall_max_us";
+    /// Keys of each object in [`VIOLATION_LIST`].
+    pub const VIOLATION_RULE: &str = "rule";
+    pub const VIOLATION_ROUTINE: &str = "routine";
+    pub const VIOLATION_TIME_US: &str = "time_us";
+    pub const VIOLATION_MESSAGE: &str = "message";
+    pub const VIOLATION_VALUE: &str = "value";
 }
 
 /// The scenarios the guest image can run.

@@ -33,6 +33,17 @@ pub trait Platform {
     /// `wait_for_events` reports as bit `entry` of [`Events::vectors`]. `None` when the
     /// platform cannot take MSI-X interrupts for that entry.
     fn msi_message(&self, entry: u16) -> Option<(u64, u32)>;
+    /// Interrupt control: masks the CPU's interrupts while a routine that Windows runs
+    /// at DIRQL runs (HwInterrupt, HwTimer, HwStartIo, HwResetBus), so nothing
+    /// pre-empts it and the time the port measures is the routine's own (I2, P4).
+    /// Returns whether they were enabled, for [`Platform::restore_interrupts`]. The
+    /// default, for platforms whose events only arrive in `wait_for_events`, does
+    /// nothing.
+    fn disable_interrupts(&mut self) -> bool {
+        false
+    }
+    /// Undoes [`Platform::disable_interrupts`].
+    fn restore_interrupts(&mut self, _was_enabled: bool) {}
 }
 
 /// PCI configuration space (on the guest: mechanism #1, ports 0xCF8/0xCFC).

@@ -135,6 +135,41 @@ impl<'a> JsonLine<'a> {
         self
     }
 
+    /// The rule checker's violations as an array of objects.
+    pub fn violations(
+        &mut self,
+        key: &str,
+        values: &mut dyn Iterator<Item = &crate::port::Violation>,
+    ) -> &mut Self {
+        use crate::contract::result_fields as rf;
+        self.key(key);
+        if self.result.is_ok() {
+            self.result = (|| {
+                self.out.write_char('[')?;
+                for (i, v) in values.enumerate() {
+                    if i > 0 {
+                        self.out.write_char(',')?;
+                    }
+                    self.out.write_char('{')?;
+                    write_json_str(self.out, rf::VIOLATION_RULE)?;
+                    self.out.write_char(':')?;
+                    write_json_str(self.out, v.rule.id())?;
+                    self.out.write_char(',')?;
+                    write_json_str(self.out, rf::VIOLATION_ROUTINE)?;
+                    self.out.write_char(':')?;
+                    write_json_str(self.out, v.routine.name())?;
+                    write!(self.out, ",\"{}\":{},", rf::VIOLATION_TIME_US, v.time_us)?;
+                    write_json_str(self.out, rf::VIOLATION_MESSAGE)?;
+                    self.out.write_char(':')?;
+                    write_json_str(self.out, v.message)?;
+                    write!(self.out, ",\"{}\":{}}}", rf::VIOLATION_VALUE, v.value)?;
+                }
+                self.out.write_char(']')
+            })();
+        }
+        self
+    }
+
     /// Closes the object and ends the line.
     pub fn finish(&mut self) -> fmt::Result {
         if self.result.is_ok() {
@@ -174,6 +209,42 @@ mod tests {
              \"lbas\":[1,2,3],\"reason\":\"bad 1: \\\"q\\n\\\"\"}\n"
         );
         assert_eq!(s.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn violations_are_an_array_of_objects() {
+        use crate::port::{Routine, Rule, Violation};
+        let v = [
+            Violation {
+                rule: Rule::S1,
+                routine: Routine::Timer,
+                time_us: 1234,
+                message: "StallExecution \"long\"",
+                value: 5000,
+            },
+            Violation {
+                rule: Rule::N4,
+                routine: Routine::StartIo,
+                time_us: 9,
+                message: "m",
+                value: 0,
+            },
+        ];
+        let mut s = String::new();
+        JsonLine::new(&mut s)
+            .u64("violations", 2)
+            .violations("violation_list", &mut v.iter())
+            .finish()
+            .unwrap();
+        let j: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({"violations": 2, "violation_list": [
+                {"rule": "S1", "routine": "HwTimer", "time_us": 1234,
+                 "message": "StallExecution \"long\"", "value": 5000},
+                {"rule": "N4", "routine": "HwStartIo", "time_us": 9, "message": "m", "value": 0}
+            ]})
+        );
     }
 
     #[test]

@@ -810,10 +810,15 @@ mod tests {
             &outcome,
             result_str.clone().map_err(|_| Failure::OutOfDmaMemory),
         );
-        let lines = out
+        let lines: Vec<serde_json::Value> = out
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
             .collect();
+        // The checker's report is in the result line; a correct miniport breaks no rule.
+        let last = lines.last().unwrap();
+        assert_eq!(last["violations"], 0, "{last}");
+        assert_eq!(last["violation_list"], serde_json::json!([]));
+        assert!(last["hw_start_io_max_us"].as_u64().is_some());
         Run {
             world,
             result: result_str,
@@ -1023,10 +1028,19 @@ mod tests {
         let c = port
             .submit(Srb::new(0, 0, 0, &tur, DataBuffer::NONE))
             .unwrap();
-        port.run_until_idle(&mut p, 1_000_000).unwrap();
+        // P2: held for the reset hold period first.
+        let reset_at = p.now_us();
+        port.run_until_idle(&mut p, reset_at + 10_000_000).unwrap();
+        assert!(p.now_us() >= reset_at + u64::from(crate::port::DEFAULT_RESET_HOLD_US));
         let s = port.poll_completed().unwrap();
         assert_eq!((s.tag, s.srb_status), (c, SrbStatus::Success));
         assert_eq!(port.miniport().stats().stale_completions, 0);
+        assert_eq!(
+            port.checker().count(),
+            0,
+            "{:?}",
+            port.checker().violations().collect::<Vec<_>>()
+        );
     }
 
     #[test]

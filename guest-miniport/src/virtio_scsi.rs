@@ -7,6 +7,7 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 
 use crate::platform::Dma;
+use crate::port::handoff::TimerArm;
 use crate::port::{
     AdapterCapabilities, DataDirection, Miniport, PortContext, SrbHandle, SrbStatus, StartIo,
     MAX_SRBS, SENSE_BUFFER_LEN,
@@ -191,7 +192,9 @@ pub struct VirtioScsi<T: Transport> {
     queue_vector: [u16; 3],
     config_vector: u16,
     config_generation: u8,
-    timer_armed: bool,
+    /// Whether a RequestTimerCall is pending: a compare-and-exchange hand-off, so
+    /// HwStartIo and HwTimer may run at the same time in multi-channel mode (T6).
+    timer_arm: TimerArm,
     /// HwStartIo gave an SRB back; send NextRequest once a request completes.
     refused: bool,
     stats: VirtioScsiStats,
@@ -235,7 +238,7 @@ impl<T: Transport> VirtioScsi<T> {
             queue_vector: [VIRTIO_MSI_NO_VECTOR; 3],
             config_vector: VIRTIO_MSI_NO_VECTOR,
             config_generation: 0,
-            timer_armed: false,
+            timer_arm: TimerArm::default(),
             refused: false,
             stats: VirtioScsiStats::default(),
         })
@@ -561,13 +564,12 @@ impl<T: Transport> VirtioScsi<T> {
     /// Arms HwTimer if requests are outstanding and it is not armed yet (T1: a new
     /// request would replace, and so postpone, the pending one).
     fn arm_timer(&mut self, ctx: &mut PortContext<'_>) {
-        if !self.timer_armed && self.outstanding() > 0 {
+        if self.outstanding() > 0 && self.timer_arm.try_arm() {
             let interval = if self.config.irq {
                 self.config.watchdog_interval_us
             } else {
                 self.config.poll_interval_us
             };
-            self.timer_armed = true;
             ctx.request_timer_call(interval);
         }
     }
@@ -608,6 +610,7 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
             } else {
                 (per_lun.min(u32::from(max))) as u16
             },
+            interrupts: self.config.irq,
         })
     }
 
@@ -718,7 +721,9 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
     }
 
     fn timer(&mut self, ctx: &mut PortContext<'_>) {
-        self.timer_armed = false;
+        // T6: consumed before the poll, so work HwStartIo queues meanwhile is either
+        // found by this poll or arms a new call.
+        self.timer_arm.consume();
         self.drain_events();
         self.drain_requests(ctx, Source::Poll);
         // T4: HwTimer re-arms itself while requests are outstanding.
@@ -738,7 +743,7 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
         self.control.reset();
         self.event.reset();
         self.request.reset();
-        self.timer_armed = false;
+        self.timer_arm.consume();
         self.negotiate(ctx).and_then(|_| self.bring_up(ctx)).is_ok()
     }
 }

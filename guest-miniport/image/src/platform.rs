@@ -54,6 +54,18 @@ impl Platform for GuestPlatform {
         let data = u32::from(MSI_VECTOR_BASE) + u32::from(entry);
         Some((address, data))
     }
+
+    fn disable_interrupts(&mut self) -> bool {
+        let was = x86_64::instructions::interrupts::are_enabled();
+        x86_64::instructions::interrupts::disable();
+        was
+    }
+
+    fn restore_interrupts(&mut self, was_enabled: bool) {
+        if was_enabled {
+            x86_64::instructions::interrupts::enable();
+        }
+    }
 }
 
 /// PCI configuration mechanism #1 (ports 0xCF8/0xCFC). It reaches only the first 256
