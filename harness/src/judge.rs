@@ -45,6 +45,8 @@ pub enum JudgeError {
     },
     #[error("with irq=off {0} requests completed by interrupt")]
     InterruptWithIrqOff(u64),
+    #[error("the port's rule checker reports {count} violation(s): {list}")]
+    RuleViolations { count: u64, list: String },
     #[error("could not read the disk image: {0}")]
     CouldNotReadImage(std::io::Error),
 }
@@ -183,6 +185,19 @@ pub fn judge_smoke(
         return Err(JudgeError::DuplicateLba(dup));
     }
 
+    // The port's rule checker (miniport-rules.md) must have found nothing.
+    let violations =
+        u64_field(result, f::VIOLATIONS)?.ok_or(JudgeError::MissingField(f::VIOLATIONS))?;
+    if violations != 0 {
+        let list = result
+            .get(f::VIOLATION_LIST)
+            .map_or_else(|| "(no list)".to_owned(), Value::to_string);
+        return Err(JudgeError::RuleViolations {
+            count: violations,
+            list,
+        });
+    }
+
     let completed_by_interrupt = u64_field(result, f::COMPLETED_BY_INTERRUPT)?;
     let completed_by_poll = u64_field(result, f::COMPLETED_BY_POLL)?;
     // irq=off: the miniport asked for no interrupts, so none may complete a request.
@@ -264,8 +279,47 @@ mod tests {
         result(json!({
             "result": "pass", "scenario": "smoke", "seed": 5, "irq": true,
             "block_size": 512, "capacity": 64, "lbas": [1, 17, 33, 60],
-            "elapsed_us": 1234, "completed_by_interrupt": 9, "completed_by_poll": 1
+            "elapsed_us": 1234, "completed_by_interrupt": 9, "completed_by_poll": 1,
+            "violations": 0, "violation_list": []
         }))
+    }
+
+    #[test]
+    fn rule_violations_fail_and_are_named() {
+        let mut r = good();
+        r.insert("violations".into(), json!(1));
+        r.insert(
+            "violation_list".into(),
+            json!([{"rule": "S1", "routine": "HwTimer", "time_us": 5, "message": "stall", "value": 2000}]),
+        );
+        let err = judge_smoke(
+            PASS,
+            Some(&r),
+            &mut image(5, &[1, 17, 33, 60]),
+            expect(true),
+        )
+        .unwrap_err();
+        match &err {
+            JudgeError::RuleViolations { count: 1, list } => assert!(list.contains("S1"), "{list}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_violation_count_fails() {
+        let mut r = good();
+        r.remove("violations");
+        let err = judge_smoke(
+            PASS,
+            Some(&r),
+            &mut image(5, &[1, 17, 33, 60]),
+            expect(true),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, JudgeError::MissingField("violations")),
+            "{err:?}"
+        );
     }
 
     #[test]
