@@ -42,32 +42,17 @@ pub const VIRTIO_SCSI_S_FUNCTION_SUCCEEDED: u8 = 10;
 pub const VIRTIO_SCSI_S_FUNCTION_REJECTED: u8 = 11;
 pub const VIRTIO_SCSI_S_INCORRECT_LUN: u8 = 12;
 
-/// Control queue request types.
-pub const VIRTIO_SCSI_T_TMF: u32 = 0;
-pub const VIRTIO_SCSI_T_AN_QUERY: u32 = 1;
-pub const VIRTIO_SCSI_T_AN_SUBSCRIBE: u32 = 2;
-
-/// Task management function subtypes.
-pub const VIRTIO_SCSI_T_TMF_ABORT_TASK: u32 = 0;
-pub const VIRTIO_SCSI_T_TMF_ABORT_TASK_SET: u32 = 1;
-pub const VIRTIO_SCSI_T_TMF_CLEAR_ACA: u32 = 2;
-pub const VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET: u32 = 3;
-pub const VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET: u32 = 4;
-pub const VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET: u32 = 5;
-pub const VIRTIO_SCSI_T_TMF_QUERY_TASK: u32 = 6;
-pub const VIRTIO_SCSI_T_TMF_QUERY_TASK_SET: u32 = 7;
-
-/// Event queue event types (5.6.6.3).
-pub const VIRTIO_SCSI_T_NO_EVENT: u32 = 0;
-pub const VIRTIO_SCSI_T_TRANSPORT_RESET: u32 = 1;
-pub const VIRTIO_SCSI_T_ASYNC_NOTIFY: u32 = 2;
-pub const VIRTIO_SCSI_T_PARAM_CHANGE: u32 = 3;
-pub const VIRTIO_SCSI_T_EVENTS_MISSED: u32 = 0x8000_0000;
-
-/// TRANSPORT_RESET event reasons (5.6.6.3.1).
-pub const VIRTIO_SCSI_EVT_RESET_HARD: u32 = 0;
-pub const VIRTIO_SCSI_EVT_RESET_RESCAN: u32 = 1;
-pub const VIRTIO_SCSI_EVT_RESET_REMOVED: u32 = 2;
+// Control request types, TMF subtypes, event types and TRANSPORT_RESET reasons (5.6.6.2,
+// 5.6.6.3): the same `u32` values as Linux's uapi header, so take them from it.
+pub use virtio_bindings::virtio_scsi::{
+    VIRTIO_SCSI_EVT_RESET_HARD, VIRTIO_SCSI_EVT_RESET_REMOVED, VIRTIO_SCSI_EVT_RESET_RESCAN,
+    VIRTIO_SCSI_T_AN_QUERY, VIRTIO_SCSI_T_AN_SUBSCRIBE, VIRTIO_SCSI_T_ASYNC_NOTIFY,
+    VIRTIO_SCSI_T_EVENTS_MISSED, VIRTIO_SCSI_T_NO_EVENT, VIRTIO_SCSI_T_PARAM_CHANGE,
+    VIRTIO_SCSI_T_TMF, VIRTIO_SCSI_T_TMF_ABORT_TASK, VIRTIO_SCSI_T_TMF_ABORT_TASK_SET,
+    VIRTIO_SCSI_T_TMF_CLEAR_ACA, VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET,
+    VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET, VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET,
+    VIRTIO_SCSI_T_TMF_QUERY_TASK, VIRTIO_SCSI_T_TMF_QUERY_TASK_SET, VIRTIO_SCSI_T_TRANSPORT_RESET,
+};
 
 /// `struct virtio_scsi_req_cmd`, device-readable part, with cdb_size = 32.
 #[repr(C, packed)]
