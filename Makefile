@@ -6,13 +6,15 @@ GUEST_TARGET := x86_64-unknown-none
 BACKEND      := $(CURDIR)/target/release/vhost-user-flakyhba
 IMAGE        := $(CURDIR)/target/$(GUEST_TARGET)/release/flakyhba-guest
 HARNESS      := $(CURDIR)/target/release/flakyhba-harness
+LINUX_GUEST  := $(CURDIR)/target/linux-guest
 HARNESS_ARGS ?=
 
-# The harness and its tests find the binaries through these.
-export FLAKYHBA_BACKEND := $(BACKEND)
-export FLAKYHBA_IMAGE   := $(IMAGE)
+# The harness and its tests find the binaries and the Linux guest through these.
+export FLAKYHBA_BACKEND     := $(BACKEND)
+export FLAKYHBA_IMAGE       := $(IMAGE)
+export FLAKYHBA_LINUX_GUEST := $(LINUX_GUEST)
 
-.PHONY: all setup build test qemu-test lint clean
+.PHONY: all setup build linux-guest test qemu-test linux-test lint clean
 
 all: build
 
@@ -23,15 +25,27 @@ build: setup
 	$(CARGO) build --release -p flakyhba-backend -p flakyhba-harness
 	$(CARGO) build --release -p flakyhba-guest --target $(GUEST_TARGET)
 
+# A Debian kernel and a busybox initramfs with sg3_utils, fio and e2fsprogs, from Debian's
+# packages (apt-get download; nothing is installed on the host). Cached in $(LINUX_GUEST).
+linux-guest: setup
+	bash linux-guest/build.sh $(LINUX_GUEST)
+
 # All tests: unit tests of every host crate, the guest library's host tests against the
-# simulated HBA, and the harness's QEMU scenarios (which need the release binaries).
-test: build
+# simulated HBA, and the harness's QEMU scenarios (the guest image and a stock Linux guest),
+# which need the release binaries.
+test: build linux-guest
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory qemu-test
 
 qemu-test: build
 	$(HARNESS) run smoke --irq on $(HARNESS_ARGS)
 	$(HARNESS) run smoke --irq off $(HARNESS_ARGS)
+
+# The stock Linux guest alone (TCG; about half a minute per run).
+linux-test: build linux-guest
+	$(HARNESS) linux --queues 1 $(HARNESS_ARGS)
+	$(HARNESS) linux --queues 4 $(HARNESS_ARGS)
+	$(HARNESS) linux --queues 1 --held-read $(HARNESS_ARGS)
 
 lint: setup
 	$(CARGO) fmt --all -- --check

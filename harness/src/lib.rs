@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod judge;
+pub mod linux;
 pub mod listen;
 pub mod process;
 pub mod qemu;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flakyhba_harness::accel::AccelChoice;
+use flakyhba_harness::linux::{self, run_linux, LinuxOptions};
 use flakyhba_harness::signals::{self, EXIT_INTERRUPTED};
 use flakyhba_harness::smoke::{run_smoke, SmokeOptions};
 use guest_miniport::contract::GuestArgs;
@@ -21,6 +22,39 @@ struct Cli {
 enum Cmd {
     /// Run one scenario.
     Run(RunArgs),
+    /// Boot a stock Debian kernel (built by linux-guest/build.sh) under TCG and drive the
+    /// Linux SCSI stack against the backend: sg3_utils, ext4, fio with verify.
+    Linux(LinuxArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LinuxArgs {
+    /// Request queues of the device; the guest gets as many CPUs and fio as many jobs.
+    #[arg(long, default_value_t = 1, value_parser = parse_queues)]
+    queues: u16,
+    /// SCSI command timeout of the guest's disk, in seconds (/sys/block/sdX/device/timeout).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    scsi_timeout: Option<u32>,
+    /// Also drive the SCSI error handler: the backend loses one read (`--fault lose`);
+    /// Linux's timeout does not abort it (virtio_scsi resets the timer), so the guest
+    /// resets the LU, which must end the read, and I/O must carry on.
+    #[arg(long)]
+    held_read: bool,
+    /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
+    #[arg(long)]
+    backend: Option<PathBuf>,
+    /// Output directory of linux-guest/build.sh [default: $FLAKYHBA_LINUX_GUEST, else target/linux-guest]
+    #[arg(long)]
+    guest_dir: Option<PathBuf>,
+    /// QEMU binary, a path or a name looked up on PATH.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Overall deadline of the run in seconds; on expiry everything is killed.
+    #[arg(long, default_value_t = 300.0, value_parser = parse_timeout)]
+    timeout: f64,
+    /// Keep the run directory (logs, disk image) in DIR instead of a removed temp dir.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -68,6 +102,15 @@ struct RunArgs {
     keep: Option<PathBuf>,
 }
 
+/// 1 or 4: the two shapes the scenario is written for (one queue; one per CPU of four).
+fn parse_queues(s: &str) -> Result<u16, String> {
+    match s {
+        "1" => Ok(1),
+        "4" => Ok(4),
+        _ => Err(format!("{s:?}: the Linux scenario runs with 1 or 4 queues")),
+    }
+}
+
 fn parse_timeout(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
@@ -94,7 +137,60 @@ fn main() -> ExitCode {
         log::error!("{e}");
         return ExitCode::FAILURE;
     }
-    let Cmd::Run(args) = cli.command;
+    match cli.command {
+        Cmd::Run(args) => smoke(args),
+        Cmd::Linux(args) => linux(args),
+    }
+}
+
+fn linux(args: LinuxArgs) -> ExitCode {
+    let root = workspace_root();
+    let (guest_dir, build_command) = match args
+        .guest_dir
+        .or_else(|| std::env::var_os("FLAKYHBA_LINUX_GUEST").map(PathBuf::from))
+    {
+        Some(dir) => {
+            let build = linux::build_command(root, &dir);
+            (dir, build)
+        }
+        None => linux::default_guest_dir(root),
+    };
+    let opts = LinuxOptions {
+        queues: args.queues,
+        scsi_timeout_s: args.scsi_timeout,
+        held_read: args.held_read,
+        backend: default_path(
+            args.backend,
+            "FLAKYHBA_BACKEND",
+            "target/release/vhost-user-flakyhba",
+        ),
+        guest_dir,
+        qemu: args.qemu,
+        timeout: Duration::from_secs_f64(args.timeout),
+        keep: args.keep,
+        build_command,
+    };
+    match run_linux(&opts) {
+        Ok(report) if !signals::interrupted() => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            eprintln!("flakyhba-harness: interrupted");
+            ExitCode::from(EXIT_INTERRUPTED as u8)
+        }
+        Err(failure) if failure.interrupted() || signals::interrupted() => {
+            eprintln!("flakyhba-harness: interrupted");
+            ExitCode::from(EXIT_INTERRUPTED as u8)
+        }
+        Err(failure) => {
+            eprint!("linux queues={}: {failure}", opts.queues);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn smoke(args: RunArgs) -> ExitCode {
     let ScenarioName::Smoke = args.scenario;
     let opts = SmokeOptions {
         irq: args.irq == OnOff::On,
@@ -135,3 +231,4 @@ fn main() -> ExitCode {
         }
     }
 }
+

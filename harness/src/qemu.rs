@@ -1,6 +1,6 @@
 //! The QEMU command line: q35 with memfd guest memory shared with the vhost-user
 //! backend, the vhost-user-scsi-pci device, isa-debug-exit for the verdict, and the
-//! guest image booted by `-kernel` (PVH).
+//! guest booted by `-kernel`: the flakyhba image (PVH) or a stock Linux kernel.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -11,7 +11,7 @@ use guest_miniport::contract::{GuestArgs, DEBUG_EXIT_PORT};
 
 use crate::accel::Accel;
 
-/// Guest RAM; `-m` and the memfd backend size must be the same.
+/// Guest RAM of the flakyhba image; `-m` and the memfd backend size must be the same.
 pub const GUEST_MEMORY_MIB: u32 = 256;
 /// qboot skips SeaBIOS's device scan; a PVH boot through it takes milliseconds.
 pub const QBOOT_ROM: &str = "/usr/share/qemu/qboot.rom";
@@ -20,10 +20,48 @@ pub const QBOOT_ROM: &str = "/usr/share/qemu/qboot.rom";
 pub struct QemuConfig {
     pub qemu: PathBuf,
     pub socket: PathBuf,
-    pub image: PathBuf,
-    pub guest_args: GuestArgs,
+    pub guest: Guest,
     pub accel: Accel,
     pub bios: Option<PathBuf>,
+}
+
+/// What `-kernel` boots.
+#[derive(Clone, Debug)]
+pub enum Guest {
+    /// The flakyhba guest image and its arguments, on one CPU with one request queue.
+    Image { image: PathBuf, args: GuestArgs },
+    /// A stock Linux kernel with its initramfs (linux-guest/).
+    Linux(LinuxBoot),
+}
+
+#[derive(Clone, Debug)]
+pub struct LinuxBoot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub append: String,
+    pub memory_mib: u32,
+    /// `-smp`: blk-mq maps CPUs to hardware queues, and virtio_scsi uses at most one
+    /// request queue per CPU.
+    pub cpus: u16,
+    /// The device's `num_queues`; the backend must serve as many.
+    pub num_queues: u16,
+}
+
+impl Guest {
+    fn memory_mib(&self) -> u32 {
+        match self {
+            Guest::Image { .. } => GUEST_MEMORY_MIB,
+            Guest::Linux(boot) => boot.memory_mib,
+        }
+    }
+
+    fn num_queues(&self) -> u16 {
+        match self {
+            Guest::Image { .. } => 1,
+            Guest::Linux(boot) => boot.num_queues,
+        }
+    }
 }
 
 /// [`QBOOT_ROM`] when it is installed.
@@ -55,7 +93,7 @@ impl QemuConfig {
     /// The arguments after the program name. Never `-cpu host`/`max`: they abort under
     /// nested KVM; the default CPU model boots PVH fine.
     pub fn args(&self) -> Vec<OsString> {
-        let mem = format!("{GUEST_MEMORY_MIB}M");
+        let mem = format!("{}M", self.guest.memory_mib());
         let mut args: Vec<OsString> = vec![
             "-M".into(),
             "q35".into(),
@@ -68,13 +106,33 @@ impl QemuConfig {
             "-chardev".into(),
             with_value("socket,id=vus,path=", &self.socket),
             "-device".into(),
-            "vhost-user-scsi-pci,chardev=vus,num_queues=1".into(),
+            format!(
+                "vhost-user-scsi-pci,chardev=vus,num_queues={}",
+                self.guest.num_queues()
+            )
+            .into(),
             "-device".into(),
             format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04").into(),
-            "-kernel".into(),
-            self.image.clone().into(),
-            "-append".into(),
-            self.guest_args.to_string().into(),
+        ];
+        match &self.guest {
+            Guest::Image { image, args: guest } => args.extend([
+                "-kernel".into(),
+                image.clone().into(),
+                "-append".into(),
+                guest.to_string().into(),
+            ]),
+            Guest::Linux(boot) => args.extend([
+                "-smp".into(),
+                boot.cpus.to_string().into(),
+                "-kernel".into(),
+                boot.kernel.clone().into(),
+                "-initrd".into(),
+                boot.initrd.clone().into(),
+                "-append".into(),
+                boot.append.clone().into(),
+            ]),
+        }
+        args.extend([
             "-display".into(),
             "none".into(),
             "-nodefaults".into(),
@@ -83,7 +141,7 @@ impl QemuConfig {
             "stdio".into(),
             "-accel".into(),
             self.accel.qemu_name().into(),
-        ];
+        ]);
         if let Some(bios) = &self.bios {
             args.push("-bios".into());
             args.push(bios.clone().into());
@@ -129,11 +187,13 @@ mod tests {
         QemuConfig {
             qemu: "qemu-system-x86_64".into(),
             socket: "/tmp/run,1/vhost.sock".into(),
-            image: "/img/flakyhba-guest".into(),
-            guest_args: GuestArgs {
-                irq: false,
-                seed: 9,
-                ..GuestArgs::default()
+            guest: Guest::Image {
+                image: "/img/flakyhba-guest".into(),
+                args: GuestArgs {
+                    irq: false,
+                    seed: 9,
+                    ..GuestArgs::default()
+                },
             },
             accel: Accel::Tcg,
             bios: Some(QBOOT_ROM.into()),
@@ -184,9 +244,12 @@ mod tests {
         assert_eq!(value_of(&args, "-kernel"), ["/img/flakyhba-guest"]);
         let append = value_of(&args, "-append");
         assert_eq!(append.len(), 1);
+        let Guest::Image { args: asked, .. } = config().guest else {
+            unreachable!("config() boots the image")
+        };
         assert_eq!(
             GuestArgs::parse(append[0]).unwrap(),
-            config().guest_args,
+            asked,
             "the guest must parse back exactly what was asked"
         );
         assert_eq!(value_of(&args, "-serial"), ["stdio"]);
@@ -220,6 +283,37 @@ mod tests {
             line.ends_with(" -accel tcg -bios /usr/share/qemu/qboot.rom"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn linux_boot_sets_memory_cpus_queues_initrd_and_command_line() {
+        let mut c = config();
+        c.guest = Guest::Linux(LinuxBoot {
+            kernel: "/lg/vmlinuz".into(),
+            initrd: "/lg/initrd.gz".into(),
+            append: "console=ttyS0 flakyhba.queues=4".into(),
+            memory_mib: 512,
+            cpus: 4,
+            num_queues: 4,
+        });
+        let args = strings(&c);
+        assert_eq!(value_of(&args, "-m"), ["512M"]);
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-memfd,id=mem,size=512M,share=on"]
+        );
+        assert_eq!(
+            value_of(&args, "-device")[0],
+            "vhost-user-scsi-pci,chardev=vus,num_queues=4"
+        );
+        assert_eq!(value_of(&args, "-smp"), ["4"]);
+        assert_eq!(value_of(&args, "-kernel"), ["/lg/vmlinuz"]);
+        assert_eq!(value_of(&args, "-initrd"), ["/lg/initrd.gz"]);
+        assert_eq!(
+            value_of(&args, "-append"),
+            ["console=ttyS0 flakyhba.queues=4"]
+        );
+        assert!(!args.iter().any(|a| a == "-cpu"), "never pick a CPU model");
     }
 
     #[test]

@@ -304,8 +304,10 @@ fn smoke(run: &mut Run, opts: &SmokeOptions) -> Result<SmokeReport, RunError> {
     let config = QemuConfig {
         qemu: qemu_program,
         socket,
-        image: opts.image.clone(),
-        guest_args,
+        guest: qemu::Guest::Image {
+            image: opts.image.clone(),
+            args: guest_args,
+        },
         accel,
         bios: qemu::default_bios(),
     };
