@@ -231,4 +231,3 @@ fn smoke(args: RunArgs) -> ExitCode {
         }
     }
 }
-
