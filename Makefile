@@ -14,7 +14,7 @@ export FLAKYHBA_BACKEND     := $(BACKEND)
 export FLAKYHBA_IMAGE       := $(IMAGE)
 export FLAKYHBA_LINUX_GUEST := $(LINUX_GUEST)
 
-.PHONY: all setup build linux-guest test qemu-test linux-test lint clean
+.PHONY: all setup build linux-guest test qemu-test linux-test bench lint clean
 
 all: build
 
@@ -40,6 +40,13 @@ test: build linux-guest
 qemu-test: build
 	$(HARNESS) run smoke --irq on $(HARNESS_ARGS)
 	$(HARNESS) run smoke --irq off $(HARNESS_ARGS)
+
+# Backend speed without a guest: the harness's vhost-user frontend drives the backend
+# directly. PEER='<command taking --socket-path S IMAGE>' adds a peer backend (never
+# downloaded; restarted for every run). Writes target/bench.json.
+bench: setup
+	$(CARGO) build --release -p flakyhba-backend -p flakyhba-harness
+	$(HARNESS) bench --suite --backend $(BACKEND) $${PEER:+--peer "$$PEER"} --json $(CURDIR)/target/bench.json $(BENCH_ARGS)
 
 # The stock Linux guest alone (TCG; about half a minute per run).
 linux-test: build linux-guest

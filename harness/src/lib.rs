@@ -2,6 +2,8 @@
 //! judges them and reports.
 
 pub mod accel;
+pub mod bench;
+pub mod frontend;
 pub mod judge;
 pub mod linux;
 pub mod listen;

@@ -20,6 +20,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Drive a vhost-user-scsi backend from the host with the built-in frontend (no QEMU,
+    /// no guest): IOPS, bandwidth, latency percentiles. `--suite` runs `make bench`.
+    Bench(flakyhba_harness::bench::BenchArgs),
     /// Run one scenario.
     Run(RunArgs),
     /// Boot a stock Debian kernel (built by linux-guest/build.sh) under TCG and drive the
@@ -139,6 +142,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Cmd::Run(args) => smoke(args),
+        Cmd::Bench(args) => bench(args),
         Cmd::Linux(args) => linux(args),
     }
 }
@@ -227,6 +231,17 @@ fn smoke(args: RunArgs) -> ExitCode {
         Err(failure) => {
             let irq = if opts.irq { "on" } else { "off" };
             eprint!("smoke irq={irq}: {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: flakyhba_harness::bench::BenchArgs) -> ExitCode {
+    let default_backend = workspace_root().join("target/release/vhost-user-flakyhba");
+    match flakyhba_harness::bench::run_cli(args, default_backend) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flakyhba-harness bench: {e}");
             ExitCode::FAILURE
         }
     }

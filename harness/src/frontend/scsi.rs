@@ -1,0 +1,141 @@
+//! virtio-scsi request headers and the few CDBs the frontend sends (wire layout as in
+//! backend/src/virtio.rs: cdb_size 32, sense_size 96).
+
+pub const VIRTIO_SCSI_CDB_SIZE: usize = 32;
+pub const VIRTIO_SCSI_SENSE_SIZE: usize = 96;
+/// `struct virtio_scsi_req_cmd`, device-readable part.
+pub const CMD_REQ_LEN: usize = 8 + 8 + 3 + VIRTIO_SCSI_CDB_SIZE;
+/// `struct virtio_scsi_req_cmd`, device-writable part.
+pub const CMD_RESP_LEN: u32 = 4 + 4 + 2 + 1 + 1 + VIRTIO_SCSI_SENSE_SIZE as u32;
+/// `struct virtio_scsi_ctrl_tmf`: type, subtype, lun, id.
+pub const TMF_REQ_LEN: usize = 4 + 4 + 8 + 8;
+pub const TMF_RESP_LEN: u32 = 1;
+
+pub const VIRTIO_SCSI_S_OK: u8 = 0;
+pub const VIRTIO_SCSI_S_ABORTED: u8 = 2;
+pub const VIRTIO_SCSI_S_FUNCTION_COMPLETE: u8 = 0;
+pub const VIRTIO_SCSI_S_FUNCTION_SUCCEEDED: u8 = 10;
+pub const VIRTIO_SCSI_T_TMF: u32 = 0;
+pub const VIRTIO_SCSI_T_TMF_ABORT_TASK: u32 = 0;
+pub const VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET: u32 = 5;
+
+pub const SAM_STAT_GOOD: u8 = 0;
+pub const SAM_STAT_CHECK_CONDITION: u8 = 2;
+
+pub const READ_16: u8 = 0x88;
+pub const WRITE_16: u8 = 0x8a;
+pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
+pub const SAI_READ_CAPACITY_16: u8 = 0x10;
+pub const TEST_UNIT_READY: u8 = 0x00;
+
+/// A LUN address in the virtio-scsi single-level format: 1, target, 0x40|lun>>8, lun.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScsiAddress {
+    pub target: u8,
+    pub lun: u16,
+}
+
+impl ScsiAddress {
+    pub fn encode(self) -> [u8; 8] {
+        let l = 0x4000 | (self.lun & 0x3fff);
+        let [hi, lo] = l.to_be_bytes();
+        [1, self.target, hi, lo, 0, 0, 0, 0]
+    }
+}
+
+/// A `virtio_scsi_req_cmd` header with tag `id` and `cdb` (zero-padded to 32 bytes).
+pub fn cmd_req(addr: ScsiAddress, id: u64, cdb: &[u8]) -> [u8; CMD_REQ_LEN] {
+    let mut r = [0u8; CMD_REQ_LEN];
+    r[0..8].copy_from_slice(&addr.encode());
+    r[8..16].copy_from_slice(&id.to_le_bytes());
+    // task_attr SIMPLE (0), prio 0, crn 0.
+    r[19..19 + cdb.len()].copy_from_slice(cdb);
+    r
+}
+
+/// Rewrites the tag and CDB of a header built by `cmd_req`, in place (no allocation).
+pub fn set_cmd(req: &mut [u8; CMD_REQ_LEN], id: u64, cdb: &[u8; 16]) {
+    req[8..16].copy_from_slice(&id.to_le_bytes());
+    req[19..35].copy_from_slice(cdb);
+}
+
+/// A `virtio_scsi_ctrl_tmf` request.
+pub fn tmf_req(subtype: u32, addr: ScsiAddress, id: u64) -> [u8; TMF_REQ_LEN] {
+    let mut r = [0u8; TMF_REQ_LEN];
+    r[0..4].copy_from_slice(&VIRTIO_SCSI_T_TMF.to_le_bytes());
+    r[4..8].copy_from_slice(&subtype.to_le_bytes());
+    r[8..16].copy_from_slice(&addr.encode());
+    r[16..24].copy_from_slice(&id.to_le_bytes());
+    r
+}
+
+/// READ(16) or WRITE(16) of `blocks` blocks at `lba`.
+pub fn rw16(write: bool, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = if write { WRITE_16 } else { READ_16 };
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+/// READ CAPACITY(16) with a 32-byte allocation length.
+pub fn read_capacity16() -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = SERVICE_ACTION_IN_16;
+    c[1] = SAI_READ_CAPACITY_16;
+    c[10..14].copy_from_slice(&32u32.to_be_bytes());
+    c
+}
+
+/// (number of blocks, block size) from READ CAPACITY(16) data.
+pub fn parse_capacity16(data: &[u8; 32]) -> (u64, u32) {
+    let last = u64::from_be_bytes(data[0..8].try_into().expect("8 bytes"));
+    let block = u32::from_be_bytes(data[8..12].try_into().expect("4 bytes"));
+    (last.saturating_add(1), block)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lun_encoding_is_single_level() {
+        let a = ScsiAddress { target: 0, lun: 0 };
+        assert_eq!(a.encode(), [1, 0, 0x40, 0, 0, 0, 0, 0]);
+        let b = ScsiAddress {
+            target: 3,
+            lun: 0x123,
+        };
+        assert_eq!(b.encode(), [1, 3, 0x41, 0x23, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn rw16_puts_lba_and_length_big_endian() {
+        let c = rw16(true, 0x0102_0304_0506_0708, 0x0a0b_0c0d);
+        assert_eq!(c[0], WRITE_16);
+        assert_eq!(&c[2..10], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&c[10..14], &[0x0a, 0x0b, 0x0c, 0x0d]);
+        let mut req = cmd_req(ScsiAddress::default(), 7, &c);
+        assert_eq!(req.len(), 51);
+        assert_eq!(req[19], WRITE_16);
+        set_cmd(&mut req, 9, &rw16(false, 1, 1));
+        assert_eq!(&req[8..16], &9u64.to_le_bytes());
+        assert_eq!(req[19], READ_16);
+    }
+
+    #[test]
+    fn capacity_parses_last_lba_plus_one() {
+        let mut d = [0u8; 32];
+        d[0..8].copy_from_slice(&1023u64.to_be_bytes());
+        d[8..12].copy_from_slice(&512u32.to_be_bytes());
+        assert_eq!(parse_capacity16(&d), (1024, 512));
+    }
+
+    #[test]
+    fn tmf_request_layout() {
+        let r = tmf_req(VIRTIO_SCSI_T_TMF_ABORT_TASK, ScsiAddress::default(), 0x42);
+        assert_eq!(&r[0..8], &[0; 8]);
+        assert_eq!(r[10], 0x40);
+        assert_eq!(&r[16..24], &0x42u64.to_le_bytes());
+    }
+}
