@@ -88,7 +88,7 @@ impl TryFrom<Args> for Config {
     }
 }
 
-fn parse_lun(text: &str) -> Result<LunSpec, ConfigError> {
+pub(crate) fn parse_lun(text: &str) -> Result<LunSpec, ConfigError> {
     let err = |f: fn(String) -> ConfigError| f(text.to_owned());
     let mut parts = text.split(',');
     let first = parts.next().unwrap_or_default();

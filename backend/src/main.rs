@@ -119,8 +119,9 @@ fn run(config: Config, plan: Plan) -> Result<(), RunError> {
     // Kept for the whole run: dropping it closes the socket.
     let _control = match &config.faults.control_socket {
         Some(path) => {
-            let server = ControlServer::start(path, engine.clone())
-                .map_err(RunError::CouldNotStartControlSocket)?;
+            let server =
+                ControlServer::start_with_target(path, engine.clone(), Some(target.clone()))
+                    .map_err(RunError::CouldNotStartControlSocket)?;
             info!("control socket on {}", path.display());
             Some(server)
         }

@@ -4,7 +4,7 @@
 use std::io;
 use std::mem::size_of;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -23,9 +23,11 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::faults::{Corruption, Epoch, FaultEngine, Plan, SignalOutcome};
+use crate::faults::{
+    Corruption, Epoch, FaultEngine, Plan, ResetReason, SignalOutcome, VirtioEvent,
+};
 use crate::scsi::sense::Sense;
-use crate::scsi::{CmdError, DataIn, DataOut, LunAddress, Target};
+use crate::scsi::{CmdError, DataIn, DataOut, LuChange, LunAddress, Target};
 use crate::virtio::*;
 
 mod faulty;
@@ -131,6 +133,8 @@ pub struct VhostUserScsiBackend {
     timers: Vec<Mutex<TimerFd>>,
     /// The next event posted carries VIRTIO_SCSI_T_EVENTS_MISSED (5.6.6.3).
     events_missed: AtomicBool,
+    /// The features the driver acknowledged: hot-plug and capacity events need theirs.
+    acked_features: AtomicU64,
 }
 
 impl VhostUserScsiBackend {
@@ -190,6 +194,7 @@ impl VhostUserScsiBackend {
                 .collect(),
             timers,
             events_missed: AtomicBool::new(false),
+            acked_features: AtomicU64::new(0),
         }
     }
 
@@ -216,11 +221,31 @@ impl VhostUserScsiBackend {
             .clone()
     }
 
+    /// Posts an event for each LU change of the target since the last call: a hot-add is
+    /// TRANSPORT_RESET/RESCAN, a hot-remove TRANSPORT_RESET/REMOVED (with
+    /// VIRTIO_SCSI_F_HOTPLUG), a capacity change PARAM_CHANGE 2A/09 (with
+    /// VIRTIO_SCSI_F_CHANGE). Without the feature the driver gets no event and finds the
+    /// change by the unit attention or its next scan (5.6.6.2, 5.6.6.3).
+    pub fn announce_lu_changes(&self) -> Result<(), VhuScsiError> {
+        if !self.target.has_changes() {
+            return Ok(());
+        }
+        let acked = self.acked_features.load(Ordering::Relaxed);
+        let now = self.faults.epoch.now();
+        for change in self.target.take_changes() {
+            if let Some(event) = lu_change_event(change, acked) {
+                self.post_event(event, now)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Serves every available chain of `queue` on `vring`.
     pub fn process_queue(&self, queue: usize, vring: &VringRwLock) -> Result<(), VhuScsiError> {
         if queue == EVENT_QUEUE {
-            // Event buffers stay with the device until there is an event to post.
-            return Ok(());
+            // Event buffers stay with the device until there is an event to post; new
+            // buffers are a chance to post LU changes that found none.
+            return self.announce_lu_changes();
         }
         if self.faults.active {
             return self.process_queue_with_faults(queue, vring);
@@ -351,6 +376,10 @@ impl VhostUserBackend for VhostUserScsiBackend {
         Ok(())
     }
 
+    fn acked_features(&self, features: u64) {
+        self.acked_features.store(features, Ordering::Relaxed);
+    }
+
     fn set_event_idx(&self, enabled: bool) {
         self.event_idx.store(enabled, Ordering::Relaxed);
     }
@@ -387,18 +416,23 @@ impl VhostUserBackend for VhostUserScsiBackend {
             return Err(VhuScsiError::UnexpectedEventSet(evset).into());
         }
         let mask = self.queue_masks.get(thread_id).copied().unwrap_or(0);
-        if self.faults.active {
-            if let Some(done) = self.remembered.get(thread_id) {
-                if !done.swap(true, Ordering::Relaxed) {
-                    self.remember_vrings(mask, vrings);
+        // Also without faults: hot-plug events are posted on the remembered event queue.
+        if let Some(done) = self.remembered.get(thread_id) {
+            if !done.load(Ordering::Relaxed) && !done.swap(true, Ordering::Relaxed) {
+                self.remember_vrings(mask, vrings);
+            }
+        }
+        if self.faults.active && device_event == self.timer_event() {
+            // Worker 0's timer polls for LU changes made on the control socket.
+            if thread_id == 0 {
+                if let Err(e) = self.announce_lu_changes() {
+                    log::error!("LU change events: {e}");
                 }
             }
-            if device_event == self.timer_event() {
-                if let Err(e) = self.on_timer(thread_id) {
-                    log::error!("worker {thread_id} timer: {e}");
-                }
-                return Ok(());
+            if let Err(e) = self.on_timer(thread_id) {
+                log::error!("worker {thread_id} timer: {e}");
             }
+            return Ok(());
         }
         let (Some(queue), Some(vring)) = (
             queue_of(mask, device_event),
@@ -416,6 +450,33 @@ impl VhostUserBackend for VhostUserScsiBackend {
             log::error!("queue {queue}: {e}");
         }
         Ok(())
+    }
+}
+
+/// The event announcing `change`, if the driver acknowledged the feature it needs.
+pub fn lu_change_event(change: LuChange, acked_features: u64) -> Option<VirtioEvent> {
+    let has = |bit: u64| acked_features & (1 << bit) != 0;
+    match change {
+        LuChange::Added(a) if has(VIRTIO_SCSI_F_HOTPLUG) => Some(VirtioEvent::TransportReset {
+            target: a.target,
+            lun: a.lun,
+            reason: ResetReason::Rescan,
+        }),
+        LuChange::Removed(a) if has(VIRTIO_SCSI_F_HOTPLUG) => Some(VirtioEvent::TransportReset {
+            target: a.target,
+            lun: a.lun,
+            reason: ResetReason::Removed,
+        }),
+        // CAPACITY DATA HAS CHANGED, the unit attention the LU raised too.
+        LuChange::CapacityChanged(a) if has(VIRTIO_SCSI_F_CHANGE) => {
+            Some(VirtioEvent::ParamChange {
+                target: a.target,
+                lun: a.lun,
+                asc: 0x2a,
+                ascq: 0x09,
+            })
+        }
+        _ => None,
     }
 }
 
@@ -597,7 +658,7 @@ where
             target: a.target,
             lun: a.lun,
         })
-        .filter(|&a| target.lu(a).is_some())
+        .filter(|&a| target.has_lu(a))
     else {
         debug!("request to absent LU {lun:02x?}");
         return Ok(VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_BAD_TARGET));
@@ -782,7 +843,7 @@ fn task_management(target: &Target, req: &VirtioScsiCtrlTmfReq) -> u8 {
             target: a.target,
             lun: a.lun,
         })
-        .filter(|&a| target.lu(a).is_some())
+        .filter(|&a| target.has_lu(a))
     else {
         return VIRTIO_SCSI_S_BAD_TARGET;
     };

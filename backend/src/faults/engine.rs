@@ -477,6 +477,24 @@ impl FaultEngine {
         self.trace = trace;
     }
 
+    /// Whether a trace sink is set: without one the time of a record is never needed, so
+    /// the request path skips reading the clock for it.
+    pub fn tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// No rule, no quiesce and no trace: [`FaultEngine::on_request`] would decide nothing
+    /// and record nothing for a command, so the request path need not describe it (nor
+    /// read the clock) and calls [`FaultEngine::count_idle_command`] instead.
+    pub fn is_idle(&self) -> bool {
+        self.trace.is_none() && self.rules.is_empty() && self.quiesce.is_empty()
+    }
+
+    /// What [`FaultEngine::on_request`] does for a command when the engine is idle.
+    pub fn count_idle_command(&mut self) {
+        self.stats.commands += 1;
+    }
+
     pub fn flush_trace(&mut self) -> Result<(), TraceError> {
         match &mut self.trace {
             Some(t) => t.flush(),

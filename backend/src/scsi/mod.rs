@@ -9,6 +9,8 @@ mod spc;
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use self::lun::{memory_serial, ua};
 pub use self::lun::{Backing, Lun, LunAddress, LunSpec, BLOCK_SIZE};
@@ -274,12 +276,27 @@ fn lookup(cdb: &[u8]) -> Result<&'static Command, Sense> {
     })
 }
 
+/// A change of the bus made at run time, for the transport to announce (virtio-scsi
+/// turns them into event-queue events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LuChange {
+    Added(LunAddress),
+    Removed(LunAddress),
+    CapacityChanged(LunAddress),
+}
+
 /// The backend's SCSI bus: LUs on one or more targets. The name is historical (one target
 /// at first); a transport addresses LUs with [`LunAddress`].
 #[derive(Debug)]
 pub struct Target {
-    /// Sorted by address.
-    luns: Vec<Lun>,
+    /// Sorted by address. LUs come and go at run time: a command clones the `Arc` of its
+    /// LU under the read lock and runs without it, so a removed LU stays open until the
+    /// commands already on it finish.
+    luns: RwLock<Vec<Arc<Lun>>>,
+    /// Changes not yet taken by the transport, oldest first.
+    changes: Mutex<Vec<LuChange>>,
+    /// `changes` is not empty: one relaxed load on the transport's poll path.
+    changed: AtomicBool,
 }
 
 impl Target {
@@ -302,69 +319,139 @@ impl Target {
             }
             placed.push(lu);
         }
-        let mut next = 0u16;
         for mut lu in auto {
-            while placed.iter().any(|p| {
-                p.address
-                    == Some(LunAddress {
-                        target: 0,
-                        lun: next,
-                    })
-            }) {
-                next += 1;
-            }
-            let addr = LunAddress {
-                target: 0,
-                lun: next,
-            };
-            if usize::from(next) >= MAX_LUNS {
-                return Err(ScsiError::TooManyLuns(MAX_LUNS + 1));
-            }
+            let addr = next_free(placed.iter().filter_map(|p| p.address))?;
             lu.address = Some(addr);
             placed.push(lu);
         }
         for lu in &mut placed {
-            if let (Some(bytes), Some(addr)) = (lu.memory_bytes(), lu.address) {
-                lu.set_serial(memory_serial(addr, bytes));
-            }
+            set_memory_serial(lu);
         }
         placed.sort_by_key(|l| l.address);
-        Ok(Target { luns: placed })
+        Ok(Target {
+            luns: RwLock::new(placed.into_iter().map(Arc::new).collect()),
+            changes: Mutex::new(Vec::new()),
+            changed: AtomicBool::new(false),
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Vec<Arc<Lun>>> {
+        self.luns.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The LU at LUN `lun` of target 0.
-    pub fn lun(&self, lun: u16) -> Option<&Lun> {
+    pub fn lun(&self, lun: u16) -> Option<Arc<Lun>> {
         self.lu(LunAddress { target: 0, lun })
     }
 
-    pub fn lu(&self, addr: LunAddress) -> Option<&Lun> {
-        self.luns
-            .binary_search_by_key(&Some(addr), |l| l.address)
+    /// The LU at `addr`: a read lock and one reference count, no allocation.
+    pub fn lu(&self, addr: LunAddress) -> Option<Arc<Lun>> {
+        let luns = self.read();
+        luns.binary_search_by_key(&Some(addr), |l| l.address)
             .ok()
-            .map(|i| &self.luns[i])
+            .map(|i| luns[i].clone())
+    }
+
+    /// Whether an LU is at `addr`.
+    pub fn has_lu(&self, addr: LunAddress) -> bool {
+        self.read()
+            .binary_search_by_key(&Some(addr), |l| l.address)
+            .is_ok()
     }
 
     /// Whether target `id` has any LU (a command to one of its absent LUNs still gets a
     /// SCSI answer).
     pub fn has_target(&self, id: u8) -> bool {
-        self.luns
+        self.read()
             .iter()
             .any(|l| l.address.is_some_and(|a| a.target == id))
     }
 
     pub fn lun_count(&self) -> usize {
-        self.luns.len()
+        self.read().len()
     }
 
-    /// Every LU with its address, in address order.
-    pub fn luns(&self) -> impl Iterator<Item = (LunAddress, &Lun)> {
-        self.luns.iter().filter_map(|l| l.address.map(|a| (a, l)))
+    /// Every LU with its address, in address order, as they are now.
+    pub fn luns(&self) -> impl Iterator<Item = (LunAddress, Arc<Lun>)> {
+        let snapshot: Vec<_> = self
+            .read()
+            .iter()
+            .filter_map(|l| l.address.map(|a| (a, l.clone())))
+            .collect();
+        snapshot.into_iter()
+    }
+
+    /// Hot-adds `lu` at its address, or at the next free LUN of target 0 without one. The
+    /// new LU is started and reports POWER ON first, as after a power on; the transport
+    /// learns of it through [`Target::take_changes`].
+    pub fn add_lu(&self, mut lu: Lun) -> Result<LunAddress, ScsiError> {
+        let mut luns = self.luns.write().unwrap_or_else(PoisonError::into_inner);
+        if luns.len() >= MAX_LUNS {
+            return Err(ScsiError::TooManyLuns(luns.len() + 1));
+        }
+        let addr = match lu.address {
+            Some(addr) if usize::from(addr.lun) >= MAX_LUNS => {
+                return Err(ScsiError::LunOutOfRange(addr))
+            }
+            Some(addr) => addr,
+            None => next_free(luns.iter().filter_map(|l| l.address))?,
+        };
+        let at = match luns.binary_search_by_key(&Some(addr), |l| l.address) {
+            Ok(_) => return Err(ScsiError::DuplicateLunAddress(addr)),
+            Err(at) => at,
+        };
+        lu.address = Some(addr);
+        set_memory_serial(&mut lu);
+        lu.set_stopped(false);
+        lu.raise_ua(ua::POWER_ON);
+        luns.insert(at, Arc::new(lu));
+        drop(luns);
+        self.record(LuChange::Added(addr));
+        Ok(addr)
+    }
+
+    /// Hot-removes the LU at `addr`. Commands already running on it finish; later ones
+    /// find no LU.
+    pub fn remove_lu(&self, addr: LunAddress) -> Result<Arc<Lun>, ScsiError> {
+        let mut luns = self.luns.write().unwrap_or_else(PoisonError::into_inner);
+        let at = luns
+            .binary_search_by_key(&Some(addr), |l| l.address)
+            .map_err(|_| ScsiError::NoSuchLu(addr))?;
+        let lu = luns.remove(at);
+        drop(luns);
+        self.record(LuChange::Removed(addr));
+        Ok(lu)
+    }
+
+    fn record(&self, change: LuChange) {
+        self.changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(change);
+        self.changed.store(true, Ordering::Release);
+    }
+
+    /// Whether changes wait for [`Target::take_changes`] (cheap: one atomic load).
+    pub fn has_changes(&self) -> bool {
+        self.changed.load(Ordering::Acquire)
+    }
+
+    /// The changes since the last call, oldest first.
+    pub fn take_changes(&self) -> Vec<LuChange> {
+        if !self.has_changes() {
+            return Vec::new();
+        }
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        self.changed.store(false, Ordering::Release);
+        std::mem::take(&mut *changes)
     }
 
     /// Power on: every LU reports POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29/00) and
     /// is started.
+    /// Changes not yet announced are dropped: a new initiator scans the bus anyway.
     pub fn power_on(&self) {
-        for lu in &self.luns {
+        drop(self.take_changes());
+        for lu in self.read().iter() {
             lu.set_stopped(false);
             lu.raise_ua(ua::POWER_ON);
         }
@@ -380,7 +467,7 @@ impl Target {
 
     /// I_T NEXUS RESET of the single initiator: every LU reports 29/07 next.
     pub fn nexus_reset(&self) {
-        for lu in &self.luns {
+        for lu in self.read().iter() {
             lu.raise_ua(ua::I_T_NEXUS_LOSS);
         }
     }
@@ -400,6 +487,7 @@ impl Target {
             })?;
         lu.set_blocks(blocks);
         lu.raise_ua(ua::CAPACITY_CHANGED);
+        self.record(LuChange::CapacityChanged(addr));
         Ok(())
     }
 
@@ -419,12 +507,29 @@ impl Target {
         }
         lu.set_blocks(blocks);
         lu.raise_ua(ua::CAPACITY_CHANGED);
+        self.record(LuChange::CapacityChanged(addr));
         Ok(true)
+    }
+
+    /// [`Target::refresh_capacity`] of every LU: the addresses whose capacity changed,
+    /// and those whose backing could not be sized.
+    pub fn rescan(&self) -> (Vec<LunAddress>, Vec<(LunAddress, ScsiError)>) {
+        let (mut changed, mut failed) = (Vec::new(), Vec::new());
+        for (addr, _) in self.luns() {
+            match self.refresh_capacity(addr) {
+                Ok(true) => changed.push(addr),
+                Ok(false) => {}
+                // Removed meanwhile: nothing to refresh.
+                Err(ScsiError::NoSuchLu(_)) => {}
+                Err(e) => failed.push((addr, e)),
+            }
+        }
+        (changed, failed)
     }
 
     /// Whether `addr` has a unit attention pending (for tests and the trace).
     pub fn unit_attention_pending(&self, addr: LunAddress) -> bool {
-        self.lu(addr).is_some_and(Lun::ua_pending)
+        self.lu(addr).is_some_and(|lu| lu.ua_pending())
     }
 
     /// Executes one CDB on LUN `lun` of target 0.
@@ -455,7 +560,7 @@ impl Target {
             }
             return spc::absent_lun(self, addr, cdb, data_in);
         };
-        let mut outcome = self.dispatch(lu, cdb, data_in, data_out)?;
+        let mut outcome = self.dispatch(&lu, cdb, data_in, data_out)?;
         outcome.sense_format = lu.sense_format();
         Ok(outcome)
     }
@@ -491,6 +596,21 @@ impl Target {
             ));
         }
         (command.handler)(self, lu, cdb, data_in, data_out)
+    }
+}
+
+/// The first free LUN of target 0 among `taken`.
+fn next_free(taken: impl Iterator<Item = LunAddress> + Clone) -> Result<LunAddress, ScsiError> {
+    (0..MAX_LUNS as u16)
+        .map(|lun| LunAddress { target: 0, lun })
+        .find(|a| !taken.clone().any(|t| t == *a))
+        .ok_or(ScsiError::TooManyLuns(MAX_LUNS + 1))
+}
+
+/// A RAM-backed LU's serial depends on its address, known only once placed.
+fn set_memory_serial(lu: &mut Lun) {
+    if let (Some(bytes), Some(addr)) = (lu.memory_bytes(), lu.address) {
+        lu.set_serial(memory_serial(addr, bytes));
     }
 }
 

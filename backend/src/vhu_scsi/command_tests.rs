@@ -449,7 +449,7 @@ fn report_supported_operation_codes_lists_the_table() {
     let d = r.cmd(0, &c, &[], 4096);
     d.good();
     let lu = r.target.lun(0).unwrap();
-    let offered: Vec<_> = COMMANDS.iter().filter(|c| c.offered_by(lu)).collect();
+    let offered: Vec<_> = COMMANDS.iter().filter(|c| c.offered_by(&lu)).collect();
     let len = u32::from_be_bytes(d.data_in[..4].try_into().unwrap()) as usize;
     assert_eq!(len, offered.len() * 8);
     for (i, cmd) in offered.iter().enumerate() {

@@ -108,13 +108,24 @@ impl VhostUserScsiBackend {
         mem: &GuestMemoryMmap,
         chain: Chain,
     ) -> Result<bool, VhuScsiError> {
+        let mut engine = self.engine();
+        // Nothing would read the command's description or the time: only count it.
+        if engine.is_idle() {
+            engine.count_idle_command();
+            drop(engine);
+            self.finish_command(queue, vring, mem, chain, 0, Disposition::EXECUTE, false)?;
+            return Ok(false);
+        }
+        // The header is read under the engine lock: one lock per command, not two.
         let Some(info) = request_info(queue as u16, mem, &chain) else {
+            drop(engine);
             // Malformed: served as without faults, so it fails the usual way.
             self.finish_command(queue, vring, mem, chain, 0, Disposition::EXECUTE, false)?;
             return Ok(false);
         };
         let now = self.faults.epoch.now();
-        let d = self.engine().on_request(&info, now);
+        let d = engine.on_request(&info, now);
+        drop(engine);
         let park = |due, work| InflightEntry {
             head: chain.head_index(),
             tag: info.id,
@@ -166,8 +177,13 @@ impl VhostUserScsiBackend {
         let head = chain.head_index();
         let served = serve_command(&self.target, mem, chain, how);
         let outcome = complete_and_notify(vring, head, served.used, drop_interrupt)?;
-        let now = self.faults.epoch.now();
         let mut engine = self.engine();
+        // The time is only for the trace's records (the counters do not need it).
+        let now = if engine.tracing() {
+            self.faults.epoch.now()
+        } else {
+            Duration::ZERO
+        };
         match served.resp {
             Some(r) => engine.record_complete(
                 queue as u16,
