@@ -4,7 +4,7 @@
 //!   produced by [`GuestArgs`]'s `Display`.
 //! - guest → harness: serial lines that are each one JSON object ([`REPORT_RESULT_KEY`]
 //!   marks the last one), and the isa-debug-exit code ([`EXIT_PASS`], [`EXIT_FAIL`]).
-//! - the data the `smoke` scenario writes: [`fill_pattern`] at the LBAs of [`smoke_lba`],
+//! - the data the workloads write: [`fill_pattern`] at the LBAs of [`smoke_lba`],
 //!   so the harness can check the image file on its own after the guest exits.
 //!
 //! The harness depends on this crate for exactly these items, so both sides are built
@@ -32,29 +32,82 @@ pub const REPORT_EVENT_KEY: &str = "event";
 
 /// Fields of the final result line that the harness reads. Other fields may follow.
 /// - `result`: `"pass"` or `"fail"`; `reason`: a plain message when it failed.
-/// - `scenario`, `seed`, `irq` (bool): echo of the arguments.
+/// - `scenario` (the workload's name), `seed`, `irq`, `poll` (bools): echo of the
+///   arguments.
 /// - `block_size`, `capacity` (blocks): what READ CAPACITY returned.
-/// - `lbas`: the LBAs written with [`fill_pattern`], in order.
+/// - `lbas`: the LBAs written with [`fill_pattern`] (and acknowledged), in order.
 /// - `elapsed_us`: microseconds from guest entry to this line.
-/// - `completed_by_interrupt`, `completed_by_poll`: how the miniport found completions.
+/// - `first_request_us`: guest time of the first HwStartIo, to line the guest's times
+///   up with the backend trace (whose first `request` record is the same request).
+/// - `completed_by_interrupt`, `completed_by_poll`: how the miniport found completions;
+///   `polled_ids`: the virtio request ids (the trace's `id`) of the first
+///   [`MAX_REPORTED_IDS`] found by the HwTimer poll.
 /// - `violations`: how many rule violations the port's checker recorded (0 to pass);
 ///   `violation_list`: the first of them, each `{"rule","routine","time_us","message",
 ///   "value"}` (rule ids of docs/miniport-rules.md).
 /// - `hw_interrupt_max_us`, `hw_interrupt_total_us`, `hw_timer_max_us`,
 ///   `hw_timer_total_us`, `hw_start_io_max_us`, `hw_start_io_total_us`, `stall_max_us`:
 ///   time measured in the miniport's routines (P4).
+/// - Counters of the port, the miniport and the workload: see the constants below.
 pub mod result_fields {
     pub const RESULT: &str = "result";
     pub const REASON: &str = "reason";
     pub const SCENARIO: &str = "scenario";
     pub const SEED: &str = "seed";
     pub const IRQ: &str = "irq";
+    pub const POLL: &str = "poll";
     pub const BLOCK_SIZE: &str = "block_size";
     pub const CAPACITY: &str = "capacity";
     pub const LBAS: &str = "lbas";
     pub const ELAPSED_US: &str = "elapsed_us";
+    pub const FIRST_REQUEST_US: &str = "first_request_us";
     pub const COMPLETED_BY_INTERRUPT: &str = "completed_by_interrupt";
     pub const COMPLETED_BY_POLL: &str = "completed_by_poll";
+    pub const POLLED_IDS: &str = "polled_ids";
+    pub const STALE_COMPLETIONS: &str = "stale_completions";
+    pub const INTERRUPTS: &str = "interrupts";
+    pub const INTERRUPTS_NOT_CLAIMED: &str = "interrupts_not_claimed";
+    pub const TIMER_CALLS: &str = "timer_calls";
+    pub const NOTIFICATIONS: &str = "notifications";
+    /// Port: SRBs past their timeout (P1), bus resets, SRBs retried after a bus reset,
+    /// SRBs taken back at the end of a reset hold (P2).
+    pub const SRB_TIMEOUTS: &str = "srb_timeouts";
+    pub const BUS_RESETS: &str = "bus_resets";
+    pub const BUS_RESET_RETRIES: &str = "bus_reset_retries";
+    pub const RECLAIMED: &str = "reclaimed";
+    pub const RESETS_DETECTED: &str = "resets_detected";
+    /// Miniport: TMFs sent, answered with FUNCTION COMPLETE/SUCCEEDED, answered with a
+    /// failure, not answered within the bound; virtio device resets; the longest and
+    /// total time from HwResetBus to the end of the reset.
+    pub const TMFS_SENT: &str = "tmfs_sent";
+    pub const TMFS_COMPLETED: &str = "tmfs_completed";
+    pub const TMFS_FAILED: &str = "tmfs_failed";
+    pub const TMF_TIMEOUTS: &str = "tmf_timeouts";
+    pub const DEVICE_RESETS: &str = "device_resets";
+    pub const RESET_MAX_US: &str = "reset_max_us";
+    pub const RESET_TOTAL_US: &str = "reset_total_us";
+    /// Miniport: event queue.
+    pub const EVENTS: &str = "events";
+    pub const EVENTS_MISSED: &str = "events_missed";
+    pub const TRANSPORT_RESETS: &str = "transport_resets";
+    pub const PARAM_CHANGES: &str = "param_changes";
+    pub const CONFIG_CHANGES: &str = "config_changes";
+    /// Workload (the class driver's part): retries by cause, reads that failed with
+    /// MEDIUM ERROR and their LBAs, bus rescans after a bus change.
+    pub const UNIT_ATTENTION_RETRIES: &str = "unit_attention_retries";
+    pub const BUSY_RETRIES: &str = "busy_retries";
+    pub const QUEUE_FULL_RETRIES: &str = "queue_full_retries";
+    pub const MEDIUM_ERRORS: &str = "medium_errors";
+    pub const MEDIUM_ERROR_LBAS: &str = "medium_error_lbas";
+    pub const RESCANS: &str = "rescans";
+    pub const REQUESTS: &str = "requests";
+    /// `bench`: completed requests per second and latency (µs) per completion path.
+    pub const IOPS: &str = "iops";
+    pub const LAT_INTERRUPT_P50_US: &str = "lat_interrupt_p50_us";
+    pub const LAT_INTERRUPT_P99_US: &str = "lat_interrupt_p99_us";
+    pub const LAT_POLL_P50_US: &str = "lat_poll_p50_us";
+    pub const LAT_POLL_P99_US: &str = "lat_poll_p99_us";
+    pub const LAT_MAX_US: &str = "lat_max_us";
     pub const VIOLATIONS: &str = "violations";
     pub const VIOLATION_LIST: &str = "violation_list";
     pub const HW_INTERRUPT_MAX_US: &str = "hw_interrupt_max_us";
@@ -72,25 +125,83 @@ pub mod result_fields {
     pub const VIOLATION_VALUE: &str = "value";
 }
 
-/// The scenarios the guest image can run.
+/// Most request ids the result line lists in `polled_ids`.
+pub const MAX_REPORTED_IDS: usize = 256;
+
+/// The event line, sent just before the result line, that holds the guest's side of a
+/// scenario's timeline: `{"event":"timeline","polls":[[t_us,found],...],
+/// "resets":[[start_us,end_us],...],"truncated":bool}`. `polls` are HwTimer calls that
+/// polled the request queue (`found`: completions they found), `resets` the spans from
+/// HwResetBus to the end of the reset (TMF answered, or device re-initialized). Times
+/// are guest microseconds ([`result_fields::FIRST_REQUEST_US`] lines them up).
+pub mod timeline_fields {
+    pub const EVENT: &str = "timeline";
+    pub const POLLS: &str = "polls";
+    pub const RESETS: &str = "resets";
+    pub const TRUNCATED: &str = "truncated";
+}
+
+/// Most entries of each list in the timeline line.
+pub const MAX_TIMELINE_ENTRIES: usize = 512;
+
+/// The workloads the guest image can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scenario {
+pub enum Workload {
     /// INQUIRY, READ CAPACITY, write a seeded pattern to `blocks` blocks spread over the
     /// disk, read them back and compare.
     Smoke,
+    /// `blocks` distinct seeded random LBAs written at queue depth `qd` in random order,
+    /// then read back in another order and compared.
+    Io,
+    /// `io`, with a bus reset (HwResetBus) from the runner after `reset_after` writes
+    /// completed, while requests are outstanding.
+    ResetUnderLoad,
+    /// `blocks` single-block random reads at queue depth `qd`: IOPS and latency
+    /// percentiles per completion path.
+    Bench,
 }
 
-impl Scenario {
+impl Workload {
+    pub const ALL: [Workload; 4] = [
+        Workload::Smoke,
+        Workload::Io,
+        Workload::ResetUnderLoad,
+        Workload::Bench,
+    ];
+
     pub const fn name(self) -> &'static str {
         match self {
-            Scenario::Smoke => "smoke",
+            Workload::Smoke => "smoke",
+            Workload::Io => "io",
+            Workload::ResetUnderLoad => "reset-under-load",
+            Workload::Bench => "bench",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "smoke" => Some(Scenario::Smoke),
-            _ => None,
+        Self::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    /// Whether the workload writes the pattern at the LBAs it reports.
+    pub const fn writes(self) -> bool {
+        !matches!(self, Workload::Bench)
+    }
+}
+
+/// The TMF HwResetBus sends to each LU with requests outstanding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetKind {
+    /// VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET.
+    Lu,
+    /// VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET, once per target.
+    Nexus,
+}
+
+impl ResetKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            ResetKind::Lu => "lu",
+            ResetKind::Nexus => "nexus",
         }
     }
 }
@@ -98,30 +209,60 @@ impl Scenario {
 /// Arguments the harness passes on the kernel command line, as `key=value` words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestArgs {
-    pub scenario: Scenario,
+    /// `workload=`.
+    pub workload: Workload,
     /// `irq=off`: the miniport requests no interrupts and completes everything from
     /// HwTimer polling.
     pub irq: bool,
+    /// `poll=off` (only with `irq=on`): the miniport never arms HwTimer, so it relies on
+    /// interrupts alone. The negative control of the fault scenarios.
+    pub poll: bool,
     /// Seed of the data pattern and of the LBA choice.
     pub seed: u64,
-    /// Number of blocks the smoke scenario writes and reads back.
+    /// Blocks the workload writes and reads back (for `bench`: reads).
     pub blocks: u32,
-    /// Most requests the scenario keeps outstanding at once.
+    /// Most requests the workload keeps outstanding at once.
     pub queue_depth: u32,
     /// The port's timer resolution in microseconds (T2). The image programs its
     /// periodic LAPIC tick with it.
     pub tick_us: u32,
+    /// HwTimer interval while requests are outstanding and `irq=on`: the watchdog that
+    /// finds completions whose interrupt never came (T7).
+    pub watchdog_us: u32,
+    /// TimeOutValue of every SRB (P1).
+    pub srb_timeout_ms: u32,
+    /// How long HwResetBus's TMFs may take before the miniport resets the device.
+    pub tmf_timeout_ms: u32,
+    /// The port's reset hold (P2, N5).
+    pub hold_ms: u32,
+    /// The TMF of HwResetBus.
+    pub reset: ResetKind,
+    /// `reset-under-load`: completed writes before the runner resets the bus.
+    pub reset_after: u32,
+    /// How often the port retries an SRB completed with SRB_STATUS_BUS_RESET.
+    pub retries: u32,
+    /// Guest time the workload may take before it gives up.
+    pub deadline_ms: u32,
 }
 
 impl Default for GuestArgs {
     fn default() -> Self {
         GuestArgs {
-            scenario: Scenario::Smoke,
+            workload: Workload::Smoke,
             irq: true,
+            poll: true,
             seed: 1,
             blocks: 64,
             queue_depth: 8,
             tick_us: 10_000,
+            watchdog_us: 10_000,
+            srb_timeout_ms: 10_000,
+            tmf_timeout_ms: 2_000,
+            hold_ms: 4_000,
+            reset: ResetKind::Lu,
+            reset_after: 16,
+            retries: 4,
+            deadline_ms: 60_000,
         }
     }
 }
@@ -130,8 +271,13 @@ impl Default for GuestArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArgError<'a> {
     UnknownKey(&'a str),
-    BadValue { key: &'a str, value: &'a str },
-    UnknownScenario(&'a str),
+    BadValue {
+        key: &'a str,
+        value: &'a str,
+    },
+    UnknownWorkload(&'a str),
+    /// `poll=off` with `irq=off`: nothing would ever complete a request (T7).
+    NothingCompletes,
 }
 
 impl fmt::Display for ArgError<'_> {
@@ -139,7 +285,10 @@ impl fmt::Display for ArgError<'_> {
         match self {
             ArgError::UnknownKey(k) => write!(f, "unknown argument {k:?}"),
             ArgError::BadValue { key, value } => write!(f, "bad value {value:?} for {key}"),
-            ArgError::UnknownScenario(s) => write!(f, "unknown scenario {s:?}"),
+            ArgError::UnknownWorkload(s) => write!(f, "unknown workload {s:?}"),
+            ArgError::NothingCompletes => {
+                write!(f, "poll=off needs irq=on: nothing would complete a request")
+            }
         }
     }
 }
@@ -148,43 +297,69 @@ fn parse_num<'a, T: core::str::FromStr>(key: &'a str, value: &'a str) -> Result<
     value.parse().map_err(|_| ArgError::BadValue { key, value })
 }
 
+/// A number that must not be 0.
+fn parse_positive<'a>(key: &'a str, value: &'a str) -> Result<u32, ArgError<'a>> {
+    match parse_num(key, value)? {
+        0 => Err(ArgError::BadValue { key, value }),
+        n => Ok(n),
+    }
+}
+
+fn parse_on_off<'a>(key: &'a str, value: &'a str) -> Result<bool, ArgError<'a>> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(ArgError::BadValue { key, value }),
+    }
+}
+
+const fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
 impl GuestArgs {
     /// Parses the kernel command line. Words without `=` are refused, so a typo never
-    /// silently runs a different scenario.
+    /// silently runs a different workload.
     pub fn parse(cmdline: &str) -> Result<GuestArgs, ArgError<'_>> {
-        let mut args = GuestArgs::default();
+        let mut a = GuestArgs::default();
         for word in cmdline.split_ascii_whitespace() {
             let (key, value) = word.split_once('=').ok_or(ArgError::UnknownKey(word))?;
             match key {
-                "scenario" => {
-                    args.scenario =
-                        Scenario::from_name(value).ok_or(ArgError::UnknownScenario(value))?
+                "workload" => {
+                    a.workload =
+                        Workload::from_name(value).ok_or(ArgError::UnknownWorkload(value))?
                 }
-                "irq" => {
-                    args.irq = match value {
-                        "on" => true,
-                        "off" => false,
+                "irq" => a.irq = parse_on_off(key, value)?,
+                "poll" => a.poll = parse_on_off(key, value)?,
+                "seed" => a.seed = parse_num(key, value)?,
+                "blocks" => a.blocks = parse_positive(key, value)?,
+                "qd" => a.queue_depth = parse_positive(key, value)?,
+                "tick_us" => a.tick_us = parse_positive(key, value)?,
+                "watchdog_us" => a.watchdog_us = parse_positive(key, value)?,
+                "srb_timeout_ms" => a.srb_timeout_ms = parse_positive(key, value)?,
+                "tmf_timeout_ms" => a.tmf_timeout_ms = parse_positive(key, value)?,
+                "hold_ms" => a.hold_ms = parse_num(key, value)?,
+                "reset" => {
+                    a.reset = match value {
+                        "lu" => ResetKind::Lu,
+                        "nexus" => ResetKind::Nexus,
                         _ => return Err(ArgError::BadValue { key, value }),
                     }
                 }
-                "seed" => args.seed = parse_num(key, value)?,
-                "blocks" => args.blocks = parse_num(key, value)?,
-                "qd" => {
-                    args.queue_depth = parse_num(key, value)?;
-                    if args.queue_depth == 0 {
-                        return Err(ArgError::BadValue { key, value });
-                    }
-                }
-                "tick_us" => {
-                    args.tick_us = parse_num(key, value)?;
-                    if args.tick_us == 0 {
-                        return Err(ArgError::BadValue { key, value });
-                    }
-                }
+                "reset_after" => a.reset_after = parse_num(key, value)?,
+                "retries" => a.retries = parse_num(key, value)?,
+                "deadline_ms" => a.deadline_ms = parse_positive(key, value)?,
                 _ => return Err(ArgError::UnknownKey(key)),
             }
         }
-        Ok(args)
+        if !a.irq && !a.poll {
+            return Err(ArgError::NothingCompletes);
+        }
+        Ok(a)
     }
 }
 
@@ -192,13 +367,24 @@ impl fmt::Display for GuestArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "scenario={} irq={} seed={} blocks={} qd={} tick_us={}",
-            self.scenario.name(),
-            if self.irq { "on" } else { "off" },
+            "workload={} irq={} poll={} seed={} blocks={} qd={} tick_us={} watchdog_us={} \
+             srb_timeout_ms={} tmf_timeout_ms={} hold_ms={} reset={} reset_after={} \
+             retries={} deadline_ms={}",
+            self.workload.name(),
+            on_off(self.irq),
+            on_off(self.poll),
             self.seed,
             self.blocks,
             self.queue_depth,
-            self.tick_us
+            self.tick_us,
+            self.watchdog_us,
+            self.srb_timeout_ms,
+            self.tmf_timeout_ms,
+            self.hold_ms,
+            self.reset.name(),
+            self.reset_after,
+            self.retries,
+            self.deadline_ms,
         )
     }
 }
@@ -242,6 +428,28 @@ pub fn smoke_lba(seed: u64, capacity: u64, count: u32, index: u32) -> u64 {
     (u64::from(index) * stripe + offset).min(capacity.saturating_sub(1))
 }
 
+/// Position `j` of a seeded permutation of `0..count`: the order in which the `io`
+/// workload visits its stripes (`seed` differs between the write and the read pass).
+/// An affine map `j -> (a*j + b) mod count` with `a` coprime to `count`.
+pub fn io_order(seed: u64, count: u32, j: u32) -> u32 {
+    let n = u64::from(count.max(1));
+    let mut a = splitmix64(seed) % n | 1;
+    while gcd(a, n) != 1 {
+        a += 1;
+    }
+    let b = splitmix64(seed ^ 0x5eed) % n;
+    ((a * (u64::from(j) % n) + b) % n) as u32
+}
+
+const fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        let t = a % b;
+        a = b;
+        b = t;
+    }
+    a
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,15 +459,27 @@ mod tests {
     #[test]
     fn args_round_trip_through_the_command_line() {
         let args = GuestArgs {
-            scenario: Scenario::Smoke,
-            irq: false,
+            workload: Workload::ResetUnderLoad,
+            irq: true,
+            poll: false,
             seed: 42,
             blocks: 16,
             queue_depth: 4,
             tick_us: 1000,
+            watchdog_us: 5000,
+            srb_timeout_ms: 700,
+            tmf_timeout_ms: 900,
+            hold_ms: 0,
+            reset: ResetKind::Nexus,
+            reset_after: 3,
+            retries: 2,
+            deadline_ms: 5000,
         };
         let line = args.to_string();
         assert_eq!(GuestArgs::parse(&line), Ok(args));
+        for w in Workload::ALL {
+            assert_eq!(Workload::from_name(w.name()), Some(w));
+        }
     }
 
     #[test]
@@ -269,16 +489,16 @@ mod tests {
 
     #[test]
     fn bad_command_lines_are_refused() {
+        let bad = |key, value| Err(ArgError::BadValue { key, value });
+        assert_eq!(GuestArgs::parse("irq=maybe"), bad("irq", "maybe"));
+        assert_eq!(GuestArgs::parse("poll=1"), bad("poll", "1"));
         assert_eq!(
-            GuestArgs::parse("irq=maybe"),
-            Err(ArgError::BadValue {
-                key: "irq",
-                value: "maybe"
-            })
+            GuestArgs::parse("workload=nope"),
+            Err(ArgError::UnknownWorkload("nope"))
         );
         assert_eq!(
-            GuestArgs::parse("scenario=nope"),
-            Err(ArgError::UnknownScenario("nope"))
+            GuestArgs::parse("scenario=smoke"),
+            Err(ArgError::UnknownKey("scenario"))
         );
         assert_eq!(
             GuestArgs::parse("console=ttyS0"),
@@ -288,13 +508,43 @@ mod tests {
             GuestArgs::parse("smoke"),
             Err(ArgError::UnknownKey("smoke"))
         );
+        for key in [
+            "qd",
+            "blocks",
+            "tick_us",
+            "watchdog_us",
+            "srb_timeout_ms",
+            "tmf_timeout_ms",
+            "deadline_ms",
+        ] {
+            let line = std::format!("{key}=0");
+            assert_eq!(GuestArgs::parse(&line), bad(key, "0"), "{key}");
+        }
+        assert_eq!(GuestArgs::parse("reset=bus"), bad("reset", "bus"));
         assert_eq!(
-            GuestArgs::parse("qd=0"),
-            Err(ArgError::BadValue {
-                key: "qd",
-                value: "0"
-            })
+            GuestArgs::parse("irq=off poll=off"),
+            Err(ArgError::NothingCompletes)
         );
+        // A zero hold or no retries are settings, not mistakes.
+        assert!(GuestArgs::parse("hold_ms=0 retries=0 reset_after=0").is_ok());
+    }
+
+    #[test]
+    fn io_order_is_a_permutation() {
+        for count in [1u32, 2, 3, 7, 64, 100, 256] {
+            for seed in [0u64, 1, 99] {
+                let mut seen = std::vec![false; count as usize];
+                for j in 0..count {
+                    let i = io_order(seed, count, j) as usize;
+                    assert!(!seen[i], "count {count} seed {seed}: {i} twice");
+                    seen[i] = true;
+                }
+            }
+        }
+        // Different seeds give different orders.
+        let a: std::vec::Vec<u32> = (0..64).map(|j| io_order(1, 64, j)).collect();
+        let b: std::vec::Vec<u32> = (0..64).map(|j| io_order(2, 64, j)).collect();
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -592,7 +592,7 @@ pub(crate) fn report_result(
         line.display(rf::REASON, e);
     }
     if let Some(a) = args {
-        line.str(rf::SCENARIO, a.scenario.name())
+        line.str(rf::SCENARIO, a.workload.name())
             .u64(rf::SEED, a.seed)
             .bool(rf::IRQ, a.irq);
     }

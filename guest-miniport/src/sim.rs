@@ -1141,7 +1141,7 @@ mod tests {
 
         let mut out = String::new();
         assert_eq!(
-            run(&mut platform, &pci, &mut dma, "scenario=smoke", &mut out),
+            run(&mut platform, &pci, &mut dma, "workload=smoke", &mut out),
             EXIT_FAIL
         );
         let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

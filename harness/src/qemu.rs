@@ -276,7 +276,14 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.contains(" -append 'scenario=smoke irq=off seed=9 blocks=64 qd=8 tick_us=10000' "),
+            line.contains(&format!(
+                " -append '{}' ",
+                GuestArgs {
+                    irq: false,
+                    seed: 9,
+                    ..GuestArgs::default()
+                }
+            )),
             "{line}"
         );
         assert!(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use guest_miniport::contract::{GuestArgs, Scenario};
+use guest_miniport::contract::{GuestArgs, Workload};
 
 use crate::accel::{self, Accel, AccelChoice};
 use crate::judge::{self, Expectation, JudgeError, Verdict};
@@ -295,7 +295,7 @@ fn smoke(run: &mut Run, opts: &SmokeOptions) -> Result<SmokeReport, RunError> {
     );
 
     let guest_args = GuestArgs {
-        scenario: Scenario::Smoke,
+        workload: Workload::Smoke,
         irq: opts.irq,
         seed: opts.seed,
         blocks: opts.blocks,
