@@ -433,7 +433,7 @@ pub fn smoke_lba(seed: u64, capacity: u64, count: u32, index: u32) -> u64 {
 /// An affine map `j -> (a*j + b) mod count` with `a` coprime to `count`.
 pub fn io_order(seed: u64, count: u32, j: u32) -> u32 {
     let n = u64::from(count.max(1));
-    let mut a = splitmix64(seed) % n | 1;
+    let mut a = (splitmix64(seed) % n) | 1;
     while gcd(a, n) != 1 {
         a += 1;
     }
