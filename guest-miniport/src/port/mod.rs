@@ -32,6 +32,9 @@ pub use timer::TimerService;
 pub const DEFAULT_SRB_TIMEOUT_US: u32 = 10_000_000;
 /// Default reset hold period: ScsiPort holds requests 4 s after a bus reset.
 pub const DEFAULT_RESET_HOLD_US: u32 = 4_000_000;
+/// Default number of times the port retries an SRB the miniport completed with
+/// SRB_STATUS_BUS_RESET.
+pub const DEFAULT_BUS_RESET_RETRIES: u32 = 4;
 
 /// SRB slots of a port: the most SRBs submitted and not yet taken back.
 pub const MAX_SRBS: usize = 32;
@@ -320,6 +323,10 @@ pub struct PortStats {
     pub srb_timeouts: u64,
     /// SRBs the port took back from the miniport when a reset hold ended (P2, N5).
     pub reclaimed: u64,
+    /// SRBs completed with SRB_STATUS_BUS_RESET that the port queued again.
+    pub bus_reset_retries: u64,
+    /// BusChangeDetected notifications.
+    pub bus_changes: u64,
     pub enable_callbacks: u64,
     pub disable_callbacks: u64,
 }
@@ -358,6 +365,9 @@ pub struct PortConfig {
     pub tick_us: u32,
     /// How long new requests are held after a bus reset or ResetDetected (P2, N5).
     pub reset_hold_us: u32,
+    /// How often an SRB completed with SRB_STATUS_BUS_RESET is queued again before the
+    /// port hands it back with that status.
+    pub bus_reset_retries: u32,
     pub checker: CheckerConfig,
 }
 
@@ -366,6 +376,7 @@ impl PortConfig {
         PortConfig {
             tick_us,
             reset_hold_us: DEFAULT_RESET_HOLD_US,
+            bus_reset_retries: DEFAULT_BUS_RESET_RETRIES,
             checker: CheckerConfig::default(),
         }
     }
@@ -410,6 +421,8 @@ struct Slot {
     started_us: u64,
     /// P1 already reported for this SRB.
     timeout_flagged: bool,
+    /// Times the port queued it again after a bus reset.
+    retries: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -507,6 +520,8 @@ pub struct PortState {
     owed_completed: bool,
     hold: Option<Hold>,
     last_reset_us: u64,
+    /// BusChangeDetected since the owner last looked.
+    bus_change: bool,
     /// T7 reported for the current stretch without a pending HwTimer.
     t7_flagged: bool,
     /// Reads through handles the port had already taken back (N1), counted by `srb()`.
@@ -544,20 +559,46 @@ impl PortState {
             .fold(0, |m, (i, _)| m | 1 << i)
     }
 
-    /// The port takes an SRB back into its completed list.
-    fn finish_slot(&mut self, slot: u8) {
-        let s = &mut self.slots[usize::from(slot)];
-        s.state = SlotState::Completed;
-        let lu = s.srb.lu();
+    /// The miniport (or the end of a reset hold) gave an SRB back: it no longer counts
+    /// as active on its LU.
+    fn release_slot(&mut self, slot: u8) {
+        let lu = self.slots[usize::from(slot)].srb.lu();
         if let Some(l) = self.lu_index(lu).and_then(|i| self.lus[i].as_mut()) {
             l.active = l.active.saturating_sub(1);
         }
         self.active = self.active.saturating_sub(1);
-        self.completed.push_back(slot);
-        self.stats.completed += 1;
         if let Some(h) = self.hold.as_mut() {
             h.slots &= !(1 << slot);
         }
+    }
+
+    /// The port takes an SRB back into its completed list.
+    fn finish_slot(&mut self, slot: u8) {
+        self.release_slot(slot);
+        self.slots[usize::from(slot)].state = SlotState::Completed;
+        self.completed.push_back(slot);
+        self.stats.completed += 1;
+    }
+
+    /// An SRB completed with SRB_STATUS_BUS_RESET goes to the front of the queue again,
+    /// as it was submitted, while it has retries left. Returns false when it has none.
+    fn retry_slot(&mut self, slot: u8) -> bool {
+        let s = &self.slots[usize::from(slot)];
+        if s.srb.srb_status != SrbStatus::BusReset || s.retries >= self.config.bus_reset_retries {
+            return false;
+        }
+        self.release_slot(slot);
+        let s = &mut self.slots[usize::from(slot)];
+        s.state = SlotState::Queued;
+        s.retries += 1;
+        s.timeout_flagged = false;
+        s.srb.srb_status = SrbStatus::Pending;
+        s.srb.scsi_status = scsi_status::GOOD;
+        s.srb.sense_len = 0;
+        s.srb.data_transfer_length = 0;
+        self.queued.push_front(slot);
+        self.stats.bus_reset_retries += 1;
+        true
     }
 }
 
@@ -624,7 +665,16 @@ impl PortContext<'_> {
         {
             self.state.owed_completed = true;
         }
-        self.state.finish_slot(srb.slot);
+        if !self.state.retry_slot(srb.slot) {
+            self.state.finish_slot(srb.slot);
+        }
+    }
+
+    /// BusChangeDetected: devices on the bus may have come, gone or changed; the port's
+    /// owner should rescan ([`Port::take_bus_change`]).
+    pub fn bus_change_detected(&mut self) {
+        self.state.stats.bus_changes += 1;
+        self.state.bus_change = true;
     }
 
     fn next_sent(&mut self) {
@@ -742,6 +792,14 @@ impl PortContext<'_> {
         m
     }
 
+    /// The line-based (INTx) interrupt: platform event `entry` is this HBA's shared
+    /// line from now on (I1: HwInterrupt must still tell from the HBA whether it was).
+    pub fn connect_line_interrupt(&mut self, entry: u16) {
+        if entry < 32 {
+            self.state.own_vectors |= 1 << entry;
+        }
+    }
+
     /// Whether a RequestTimerCall is pending.
     pub fn timer_pending(&self) -> bool {
         self.state.timer.is_pending()
@@ -782,6 +840,7 @@ impl<M: Miniport> Port<M> {
             srb: BLANK,
             started_us: 0,
             timeout_flagged: false,
+            retries: 0,
         };
         Port {
             miniport,
@@ -810,6 +869,7 @@ impl<M: Miniport> Port<M> {
                 owed_completed: false,
                 hold: None,
                 last_reset_us: 0,
+                bus_change: false,
                 t7_flagged: false,
                 stale_reads: Cell::new(0),
                 limbo: BLANK,
@@ -969,6 +1029,7 @@ impl<M: Miniport> Port<M> {
             srb,
             started_us: 0,
             timeout_flagged: false,
+            retries: 0,
         };
         self.state.queued.push_back(slot as u8);
         self.state.stats.submitted += 1;
@@ -1278,6 +1339,12 @@ impl<M: Miniport> Port<M> {
         self.start_queued(platform);
     }
 
+    /// Passes queued SRBs to HwStartIo while the miniport is ready for them, without
+    /// waiting for anything.
+    pub fn start_pending(&mut self, platform: &mut dyn Platform) {
+        self.start_queued(platform);
+    }
+
     /// Starts what can be started, then waits for one batch of events and dispatches
     /// it. Returns false without waiting when nothing is queued or outstanding and no
     /// timer is pending.
@@ -1338,6 +1405,11 @@ impl<M: Miniport> Port<M> {
         });
         self.state.next_request = true;
         ok
+    }
+
+    /// Whether the miniport sent BusChangeDetected since the last call.
+    pub fn take_bus_change(&mut self) -> bool {
+        core::mem::take(&mut self.state.bus_change)
     }
 
     /// SRBs queued or held by the miniport.

@@ -781,9 +781,11 @@ fn n4_mutant_completing_without_next_request_is_flagged() {
     assert_flags(&port, Rule::N4);
 }
 
+/// A short hold, and no retries: the rules look at the first completion.
 fn reset_config() -> PortConfig {
     PortConfig {
         reset_hold_us: 50_000,
+        bus_reset_retries: 0,
         ..PortConfig::new(TICK)
     }
 }

@@ -20,6 +20,8 @@ struct Recorder {
     held: Vec<SrbHandle>,
     /// Most SRBs held at once.
     max_held: usize,
+    /// Complete this many requests with SRB_STATUS_BUS_RESET first.
+    bus_resets: u32,
 }
 
 impl Miniport for Recorder {
@@ -62,7 +64,12 @@ impl Miniport for Recorder {
     fn timer(&mut self, ctx: &mut PortContext<'_>) {
         self.timer_at_us.push(ctx.now_us());
         for srb in self.held.drain(..) {
-            ctx.srb_mut(&srb).srb_status = SrbStatus::Success;
+            ctx.srb_mut(&srb).srb_status = if self.bus_resets > 0 {
+                self.bus_resets -= 1;
+                SrbStatus::BusReset
+            } else {
+                SrbStatus::Success
+            };
             ctx.request_complete(srb);
         }
         if self.rearm > 0 {
@@ -259,4 +266,34 @@ fn stall_execution_is_accounted() {
         (2, 1000, 700)
     );
     assert_eq!(p.now_us(), 1000);
+}
+
+#[test]
+fn srbs_completed_with_bus_reset_are_retried_by_the_port() {
+    // Two bus-reset completions, within the default budget: the third try succeeds,
+    // and the owner sees one completion with the same tag.
+    let (mut port, mut p) = new_port(Recorder {
+        bus_resets: 2,
+        ..Recorder::default()
+    });
+    let tag = port.submit(srb(0)).unwrap();
+    run_all(&mut port, &mut p);
+    let s = port.poll_completed().unwrap();
+    assert_eq!((s.tag, s.srb_status), (tag, SrbStatus::Success));
+    assert!(port.poll_completed().is_none());
+    assert_eq!(port.stats().bus_reset_retries, 2);
+    assert_eq!(port.miniport().started, [tag, tag, tag]);
+
+    // Past the budget, the bus-reset status goes back to the owner.
+    let budget = DEFAULT_BUS_RESET_RETRIES;
+    let (mut port, mut p) = new_port(Recorder {
+        bus_resets: budget + 1,
+        ..Recorder::default()
+    });
+    let tag = port.submit(srb(0)).unwrap();
+    run_all(&mut port, &mut p);
+    let s = port.poll_completed().unwrap();
+    assert_eq!((s.tag, s.srb_status), (tag, SrbStatus::BusReset));
+    assert_eq!(port.stats().bus_reset_retries, u64::from(budget));
+    assert_eq!(port.miniport().started.len() as u32, budget + 1);
 }
