@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod contract;
+pub mod latency;
 pub mod pci;
 pub mod platform;
 pub mod port;

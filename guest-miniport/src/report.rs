@@ -135,6 +135,28 @@ impl<'a> JsonLine<'a> {
         self
     }
 
+    /// An array of two-number arrays: `[[a,b],...]`.
+    pub fn u64_pairs(
+        &mut self,
+        key: &str,
+        values: &mut dyn Iterator<Item = (u64, u64)>,
+    ) -> &mut Self {
+        self.key(key);
+        if self.result.is_ok() {
+            self.result = (|| {
+                self.out.write_char('[')?;
+                for (i, (a, b)) in values.enumerate() {
+                    if i > 0 {
+                        self.out.write_char(',')?;
+                    }
+                    write!(self.out, "[{a},{b}]")?;
+                }
+                self.out.write_char(']')
+            })();
+        }
+        self
+    }
+
     /// The rule checker's violations as an array of objects.
     pub fn violations(
         &mut self,
@@ -200,13 +222,14 @@ mod tests {
             .u64("n", 42)
             .bool("ok", true)
             .u64_array("lbas", &mut [1u64, 2, 3].into_iter())
+            .u64_pairs("polls", &mut [(5u64, 1u64), (15, 0)].into_iter())
             .display("reason", &format_args!("bad {}: \"{}\"", 1, "q\n"))
             .finish()
             .unwrap();
         assert_eq!(
             s,
             "{\"event\":\"inquiry\",\"vendor\":\"QEMU \\\"x\\\"\",\"n\":42,\"ok\":true,\
-             \"lbas\":[1,2,3],\"reason\":\"bad 1: \\\"q\\n\\\"\"}\n"
+             \"lbas\":[1,2,3],\"polls\":[[5,1],[15,0]],\"reason\":\"bad 1: \\\"q\\n\\\"\"}\n"
         );
         assert_eq!(s.matches('\n').count(), 1);
     }

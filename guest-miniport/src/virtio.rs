@@ -581,6 +581,34 @@ impl SplitQueue {
         }
     }
 
+    /// Used elements the device has returned that are not popped yet.
+    pub fn used_pending(&self) -> u16 {
+        // Acquire: as in can_pop.
+        self.used_idx_ref()
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.last_used_idx)
+    }
+
+    /// The device's used index now: a mark that [`SplitQueue::popped_since`] measures
+    /// against later.
+    pub fn used_mark(&self) -> u16 {
+        self.used_idx_ref().load(Ordering::Acquire)
+    }
+
+    /// How many of the elements the device had returned by `mark` (a [`used_mark`])
+    /// are still not popped: 0 when popping has passed the mark.
+    ///
+    /// [`used_mark`]: SplitQueue::used_mark
+    pub fn unpopped_at(&self, mark: u16) -> u16 {
+        let n = mark.wrapping_sub(self.last_used_idx);
+        // More than a ring's worth means the mark lies behind what was popped.
+        if n > self.size {
+            0
+        } else {
+            n
+        }
+    }
+
     /// Whether the device has returned chains not yet popped.
     pub fn can_pop(&self) -> bool {
         // Acquire: pairs with the device's Release store of used.idx, so the used

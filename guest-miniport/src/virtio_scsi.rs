@@ -1,16 +1,20 @@
 //! The virtio-scsi miniport: device bring-up, the request queue with many outstanding
 //! requests matched by request id, response decoding, the event queue, MSI-X
 //! interrupts (`irq=on`) and HwTimer polling (`irq=off`, and as a watchdog for
-//! completions whose interrupt never came with `irq=on`, T7).
+//! completions whose interrupt never came with `irq=on`, T7), and bus resets through
+//! TMFs on the control queue whose answers the timer polls, escalating to a virtio
+//! device reset when they do not come (S1: nothing here stalls for more than 1 ms).
 
 use core::fmt;
 use core::ptr::{self, NonNull};
 
+use crate::contract::{GuestArgs, ResetKind, MAX_REPORTED_IDS, MAX_TIMELINE_ENTRIES};
+use crate::latency::Histogram;
 use crate::platform::Dma;
 use crate::port::handoff::TimerArm;
 use crate::port::{
     AdapterCapabilities, DataDirection, Miniport, PortContext, SrbHandle, SrbStatus, StartIo,
-    MAX_SRBS, SENSE_BUFFER_LEN,
+    MAX_LUS, MAX_SRBS, SENSE_BUFFER_LEN,
 };
 use crate::virtio::bits::*;
 use crate::virtio::{Buffer, QueueError, SplitQueue, Transport, MAX_QUEUE_SIZE};
@@ -32,7 +36,16 @@ pub mod bits {
     pub const VIRTIO_SCSI_S_NEXUS_FAILURE: u8 = 8;
     pub const VIRTIO_SCSI_S_FAILURE: u8 = 9;
 
+    pub const VIRTIO_SCSI_S_FUNCTION_COMPLETE: u8 = 0;
+    pub const VIRTIO_SCSI_S_FUNCTION_SUCCEEDED: u8 = 10;
+
+    pub const VIRTIO_SCSI_T_TMF: u32 = 0;
+    pub const VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET: u32 = 4;
+    pub const VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET: u32 = 5;
+
     pub const VIRTIO_SCSI_T_NO_EVENT: u32 = 0;
+    pub const VIRTIO_SCSI_T_TRANSPORT_RESET: u32 = 1;
+    pub const VIRTIO_SCSI_T_PARAM_CHANGE: u32 = 3;
     pub const VIRTIO_SCSI_T_EVENTS_MISSED: u32 = 0x8000_0000;
 
     /// Task attribute SIMPLE.
@@ -51,6 +64,8 @@ pub mod bits {
     pub const CMD_RESP_HEADER: usize = 12;
     /// struct virtio_scsi_event: event, `lun[8]`, reason.
     pub const EVENT_SIZE: usize = 16;
+    /// struct virtio_scsi_ctrl_tmf_req: type, subtype, `lun[8]`, id.
+    pub const TMF_REQ_SIZE: usize = 24;
 
     /// struct virtio_scsi_config offsets.
     pub const CFG_NUM_QUEUES: usize = 0;
@@ -70,10 +85,20 @@ use bits::*;
 pub const MAX_REQUESTS: usize = MAX_SRBS;
 /// Event buffers posted on the event queue.
 pub const EVENT_BUFFERS: usize = 8;
+/// TMFs outstanding at once: one per LU (or target) a bus reset covers.
+pub const MAX_TMFS: usize = MAX_LUS;
 /// Bytes of DMA memory per request: command header + CDB, then response + sense.
 const SLOT_BYTES: usize = 256;
 const RESP_OFFSET: usize = 64;
+/// Bytes of DMA memory per TMF: the request, then the one-byte response.
+const TMF_SLOT_BYTES: usize = 64;
+const TMF_RESP_OFFSET: usize = 32;
 const NO_SLOT: u8 = u8::MAX;
+/// Reset spans the miniport keeps for the timeline.
+pub const MAX_RESET_SPANS: usize = 16;
+/// How long a device reset may take (status reading 0 again) before the adapter is
+/// given up.
+const DEVICE_RESET_TIMEOUT_US: u64 = 1_000_000;
 
 /// Why bring-up failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,24 +142,59 @@ impl fmt::Display for VirtioScsiError {
     }
 }
 
-/// How the miniport finds completions.
+/// How the device's notifications reach the miniport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptMode {
+    /// One MSI-X vector per queue, and one for configuration changes.
+    Msix,
+    /// MSI-X off: one shared line, told apart by the ISR status bits (I1).
+    Intx,
+    /// No interrupts at all: HwTimer polls everything (`irq=off`).
+    None,
+}
+
+/// How the miniport finds completions and resets the bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VirtioScsiConfig {
-    /// MSI-X interrupts; when false, only HwTimer polling.
-    pub irq: bool,
-    /// RequestTimerCall interval while requests are outstanding and `irq` is off.
+    pub interrupts: InterruptMode,
+    /// Whether HwTimer is armed at all. Off (with interrupts) is the negative control:
+    /// a lost interrupt is never found, and a TMF that does not come back is never
+    /// given up on.
+    pub poll: bool,
+    /// RequestTimerCall interval while requests are outstanding and there are no
+    /// interrupts (rounded up to the tick, T2).
     pub poll_interval_us: u32,
-    /// RequestTimerCall interval while requests are outstanding and `irq` is on: finds
-    /// completions whose interrupt never came (T7).
+    /// RequestTimerCall interval while requests are outstanding with interrupts: the
+    /// watchdog that finds completions whose interrupt never came (T7). A completion
+    /// counts as lost when a whole interval passed without its interrupt.
     pub watchdog_interval_us: u32,
+    /// How long the TMFs of a bus reset may take before the device is reset.
+    pub tmf_timeout_us: u64,
+    /// The TMF a bus reset sends.
+    pub reset: ResetKind,
 }
 
 impl VirtioScsiConfig {
+    /// MSI-X (`irq`) or polling only, with the defaults of the guest's command line.
     pub fn new(irq: bool) -> Self {
-        VirtioScsiConfig {
+        Self::from_args(&GuestArgs {
             irq,
+            ..GuestArgs::default()
+        })
+    }
+
+    pub fn from_args(a: &GuestArgs) -> Self {
+        VirtioScsiConfig {
+            interrupts: if a.irq {
+                InterruptMode::Msix
+            } else {
+                InterruptMode::None
+            },
+            poll: a.poll,
             poll_interval_us: 1,
-            watchdog_interval_us: 100_000,
+            watchdog_interval_us: a.watchdog_us,
+            tmf_timeout_us: u64::from(a.tmf_timeout_ms) * 1000,
+            reset: a.reset,
         }
     }
 }
@@ -148,16 +208,114 @@ pub struct VirtioScsiStats {
     pub stale_completions: u64,
     pub events: u64,
     pub events_missed: u64,
+    pub transport_resets: u64,
+    pub param_changes: u64,
     pub config_changes: u64,
     pub notifications: u64,
+    pub tmfs_sent: u64,
+    /// Answered FUNCTION COMPLETE or FUNCTION SUCCEEDED.
+    pub tmfs_completed: u64,
+    /// Answered with anything else (REJECTED, FAILED, ...).
+    pub tmfs_failed: u64,
+    /// Bus resets whose TMFs were not all answered within `tmf_timeout_us`.
+    pub tmf_timeouts: u64,
     pub device_resets: u64,
+    /// Bus resets from HwResetBus to their end (TMFs answered, or device back).
+    pub resets: u64,
+    pub reset_max_us: u64,
+    pub reset_total_us: u64,
+    /// Guest time of the first request handed to the device.
+    pub first_request_us: Option<u64>,
+}
+
+/// What the miniport keeps for the report: which requests the poll found, when HwTimer
+/// polled, and the reset spans.
+#[derive(Clone, Debug)]
+pub struct Trail {
+    polled_ids: [u64; MAX_REPORTED_IDS],
+    polled_len: usize,
+    polls: [(u64, u16); MAX_TIMELINE_ENTRIES],
+    polls_len: usize,
+    resets: [(u64, u64); MAX_RESET_SPANS],
+    resets_len: usize,
+    truncated: bool,
+    /// Latency from HwStartIo to the completion found, per completion path.
+    pub latency_interrupt: Histogram,
+    pub latency_poll: Histogram,
+}
+
+impl Default for Trail {
+    fn default() -> Self {
+        Trail {
+            polled_ids: [0; MAX_REPORTED_IDS],
+            polled_len: 0,
+            polls: [(0, 0); MAX_TIMELINE_ENTRIES],
+            polls_len: 0,
+            resets: [(0, 0); MAX_RESET_SPANS],
+            resets_len: 0,
+            truncated: false,
+            latency_interrupt: Histogram::default(),
+            latency_poll: Histogram::default(),
+        }
+    }
+}
+
+fn push<T: Copy>(list: &mut [T], len: &mut usize, truncated: &mut bool, v: T) {
+    match list.get_mut(*len) {
+        Some(e) => {
+            *e = v;
+            *len += 1;
+        }
+        None => *truncated = true,
+    }
+}
+
+impl Trail {
+    /// Virtio request ids of the first completions the HwTimer poll found.
+    pub fn polled_ids(&self) -> &[u64] {
+        &self.polled_ids[..self.polled_len]
+    }
+    /// HwTimer calls that polled the request queue: (guest µs, completions found).
+    pub fn polls(&self) -> &[(u64, u16)] {
+        &self.polls[..self.polls_len]
+    }
+    /// Bus resets: (start µs, end µs).
+    pub fn resets(&self) -> &[(u64, u64)] {
+        &self.resets[..self.resets_len]
+    }
+    /// Some list was full and dropped entries.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
 }
 
 #[derive(Debug)]
 struct Request {
     id: u64,
     head: u16,
+    target: u8,
+    lun: u8,
+    started_us: u64,
     srb: SrbHandle,
+}
+
+/// Where a bus reset stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResetPhase {
+    Idle,
+    /// TMFs sent; waiting for every answer until `deadline_us`. `failed`: one came back
+    /// with a failure, so the device is reset once all are in.
+    Tmf {
+        started_us: u64,
+        deadline_us: u64,
+        failed: bool,
+        nexus: bool,
+    },
+    /// Status 0 written; waiting for it to read 0 before the device is set up again.
+    Device {
+        started_us: u64,
+        deadline_us: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,11 +336,18 @@ pub struct VirtioScsi<T: Transport> {
     cmd_ptr: NonNull<u8>,
     event_addr: u64,
     event_ptr: NonNull<u8>,
+    tmf_addr: u64,
+    tmf_ptr: NonNull<u8>,
     requests: [Option<Request>; MAX_REQUESTS],
     /// Head descriptor → (request slot, request id), for chains on the request queue.
     inflight: [(u8, u64); MAX_QUEUE_SIZE],
     /// Head descriptor → event buffer index.
     event_heads: [u8; MAX_QUEUE_SIZE],
+    /// Head descriptor of each TMF the device holds.
+    tmfs: [Option<u16>; MAX_TMFS],
+    /// What the running bus reset's TMFs were for: (target, LUN).
+    reset_lus: [Option<(u8, u8)>; MAX_TMFS],
+    reset: ResetPhase,
     next_id: u64,
     features: u64,
     cdb_size: usize,
@@ -192,12 +357,18 @@ pub struct VirtioScsi<T: Transport> {
     queue_vector: [u16; 3],
     config_vector: u16,
     config_generation: u8,
+    /// The request queue's used index at the previous watchdog call: what lies before
+    /// it went a whole interval without an interrupt.
+    watch_mark: Option<u16>,
     /// Whether a RequestTimerCall is pending: a compare-and-exchange hand-off, so
     /// HwStartIo and HwTimer may run at the same time in multi-channel mode (T6).
     timer_arm: TimerArm,
-    /// HwStartIo gave an SRB back; send NextRequest once a request completes.
+    /// HwStartIo gave an SRB back; send NextRequest once there is room.
     refused: bool,
+    /// Re-initialization after a device reset failed: the adapter is gone.
+    dead: Option<VirtioScsiError>,
     stats: VirtioScsiStats,
+    trail: Trail,
 }
 
 impl<T: Transport> VirtioScsi<T> {
@@ -216,6 +387,7 @@ impl<T: Transport> VirtioScsi<T> {
             .alloc_pages((MAX_REQUESTS * SLOT_BYTES).div_ceil(4096))
             .ok_or(VirtioScsiError::OutOfDmaMemory)?;
         let (event_addr, event_ptr) = dma.alloc_pages(1).ok_or(VirtioScsiError::OutOfDmaMemory)?;
+        let (tmf_addr, tmf_ptr) = dma.alloc_pages(1).ok_or(VirtioScsiError::OutOfDmaMemory)?;
         const NONE: Option<Request> = None;
         Ok(VirtioScsi {
             transport,
@@ -227,9 +399,14 @@ impl<T: Transport> VirtioScsi<T> {
             cmd_ptr,
             event_addr,
             event_ptr,
+            tmf_addr,
+            tmf_ptr,
             requests: [NONE; MAX_REQUESTS],
             inflight: [(NO_SLOT, 0); MAX_QUEUE_SIZE],
             event_heads: [NO_SLOT; MAX_QUEUE_SIZE],
+            tmfs: [None; MAX_TMFS],
+            reset_lus: [None; MAX_TMFS],
+            reset: ResetPhase::Idle,
             next_id: 1,
             features: 0,
             cdb_size: CDB_SIZE as usize,
@@ -238,14 +415,20 @@ impl<T: Transport> VirtioScsi<T> {
             queue_vector: [VIRTIO_MSI_NO_VECTOR; 3],
             config_vector: VIRTIO_MSI_NO_VECTOR,
             config_generation: 0,
+            watch_mark: None,
             timer_arm: TimerArm::default(),
             refused: false,
+            dead: None,
             stats: VirtioScsiStats::default(),
+            trail: Trail::default(),
         })
     }
 
     pub fn stats(&self) -> VirtioScsiStats {
         self.stats
+    }
+    pub fn trail(&self) -> &Trail {
+        &self.trail
     }
     pub fn features(&self) -> u64 {
         self.features
@@ -260,8 +443,17 @@ impl<T: Transport> VirtioScsi<T> {
     pub fn outstanding(&self) -> usize {
         self.requests.iter().filter(|r| r.is_some()).count()
     }
+    /// Whether a bus reset is under way.
+    pub fn resetting(&self) -> bool {
+        self.reset != ResetPhase::Idle
+    }
+    /// Why the adapter is gone, if re-initialization after a device reset failed.
+    pub fn dead(&self) -> Option<VirtioScsiError> {
+        self.dead
+    }
 
-    /// Resets the device: writes 0 and waits for status to read 0 (virtio 1.2 §4.1.4.3.2).
+    /// Resets the device at initialization: writes 0 and waits for status to read 0
+    /// (virtio 1.2 §4.1.4.3.2). S1 allows the wait only here; a bus reset never waits.
     fn reset_device(&mut self, ctx: &mut PortContext<'_>) -> Result<(), VirtioScsiError> {
         self.transport.set_status(0);
         // S1: short stalls only; a device that takes more than ~100 ms is broken.
@@ -274,9 +466,9 @@ impl<T: Transport> VirtioScsi<T> {
         Err(VirtioScsiError::DeviceResetTimeout)
     }
 
-    /// Reset, ACKNOWLEDGE, DRIVER, feature negotiation, FEATURES_OK check, device config.
-    fn negotiate(&mut self, ctx: &mut PortContext<'_>) -> Result<(), VirtioScsiError> {
-        self.reset_device(ctx)?;
+    /// ACKNOWLEDGE, DRIVER, feature negotiation, FEATURES_OK check, device config, on a
+    /// device whose status reads 0.
+    fn negotiate(&mut self) -> Result<(), VirtioScsiError> {
         let t = &mut self.transport;
         t.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE);
         t.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
@@ -336,11 +528,10 @@ impl<T: Transport> VirtioScsi<T> {
         (1 + q).min(table_size.saturating_sub(1))
     }
 
-    /// MSI-X (irq=on) or none at all (irq=off), the three queues, DRIVER_OK, event
-    /// buffers.
+    /// MSI-X (or none), the three queues, DRIVER_OK, event buffers.
     fn bring_up(&mut self, ctx: &mut PortContext<'_>) -> Result<(), VirtioScsiError> {
         let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
-        if self.config.irq {
+        if self.config.interrupts == InterruptMode::Msix {
             let table = self.transport.msix_table_size();
             if table == 0 {
                 return Err(VirtioScsiError::NoMsix);
@@ -361,6 +552,9 @@ impl<T: Transport> VirtioScsi<T> {
             self.transport.set_msix_enabled(false);
             self.config_vector = VIRTIO_MSI_NO_VECTOR;
             self.queue_vector = [VIRTIO_MSI_NO_VECTOR; 3];
+            if self.config.interrupts == InterruptMode::Intx {
+                ctx.connect_line_interrupt(0);
+            }
         }
         self.transport.set_config_msix_vector(self.config_vector);
         if self.transport.config_msix_vector() != self.config_vector {
@@ -440,10 +634,21 @@ impl<T: Transport> VirtioScsi<T> {
         unsafe { self.cmd_ptr.as_ptr().add(slot * SLOT_BYTES) }
     }
 
-    /// Completes every request the used ring returned. Returns how many it completed.
-    fn drain_requests(&mut self, ctx: &mut PortContext<'_>, source: Source) -> u32 {
+    fn tmf_slot_ptr(&self, slot: usize) -> *mut u8 {
+        // SAFETY: slot < MAX_TMFS, and MAX_TMFS * TMF_SLOT_BYTES fits in the TMF page.
+        unsafe { self.tmf_ptr.as_ptr().add(slot * TMF_SLOT_BYTES) }
+    }
+
+    /// Completes up to `max` requests the used ring returned. Returns how many it
+    /// completed.
+    fn drain_requests(&mut self, ctx: &mut PortContext<'_>, source: Source, max: u16) -> u16 {
         let mut done = 0;
-        while let Some(used) = self.request.pop_used() {
+        let mut popped = 0;
+        while popped < max {
+            let Some(used) = self.request.pop_used() else {
+                break;
+            };
+            popped += 1;
             let head = match used {
                 Ok((head, _len)) => head,
                 Err(QueueError::UnknownHead(_) | QueueError::Full | QueueError::EmptyChain) => {
@@ -466,19 +671,39 @@ impl<T: Transport> VirtioScsi<T> {
             let Some(req) = self.requests[usize::from(slot)].take() else {
                 continue;
             };
-            self.complete(ctx, usize::from(slot), req.srb);
+            let latency = ctx.now_us().saturating_sub(req.started_us);
             match source {
-                Source::Interrupt => self.stats.completed_by_interrupt += 1,
-                Source::Poll => self.stats.completed_by_poll += 1,
+                Source::Interrupt => {
+                    self.stats.completed_by_interrupt += 1;
+                    self.trail.latency_interrupt.record(latency);
+                }
+                Source::Poll => {
+                    self.stats.completed_by_poll += 1;
+                    self.trail.latency_poll.record(latency);
+                    let t = &mut self.trail;
+                    push(
+                        &mut t.polled_ids,
+                        &mut t.polled_len,
+                        &mut t.truncated,
+                        req.id,
+                    );
+                }
             }
+            self.complete(ctx, usize::from(slot), req.srb);
             done += 1;
         }
-        if done > 0 && self.refused {
-            // N2: room again for the request HwStartIo gave back.
+        if done > 0 {
+            self.room_again(ctx);
+        }
+        done
+    }
+
+    /// N2: room again for the request HwStartIo gave back.
+    fn room_again(&mut self, ctx: &mut PortContext<'_>) {
+        if self.refused {
             self.refused = false;
             ctx.next_request();
         }
-        done
     }
 
     /// Decodes the response of `slot` into the SRB and sends RequestComplete.
@@ -515,7 +740,7 @@ impl<T: Transport> VirtioScsi<T> {
         ctx.request_complete(srb);
     }
 
-    fn drain_events(&mut self) -> bool {
+    fn drain_events(&mut self, ctx: &mut PortContext<'_>) -> bool {
         let mut any = false;
         while let Some(used) = self.event.pop_used() {
             any = true;
@@ -528,32 +753,41 @@ impl<T: Transport> VirtioScsi<T> {
                 self.stats.stale_completions += 1;
                 continue;
             }
-            let mut raw = [0u8; 4];
+            let at = usize::from(i) * EVENT_SIZE;
+            let mut raw = [0u8; EVENT_SIZE];
             // SAFETY: event buffer `i` is inside the event page; the device wrote it
-            // before returning it.
+            // before returning it. Cleared before the buffer goes back to the device.
             unsafe {
-                ptr::copy_nonoverlapping(
-                    self.event_ptr.as_ptr().add(usize::from(i) * EVENT_SIZE),
-                    raw.as_mut_ptr(),
-                    4,
-                )
-            };
-            let event = u32::from_le_bytes(raw);
-            if event & VIRTIO_SCSI_T_EVENTS_MISSED != 0 {
-                self.stats.events_missed += 1;
+                let p = self.event_ptr.as_ptr().add(at);
+                ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), EVENT_SIZE);
+                ptr::write_bytes(p, 0, EVENT_SIZE);
             }
-            if event != VIRTIO_SCSI_T_NO_EVENT {
-                self.stats.events += 1;
-            }
-            // SAFETY: as above; cleared before the buffer goes back to the device.
-            unsafe {
-                ptr::write_bytes(
-                    self.event_ptr.as_ptr().add(usize::from(i) * EVENT_SIZE),
-                    0,
-                    EVENT_SIZE,
-                )
-            };
             self.post_event_buffer(i);
+            let event = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+            if event & VIRTIO_SCSI_T_EVENTS_MISSED != 0 {
+                // Something happened that we were not told: look at the bus again.
+                self.stats.events_missed += 1;
+                ctx.bus_change_detected();
+            }
+            if event == VIRTIO_SCSI_T_NO_EVENT {
+                continue;
+            }
+            self.stats.events += 1;
+            match event & !VIRTIO_SCSI_T_EVENTS_MISSED {
+                VIRTIO_SCSI_T_TRANSPORT_RESET => {
+                    // The target was reset, added or removed (rescan, hard, removed):
+                    // N5 holds new requests while the active ones still complete, and
+                    // the port's owner rescans the bus.
+                    self.stats.transport_resets += 1;
+                    ctx.reset_detected();
+                    ctx.bus_change_detected();
+                }
+                VIRTIO_SCSI_T_PARAM_CHANGE => {
+                    self.stats.param_changes += 1;
+                    ctx.bus_change_detected();
+                }
+                _ => {}
+            }
         }
         if any {
             self.kick(EVENTQ);
@@ -561,28 +795,251 @@ impl<T: Transport> VirtioScsi<T> {
         any
     }
 
-    /// Arms HwTimer if requests are outstanding and it is not armed yet (T1: a new
-    /// request would replace, and so postpone, the pending one).
+    /// The lost-interrupt watchdog: completes what the device had returned by the
+    /// previous call and still raised no interrupt for, then marks the ring again.
+    /// Completions that came since are left for their interrupt (or the next call).
+    fn watchdog(&mut self, ctx: &mut PortContext<'_>) -> u16 {
+        let lost = self
+            .watch_mark
+            .map_or(0, |mark| self.request.unpopped_at(mark));
+        let found = self.drain_requests(ctx, Source::Poll, lost);
+        self.watch_mark = Some(self.request.used_mark());
+        found
+    }
+
+    /// Arms HwTimer while there is something to poll for and it is not armed yet (T1:
+    /// a new request would replace, and so postpone, the pending one).
     fn arm_timer(&mut self, ctx: &mut PortContext<'_>) {
-        if self.outstanding() > 0 && self.timer_arm.try_arm() {
-            let interval = if self.config.irq {
-                self.config.watchdog_interval_us
-            } else {
+        if !self.config.poll {
+            return;
+        }
+        let busy = self.outstanding() > 0 || self.reset != ResetPhase::Idle;
+        if busy && self.timer_arm.try_arm() {
+            let interval = if self.reset != ResetPhase::Idle
+                || self.config.interrupts == InterruptMode::None
+            {
+                // TMF answers (and everything without interrupts) are polled each tick.
                 self.config.poll_interval_us
+            } else {
+                self.config.watchdog_interval_us
             };
             ctx.request_timer_call(interval);
         }
     }
 
-    /// Completes every outstanding request with `status` and forgets its chain.
-    fn abandon_all(&mut self, ctx: &mut PortContext<'_>, status: SrbStatus) {
+    /// Completes every outstanding request with `status` and forgets its chain. A chain
+    /// the device returns later is stale and ignored (P3).
+    fn abandon(
+        &mut self,
+        ctx: &mut PortContext<'_>,
+        status: SrbStatus,
+        which: impl Fn(u8, u8) -> bool,
+    ) {
         for slot in 0..MAX_REQUESTS {
+            if !self.requests[slot]
+                .as_ref()
+                .is_some_and(|r| which(r.target, r.lun))
+            {
+                continue;
+            }
             if let Some(req) = self.requests[slot].take() {
+                self.inflight[usize::from(req.head)] = (NO_SLOT, 0);
                 ctx.srb_mut(&req.srb).srb_status = status;
                 ctx.request_complete(req.srb);
             }
         }
+        self.room_again(ctx);
+    }
+
+    /// Sends one TMF on the control queue. False when the queue or the TMF slots are
+    /// full.
+    fn send_tmf(&mut self, subtype: u32, target: u8, lun: u8) -> bool {
+        let Some(slot) = self.tmfs.iter().position(Option::is_none) else {
+            return false;
+        };
+        let mut req = [0u8; TMF_REQ_SIZE];
+        req[0..4].copy_from_slice(&VIRTIO_SCSI_T_TMF.to_le_bytes());
+        req[4..8].copy_from_slice(&subtype.to_le_bytes());
+        req[8] = 1;
+        req[9] = target;
+        req[10] = 0x40; // flat addressing, as for commands
+        req[11] = lun;
+        let base = self.tmf_slot_ptr(slot);
+        // SAFETY: the slot is inside the TMF page and free (no chain references it).
+        // The response byte starts as a value no device sends, to tell it was written.
+        unsafe {
+            ptr::copy_nonoverlapping(req.as_ptr(), base, TMF_REQ_SIZE);
+            base.add(TMF_RESP_OFFSET).write_volatile(u8::MAX);
+        }
+        let addr = self.tmf_addr + (slot * TMF_SLOT_BYTES) as u64;
+        let out = Buffer {
+            addr,
+            len: TMF_REQ_SIZE as u32,
+        };
+        let resp = Buffer {
+            addr: addr + TMF_RESP_OFFSET as u64,
+            len: 1,
+        };
+        let Ok(head) = self.control.add(&[out], &[resp]) else {
+            return false;
+        };
+        self.tmfs[slot] = Some(head);
+        self.stats.tmfs_sent += 1;
+        true
+    }
+
+    /// Takes the TMF answers off the control queue; when the last one is in, finishes
+    /// the bus reset.
+    fn drain_control(&mut self, ctx: &mut PortContext<'_>, source: Source) -> bool {
+        let mut any = false;
+        while let Some(used) = self.control.pop_used() {
+            any = true;
+            let Ok((head, _)) = used else {
+                self.stats.stale_completions += 1;
+                continue;
+            };
+            let Some(slot) = self.tmfs.iter().position(|&t| t == Some(head)) else {
+                self.stats.stale_completions += 1;
+                continue;
+            };
+            self.tmfs[slot] = None;
+            // SAFETY: the response byte is inside the TMF page; the device wrote it
+            // before returning the chain.
+            let response = unsafe { self.tmf_slot_ptr(slot).add(TMF_RESP_OFFSET).read_volatile() };
+            if matches!(
+                response,
+                VIRTIO_SCSI_S_FUNCTION_COMPLETE | VIRTIO_SCSI_S_FUNCTION_SUCCEEDED
+            ) {
+                self.stats.tmfs_completed += 1;
+            } else {
+                self.stats.tmfs_failed += 1;
+                if let ResetPhase::Tmf { failed, .. } = &mut self.reset {
+                    *failed = true;
+                }
+            }
+        }
+        if let ResetPhase::Tmf {
+            started_us,
+            failed,
+            nexus,
+            ..
+        } = self.reset
+        {
+            if self.tmfs.iter().all(Option::is_none) {
+                self.finish_tmf_reset(ctx, source, started_us, failed, nexus);
+            }
+        }
+        any
+    }
+
+    /// Every TMF is answered. The device put what they aborted on the used ring before
+    /// answering; take it, then complete as reset whatever the device kept (N5).
+    fn finish_tmf_reset(
+        &mut self,
+        ctx: &mut PortContext<'_>,
+        source: Source,
+        started_us: u64,
+        failed: bool,
+        nexus: bool,
+    ) {
+        self.drain_requests(ctx, source, u16::MAX);
+        if failed {
+            self.device_reset(ctx, started_us);
+            return;
+        }
+        let reset = self.reset_lus;
+        self.abandon(ctx, SrbStatus::BusReset, |t, l| {
+            reset
+                .iter()
+                .flatten()
+                .any(|&(rt, rl)| rt == t && (nexus || rl == l))
+        });
+        self.end_reset(ctx, started_us);
+    }
+
+    fn end_reset(&mut self, ctx: &mut PortContext<'_>, started_us: u64) {
+        let now = ctx.now_us();
+        let took = now.saturating_sub(started_us);
+        self.stats.resets += 1;
+        self.stats.reset_max_us = self.stats.reset_max_us.max(took);
+        self.stats.reset_total_us += took;
+        let t = &mut self.trail;
+        push(
+            &mut t.resets,
+            &mut t.resets_len,
+            &mut t.truncated,
+            (started_us, now),
+        );
+        self.reset = ResetPhase::Idle;
+    }
+
+    /// Escalation: a virtio device reset drops everything the device held, so every
+    /// outstanding request is completed as reset; the device is set up again as soon as
+    /// its status reads 0 (now, or at a later HwTimer: never a stall).
+    fn device_reset(&mut self, ctx: &mut PortContext<'_>, started_us: u64) {
+        self.stats.device_resets += 1;
+        self.transport.set_status(0);
+        self.tmfs = [None; MAX_TMFS];
+        self.reset_lus = [None; MAX_TMFS];
+        self.abandon(ctx, SrbStatus::BusReset, |_, _| true);
         self.inflight = [(NO_SLOT, 0); MAX_QUEUE_SIZE];
+        self.watch_mark = None;
+        let now = ctx.now_us();
+        self.reset = ResetPhase::Device {
+            started_us,
+            deadline_us: now + DEVICE_RESET_TIMEOUT_US,
+        };
+        // The HBA saw a bus reset: N5's hold, if HwResetBus's is over.
+        ctx.reset_detected();
+        self.continue_device_reset(ctx);
+    }
+
+    fn continue_device_reset(&mut self, ctx: &mut PortContext<'_>) {
+        let ResetPhase::Device {
+            started_us,
+            deadline_us,
+        } = self.reset
+        else {
+            return;
+        };
+        if self.transport.status() != 0 {
+            if ctx.now_us() >= deadline_us {
+                self.give_up(ctx, VirtioScsiError::DeviceResetTimeout);
+            }
+            return;
+        }
+        self.control.reset();
+        self.event.reset();
+        self.request.reset();
+        match self.negotiate().and_then(|_| self.bring_up(ctx)) {
+            Ok(()) => {
+                self.end_reset(ctx, started_us);
+                self.room_again(ctx);
+            }
+            Err(e) => self.give_up(ctx, e),
+        }
+    }
+
+    fn give_up(&mut self, ctx: &mut PortContext<'_>, e: VirtioScsiError) {
+        log::error!("virtio-scsi: adapter lost after a device reset: {e}");
+        self.dead = Some(e);
+        self.reset = ResetPhase::Idle;
+        self.room_again(ctx);
+    }
+
+    /// The bus reset's TMFs did not all come back in time.
+    fn check_tmf_deadline(&mut self, ctx: &mut PortContext<'_>) {
+        if let ResetPhase::Tmf {
+            started_us,
+            deadline_us,
+            ..
+        } = self.reset
+        {
+            if ctx.now_us() >= deadline_us {
+                self.stats.tmf_timeouts += 1;
+                self.device_reset(ctx, started_us);
+            }
+        }
     }
 }
 
@@ -593,7 +1050,8 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
         &mut self,
         ctx: &mut PortContext<'_>,
     ) -> Result<AdapterCapabilities, VirtioScsiError> {
-        self.negotiate(ctx)?;
+        self.reset_device(ctx)?;
+        self.negotiate()?;
         let per_lun = self.transport.read_config_u32(CFG_CMD_PER_LUN);
         self.transport.queue_select(REQUESTQ);
         let size = Self::usable_queue_size(self.transport.queue_size());
@@ -610,7 +1068,7 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
             } else {
                 (per_lun.min(u32::from(max))) as u16
             },
-            interrupts: self.config.irq,
+            interrupts: self.config.interrupts != InterruptMode::None,
         })
     }
 
@@ -619,6 +1077,17 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
     }
 
     fn start_io(&mut self, ctx: &mut PortContext<'_>, srb: SrbHandle) -> StartIo {
+        if self.dead.is_some() {
+            ctx.srb_mut(&srb).srb_status = SrbStatus::HbaError;
+            ctx.request_complete(srb);
+            ctx.next_request();
+            return StartIo::Accepted;
+        }
+        // The device is being set up again after a reset: nothing can go to it yet.
+        if matches!(self.reset, ResetPhase::Device { .. }) {
+            self.refused = true;
+            return StartIo::Busy(srb);
+        }
         let Some(slot) = self.requests.iter().position(|r| r.is_none()) else {
             self.refused = true;
             return StartIo::Busy(srb);
@@ -679,8 +1148,17 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
                 return StartIo::Busy(srb);
             }
         };
+        let now = ctx.now_us();
+        self.stats.first_request_us.get_or_insert(now);
         self.inflight[usize::from(head)] = (slot as u8, id);
-        self.requests[slot] = Some(Request { id, head, srb });
+        self.requests[slot] = Some(Request {
+            id,
+            head,
+            target: s.target,
+            lun: s.lun,
+            started_us: now,
+            srb,
+        });
         self.kick(REQUESTQ);
         // N3/N4: tagged queuing, so ask for more to this LU at once.
         ctx.next_lu_request(s.path, s.target, s.lun);
@@ -689,61 +1167,121 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
     }
 
     fn interrupt(&mut self, ctx: &mut PortContext<'_>, vector: u16) -> bool {
-        if !self.config.irq {
-            // INTx: the ISR says whether it was us (reading clears it).
-            let isr = self.transport.read_isr();
-            if isr & (VIRTIO_PCI_ISR_QUEUE | VIRTIO_PCI_ISR_CONFIG) == 0 {
-                return false;
+        match self.config.interrupts {
+            InterruptMode::None => false,
+            InterruptMode::Intx => {
+                // I1: one line for everything; the ISR says whether it was us, and why
+                // (reading it clears it). Each bit is looked at on its own.
+                let isr = self.transport.read_isr();
+                let mut mine = false;
+                if isr & VIRTIO_PCI_ISR_QUEUE != 0 {
+                    self.drain_control(ctx, Source::Interrupt);
+                    self.drain_events(ctx);
+                    self.drain_requests(ctx, Source::Interrupt, u16::MAX);
+                    mine = true;
+                }
+                if isr & VIRTIO_PCI_ISR_CONFIG != 0 {
+                    self.stats.config_changes += 1;
+                    self.config_generation = self.transport.config_generation();
+                    mine = true;
+                }
+                mine
             }
-            self.drain_events();
-            self.drain_requests(ctx, Source::Interrupt);
-            return true;
-        }
-        // I1: ours only if a queue on this vector has new used entries, or the config
-        // generation moved.
-        let mut mine = false;
-        if self.queue_vector[usize::from(EVENTQ)] == vector && self.event.can_pop() {
-            mine |= self.drain_events();
-        }
-        if self.queue_vector[usize::from(REQUESTQ)] == vector && self.request.can_pop() {
-            self.drain_requests(ctx, Source::Interrupt);
-            mine = true;
-        }
-        if self.config_vector == vector {
-            let generation = self.transport.config_generation();
-            if generation != self.config_generation {
-                self.config_generation = generation;
-                self.stats.config_changes += 1;
-                mine = true;
+            InterruptMode::Msix => {
+                // I1: ours only if a queue on this vector has new used entries, or the
+                // config generation moved.
+                let mut mine = false;
+                if self.queue_vector[usize::from(CONTROLQ)] == vector && self.control.can_pop() {
+                    mine |= self.drain_control(ctx, Source::Interrupt);
+                }
+                if self.queue_vector[usize::from(EVENTQ)] == vector && self.event.can_pop() {
+                    mine |= self.drain_events(ctx);
+                }
+                if self.queue_vector[usize::from(REQUESTQ)] == vector && self.request.can_pop() {
+                    self.drain_requests(ctx, Source::Interrupt, u16::MAX);
+                    mine = true;
+                }
+                if self.config_vector == vector {
+                    let generation = self.transport.config_generation();
+                    if generation != self.config_generation {
+                        self.config_generation = generation;
+                        self.stats.config_changes += 1;
+                        mine = true;
+                    }
+                }
+                mine
             }
         }
-        mine
     }
 
     fn timer(&mut self, ctx: &mut PortContext<'_>) {
         // T6: consumed before the poll, so work HwStartIo queues meanwhile is either
         // found by this poll or arms a new call.
         self.timer_arm.consume();
-        self.drain_events();
-        self.drain_requests(ctx, Source::Poll);
-        // T4: HwTimer re-arms itself while requests are outstanding.
+        self.drain_events(ctx);
+        self.drain_control(ctx, Source::Poll);
+        self.check_tmf_deadline(ctx);
+        self.continue_device_reset(ctx);
+        let found = match self.config.interrupts {
+            InterruptMode::None => self.drain_requests(ctx, Source::Poll, u16::MAX),
+            InterruptMode::Msix | InterruptMode::Intx => self.watchdog(ctx),
+        };
+        let t = &mut self.trail;
+        push(
+            &mut t.polls,
+            &mut t.polls_len,
+            &mut t.truncated,
+            (ctx.now_us(), found),
+        );
+        // T4: HwTimer re-arms itself while there is something to poll for.
         self.arm_timer(ctx);
     }
 
     fn reset_bus(&mut self, ctx: &mut PortContext<'_>, _path: u8) -> bool {
-        // Without TMFs (issue 5), a bus reset is a device reset: every request the
-        // device held is completed as reset (N5), then the device is brought up again.
-        self.stats.device_resets += 1;
-        let reset = self.reset_device(ctx);
-        self.abandon_all(ctx, SrbStatus::BusReset);
-        ctx.reset_detected();
-        if reset.is_err() {
+        if self.dead.is_some() {
             return false;
         }
-        self.control.reset();
-        self.event.reset();
-        self.request.reset();
-        self.timer_arm.consume();
-        self.negotiate(ctx).and_then(|_| self.bring_up(ctx)).is_ok()
+        if self.reset != ResetPhase::Idle {
+            // Already resetting: the running reset covers this one.
+            return true;
+        }
+        let now = ctx.now_us();
+        // The LUs (targets, for a nexus reset) with requests outstanding; LUN 0 of
+        // target 0 when there are none, so a reset always reaches the device.
+        let nexus = self.config.reset == ResetKind::Nexus;
+        let mut lus = [None::<(u8, u8)>; MAX_TMFS];
+        let mut n = 0;
+        for r in self.requests.iter().flatten() {
+            let lu = (r.target, if nexus { 0 } else { r.lun });
+            if !lus[..n].contains(&Some(lu)) && n < MAX_TMFS {
+                lus[n] = Some(lu);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            lus[0] = Some((0, 0));
+        }
+        self.reset_lus = lus;
+        self.reset = ResetPhase::Tmf {
+            started_us: now,
+            deadline_us: now + self.config.tmf_timeout_us,
+            failed: false,
+            nexus,
+        };
+        let subtype = if nexus {
+            VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET
+        } else {
+            VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET
+        };
+        for (target, lun) in lus.into_iter().flatten() {
+            if !self.send_tmf(subtype, target, lun) {
+                // No room on the control queue: go straight to the device reset.
+                self.device_reset(ctx, now);
+                return true;
+            }
+        }
+        self.kick(CONTROLQ);
+        self.arm_timer(ctx);
+        true
     }
 }
