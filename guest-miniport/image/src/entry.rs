@@ -61,9 +61,10 @@ extern "C" fn rust_start(start_info_paddr: u32) -> ! {
         .unwrap_or(GuestArgs::default().tick_us);
     let counts = apic::start_periodic_timer(tick_us, calibration.lapic_timer_hz);
     log::info!(
-        "boot: cmdline {cmdline:?}, TSC {} kHz, LAPIC timer {} kHz, tick {tick_us} us ({counts} counts)",
+        "boot: cmdline {cmdline:?}, TSC {} kHz, LAPIC timer {} kHz ({}), tick {tick_us} us ({counts} counts)",
         calibration.tsc_hz / 1000,
         calibration.lapic_timer_hz / 1000,
+        calibration.reference,
     );
     x86_64::instructions::interrupts::enable();
 
