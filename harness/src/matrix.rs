@@ -701,11 +701,11 @@ pub fn run_one(run: &Planned, opts: &MatrixOptions) -> Result<RunRecord, RunErro
         if !record.passed() {
             for name in ["serial", "backend", "qemu"] {
                 let path = dir.join(format!("{name}.log"));
-                if path.is_file() {
-                    record.tails.push((
-                        format!("{name}.log"),
-                        tail(&process::read_log(&path), TAIL_LINES),
-                    ));
+                let text = process::read_log(&path);
+                if path.is_file() && !text.trim().is_empty() {
+                    record
+                        .tails
+                        .push((format!("{name}.log"), tail(&text, TAIL_LINES)));
                 }
             }
         }
