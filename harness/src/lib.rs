@@ -9,6 +9,7 @@ pub mod judge;
 pub mod linux;
 pub mod listen;
 pub mod matrix;
+pub mod matrix_cli;
 pub mod metrics;
 pub mod process;
 pub mod qemu;

@@ -5,8 +5,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use flakyhba_harness::accel::AccelChoice;
 use flakyhba_harness::linux::{self, run_linux, LinuxOptions};
-use flakyhba_harness::matrix::{Binaries, MatrixOptions};
-use flakyhba_harness::scenario;
+use flakyhba_harness::matrix_cli::{self, BinaryArgs, MatrixArgs, RunScenario, ScenarioArgs};
 use flakyhba_harness::signals::{self, EXIT_INTERRUPTED};
 use flakyhba_harness::smoke::{run_smoke, SmokeOptions};
 use guest_miniport::contract::GuestArgs;
@@ -84,74 +83,6 @@ impl OnOff {
     }
 }
 
-/// Where the binaries come from, for `run` and `matrix`.
-#[derive(clap::Args, Debug)]
-struct BinaryArgs {
-    /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
-    #[arg(long)]
-    backend: Option<PathBuf>,
-    /// Guest image [default: $FLAKYHBA_IMAGE, else target/x86_64-unknown-none/release/flakyhba-guest]
-    #[arg(long)]
-    image: Option<PathBuf>,
-    /// QEMU binary, a path or a name looked up on PATH.
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    qemu: PathBuf,
-}
-
-/// What `run` and `matrix` share about scenario runs.
-#[derive(clap::Args, Debug)]
-struct ScenarioArgs {
-    /// Directory of the scenario files.
-    #[arg(long, value_name = "DIR")]
-    scenarios: Option<PathBuf>,
-    /// Directory of the run directories [default: target/qemu-test].
-    #[arg(long, value_name = "DIR")]
-    out: Option<PathBuf>,
-    /// A guest argument applied after the scenario's, as on the kernel command line
-    /// (`--guest qd=4`); repeatable.
-    #[arg(long = "guest", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    guest: Vec<(String, String)>,
-    /// Leave each run's disk image in its directory (it is removed after the check).
-    #[arg(long)]
-    keep_image: bool,
-}
-
-#[derive(clap::Args, Debug)]
-struct MatrixArgs {
-    /// Only these scenarios (comma-separated names).
-    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
-    only: Vec<String>,
-    /// Leave these scenarios out (comma-separated names).
-    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
-    skip: Vec<String>,
-    /// QEMU accelerator; `auto` uses KVM when /dev/kvm works (TCG on nested paravirtual
-    /// KVM), else TCG.
-    #[arg(long, value_enum, default_value = "auto")]
-    accel: AccelChoice,
-    /// Replaces the guest's and the backend's seed in every scenario.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Runs each scenario N times (directories NAME-rK).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    repeat: u32,
-    /// Runs at once. The default, 1, keeps the guest's timing undisturbed.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    jobs: u32,
-    /// Writes a JUnit XML report.
-    #[arg(long, value_name = "FILE")]
-    junit: Option<PathBuf>,
-    /// Writes a JSON report (one object per run).
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// Replaces every scenario's deadline, in seconds.
-    #[arg(long, value_parser = parse_timeout)]
-    timeout: Option<f64>,
-    #[command(flatten)]
-    scenario: ScenarioArgs,
-    #[command(flatten)]
-    bins: BinaryArgs,
-}
-
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// A scenario name (a file of --scenarios), a scenario file, or `smoke`.
@@ -184,13 +115,6 @@ struct RunArgs {
     scenario_args: ScenarioArgs,
     #[command(flatten)]
     bins: BinaryArgs,
-}
-
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
-    }
 }
 
 /// 1 or 4: the two shapes the scenario is written for (one queue; one per CPU of four).
@@ -231,7 +155,7 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Run(args) if args.scenario == SMOKE => smoke(args),
         Cmd::Run(args) => run_scenario(args),
-        Cmd::Matrix(args) => matrix(args),
+        Cmd::Matrix(args) => matrix_cli::run_matrix(args, workspace_root()),
         Cmd::Bench(args) => bench(args),
         Cmd::Linux(args) => linux(args),
     }
@@ -284,24 +208,28 @@ fn linux(args: LinuxArgs) -> ExitCode {
     }
 }
 
-fn binaries(args: BinaryArgs) -> Binaries {
-    Binaries {
-        backend: default_path(
-            args.backend,
-            "FLAKYHBA_BACKEND",
-            "target/release/vhost-user-flakyhba",
-        ),
-        image: default_path(
-            args.image,
-            "FLAKYHBA_IMAGE",
-            "target/x86_64-unknown-none/release/flakyhba-guest",
-        ),
-        qemu: args.qemu,
+fn run_scenario(args: RunArgs) -> ExitCode {
+    let mut guest = Vec::new();
+    if let Some(irq) = args.irq {
+        guest.push(("irq".to_owned(), irq.word().to_owned()));
     }
+    if let Some(blocks) = args.blocks {
+        guest.push(("blocks".to_owned(), blocks.to_string()));
+    }
+    let run = RunScenario {
+        name_or_file: args.scenario,
+        accel: args.accel,
+        seed: args.seed,
+        timeout: args.timeout,
+        guest,
+        scenario: args.scenario_args,
+        bins: args.bins,
+    };
+    matrix_cli::run_scenario(run, workspace_root())
 }
 
 fn smoke(args: RunArgs) -> ExitCode {
-    let bins = binaries(args.bins);
+    let bins = matrix_cli::binaries(args.bins, workspace_root());
     let opts = SmokeOptions {
         irq: args.irq != Some(OnOff::Off),
         accel: args.accel,
@@ -342,149 +270,5 @@ fn bench(args: flakyhba_harness::bench::BenchArgs) -> ExitCode {
             eprintln!("flakyhba-harness bench: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The scenario runner's options; `None` with the message printed when they are wrong.
-fn matrix_options(
-    scenario: ScenarioArgs,
-    bins: BinaryArgs,
-    accel: AccelChoice,
-    seed: Option<u64>,
-    timeout: Option<f64>,
-    extra_guest: Vec<(String, String)>,
-) -> Result<(MatrixOptions, PathBuf), String> {
-    let bins =
-        flakyhba_harness::matrix::check_binaries(&binaries(bins)).map_err(|e| e.to_string())?;
-    let (accel, why) = flakyhba_harness::accel::choose(accel, Path::new("/dev/kvm"));
-    println!("accel: {accel} ({why})");
-    let mut guest = extra_guest;
-    guest.extend(scenario.guest);
-    let opts = MatrixOptions {
-        bins,
-        accel,
-        out: scenario
-            .out
-            .unwrap_or_else(|| workspace_root().join("target/qemu-test")),
-        seed,
-        guest,
-        timeout: timeout.map(Duration::from_secs_f64),
-        repeat: 1,
-        jobs: 1,
-        keep_image: scenario.keep_image,
-    };
-    let dir = scenario
-        .scenarios
-        .unwrap_or_else(|| workspace_root().join("harness/scenarios"));
-    Ok((opts, dir))
-}
-
-fn run_scenario(args: RunArgs) -> ExitCode {
-    let mut extra = Vec::new();
-    if let Some(irq) = args.irq {
-        extra.push(("irq".to_owned(), irq.word().to_owned()));
-    }
-    if let Some(blocks) = args.blocks {
-        extra.push(("blocks".to_owned(), blocks.to_string()));
-    }
-    let (opts, dir) = match matrix_options(
-        args.scenario_args,
-        args.bins,
-        args.accel,
-        args.seed,
-        args.timeout,
-        extra,
-    ) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("flakyhba-harness: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match scenario::find(&dir, &args.scenario) {
-        Ok(s) => run_runs(&flakyhba_harness::matrix::plan(&[s], 1), &opts, None, None),
-        Err(e) => {
-            eprintln!("flakyhba-harness: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn matrix(args: MatrixArgs) -> ExitCode {
-    let (mut opts, dir) = match matrix_options(
-        args.scenario,
-        args.bins,
-        args.accel,
-        args.seed,
-        args.timeout,
-        Vec::new(),
-    ) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("flakyhba-harness: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    opts.repeat = args.repeat;
-    opts.jobs = args.jobs as usize;
-    let all = match scenario::load_dir(&dir) {
-        Ok(all) => all,
-        Err(e) => {
-            eprintln!("flakyhba-harness: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let selected = match flakyhba_harness::matrix::select(all, &args.only, &args.skip) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("flakyhba-harness: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runs = flakyhba_harness::matrix::plan(&selected, opts.repeat);
-    run_runs(&runs, &opts, args.junit.as_deref(), args.json.as_deref())
-}
-
-fn run_runs(
-    runs: &[flakyhba_harness::matrix::Planned],
-    opts: &MatrixOptions,
-    junit: Option<&Path>,
-    json: Option<&Path>,
-) -> ExitCode {
-    use flakyhba_harness::{matrix, report};
-    println!("{} run(s), results in {}", runs.len(), opts.out.display());
-    let start = std::time::Instant::now();
-    let total = runs.len();
-    let (records, interrupted) = matrix::run_all(runs, opts, |i, record| {
-        println!("{}", record.progress_line(i, total));
-        if !record.passed() {
-            print!("{}", record.details());
-        }
-    });
-    let wall = start.elapsed();
-    if interrupted {
-        eprintln!("flakyhba-harness: interrupted");
-        return ExitCode::from(EXIT_INTERRUPTED as u8);
-    }
-    println!();
-    print!("{}", matrix::summary(&records, wall));
-    let mut ok = records.iter().all(|r| r.passed());
-    if let Some(path) = junit {
-        if let Err(e) = report::write(path, &report::junit(&records, wall)) {
-            eprintln!("flakyhba-harness: {e}");
-            ok = false;
-        }
-    }
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report::json(&records)).expect("JSON encodes");
-        if let Err(e) = report::write(path, &(text + "\n")) {
-            eprintln!("flakyhba-harness: {e}");
-            ok = false;
-        }
-    }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }
