@@ -395,6 +395,23 @@ impl Drop for Children {
     }
 }
 
+/// The run's disk image, removed on drop (the run ended, failed or was interrupted)
+/// unless kept.
+struct Disk {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if !self.keep {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                log::warn!("could not remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
 /// What a run gathered before it was judged.
 struct Gathered {
     metrics: Metrics,
@@ -453,7 +470,10 @@ fn execute(
             .and_then(|f| f.set_len(DISK_BYTES))
             .map_err(|e| RunError::CouldNotPrepare(disk.clone(), e))?;
         command.arg("--lun").arg(&disk);
-        Some(disk)
+        Some(Disk {
+            path: disk,
+            keep: opts.keep_image,
+        })
     } else {
         for lun in &backend_spec.luns {
             command.arg("--lun").arg(lun);
@@ -582,7 +602,7 @@ fn execute(
         .extend(metrics::trace_metrics(&partial.trace));
 
     // The harness's own look at the image: the pattern at every LBA the guest wrote.
-    if let (Some(disk), Some(r)) = (&disk, &result) {
+    if let (Some(Disk { path: disk, .. }), Some(r)) = (&disk, &result) {
         use guest_miniport::contract::result_fields as f;
         let block_size = r.get(f::BLOCK_SIZE).and_then(Value::as_u64);
         let lbas: Option<Vec<u64>> = r
@@ -602,11 +622,6 @@ fn execute(
             partial
                 .metrics
                 .extend(metrics::image_metrics(&check, expected));
-        }
-    }
-    if let Some(disk) = &disk {
-        if !opts.keep_image {
-            let _ = std::fs::remove_file(disk);
         }
     }
     drop(sockets);

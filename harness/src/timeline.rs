@@ -165,6 +165,8 @@ fn gather(trace: &Trace, origin_us: u64) -> Picture {
                     q.suppressed_event_idx.push((now, i));
                 }
             }
+            // Time-driven records before the first request fall left of the axis.
+            TraceEvent::SpuriousSignal { .. } | TraceEvent::Event { .. } if now < 0.0 => {}
             TraceEvent::SpuriousSignal { queue, .. } => p
                 .queues
                 .entry((*queue).max(FIRST_REQUEST_QUEUE))
