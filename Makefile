@@ -37,9 +37,9 @@ test: build linux-guest
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory qemu-test
 
+# Every scenario of harness/scenarios and its negative control; results in target/qemu-test.
 qemu-test: build
-	$(HARNESS) run smoke --irq on $(HARNESS_ARGS)
-	$(HARNESS) run smoke --irq off $(HARNESS_ARGS)
+	$(HARNESS) matrix $(HARNESS_ARGS)
 
 # Backend speed without a guest: the harness's vhost-user frontend drives the backend
 # directly. PEER='<command taking --socket-path S IMAGE>' adds a peer backend (never

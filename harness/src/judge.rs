@@ -9,7 +9,7 @@ use guest_miniport::contract::{check_pattern, qemu_status_for, result_fields as 
 use serde_json::{Map, Value};
 
 /// Largest block size the judge accepts; SCSI disks use 512..=4096.
-const MAX_BLOCK_SIZE: u64 = 64 * 1024;
+pub const MAX_BLOCK_SIZE: u64 = 64 * 1024;
 /// How many bad LBAs an error lists.
 const SHOWN_BAD_LBAS: usize = 8;
 
@@ -96,6 +96,58 @@ fn echo<T: PartialEq + ToString>(
         }),
         _ => Ok(()),
     }
+}
+
+/// What the harness found in the disk image at the LBAs a guest reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageCheck {
+    pub image_bytes: u64,
+    /// LBAs (each counted once) holding the pattern.
+    pub verified: usize,
+    /// LBAs (each counted once) lacking it, in the order reported.
+    pub bad: Vec<u64>,
+    /// LBAs whose block lies beyond the end of the image.
+    pub outside: Vec<u64>,
+    /// LBAs reported more than once (checked once).
+    pub duplicates: Vec<u64>,
+}
+
+/// Reads block `lba` of `block_size` bytes at every LBA of `lbas` and checks
+/// [`check_pattern`] for `seed`. Only I/O errors are errors; what the blocks hold is
+/// the result.
+pub fn check_image(
+    image: &mut (impl Read + Seek),
+    seed: u64,
+    block_size: u64,
+    lbas: &[u64],
+) -> std::io::Result<ImageCheck> {
+    let mut check = ImageCheck {
+        image_bytes: image.seek(SeekFrom::End(0))?,
+        ..ImageCheck::default()
+    };
+    let mut block = vec![0u8; block_size.min(MAX_BLOCK_SIZE) as usize];
+    let mut seen = BTreeSet::new();
+    for &lba in lbas {
+        if !seen.insert(lba) {
+            check.duplicates.push(lba);
+            continue;
+        }
+        let Some(offset) = lba.checked_mul(block_size).filter(|o| {
+            o.checked_add(block_size)
+                .is_some_and(|end| end <= check.image_bytes)
+        }) else {
+            check.outside.push(lba);
+            continue;
+        };
+        image.seek(SeekFrom::Start(offset))?;
+        image.read_exact(&mut block)?;
+        if check_pattern(seed, lba, &block) {
+            check.verified += 1;
+        } else {
+            check.bad.push(lba);
+        }
+    }
+    Ok(check)
 }
 
 /// Judges a smoke run. `qemu_exit` is QEMU's exit code (None: killed by a signal),
@@ -205,32 +257,19 @@ pub fn judge_smoke(
         return Err(JudgeError::InterruptWithIrqOff(n));
     }
 
-    let image_bytes = image
-        .seek(SeekFrom::End(0))
+    let check = check_image(image, expect.seed, block_size, &lbas)
         .map_err(JudgeError::CouldNotReadImage)?;
-    let mut block = vec![0u8; block_size as usize];
-    let mut bad = Vec::new();
-    for &lba in &lbas {
-        let offset = lba
-            .checked_mul(block_size)
-            .filter(|o| {
-                o.checked_add(block_size)
-                    .is_some_and(|end| end <= image_bytes)
-            })
-            .ok_or(JudgeError::LbaOutsideImage { lba, image_bytes })?;
-        image
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| image.read_exact(&mut block))
-            .map_err(JudgeError::CouldNotReadImage)?;
-        if !check_pattern(expect.seed, lba, &block) {
-            bad.push(lba);
-        }
+    if let Some(&lba) = check.outside.first() {
+        return Err(JudgeError::LbaOutsideImage {
+            lba,
+            image_bytes: check.image_bytes,
+        });
     }
-    if !bad.is_empty() {
+    if !check.bad.is_empty() {
         return Err(JudgeError::PatternMismatch {
-            count: bad.len(),
+            count: check.bad.len(),
             total: lbas.len(),
-            shown: bad.into_iter().take(SHOWN_BAD_LBAS).collect(),
+            shown: check.bad.into_iter().take(SHOWN_BAD_LBAS).collect(),
         });
     }
     Ok(Verdict {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use flakyhba_harness::accel::AccelChoice;
 use flakyhba_harness::linux::{self, run_linux, LinuxOptions};
+use flakyhba_harness::matrix_cli::{self, BinaryArgs, MatrixArgs, RunScenario, ScenarioArgs};
 use flakyhba_harness::signals::{self, EXIT_INTERRUPTED};
 use flakyhba_harness::smoke::{run_smoke, SmokeOptions};
 use guest_miniport::contract::GuestArgs;
@@ -23,8 +24,12 @@ enum Cmd {
     /// Drive a vhost-user-scsi backend from the host with the built-in frontend (no QEMU,
     /// no guest): IOPS, bandwidth, latency percentiles. `--suite` runs `make bench`.
     Bench(flakyhba_harness::bench::BenchArgs),
-    /// Run one scenario.
+    /// Run one scenario: a file of harness/scenarios by NAME, a scenario FILE, or
+    /// `smoke` (the built-in smoke check, without a fault plan).
     Run(RunArgs),
+    /// Run every scenario of harness/scenarios (`make qemu-test`): a progress line per
+    /// run, a summary table, and reports. Exits 1 if any run failed.
+    Matrix(MatrixArgs),
     /// Boot a stock Debian kernel (built by linux-guest/build.sh) under TCG and drive the
     /// Linux SCSI stack against the backend: sg3_utils, ext4, fio with verify.
     Linux(LinuxArgs),
@@ -60,12 +65,8 @@ struct LinuxArgs {
     keep: Option<PathBuf>,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum ScenarioName {
-    /// INQUIRY, READ CAPACITY, write a seeded pattern to spread-out blocks, read it back;
-    /// the harness then checks the pattern in the disk image itself.
-    Smoke,
-}
+/// The built-in scenario of `run` that needs no scenario file.
+const SMOKE: &str = "smoke";
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum OnOff {
@@ -73,36 +74,47 @@ enum OnOff {
     Off,
 }
 
+impl OnOff {
+    fn word(self) -> &'static str {
+        match self {
+            OnOff::On => "on",
+            OnOff::Off => "off",
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    scenario: ScenarioName,
-    /// `off`: the miniport requests no interrupts and completes everything by HwTimer polling.
-    #[arg(long, value_enum, default_value = "on")]
-    irq: OnOff,
-    /// QEMU accelerator; `auto` uses KVM when /dev/kvm works, else TCG.
+    /// A scenario name (a file of --scenarios), a scenario file, or `smoke`.
+    #[arg(value_name = "NAME|FILE")]
+    scenario: String,
+    /// `off`: the miniport requests no interrupts and completes everything by HwTimer
+    /// polling (for a scenario file: the same as `--guest irq=off`).
+    #[arg(long, value_enum)]
+    irq: Option<OnOff>,
+    /// QEMU accelerator; `auto` uses KVM when /dev/kvm works (TCG on nested paravirtual
+    /// KVM), else TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: AccelChoice,
-    /// Seed of the data pattern and of the LBA choice.
-    #[arg(long, default_value_t = GuestArgs::default().seed)]
-    seed: u64,
-    /// Blocks the smoke scenario writes and checks.
-    #[arg(long, default_value_t = GuestArgs::default().blocks, value_parser = clap::value_parser!(u32).range(1..))]
-    blocks: u32,
-    /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
+    /// Seed of the data pattern and of the LBA choice (for a scenario file: also the
+    /// backend's seed).
     #[arg(long)]
-    backend: Option<PathBuf>,
-    /// Guest image [default: $FLAKYHBA_IMAGE, else target/x86_64-unknown-none/release/flakyhba-guest]
-    #[arg(long)]
-    image: Option<PathBuf>,
-    /// QEMU binary, a path or a name looked up on PATH.
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    qemu: PathBuf,
-    /// Overall deadline of the run in seconds; on expiry everything is killed.
-    #[arg(long, default_value_t = 30.0, value_parser = parse_timeout)]
-    timeout: f64,
-    /// Keep the run directory (logs, disk image) in DIR instead of a removed temp dir.
+    seed: Option<u64>,
+    /// Blocks the scenario writes and checks (for a scenario file: `--guest blocks=N`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    blocks: Option<u32>,
+    /// Overall deadline of a run in seconds; on expiry everything is killed
+    /// [default: 30 for smoke, else the scenario's].
+    #[arg(long, value_parser = parse_timeout)]
+    timeout: Option<f64>,
+    /// `smoke` only: keep the run directory (logs, disk image) in DIR instead of a
+    /// removed temp dir. Scenario runs always keep theirs under --out.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
+    #[command(flatten)]
+    scenario_args: ScenarioArgs,
+    #[command(flatten)]
+    bins: BinaryArgs,
 }
 
 /// 1 or 4: the two shapes the scenario is written for (one queue; one per CPU of four).
@@ -141,7 +153,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match cli.command {
-        Cmd::Run(args) => smoke(args),
+        Cmd::Run(args) if args.scenario == SMOKE => smoke(args),
+        Cmd::Run(args) => run_scenario(args),
+        Cmd::Matrix(args) => matrix_cli::run_matrix(args, workspace_root()),
         Cmd::Bench(args) => bench(args),
         Cmd::Linux(args) => linux(args),
     }
@@ -194,25 +208,37 @@ fn linux(args: LinuxArgs) -> ExitCode {
     }
 }
 
-fn smoke(args: RunArgs) -> ExitCode {
-    let ScenarioName::Smoke = args.scenario;
-    let opts = SmokeOptions {
-        irq: args.irq == OnOff::On,
+fn run_scenario(args: RunArgs) -> ExitCode {
+    let mut guest = Vec::new();
+    if let Some(irq) = args.irq {
+        guest.push(("irq".to_owned(), irq.word().to_owned()));
+    }
+    if let Some(blocks) = args.blocks {
+        guest.push(("blocks".to_owned(), blocks.to_string()));
+    }
+    let run = RunScenario {
+        name_or_file: args.scenario,
         accel: args.accel,
         seed: args.seed,
-        blocks: args.blocks,
-        backend: default_path(
-            args.backend,
-            "FLAKYHBA_BACKEND",
-            "target/release/vhost-user-flakyhba",
-        ),
-        image: default_path(
-            args.image,
-            "FLAKYHBA_IMAGE",
-            "target/x86_64-unknown-none/release/flakyhba-guest",
-        ),
-        qemu: args.qemu,
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout: args.timeout,
+        guest,
+        scenario: args.scenario_args,
+        bins: args.bins,
+    };
+    matrix_cli::run_scenario(run, workspace_root())
+}
+
+fn smoke(args: RunArgs) -> ExitCode {
+    let bins = matrix_cli::binaries(args.bins, workspace_root());
+    let opts = SmokeOptions {
+        irq: args.irq != Some(OnOff::Off),
+        accel: args.accel,
+        seed: args.seed.unwrap_or(GuestArgs::default().seed),
+        blocks: args.blocks.unwrap_or(GuestArgs::default().blocks),
+        backend: bins.backend,
+        image: bins.image,
+        qemu: bins.qemu,
+        timeout: Duration::from_secs_f64(args.timeout.unwrap_or(30.0)),
         keep: args.keep,
     };
     match run_smoke(&opts) {

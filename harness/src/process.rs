@@ -168,6 +168,26 @@ impl ChildGuard {
         Ok(status)
     }
 
+    /// SIGTERM, then up to `grace` for the child to exit, then SIGKILL; reaps it. For
+    /// children that write out their state on SIGTERM (the backend flushes its trace).
+    /// Waits through a pending Ctrl-C too: the grace is short and the state worth having.
+    pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus, ProcessError> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        // SAFETY: kill(2) on our own unreaped child's pid; it cannot name another process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        log::warn!("{} ignored SIGTERM for {grace:?}; killing it", self.name);
+        self.kill()
+    }
+
     /// The child's log so far (lossy UTF-8), or a note why it could not be read.
     pub fn read_log(&self) -> String {
         read_log(&self.log)
@@ -247,6 +267,41 @@ mod tests {
         let status = slow.kill().unwrap();
         assert!(!status.success());
         drop((quick, slow));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Waits until the shell has set its trap and said so.
+    fn wait_ready(child: &ChildGuard) {
+        while !child.read_log().starts_with("ready\n") {
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    #[test]
+    fn terminate_lets_the_child_finish_on_sigterm_and_kills_one_that_ignores_it() {
+        let dir = scratch("term");
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            "trap 'echo flushed; exit 0' TERM; echo ready; while :; do sleep 0.01; done",
+        ]);
+        let mut polite = ChildGuard::spawn("sh", command, &dir.join("p.log"), Stdout::Log).unwrap();
+        wait_ready(&polite);
+        let status = polite.terminate(Duration::from_secs(10)).unwrap();
+        assert_eq!(status.code(), Some(0));
+        assert_eq!(polite.read_log(), "ready\nflushed\n");
+
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            "trap '' TERM; echo ready; while :; do sleep 0.01; done",
+        ]);
+        let mut stubborn =
+            ChildGuard::spawn("sh", command, &dir.join("s.log"), Stdout::Log).unwrap();
+        wait_ready(&stubborn);
+        let status = stubborn.terminate(Duration::from_millis(100)).unwrap();
+        assert_eq!(status.code(), None, "killed by SIGKILL");
+        drop((polite, stubborn));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
