@@ -71,6 +71,8 @@ pub enum Failure<'a> {
     },
     /// REPORT LUNS after a bus change no longer lists LUN 0.
     LunGone,
+    /// The workload is done, but the bus reset it caused never ended.
+    ResetNotEnded,
 }
 
 impl fmt::Display for Failure<'_> {
@@ -105,6 +107,7 @@ impl fmt::Display for Failure<'_> {
             Failure::BlockSize(b) => write!(f, "unsupported block size {b}"),
             Failure::ShortTransfer { op, got } => write!(f, "{op}: only {got} bytes returned"),
             Failure::LunGone => write!(f, "REPORT LUNS after a bus change lacks LUN 0"),
+            Failure::ResetNotEnded => write!(f, "the bus reset had not ended at the deadline"),
         }
     }
 }
@@ -290,7 +293,8 @@ where
         Workload::ResetUnderLoad => s.write_and_verify(bufs, out, true, true),
         Workload::Bench => s.bench(bufs, out),
     }?;
-    s.finish_rescan()
+    s.finish_rescan()?;
+    s.quiesce()
 }
 
 /// A DMA buffer for one request's data.
@@ -695,6 +699,21 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
                 self.side_done(&srb)?;
             }
         }
+    }
+
+    /// Waits until a bus reset still under way has ended, so the run ends on an idle
+    /// adapter (a reset whose TMF hangs without a timer to give up on it never does).
+    fn quiesce<'a>(&mut self) -> Result<(), Failure<'a>> {
+        while self.port.miniport().resetting() || self.port.in_flight() > 0 {
+            if self.platform.now_us() >= self.deadline {
+                return Err(Failure::ResetNotEnded);
+            }
+            self.step();
+            while let Some(srb) = self.port.poll_completed() {
+                self.side_done(&srb)?;
+            }
+        }
+        Ok(())
     }
 
     /// `smoke`, `io` and `reset-under-load`: write every block, then read it back.

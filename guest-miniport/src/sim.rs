@@ -1088,7 +1088,7 @@ mod tests {
         check_pattern, smoke_lba, GuestArgs, ResetKind, Workload, EXIT_FAIL, EXIT_PASS,
     };
     use crate::platform::Events;
-    use crate::port::{DataBuffer, Port, PortConfig, Srb, SrbStatus};
+    use crate::port::{DataBuffer, Miniport, Port, PortConfig, Srb, SrbStatus};
     use crate::runner::{run, run_scenario};
     use crate::virtio_scsi::{InterruptMode, VirtioScsi, VirtioScsiConfig};
     use serde_json::{json, Value};
@@ -1583,6 +1583,41 @@ mod tests {
             .checker()
             .violations()
             .any(|v| v.rule == crate::port::Rule::P2));
+    }
+
+    #[test]
+    fn a_run_ends_only_when_its_bus_reset_has_ended() {
+        // With the timer, the hung TMF is given up on and the run passes; without it,
+        // the workload finishes its I/O but the reset never ends.
+        for poll in [true, false] {
+            let a = GuestArgs {
+                workload: Workload::ResetUnderLoad,
+                reset_after: 4,
+                poll,
+                tmf_timeout_ms: 300,
+                deadline_ms: 3000,
+                ..io(4)
+            };
+            let r = simulate(
+                a,
+                SimFaults {
+                    tmf: SimTmf::Hang,
+                    delay_us: 1000,
+                    ..SimFaults::default()
+                },
+            );
+            if poll {
+                r.assert_clean(&a);
+                assert_eq!((r.n("tmf_timeouts"), r.n("device_resets")), (1, 1));
+            } else {
+                assert_eq!(r.exit, EXIT_FAIL);
+                assert_eq!(
+                    r.result()["reason"],
+                    "the bus reset had not ended at the deadline"
+                );
+                assert_eq!(r.n("device_resets"), 0);
+            }
+        }
     }
 
     #[test]

@@ -443,10 +443,6 @@ impl<T: Transport> VirtioScsi<T> {
     pub fn outstanding(&self) -> usize {
         self.requests.iter().filter(|r| r.is_some()).count()
     }
-    /// Whether a bus reset is under way.
-    pub fn resetting(&self) -> bool {
-        self.reset != ResetPhase::Idle
-    }
     /// Why the adapter is gone, if re-initialization after a device reset failed.
     pub fn dead(&self) -> Option<VirtioScsiError> {
         self.dead
@@ -1074,6 +1070,10 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
 
     fn initialize(&mut self, ctx: &mut PortContext<'_>) -> Result<(), VirtioScsiError> {
         self.bring_up(ctx)
+    }
+
+    fn resetting(&self) -> bool {
+        self.reset != ResetPhase::Idle
     }
 
     fn start_io(&mut self, ctx: &mut PortContext<'_>, srb: SrbHandle) -> StartIo {

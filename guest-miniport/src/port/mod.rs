@@ -300,6 +300,11 @@ pub trait Miniport {
     fn has_timer(&self) -> bool {
         true
     }
+    /// Whether a bus reset the miniport started is still under way (its TMFs not all
+    /// answered, or the HBA being set up again), so the adapter is not idle yet.
+    fn resetting(&self) -> bool {
+        false
+    }
 }
 
 /// Counters the port keeps about the miniport's behaviour.
