@@ -853,7 +853,7 @@ fn task_management(target: &Target, req: &VirtioScsiCtrlTmfReq) -> u8 {
         | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
         // The next command to the LU (or to every LU) reports the reset (SAM-5 5.14).
         VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
-            target.nexus_reset();
+            target.nexus_reset(addr.target);
             VIRTIO_SCSI_S_FUNCTION_COMPLETE
         }
         VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => match target.lu_reset(addr) {

@@ -343,7 +343,7 @@ impl VhostUserScsiBackend {
             }
             TmfKind::ITNexusReset => {
                 self.cancel_matching(target, None, VIRTIO_SCSI_S_RESET)?;
-                self.target.nexus_reset();
+                self.target.nexus_reset(target);
             }
             // A held task is one the device still has: the query succeeds (SAM-5 7.9).
             TmfKind::QueryTask => {
