@@ -30,9 +30,11 @@ use crate::scsi::sense::Sense;
 use crate::scsi::{CmdError, DataIn, DataOut, LuChange, LunAddress, Target};
 use crate::virtio::*;
 
+pub mod executing;
 mod faulty;
 pub mod inflight;
 
+use executing::{Executing, ExecutingSlot};
 use inflight::InflightTable;
 
 /// Queue 0 is the control queue, 1 the event queue, 2.. the request queues (5.6.2).
@@ -135,6 +137,9 @@ pub struct VhostUserScsiBackend {
     events_missed: AtomicBool,
     /// The features the driver acknowledged: hot-plug and capacity events need theirs.
     acked_features: AtomicU64,
+    /// The command each request queue's worker is executing: TMFs wait for those of
+    /// their LUs before answering.
+    executing: Executing,
 }
 
 impl VhostUserScsiBackend {
@@ -195,7 +200,19 @@ impl VhostUserScsiBackend {
             timers,
             events_missed: AtomicBool::new(false),
             acked_features: AtomicU64::new(0),
+            executing: Executing::new(num_queues),
         }
+    }
+
+    /// The executing commands TMFs wait for (tests hold slots to play a busy worker).
+    pub fn executing(&self) -> &Executing {
+        &self.executing
+    }
+
+    /// Another bound for how long a TMF waits for executing commands (tests).
+    pub fn set_tmf_wait_bound(&mut self, bound: Duration) {
+        let queues = self.num_queues();
+        self.executing = Executing::new(queues).with_bound(bound);
     }
 
     /// The epoll id under which `main` registers each worker's timer
@@ -267,12 +284,17 @@ impl VhostUserScsiBackend {
                     .pop_descriptor_chain(mem.clone());
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
+                // Dropped after the completion is on the used ring (or on an error).
+                let slot = self.executing.slot(queue);
                 let used_len = if queue == CONTROL_QUEUE {
-                    process_control_chain(&self.target, &mem, chain)
+                    let executing = Some(&self.executing);
+                    let resp = control_response(&self.target, &mem, chain.clone(), executing);
+                    write_control(&mem, chain, resp)
                 } else {
-                    process_request_chain(&self.target, &mem, chain)
+                    serve_command(&self.target, &mem, chain, Disposition::EXECUTE, Some(&slot)).used
                 };
                 complete_and_notify(vring, head, used_len, false)?;
+                drop(slot);
             }
             // With EVENT_IDX, re-enabling reports chains that arrived meanwhile.
             if !event_idx
@@ -490,7 +512,7 @@ pub fn process_request_chain<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    serve_command(target, mem, chain, Disposition::EXECUTE).used
+    serve_command(target, mem, chain, Disposition::EXECUTE, None).used
 }
 
 /// How a command is served: executed (with the faults that change its result), or
@@ -521,12 +543,14 @@ pub struct Served {
     pub resp: Option<VirtioScsiCmdResp>,
 }
 
-/// Serves one request-queue chain as `how` says.
+/// Serves one request-queue chain as `how` says. With `slot`, the command is marked
+/// executing on its LU once that is known (the caller drops the slot after completing it).
 pub fn serve_command<M>(
     target: &Target,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
     how: Disposition,
+    slot: Option<&ExecutingSlot<'_>>,
 ) -> Served
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
@@ -563,8 +587,8 @@ where
             corrupt,
             extra_residual,
         } => {
-            let mut resp = match execute_request(target, mem, chain.clone(), &mut data_in, corrupt)
-            {
+            let executed = execute_request(target, mem, chain.clone(), &mut data_in, corrupt, slot);
+            let mut resp = match executed {
                 Ok(resp) => resp,
                 Err(reason) => {
                     warn!("request {head}: {reason}");
@@ -618,6 +642,7 @@ fn execute_request<M>(
     chain: DescriptorChain<M>,
     data_in: &mut GuestDataIn<'_, M>,
     corrupt_writes: Option<Corruption>,
+    slot: Option<&ExecutingSlot<'_>>,
 ) -> Result<VirtioScsiCmdResp, String>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
@@ -663,6 +688,11 @@ where
         debug!("request to absent LU {lun:02x?}");
         return Ok(VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_BAD_TARGET));
     };
+    // Before the target looks at the LU (its unit attention): a TMF either waits for this
+    // command or this command sees the TMF's effects.
+    if let Some(slot) = slot {
+        slot.begin(addr.target, addr.lun);
+    }
     let in_len = DataIn::remaining(data_in);
     let out_len = DataOut::remaining(&data_out);
     let outcome = match corrupt_writes {
@@ -719,7 +749,7 @@ pub fn process_control_chain<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    let resp = control_response(target, mem, chain.clone());
+    let resp = control_response(target, mem, chain.clone(), None);
     write_control(mem, chain, resp)
 }
 
@@ -775,17 +805,20 @@ enum ControlRequest {
     An(VirtioScsiCtrlAnReq),
 }
 
+/// The answer to a control request. With `executing`, a TMF that aborts or resets waits
+/// for the commands of its LUs that other workers are executing.
 fn control_response<M>(
     target: &Target,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
+    executing: Option<&Executing>,
 ) -> Result<ControlResponse, String>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     Ok(match parse_control(mem, chain)? {
         ControlRequest::Tmf(req) => ControlResponse::Tmf(VirtioScsiCtrlTmfResp {
-            response: task_management(target, &req),
+            response: task_management(target, &req, executing),
         }),
         ControlRequest::An(_) => an_response(),
     })
@@ -834,41 +867,98 @@ where
     }
 }
 
-/// The answer to a TMF when no task is held: aborts and resets complete at once, queries
-/// find nothing. With faults, the fault path acts on held tasks before answering.
-fn task_management(target: &Target, req: &VirtioScsiCtrlTmfReq) -> u8 {
+/// The answer a TMF gets without being carried out: BAD_TARGET when its LUN addresses no
+/// LU, FUNCTION REJECTED for what is not supported. `None`: carry it out.
+fn tmf_refusal(target: &Target, req: &VirtioScsiCtrlTmfReq) -> Option<u8> {
     let lun = req.lun;
-    let Some(addr) = decode_lun(&lun)
-        .map(|a| LunAddress {
+    let present = decode_lun(&lun).is_some_and(|a| {
+        target.has_lu(LunAddress {
             target: a.target,
             lun: a.lun,
         })
-        .filter(|&a| target.has_lu(a))
-    else {
-        return VIRTIO_SCSI_S_BAD_TARGET;
-    };
+    });
+    if !present {
+        return Some(VIRTIO_SCSI_S_BAD_TARGET);
+    }
     match u32::from(req.subtype) {
         VIRTIO_SCSI_T_TMF_ABORT_TASK
         | VIRTIO_SCSI_T_TMF_ABORT_TASK_SET
-        | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
-        // The next command to the LU (or to every LU) reports the reset (SAM-5 5.14).
-        VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
-            target.nexus_reset(addr.target);
-            VIRTIO_SCSI_S_FUNCTION_COMPLETE
-        }
-        VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => match target.lu_reset(addr) {
-            Ok(()) => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
-            Err(_) => VIRTIO_SCSI_S_BAD_TARGET,
-        },
-        // No task to report: FUNCTION COMPLETE (SAM-5 7.9, 7.10).
-        VIRTIO_SCSI_T_TMF_QUERY_TASK | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => {
-            VIRTIO_SCSI_S_FUNCTION_COMPLETE
-        }
+        | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET
+        | VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET
+        | VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET
+        | VIRTIO_SCSI_T_TMF_QUERY_TASK
+        | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => None,
         // NACA is not supported, so there is never an ACA to clear.
-        VIRTIO_SCSI_T_TMF_CLEAR_ACA => VIRTIO_SCSI_S_FUNCTION_REJECTED,
+        VIRTIO_SCSI_T_TMF_CLEAR_ACA => Some(VIRTIO_SCSI_S_FUNCTION_REJECTED),
         other => {
             warn!("unknown TMF subtype {other}");
-            VIRTIO_SCSI_S_FUNCTION_REJECTED
+            Some(VIRTIO_SCSI_S_FUNCTION_REJECTED)
+        }
+    }
+}
+
+/// Carries out a TMF when no task is held (without faults nothing is): resets raise their
+/// unit attention, and aborts and resets wait for the commands of their LUs that other
+/// workers are executing, so those are on their used rings before the answer. Queries find
+/// nothing held: FUNCTION COMPLETE (SAM-5 7.9, 7.10).
+fn task_management(
+    target: &Target,
+    req: &VirtioScsiCtrlTmfReq,
+    executing: Option<&Executing>,
+) -> u8 {
+    if let Some(refused) = tmf_refusal(target, req) {
+        return refused;
+    }
+    let lun = req.lun;
+    let Some(a) = decode_lun(&lun) else {
+        return VIRTIO_SCSI_S_BAD_TARGET;
+    };
+    let addr = LunAddress {
+        target: a.target,
+        lun: a.lun,
+    };
+    let subtype = u32::from(req.subtype);
+    // The next command to the LU (or to every LU of the target) reports the reset
+    // (SAM-5 5.14); raised first, so that a command begun after the wait below sees it.
+    let scope = match subtype {
+        VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
+            target.nexus_reset(addr.target);
+            Some(None)
+        }
+        VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => {
+            if target.lu_reset(addr).is_err() {
+                // Removed since the check above.
+                return VIRTIO_SCSI_S_BAD_TARGET;
+            }
+            Some(Some(addr.lun))
+        }
+        VIRTIO_SCSI_T_TMF_ABORT_TASK
+        | VIRTIO_SCSI_T_TMF_ABORT_TASK_SET
+        | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => Some(Some(addr.lun)),
+        _ => None,
+    };
+    match (scope, executing) {
+        (Some(lun), Some(executing)) => {
+            let name = crate::faults::TmfKind::from_virtio(subtype).name();
+            wait_for_executing(executing, name, addr.target, lun)
+        }
+        _ => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
+    }
+}
+
+/// Waits for the commands of `target` (LUN `lun`, or all) being executed by other workers.
+/// One whose LU is stuck must not stop the control queue: past the bound the TMF fails,
+/// since what it was to end is still running (the driver escalates, to a device reset).
+fn wait_for_executing(executing: &Executing, tmf: &str, target: u8, lun: Option<u16>) -> u8 {
+    match executing.wait_for(target, lun) {
+        0 => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
+        n => {
+            warn!(
+                "{tmf} of target {target} LUN {lun:?}: {n} commands still executing \
+                 after {:?}; answering FAILURE",
+                executing.bound()
+            );
+            VIRTIO_SCSI_S_FAILURE
         }
     }
 }

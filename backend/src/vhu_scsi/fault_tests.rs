@@ -1199,3 +1199,5 @@ fn idle_engine_without_trace_skips_describing_commands_but_counts_them() {
     e.set_trace(Some(Trace::to_writer(Box::new(SharedBuf::default()))));
     assert!(!e.is_idle() && e.tracing());
 }
+
+mod tmf;

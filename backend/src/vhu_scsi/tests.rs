@@ -54,7 +54,7 @@ fn init_logger() {
 }
 
 /// Warnings logged by this test thread since the last call.
-fn take_warnings() -> Vec<String> {
+pub(super) fn take_warnings() -> Vec<String> {
     WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
 }
 
