@@ -305,3 +305,209 @@ fn failed_or_hung_lu_reset_resets_nothing() {
     let (_, tur) = r.run(lun(0), &[opcode::TEST_UNIT_READY], 1, 0);
     assert_eq!((tur.response, tur.status), (VIRTIO_SCSI_S_OK, status::GOOD));
 }
+
+// ---- what each TMF ends, answers and leaves behind (held tasks from `lose`) ----
+
+/// A command the device ended without executing it: only the response is set.
+fn assert_ended(resp: VirtioScsiCmdResp, response: u8) {
+    assert_eq!(resp.response, response);
+    assert_eq!(resp.status, status::GOOD);
+    assert_eq!(u32::from(resp.sense_len), 0);
+}
+
+/// CHECK CONDITION, UNIT ATTENTION `asc`/`ascq` in fixed format, as the guest reads it.
+fn assert_unit_attention(resp: VirtioScsiCmdResp, asc: u8, ascq: u8) {
+    assert_eq!(resp.response, VIRTIO_SCSI_S_OK);
+    assert_eq!(resp.status, status::CHECK_CONDITION);
+    assert_eq!(u32::from(resp.sense_len), 18);
+    assert_eq!(resp.sense[0], 0x70, "fixed format, current");
+    assert_eq!(
+        (resp.sense[2] & 0xf, resp.sense[12], resp.sense[13]),
+        (sense_key::UNIT_ATTENTION, asc, ascq)
+    );
+}
+
+fn assert_good(resp: VirtioScsiCmdResp) {
+    assert_eq!(
+        (resp.response, resp.status),
+        (VIRTIO_SCSI_S_OK, status::GOOD)
+    );
+    assert_eq!(u32::from(resp.sense_len), 0);
+}
+
+/// The command `id` was completed (with `response`) before the last TMF with id `tmf_id`
+/// was answered.
+fn assert_completed_before_answer(r: &Rig, id: u64, response: &str, tmf_id: u64) {
+    let t = r.trace();
+    let done = position(
+        &t,
+        &[
+            ("ev", "complete".into()),
+            ("id", id.into()),
+            ("response", response.into()),
+        ],
+    );
+    let answered = t
+        .iter()
+        .rposition(|v| v["ev"] == "tmf-end" && v["id"] == tmf_id)
+        .expect("the TMF was answered");
+    assert!(done < answered, "command {id} after the TMF's answer");
+}
+
+/// Held commands: two TEST UNIT READYs to LUN 0 (ids 1, 2) and one to LUN 1 (id 3).
+fn held_tasks() -> (Rig, [Posted; 3]) {
+    let r = rig(&["lose:opcode=test-unit-ready"], 0);
+    let held = [
+        r.tur(1),
+        r.tur(2),
+        r.command(lun(1), &[opcode::TEST_UNIT_READY], 3, 0),
+    ];
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 3);
+    (r, held)
+}
+
+/// ABORT TASK SET and CLEAR TASK SET end every held command of the LU with ABORTED, and
+/// only those; the LU reports no unit attention afterwards.
+fn task_set_is_aborted(subtype: u32) {
+    let (r, [a, b, other]) = held_tasks();
+    let t = r.tmf(subtype, lun(0), 50);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(t), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_ended(r.resp(a), VIRTIO_SCSI_S_ABORTED);
+    assert_ended(r.resp(b), VIRTIO_SCSI_S_ABORTED);
+    assert_eq!(
+        r.resp(other).response,
+        0xee,
+        "LUN 1's task is not in the set"
+    );
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 1);
+    assert_eq!(
+        r.used(FIRST_REQUEST_QUEUE),
+        vec![(u32::from(a.head), RESP_LEN), (u32::from(b.head), RESP_LEN)]
+    );
+    assert_eq!(
+        r.signals(FIRST_REQUEST_QUEUE),
+        2,
+        "each completion signalled"
+    );
+    assert_completed_before_answer(&r, 1, "aborted", 50);
+    assert_completed_before_answer(&r, 2, "aborted", 50);
+    // No unit attention: the next command runs.
+    let (_, next) = r.run(lun(0), &[opcode::INQUIRY, 0, 0, 0, 36, 0], 4, 36);
+    assert_good(next);
+    let (_, lu1) = r.run(lun(1), &[opcode::REQUEST_SENSE, 0, 0, 0, 18, 0], 5, 18);
+    assert_good(lu1);
+}
+
+#[test]
+fn abort_task_set_aborts_every_held_task_of_the_lu() {
+    task_set_is_aborted(VIRTIO_SCSI_T_TMF_ABORT_TASK_SET);
+}
+
+#[test]
+fn clear_task_set_aborts_every_held_task_of_the_lu() {
+    task_set_is_aborted(VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET);
+}
+
+#[test]
+fn lu_reset_ends_held_tasks_with_reset_and_the_next_command_gets_29_03() {
+    let (r, [a, b, other]) = held_tasks();
+    let t = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 60);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(t), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_ended(r.resp(a), VIRTIO_SCSI_S_RESET);
+    assert_ended(r.resp(b), VIRTIO_SCSI_S_RESET);
+    assert_eq!(r.resp(other).response, 0xee, "LUN 1 is not reset");
+    assert_completed_before_answer(&r, 1, "reset", 60);
+    assert_completed_before_answer(&r, 2, "reset", 60);
+    // The next command to the LU reports the reset once; LUN 1 reports nothing.
+    let inquiry = [opcode::INQUIRY, 0, 0, 0, 36, 0];
+    let read = read10(0, 1);
+    let (_, ua) = r.run(lun(0), &read, 7, 512);
+    assert_unit_attention(ua, 0x29, 0x03);
+    assert_eq!(u32::from(ua.resid), 512, "nothing transferred");
+    let (p, after) = r.run(lun(0), &read, 8, 512);
+    assert_good(after);
+    let block: [u8; 4] = r.f.mem.read_obj(GuestAddress(p.data_in)).unwrap();
+    assert_eq!(block, [0; 4], "block 0 read");
+    let (_, lu1) = r.run(lun(1), &inquiry, 9, 36);
+    assert_good(lu1);
+    let (_, lu1) = r.run(lun(1), &read10(0, 1), 10, 512);
+    assert_good(lu1);
+}
+
+#[test]
+fn nexus_reset_ends_the_target_s_held_tasks_and_every_lu_gets_29_07() {
+    let (r, held) = held_tasks();
+    let t = r.tmf(VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET, lun(0), 70);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(t), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    for (p, id) in held.iter().zip(1..) {
+        assert_ended(r.resp(*p), VIRTIO_SCSI_S_RESET);
+        assert_completed_before_answer(&r, id, "reset", 70);
+    }
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 0);
+    for (l, id) in [(0, 11), (1, 12)] {
+        let (_, ua) = r.run(lun(l), &read10(0, 1), id, 512);
+        assert_unit_attention(ua, 0x29, 0x07);
+        let (_, after) = r.run(lun(l), &read10(0, 1), id + 10, 512);
+        assert_good(after);
+    }
+}
+
+#[test]
+fn query_task_set_succeeds_only_while_a_task_of_the_lu_is_held() {
+    let (r, [a, b, other]) = held_tasks();
+    let held = r.tmf(VIRTIO_SCSI_T_TMF_QUERY_TASK_SET, lun(0), 0);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(held), VIRTIO_SCSI_S_FUNCTION_SUCCEEDED);
+    // A query ends nothing.
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 3);
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
+    r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK_SET, lun(0), 0);
+    r.kick(CONTROL_QUEUE);
+    assert_ended(r.resp(a), VIRTIO_SCSI_S_ABORTED);
+    assert_ended(r.resp(b), VIRTIO_SCSI_S_ABORTED);
+    // LUN 1's held task is not LUN 0's.
+    let none = r.tmf(VIRTIO_SCSI_T_TMF_QUERY_TASK_SET, lun(0), 0);
+    let lu1 = r.tmf(VIRTIO_SCSI_T_TMF_QUERY_TASK_SET, lun(1), 0);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(none), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_eq!(r.tmf_resp(lu1), VIRTIO_SCSI_S_FUNCTION_SUCCEEDED);
+    assert_eq!(r.resp(other).response, 0xee);
+    let ends = r.trace_events("tmf-end");
+    let answers: Vec<_> = ends.iter().map(|e| e["response"].clone()).collect();
+    assert_eq!(
+        answers,
+        [
+            "function-succeeded",
+            "function-complete",
+            "function-complete",
+            "function-succeeded"
+        ]
+    );
+}
+
+#[test]
+fn query_task_succeeds_only_for_a_held_task_with_that_tag_and_lu() {
+    let (r, [a, _, _]) = held_tasks();
+    let held = r.tmf(VIRTIO_SCSI_T_TMF_QUERY_TASK, lun(0), 1);
+    let other_lu = r.tmf(VIRTIO_SCSI_T_TMF_QUERY_TASK, lun(1), 1);
+    let unknown = r.tmf(VIRTIO_SCSI_T_TMF_QUERY_TASK, lun(0), 99);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(held), VIRTIO_SCSI_S_FUNCTION_SUCCEEDED);
+    assert_eq!(r.tmf_resp(other_lu), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_eq!(r.tmf_resp(unknown), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_eq!(r.resp(a).response, 0xee, "a query ends nothing");
+    let abort = r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK, lun(0), 1);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(abort), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_ended(r.resp(a), VIRTIO_SCSI_S_ABORTED);
+    assert_completed_before_answer(&r, 1, "aborted", 1);
+    let gone = r.tmf(VIRTIO_SCSI_T_TMF_QUERY_TASK, lun(0), 1);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.tmf_resp(gone), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
+    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 2);
+}
