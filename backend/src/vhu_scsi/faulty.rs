@@ -120,7 +120,7 @@ impl VhostUserScsiBackend {
             return Ok(false);
         }
         // The header is read under the engine lock: one lock per command, not two.
-        let Some(info) = request_info(queue as u16, mem, &chain) else {
+        let Some(info) = request_info(queue as u16, mem, &chain, self.cdb_size()) else {
             drop(engine);
             // Malformed: served as without faults, so it fails the usual way.
             let how = Disposition::EXECUTE;
@@ -189,7 +189,7 @@ impl VhostUserScsiBackend {
         M: Deref<Target = GuestMemoryMmap> + Clone,
     {
         let head = chain.head_index();
-        let served = serve_command(&self.target, mem, chain, how, slot);
+        let served = serve_command(&self.target, mem, chain, how, self.cdb_size(), slot);
         let outcome = complete_and_notify(vring, head, served.used, drop_interrupt)?;
         let mut engine = self.engine();
         // The time is only for the trace's records (the counters do not need it).
@@ -659,18 +659,22 @@ fn address_of(lun: &[u8; 8]) -> (u8, u16) {
     decode_lun(lun).map_or((u8::MAX, 0), |a| (a.target, a.lun))
 }
 
-/// What the engine needs to know about a command chain; `None` if it has no readable
-/// header (it will fail without the engine). Walks the descriptors without building a
-/// Reader or Writer, so it allocates nothing.
+/// What the engine needs to know about a command chain whose header has a `cdb_size` CDB
+/// area; `None` if it has no readable header (it will fail without the engine). Walks the
+/// descriptors without building a Reader or Writer, so it allocates nothing.
 fn request_info<M>(
     queue: u16,
     mem: &GuestMemoryMmap,
     chain: &DescriptorChain<M>,
+    cdb_size: usize,
 ) -> Option<RequestInfo>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     let mut hdr = [0u8; size_of::<VirtioScsiCmdReq>()];
+    // The header's bytes kept in `hdr` (the first 32 CDB bytes at most), and in all.
+    let header = VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size;
+    let kept = header.min(hdr.len());
     let (mut got, mut readable, mut writable) = (0usize, 0usize, 0usize);
     for desc in chain.clone() {
         let len = desc.len() as usize;
@@ -678,18 +682,21 @@ where
             writable = writable.saturating_add(len);
             continue;
         }
-        readable = readable.saturating_add(len);
-        if got < hdr.len() {
-            let n = (hdr.len() - got).min(len);
+        if got < kept {
+            let n = (kept - got).min(len);
             mem.read_slice(&mut hdr[got..got + n], desc.addr()).ok()?;
             got += n;
         }
+        readable = readable.saturating_add(len);
     }
-    let req = *VirtioScsiCmdReq::from_slice(&hdr).filter(|_| got == hdr.len())?;
+    if got < kept || readable < header {
+        return None;
+    }
+    let req = *VirtioScsiCmdReq::from_slice(&hdr)?;
     let lun = req.lun;
     let (target, lun) = address_of(&lun);
     let cdb = req.cdb;
-    let out_len = readable - got;
+    let out_len = readable - header;
     let in_len = writable.saturating_sub(size_of::<VirtioScsiCmdResp>());
     let (direction, len) = if out_len > 0 {
         (DataDirection::Write, out_len)
@@ -898,14 +905,18 @@ impl DataOut for CorruptingDataOut<'_> {
     }
 }
 
-/// Bytes of data-out in a command chain (after the header).
-pub(super) fn data_out_len<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>) -> usize
+/// Bytes of data-out in a command chain (after a header with a `cdb_size` CDB area).
+pub(super) fn data_out_len<M>(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain<M>,
+    cdb_size: usize,
+) -> usize
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     chain.clone().reader(mem).map_or(0, |r| {
         r.available_bytes()
-            .saturating_sub(size_of::<VirtioScsiCmdReq>())
+            .saturating_sub(VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size)
     })
 }
 

@@ -975,3 +975,5 @@ fn random_chains_never_panic_and_stay_in_bounds() {
     }
     take_warnings();
 }
+
+mod bad_input;
