@@ -770,17 +770,17 @@ where
     }
 
     let lun = req.lun;
-    // An absent LU is BAD_TARGET, as QEMU's virtio-scsi answers.
-    let Some(addr) = decode_lun(&lun)
-        .map(|a| LunAddress {
-            target: a.target,
-            lun: a.lun,
-        })
-        .filter(|&a| target.has_lu(a))
-    else {
-        debug!("request to absent LU {lun:02x?}");
+    // A LUN field in another format addresses nothing, and an absent LU is BAD_TARGET too,
+    // as QEMU's virtio-scsi answers. Only the first is the driver's mistake: drivers
+    // probe for absent LUs.
+    let Some(addr) = lun_address(&lun) else {
+        warn!("request with LUN field {lun:02x?}: not a virtio-scsi single-level LUN");
         return Ok(VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_BAD_TARGET));
     };
+    if !target.has_lu(addr) {
+        debug!("request to absent LU {lun:02x?}");
+        return Ok(VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_BAD_TARGET));
+    }
     // A CDB longer than the negotiated CDB area lost its tail: the header is well formed,
     // the CDB is not one the device server can carry out, so it gets what any CDB it
     // cannot parse gets (QEMU answers ILLEGAL REQUEST too): CHECK CONDITION, INVALID
@@ -984,17 +984,23 @@ where
     }
 }
 
+/// The SCSI address a virtio LUN field names, if it is in the one format 5.6.6.1 allows.
+fn lun_address(lun: &[u8; 8]) -> Option<LunAddress> {
+    decode_lun(lun).map(|a| LunAddress {
+        target: a.target,
+        lun: a.lun,
+    })
+}
+
 /// The answer a TMF gets without being carried out: BAD_TARGET when its LUN addresses no
 /// LU, FUNCTION REJECTED for what is not supported. `None`: carry it out.
 fn tmf_refusal(target: &Target, req: &VirtioScsiCtrlTmfReq) -> Option<u8> {
     let lun = req.lun;
-    let present = decode_lun(&lun).is_some_and(|a| {
-        target.has_lu(LunAddress {
-            target: a.target,
-            lun: a.lun,
-        })
-    });
-    if !present {
+    let Some(addr) = lun_address(&lun) else {
+        warn!("TMF with LUN field {lun:02x?}: not a virtio-scsi single-level LUN");
+        return Some(VIRTIO_SCSI_S_BAD_TARGET);
+    };
+    if !target.has_lu(addr) {
         return Some(VIRTIO_SCSI_S_BAD_TARGET);
     }
     match u32::from(req.subtype) {
@@ -1027,12 +1033,8 @@ fn task_management(
         return refused;
     }
     let lun = req.lun;
-    let Some(a) = decode_lun(&lun) else {
+    let Some(addr) = lun_address(&lun) else {
         return VIRTIO_SCSI_S_BAD_TARGET;
-    };
-    let addr = LunAddress {
-        target: a.target,
-        lun: a.lun,
     };
     let subtype = u32::from(req.subtype);
     // The next command to the LU (or to every LU of the target) reports the reset

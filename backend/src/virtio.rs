@@ -188,9 +188,10 @@ pub struct ScsiAddress {
 }
 
 /// Decodes the 8-byte LUN field. Byte 2 is 0 (peripheral addressing, LUN < 256) or has
-/// 0x40 set (flat space); anything else addresses no LU of ours.
+/// 0x40 set (flat space, LUN < 16384), and bytes 4..8 are zero (a single-level LUN, the
+/// only format 5.6.6.1 allows); anything else addresses no LU of ours.
 pub fn decode_lun(lun: &[u8; 8]) -> Option<ScsiAddress> {
-    if lun[0] != 1 {
+    if lun[0] != 1 || lun[4..] != [0; 4] {
         return None;
     }
     let id = match lun[2] & 0xc0 {
@@ -607,5 +608,11 @@ mod tests {
         assert_eq!(decode_lun(&[0, 0, 0x40, 0, 0, 0, 0, 0]), None);
         assert_eq!(decode_lun(&[1, 0, 0x80, 0, 0, 0, 0, 0]), None);
         assert_eq!(decode_lun(&[1, 0, 0x01, 0, 0, 0, 0, 0]), None);
+        assert_eq!(decode_lun(&[1, 0, 0xc0, 0, 0, 0, 0, 0]), None);
+        for i in 4..8 {
+            let mut l = encode_lun(ScsiAddress { target: 0, lun: 1 });
+            l[i] = 1;
+            assert_eq!(decode_lun(&l), None, "byte {i}");
+        }
     }
 }

@@ -1200,5 +1200,5 @@ fn idle_engine_without_trace_skips_describing_commands_but_counts_them() {
     assert!(!e.is_idle() && e.tracing());
 }
 
-mod cdb_size;
+mod bad_input;
 mod tmf;

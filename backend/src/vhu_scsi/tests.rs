@@ -976,4 +976,4 @@ fn random_chains_never_panic_and_stay_in_bounds() {
     take_warnings();
 }
 
-mod bad_input;
+pub(super) mod bad_input;

@@ -254,3 +254,76 @@ fn random_headers_with_any_cdb_size_never_panic_and_stay_in_bounds() {
     }
     take_warnings();
 }
+
+// ---- LUN fields outside the one format virtio-scsi allows (5.6.6.1) ----
+
+/// LUN fields that are not `1, target, single-level LUN, 0, 0, 0, 0`.
+pub(in crate::vhu_scsi) fn invalid_lun_fields() -> Vec<(&'static str, [u8; 8])> {
+    let mut fields = vec![
+        ("first byte 0", [0, 0, 0x40, 0, 0, 0, 0, 0]),
+        ("first byte 2", [2, 0, 0x40, 0, 0, 0, 0, 0]),
+        ("peripheral with a bus number", [1, 0, 0x01, 0, 0, 0, 0, 0]),
+        // Addressing methods 10b and 11b (SAM-5 4.7); flat space stops at 16383.
+        ("logical unit addressing", [1, 0, 0x80, 0, 0, 0, 0, 0]),
+        ("extended addressing", [1, 0, 0xc0, 0, 0, 0, 0, 0]),
+        (
+            "LUN 16384, extended flat space",
+            [1, 0, 0xd2, 0x00, 0x40, 0x00, 0, 0],
+        ),
+    ];
+    for (i, name) in ["byte 4 set", "byte 5 set", "byte 6 set", "byte 7 set"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut l = lun(0);
+        l[4 + i] = 0x40;
+        fields.push((name, l));
+    }
+    fields
+}
+
+#[test]
+fn invalid_lun_fields_are_bad_target_with_one_warning() {
+    let f = fixture();
+    let inquiry = [opcode::INQUIRY, 0, 0, 0, 36, 0];
+    for (what, field) in invalid_lun_fields() {
+        let d = f.command(field, &inquiry, &[], 36);
+        assert_eq!(d.resp.response, VIRTIO_SCSI_S_BAD_TARGET, "{what}");
+        assert_eq!(d.used, RESP_LEN, "{what}: only the response");
+        assert_eq!(d.resp.status, 0, "{what}");
+        assert_eq!(u32::from(d.resp.sense_len), 0, "{what}");
+        let w = take_warnings();
+        assert_eq!(w.len(), 1, "{what}: {w:?}");
+        assert!(w[0].contains("single-level LUN"), "{what}: {w:?}");
+
+        let (used, resp) = control(
+            &f,
+            tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, field).as_slice(),
+            1,
+        );
+        assert_eq!((used, resp[0]), (1, VIRTIO_SCSI_S_BAD_TARGET), "{what}");
+        assert_eq!(take_warnings().len(), 1, "{what}");
+    }
+    // Nothing was reset, nothing reported.
+    assert_good(&f.command(lun(0), &[opcode::TEST_UNIT_READY], &[], 0));
+}
+
+#[test]
+fn well_formed_lun_fields_of_absent_lus_are_bad_target_without_a_warning() {
+    let f = fixture();
+    for field in [
+        lun(0x3fff),
+        lun(2),
+        encode_lun(ScsiAddress { target: 7, lun: 0 }),
+        // Peripheral addressing of LUN 5.
+        [1, 0, 0, 5, 0, 0, 0, 0],
+    ] {
+        let d = f.command(field, &[opcode::TEST_UNIT_READY], &[], 0);
+        assert_eq!(d.resp.response, VIRTIO_SCSI_S_BAD_TARGET, "{field:02x?}");
+        let (_, resp) = control(&f, tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK, field).as_slice(), 1);
+        assert_eq!(resp[0], VIRTIO_SCSI_S_BAD_TARGET);
+    }
+    // Peripheral addressing of a present LU works.
+    assert_good(&f.command([1, 0, 0, 1, 0, 0, 0, 0], &[opcode::TEST_UNIT_READY], &[], 0));
+    assert!(take_warnings().is_empty());
+}

@@ -1,4 +1,4 @@
-//! The fault path reads a header with the CDB area the driver negotiated.
+//! Bad input on the fault path: the CDB area the driver negotiated, invalid LUN fields.
 
 use super::*;
 
@@ -42,4 +42,22 @@ fn engine_describes_a_command_with_a_16_byte_cdb_area() {
         (&"write-10".into(), &7.into(), &"write".into())
     );
     assert_eq!(requests[1]["id"], 2);
+}
+
+#[test]
+fn invalid_lun_fields_on_the_fault_path_are_bad_target_with_one_warning() {
+    let r = rig(&[], 0);
+    for (what, field) in crate::vhu_scsi::tests::bad_input::invalid_lun_fields() {
+        super::super::tests::take_warnings();
+        let (_, resp) = r.run(field, &[opcode::TEST_UNIT_READY], 1, 0);
+        assert_eq!(resp.response, VIRTIO_SCSI_S_BAD_TARGET, "{what}");
+        let t = r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK_SET, field, 2);
+        r.kick(CONTROL_QUEUE);
+        assert_eq!(r.tmf_resp(t), VIRTIO_SCSI_S_BAD_TARGET, "{what}");
+        let w = super::super::tests::take_warnings();
+        assert_eq!(w.len(), 2, "one for the command, one for the TMF: {w:?}");
+    }
+    // The engine and the trace see such a request at target 255.
+    let requests = r.trace_events("request");
+    assert!(requests.iter().all(|q| q["target"] == 255), "{requests:?}");
 }
