@@ -1201,4 +1201,5 @@ fn idle_engine_without_trace_skips_describing_commands_but_counts_them() {
 }
 
 mod bad_input;
+mod events;
 mod tmf;

@@ -570,22 +570,26 @@ impl VhostUserScsiBackend {
     }
 
     /// Puts `event` in a buffer the driver left on the event queue. With none there, the
-    /// event is lost and the next one carries VIRTIO_SCSI_T_EVENTS_MISSED (5.6.6.3).
+    /// event is lost (traced as `event-lost`) and the next one carries
+    /// VIRTIO_SCSI_T_EVENTS_MISSED (5.6.6.3).
     pub fn post_event(&self, event: VirtioEvent, now: Duration) -> Result<(), VhuScsiError> {
         let vring = self.vring(EVENT_QUEUE);
         let atomic = self.memory();
         let (Some(vring), Some(atomic)) = (vring, atomic) else {
-            self.events_missed.store(true, Ordering::Relaxed);
+            self.event_lost(&event, "no-frontend", now);
             return Ok(());
         };
+        if !vring.get_ref().get_queue().ready() {
+            self.event_lost(&event, "queue-not-ready", now);
+            return Ok(());
+        }
         let mem = atomic.memory();
         let chain = vring
             .get_mut()
             .get_queue_mut()
             .pop_descriptor_chain(mem.clone());
         let Some(chain) = chain else {
-            debug!("no event buffer for {}: events missed", event.name());
-            self.events_missed.store(true, Ordering::Relaxed);
+            self.event_lost(&event, "no-buffer", now);
             return Ok(());
         };
         let missed = self.events_missed.swap(false, Ordering::Relaxed);
@@ -604,11 +608,24 @@ impl VhostUserScsiBackend {
                 0
             }
         };
+        // A buffer that cannot take the event goes back empty, and the event is lost.
+        if used == 0 {
+            self.event_lost(&event, "bad-buffer", now);
+        }
         let outcome = complete_and_notify(&vring, head, used, false)?;
         let mut engine = self.engine();
-        engine.record_event_posted(&event, now);
+        if used > 0 {
+            engine.record_event_posted(&event, now);
+        }
         engine.record_signal(EVENT_QUEUE as u16, None, outcome, now);
         Ok(())
+    }
+
+    /// `event` found no way onto the event queue: the next one says events were missed.
+    fn event_lost(&self, event: &VirtioEvent, reason: &'static str, now: Duration) {
+        debug!("{} event lost ({reason}): events missed", event.name());
+        self.events_missed.store(true, Ordering::Relaxed);
+        self.engine().record_event_lost(event, reason, now);
     }
 
     /// Keeps a clone of each vring a worker serves (see the `vrings` field).
