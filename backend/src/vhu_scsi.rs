@@ -314,9 +314,7 @@ impl VhostUserScsiBackend {
                 // Dropped after the completion is on the used ring (or on an error).
                 let slot = self.executing.slot(queue);
                 let used_len = if queue == CONTROL_QUEUE {
-                    let executing = Some(&self.executing);
-                    let resp = control_response(&self.target, &mem, chain.clone(), executing);
-                    write_control(&mem, chain, resp)
+                    serve_control(&self.target, &mem, chain, Some(&self.executing))
                 } else {
                     let how = Disposition::EXECUTE;
                     serve_command(&self.target, &mem, chain, how, cdb_size, Some(&slot)).used
@@ -866,7 +864,21 @@ pub fn process_control_chain<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    let resp = control_response(target, mem, chain.clone(), None);
+    serve_control(target, mem, chain, None)
+}
+
+/// [`process_control_chain`]; with `executing`, a TMF waits for the commands of its LUs
+/// that other workers are executing (the queue path).
+fn serve_control<M>(
+    target: &Target,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+    executing: Option<&Executing>,
+) -> u32
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let resp = control_response(target, mem, chain.clone(), executing);
     write_control(mem, chain, resp)
 }
 
