@@ -4,7 +4,7 @@
 use std::io;
 use std::mem::size_of;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{
-    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap, Le32,
+    ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap, Le32,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -26,13 +26,15 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::faults::{
     Corruption, Epoch, FaultEngine, Plan, ResetReason, SignalOutcome, VirtioEvent,
 };
-use crate::scsi::sense::Sense;
-use crate::scsi::{CmdError, DataIn, DataOut, LuChange, LunAddress, Target};
+use crate::scsi::sense::{Sense, SenseFormat};
+use crate::scsi::{CmdError, CmdOutcome, DataIn, DataOut, LuChange, LunAddress, Target};
 use crate::virtio::*;
 
+pub mod executing;
 mod faulty;
 pub mod inflight;
 
+use executing::{Executing, ExecutingSlot};
 use inflight::InflightTable;
 
 /// Queue 0 is the control queue, 1 the event queue, 2.. the request queues (5.6.2).
@@ -135,6 +137,12 @@ pub struct VhostUserScsiBackend {
     events_missed: AtomicBool,
     /// The features the driver acknowledged: hot-plug and capacity events need theirs.
     acked_features: AtomicU64,
+    /// The command each request queue's worker is executing: TMFs wait for those of
+    /// their LUs before answering.
+    executing: Executing,
+    /// The CDB area of a request header: the config space's `cdb_size`, which the driver
+    /// may write (with VHOST_USER_PROTOCOL_F_CONFIG); 32 after a device reset.
+    cdb_size: AtomicUsize,
 }
 
 impl VhostUserScsiBackend {
@@ -195,7 +203,42 @@ impl VhostUserScsiBackend {
             timers,
             events_missed: AtomicBool::new(false),
             acked_features: AtomicU64::new(0),
+            executing: Executing::new(num_queues),
+            cdb_size: AtomicUsize::new(VIRTIO_SCSI_CDB_SIZE),
         }
+    }
+
+    /// The config space as the driver reads it (5.6.4), with the limits QEMU's
+    /// virtio-scsi reports.
+    fn config(&self) -> VirtioScsiConfig {
+        VirtioScsiConfig {
+            num_queues: Le32::from(u32::from(self.num_request_queues)),
+            seg_max: Le32::from(254),
+            max_sectors: Le32::from(0xffff),
+            cmd_per_lun: Le32::from(128),
+            event_info_size: Le32::from(size_of::<VirtioScsiEvent>() as u32),
+            sense_size: Le32::from(VIRTIO_SCSI_SENSE_SIZE as u32),
+            cdb_size: Le32::from(self.cdb_size() as u32),
+            max_channel: 0,
+            max_target: 255,
+            max_lun: Le32::from(0x3fff),
+        }
+    }
+
+    /// The CDB area of request headers now.
+    pub fn cdb_size(&self) -> usize {
+        self.cdb_size.load(Ordering::Relaxed)
+    }
+
+    /// The executing commands TMFs wait for (tests hold slots to play a busy worker).
+    pub fn executing(&self) -> &Executing {
+        &self.executing
+    }
+
+    /// Another bound for how long a TMF waits for executing commands (tests).
+    pub fn set_tmf_wait_bound(&mut self, bound: Duration) {
+        let queues = self.num_queues();
+        self.executing = Executing::new(queues).with_bound(bound);
     }
 
     /// The epoll id under which `main` registers each worker's timer
@@ -252,6 +295,7 @@ impl VhostUserScsiBackend {
         }
         let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
         let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let cdb_size = self.cdb_size();
         loop {
             if event_idx {
                 vring
@@ -267,12 +311,16 @@ impl VhostUserScsiBackend {
                     .pop_descriptor_chain(mem.clone());
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
+                // Dropped after the completion is on the used ring (or on an error).
+                let slot = self.executing.slot(queue);
                 let used_len = if queue == CONTROL_QUEUE {
-                    process_control_chain(&self.target, &mem, chain)
+                    serve_control(&self.target, &mem, chain, Some(&self.executing))
                 } else {
-                    process_request_chain(&self.target, &mem, chain)
+                    let how = Disposition::EXECUTE;
+                    serve_command(&self.target, &mem, chain, how, cdb_size, Some(&slot)).used
                 };
                 complete_and_notify(vring, head, used_len, false)?;
+                drop(slot);
             }
             // With EVENT_IDX, re-enabling reports chains that arrived meanwhile.
             if !event_idx
@@ -352,15 +400,66 @@ impl VhostUserBackend for VhostUserScsiBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        // No CONFIG: QEMU's vhost-user-scsi keeps the config space itself.
+        // CONFIG is for frontends that leave the config space to the backend; QEMU's
+        // vhost-user-scsi keeps its own (and does not acknowledge CONFIG).
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::CONFIG
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config = self.config();
+        let bytes = config.as_slice();
+        let start = (offset as usize).min(bytes.len());
+        let end = start.saturating_add(size as usize).min(bytes.len());
+        bytes[start..end].to_vec()
+    }
+
+    /// The driver may write `sense_size` and `cdb_size` (5.6.4). A `cdb_size` below 256
+    /// is taken; `sense_size` must stay 96 (responses have a fixed layout here), as QEMU's
+    /// vhost-scsi refuses it too. Writes to the read-only fields are ignored.
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        let mut config = self.config();
+        let bytes = config.as_mut_slice();
+        let start = offset as usize;
+        let Some(end) = start.checked_add(buf.len()).filter(|&e| e <= bytes.len()) else {
+            warn!(
+                "config write of {} bytes at {offset} is outside the {}-byte config space",
+                buf.len(),
+                bytes.len()
+            );
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        let writable = VIRTIO_SCSI_CONFIG_SENSE_SIZE..VIRTIO_SCSI_CONFIG_CDB_SIZE + 4;
+        for (at, &b) in (start..end).zip(buf) {
+            if writable.contains(&at) {
+                bytes[at] = b;
+            }
+        }
+        let sense_size = u32::from(config.sense_size) as usize;
+        let cdb_size = u32::from(config.cdb_size) as usize;
+        if sense_size != VIRTIO_SCSI_SENSE_SIZE {
+            warn!(
+                "driver wrote sense_size {sense_size}: only {VIRTIO_SCSI_SENSE_SIZE} is supported"
+            );
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        if cdb_size > VIRTIO_SCSI_MAX_CDB_SIZE {
+            warn!("driver wrote cdb_size {cdb_size}: at most {VIRTIO_SCSI_MAX_CDB_SIZE}");
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        if cdb_size != self.cdb_size.swap(cdb_size, Ordering::Relaxed) {
+            debug!("cdb_size is now {cdb_size}");
+        }
+        Ok(())
     }
 
     fn reset_device(&self) {
         debug!("device reset");
         self.event_idx.store(false, Ordering::Relaxed);
+        // The driver's config writes are undone by a reset (5.6.4).
+        self.cdb_size.store(VIRTIO_SCSI_CDB_SIZE, Ordering::Relaxed);
         self.drop_all_inflight();
     }
 
@@ -490,7 +589,8 @@ pub fn process_request_chain<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    serve_command(target, mem, chain, Disposition::EXECUTE).used
+    let how = Disposition::EXECUTE;
+    serve_command(target, mem, chain, how, VIRTIO_SCSI_CDB_SIZE, None).used
 }
 
 /// How a command is served: executed (with the faults that change its result), or
@@ -521,12 +621,16 @@ pub struct Served {
     pub resp: Option<VirtioScsiCmdResp>,
 }
 
-/// Serves one request-queue chain as `how` says.
+/// Serves one request-queue chain as `how` says; its header has a CDB area of `cdb_size`
+/// bytes. With `slot`, the command is marked executing on its LU once that is known (the
+/// caller drops the slot after completing it).
 pub fn serve_command<M>(
     target: &Target,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
     how: Disposition,
+    cdb_size: usize,
+    slot: Option<&ExecutingSlot<'_>>,
 ) -> Served
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
@@ -554,7 +658,7 @@ where
         Disposition::Respond(mut resp) => {
             // Not executed: nothing of the data buffer was transferred.
             if resp.response == VIRTIO_SCSI_S_OK {
-                let total = data_in_len.max(faulty::data_out_len(mem, &chain));
+                let total = data_in_len.max(faulty::data_out_len(mem, &chain, cdb_size));
                 resp.resid = Le32::from(total as u32);
             }
             resp
@@ -563,8 +667,16 @@ where
             corrupt,
             extra_residual,
         } => {
-            let mut resp = match execute_request(target, mem, chain.clone(), &mut data_in, corrupt)
-            {
+            let executed = execute_request(
+                target,
+                mem,
+                chain.clone(),
+                &mut data_in,
+                corrupt,
+                cdb_size,
+                slot,
+            );
+            let mut resp = match executed {
                 Ok(resp) => resp,
                 Err(reason) => {
                     warn!("request {head}: {reason}");
@@ -577,7 +689,7 @@ where
             }
             if extra_residual > 0 && resp.response == VIRTIO_SCSI_S_OK {
                 // Never more than the whole buffer (5.6.6.1: residual counts buffer bytes).
-                let total = data_in_len.max(faulty::data_out_len(mem, &chain));
+                let total = data_in_len.max(faulty::data_out_len(mem, &chain, cdb_size));
                 let resid = u32::from(resp.resid).saturating_add(extra_residual);
                 resp.resid = Le32::from(resid.min(total as u32));
             }
@@ -618,6 +730,8 @@ fn execute_request<M>(
     chain: DescriptorChain<M>,
     data_in: &mut GuestDataIn<'_, M>,
     corrupt_writes: Option<Corruption>,
+    cdb_size: usize,
+    slot: Option<&ExecutingSlot<'_>>,
 ) -> Result<VirtioScsiCmdResp, String>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
@@ -631,38 +745,69 @@ where
     if readable < VIRTIO_SCSI_CMD_REQ_FIXED {
         return Err(format!("short request header: {readable} bytes"));
     }
-    if readable < size_of::<VirtioScsiCmdReq>() {
+    // A chain too short for the header's CDB area is a malformed request, not a CDB the
+    // device server could look at: FAILURE.
+    let header = VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size;
+    if readable < header {
         return Err(format!(
-            "CDB extends beyond the readable header ({readable} of {} bytes)",
-            size_of::<VirtioScsiCmdReq>()
+            "CDB area extends beyond the readable header ({readable} of {header} bytes)"
         ));
     }
-    let req: VirtioScsiCmdReq = data_out
-        .read_obj()
+    // The first 32 CDB bytes are kept (no command is longer); the rest of a larger area is
+    // skipped, and a smaller one leaves the tail of `cdb` zero.
+    let mut req = VirtioScsiCmdReq::default();
+    let kept = header.min(size_of::<VirtioScsiCmdReq>());
+    data_out
+        .read_bytes(&mut req.as_mut_slice()[..kept])
+        .and_then(|()| data_out.skip(header - kept))
         .map_err(|e| format!("cannot read request header: {e:?}"))?;
     let cdb = req.cdb;
-    if let Some(len) = cdb_len_for_opcode(cdb[0]) {
-        if len > VIRTIO_SCSI_CDB_SIZE {
-            return Err(format!("CDB of {len} bytes exceeds cdb_size"));
-        }
-    }
     // Without VIRTIO_SCSI_F_INOUT a request moves data in one direction only.
     if DataOut::remaining(&data_out) > 0 && DataIn::remaining(data_in) > 0 {
         return Err("both data-out and data-in buffers without VIRTIO_SCSI_F_INOUT".into());
     }
 
     let lun = req.lun;
-    // An absent LU is BAD_TARGET, as QEMU's virtio-scsi answers.
-    let Some(addr) = decode_lun(&lun)
-        .map(|a| LunAddress {
-            target: a.target,
-            lun: a.lun,
-        })
-        .filter(|&a| target.has_lu(a))
-    else {
-        debug!("request to absent LU {lun:02x?}");
+    // A LUN field in another format addresses nothing, and an absent LU is BAD_TARGET too,
+    // as QEMU's virtio-scsi answers. Only the first is the driver's mistake: drivers
+    // probe for absent LUs.
+    let Some(addr) = lun_address(&lun) else {
+        warn!("request with LUN field {lun:02x?}: not a virtio-scsi single-level LUN");
         return Ok(VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_BAD_TARGET));
     };
+    if !target.has_lu(addr) {
+        debug!("request to absent LU {lun:02x?}");
+        return Ok(VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_BAD_TARGET));
+    }
+    // A CDB longer than the negotiated CDB area lost its tail: the header is well formed,
+    // the CDB is not one the device server can carry out, so it gets what any CDB it
+    // cannot parse gets (QEMU answers ILLEGAL REQUEST too): CHECK CONDITION, INVALID
+    // FIELD IN CDB. Checked before the LU looks at it, so no unit attention is used up.
+    if let Some(len) = cdb_len(&cdb).filter(|&len| len > cdb_size) {
+        warn!(
+            "CDB {:#04x} of {len} bytes does not fit cdb_size {cdb_size}",
+            cdb[0]
+        );
+        let sense_format = target
+            .lu(addr)
+            .map_or(SenseFormat::Fixed, |lu| lu.sense_format());
+        let outcome = CmdOutcome {
+            sense_format,
+            ..CmdOutcome::check_condition(Sense::INVALID_FIELD_IN_CDB)
+        };
+        let mut resp = VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_OK);
+        resp.status = outcome.status;
+        // Nothing of the data buffer was transferred.
+        let total = DataIn::remaining(data_in).max(DataOut::remaining(&data_out));
+        resp.resid = Le32::from(total as u32);
+        resp.sense_len = Le32::from(outcome.sense_bytes(&mut resp.sense) as u32);
+        return Ok(resp);
+    }
+    // Before the target looks at the LU (its unit attention): a TMF either waits for this
+    // command or this command sees the TMF's effects.
+    if let Some(slot) = slot {
+        slot.begin(addr.target, addr.lun);
+    }
     let in_len = DataIn::remaining(data_in);
     let out_len = DataOut::remaining(&data_out);
     let outcome = match corrupt_writes {
@@ -719,7 +864,21 @@ pub fn process_control_chain<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    let resp = control_response(target, mem, chain.clone());
+    serve_control(target, mem, chain, None)
+}
+
+/// [`process_control_chain`]; with `executing`, a TMF waits for the commands of its LUs
+/// that other workers are executing (the queue path).
+fn serve_control<M>(
+    target: &Target,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+    executing: Option<&Executing>,
+) -> u32
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let resp = control_response(target, mem, chain.clone(), executing);
     write_control(mem, chain, resp)
 }
 
@@ -775,17 +934,20 @@ enum ControlRequest {
     An(VirtioScsiCtrlAnReq),
 }
 
+/// The answer to a control request. With `executing`, a TMF that aborts or resets waits
+/// for the commands of its LUs that other workers are executing.
 fn control_response<M>(
     target: &Target,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
+    executing: Option<&Executing>,
 ) -> Result<ControlResponse, String>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     Ok(match parse_control(mem, chain)? {
         ControlRequest::Tmf(req) => ControlResponse::Tmf(VirtioScsiCtrlTmfResp {
-            response: task_management(target, &req),
+            response: task_management(target, &req, executing),
         }),
         ControlRequest::An(_) => an_response(),
     })
@@ -834,41 +996,100 @@ where
     }
 }
 
-/// The answer to a TMF when no task is held: aborts and resets complete at once, queries
-/// find nothing. With faults, the fault path acts on held tasks before answering.
-fn task_management(target: &Target, req: &VirtioScsiCtrlTmfReq) -> u8 {
+/// The SCSI address a virtio LUN field names, if it is in the one format 5.6.6.1 allows.
+fn lun_address(lun: &[u8; 8]) -> Option<LunAddress> {
+    decode_lun(lun).map(|a| LunAddress {
+        target: a.target,
+        lun: a.lun,
+    })
+}
+
+/// The answer a TMF gets without being carried out: BAD_TARGET when its LUN addresses no
+/// LU, FUNCTION REJECTED for what is not supported. `None`: carry it out.
+fn tmf_refusal(target: &Target, req: &VirtioScsiCtrlTmfReq) -> Option<u8> {
     let lun = req.lun;
-    let Some(addr) = decode_lun(&lun)
-        .map(|a| LunAddress {
-            target: a.target,
-            lun: a.lun,
-        })
-        .filter(|&a| target.has_lu(a))
-    else {
-        return VIRTIO_SCSI_S_BAD_TARGET;
+    let Some(addr) = lun_address(&lun) else {
+        warn!("TMF with LUN field {lun:02x?}: not a virtio-scsi single-level LUN");
+        return Some(VIRTIO_SCSI_S_BAD_TARGET);
     };
+    if !target.has_lu(addr) {
+        return Some(VIRTIO_SCSI_S_BAD_TARGET);
+    }
     match u32::from(req.subtype) {
         VIRTIO_SCSI_T_TMF_ABORT_TASK
         | VIRTIO_SCSI_T_TMF_ABORT_TASK_SET
-        | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
-        // The next command to the LU (or to every LU) reports the reset (SAM-5 5.14).
-        VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
-            target.nexus_reset();
-            VIRTIO_SCSI_S_FUNCTION_COMPLETE
-        }
-        VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => match target.lu_reset(addr) {
-            Ok(()) => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
-            Err(_) => VIRTIO_SCSI_S_BAD_TARGET,
-        },
-        // No task to report: FUNCTION COMPLETE (SAM-5 7.9, 7.10).
-        VIRTIO_SCSI_T_TMF_QUERY_TASK | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => {
-            VIRTIO_SCSI_S_FUNCTION_COMPLETE
-        }
+        | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET
+        | VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET
+        | VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET
+        | VIRTIO_SCSI_T_TMF_QUERY_TASK
+        | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => None,
         // NACA is not supported, so there is never an ACA to clear.
-        VIRTIO_SCSI_T_TMF_CLEAR_ACA => VIRTIO_SCSI_S_FUNCTION_REJECTED,
+        VIRTIO_SCSI_T_TMF_CLEAR_ACA => Some(VIRTIO_SCSI_S_FUNCTION_REJECTED),
         other => {
             warn!("unknown TMF subtype {other}");
-            VIRTIO_SCSI_S_FUNCTION_REJECTED
+            Some(VIRTIO_SCSI_S_FUNCTION_REJECTED)
+        }
+    }
+}
+
+/// Carries out a TMF when no task is held (without faults nothing is): resets raise their
+/// unit attention, and aborts and resets wait for the commands of their LUs that other
+/// workers are executing, so those are on their used rings before the answer. Queries find
+/// nothing held: FUNCTION COMPLETE (SAM-5 7.9, 7.10).
+fn task_management(
+    target: &Target,
+    req: &VirtioScsiCtrlTmfReq,
+    executing: Option<&Executing>,
+) -> u8 {
+    if let Some(refused) = tmf_refusal(target, req) {
+        return refused;
+    }
+    let lun = req.lun;
+    let Some(addr) = lun_address(&lun) else {
+        return VIRTIO_SCSI_S_BAD_TARGET;
+    };
+    let subtype = u32::from(req.subtype);
+    // The next command to the LU (or to every LU of the target) reports the reset
+    // (SAM-5 5.14); raised first, so that a command begun after the wait below sees it.
+    let scope = match subtype {
+        VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
+            target.nexus_reset(addr.target);
+            Some(None)
+        }
+        VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => {
+            if target.lu_reset(addr).is_err() {
+                // Removed since the check above.
+                return VIRTIO_SCSI_S_BAD_TARGET;
+            }
+            Some(Some(addr.lun))
+        }
+        VIRTIO_SCSI_T_TMF_ABORT_TASK
+        | VIRTIO_SCSI_T_TMF_ABORT_TASK_SET
+        | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => Some(Some(addr.lun)),
+        _ => None,
+    };
+    match (scope, executing) {
+        (Some(lun), Some(executing)) => {
+            let name = crate::faults::TmfKind::from_virtio(subtype).name();
+            wait_for_executing(executing, name, addr.target, lun)
+        }
+        _ => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
+    }
+}
+
+/// Waits for the commands of `target` (LUN `lun`, or all) being executed by other workers.
+/// One whose LU is stuck must not stop the control queue: past the bound the TMF fails,
+/// since what it was to end is still running (the driver escalates, to a device reset).
+fn wait_for_executing(executing: &Executing, tmf: &str, target: u8, lun: Option<u16>) -> u8 {
+    match executing.wait_for(target, lun) {
+        0 => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
+        n => {
+            warn!(
+                "{tmf} of target {target} LUN {lun:?}: {n} commands still executing \
+                 after {:?}; answering FAILURE",
+                executing.bound()
+            );
+            VIRTIO_SCSI_S_FAILURE
         }
     }
 }

@@ -21,9 +21,12 @@ pub const VIRTIO_SCSI_F_INOUT: u64 = 0;
 pub const VIRTIO_SCSI_F_HOTPLUG: u64 = 1;
 pub const VIRTIO_SCSI_F_CHANGE: u64 = 2;
 
-/// Default sizes from the config space QEMU exposes (5.6.4); the backend supports these.
+/// The config space's defaults (5.6.4). The driver may write another `cdb_size` (the
+/// request header then has a CDB area of that size); `sense_size` stays 96 here.
 pub const VIRTIO_SCSI_CDB_SIZE: usize = 32;
 pub const VIRTIO_SCSI_SENSE_SIZE: usize = 96;
+/// `cdb_size` values the device accepts: below 256, as QEMU's virtio-scsi.
+pub const VIRTIO_SCSI_MAX_CDB_SIZE: usize = 255;
 
 /// Request queue response codes (5.6.6.1).
 pub const VIRTIO_SCSI_S_OK: u8 = 0;
@@ -54,7 +57,8 @@ pub use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_T_TMF_QUERY_TASK, VIRTIO_SCSI_T_TMF_QUERY_TASK_SET, VIRTIO_SCSI_T_TRANSPORT_RESET,
 };
 
-/// `struct virtio_scsi_req_cmd`, device-readable part, with cdb_size = 32.
+/// `struct virtio_scsi_req_cmd`, device-readable part, with cdb_size = 32. With another
+/// cdb_size the device reads the fixed fields and that many CDB bytes (at most 32 kept).
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VirtioScsiCmdReq {
@@ -129,6 +133,26 @@ pub struct VirtioScsiCtrlAnResp {
     pub response: u8,
 }
 
+/// `struct virtio_scsi_config` (5.6.4): all read-only but `sense_size` and `cdb_size`.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VirtioScsiConfig {
+    pub num_queues: Le32,
+    pub seg_max: Le32,
+    pub max_sectors: Le32,
+    pub cmd_per_lun: Le32,
+    pub event_info_size: Le32,
+    pub sense_size: Le32,
+    pub cdb_size: Le32,
+    pub max_channel: u16,
+    pub max_target: u16,
+    pub max_lun: Le32,
+}
+
+/// Offsets of the driver-writable fields of [`VirtioScsiConfig`].
+pub const VIRTIO_SCSI_CONFIG_SENSE_SIZE: usize = 20;
+pub const VIRTIO_SCSI_CONFIG_CDB_SIZE: usize = 24;
+
 /// `struct virtio_scsi_event`.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -153,6 +177,8 @@ unsafe impl ByteValued for VirtioScsiCtrlAnReq {}
 unsafe impl ByteValued for VirtioScsiCtrlAnResp {}
 // SAFETY: as above.
 unsafe impl ByteValued for VirtioScsiEvent {}
+// SAFETY: as above.
+unsafe impl ByteValued for VirtioScsiConfig {}
 
 /// A decoded virtio-scsi LUN field (5.6.6.1: `lun[0] = 1`, `lun[1] = target`, `lun[2..4] = LUN`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,9 +188,10 @@ pub struct ScsiAddress {
 }
 
 /// Decodes the 8-byte LUN field. Byte 2 is 0 (peripheral addressing, LUN < 256) or has
-/// 0x40 set (flat space); anything else addresses no LU of ours.
+/// 0x40 set (flat space, LUN < 16384), and bytes 4..8 are zero (a single-level LUN, the
+/// only format 5.6.6.1 allows); anything else addresses no LU of ours.
 pub fn decode_lun(lun: &[u8; 8]) -> Option<ScsiAddress> {
-    if lun[0] != 1 {
+    if lun[0] != 1 || lun[4..] != [0; 4] {
         return None;
     }
     let id = match lun[2] & 0xc0 {
@@ -518,6 +545,16 @@ pub fn cdb_len_for_opcode(opcode: u8) -> Option<usize> {
     }
 }
 
+/// The length of `cdb`: its group's (SPC-4 4.2.5.1) or, for a variable-length CDB (7Fh),
+/// 8 plus its ADDITIONAL CDB LENGTH (SPC-4 4.2.3). `None` where the opcode does not say
+/// (reserved and vendor-specific groups).
+pub fn cdb_len(cdb: &[u8]) -> Option<usize> {
+    match cdb.first()? {
+        0x7f => Some(8 + usize::from(cdb.get(7).copied().unwrap_or(0))),
+        &opcode => cdb_len_for_opcode(opcode),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,6 +569,29 @@ mod tests {
         assert_eq!(size_of::<VirtioScsiCtrlAnReq>(), 16);
         assert_eq!(size_of::<VirtioScsiCtrlAnResp>(), 5);
         assert_eq!(size_of::<VirtioScsiEvent>(), 16);
+        assert_eq!(size_of::<VirtioScsiConfig>(), 36);
+        let c = VirtioScsiConfig {
+            sense_size: Le32::from(0x1122_3344),
+            cdb_size: Le32::from(0x5566_7788),
+            ..Default::default()
+        };
+        let bytes = c.as_slice();
+        assert_eq!(bytes[VIRTIO_SCSI_CONFIG_SENSE_SIZE], 0x44);
+        assert_eq!(bytes[VIRTIO_SCSI_CONFIG_CDB_SIZE], 0x88);
+    }
+
+    #[test]
+    fn cdb_length_follows_the_group_and_the_additional_length() {
+        assert_eq!(cdb_len(&[0x00]), Some(6));
+        assert_eq!(cdb_len(&[0x28]), Some(10));
+        assert_eq!(cdb_len(&[0x5a]), Some(10));
+        assert_eq!(cdb_len(&[0x88]), Some(16));
+        assert_eq!(cdb_len(&[0xa0]), Some(12));
+        assert_eq!(cdb_len(&[0x7f, 0, 0, 0, 0, 0, 0, 0x18]), Some(32));
+        assert_eq!(cdb_len(&[0x7f]), Some(8));
+        assert_eq!(cdb_len(&[0x60]), None);
+        assert_eq!(cdb_len(&[0xc0]), None);
+        assert_eq!(cdb_len(&[]), None);
     }
 
     #[test]
@@ -548,5 +608,11 @@ mod tests {
         assert_eq!(decode_lun(&[0, 0, 0x40, 0, 0, 0, 0, 0]), None);
         assert_eq!(decode_lun(&[1, 0, 0x80, 0, 0, 0, 0, 0]), None);
         assert_eq!(decode_lun(&[1, 0, 0x01, 0, 0, 0, 0, 0]), None);
+        assert_eq!(decode_lun(&[1, 0, 0xc0, 0, 0, 0, 0, 0]), None);
+        for i in 4..8 {
+            let mut l = encode_lun(ScsiAddress { target: 0, lun: 1 });
+            l[i] = 1;
+            assert_eq!(decode_lun(&l), None, "byte {i}");
+        }
     }
 }

@@ -225,20 +225,29 @@ fn plan_trace_and_control_socket_work_together() {
     assert!(lines.iter().all(|v| v["t_us"].is_u64()), "{lines:#?}");
     drop(frontend);
 
-    // An event fired over the control socket comes out at the next tick; with no event
-    // queue running it is missed, but the decision is traced.
+    // An event fired over the control socket comes out at the next tick; with no frontend
+    // connected it is lost, and both the decision and the loss are traced.
     let fired =
         ctl.ask(json!({"cmd": "fire-event", "event": "transport-reset", "target": 0, "lun": 0}));
     assert_eq!(fired["ok"], true, "{fired}");
-    wait_for_trace(&mut ctl, &trace, |l| {
-        l.iter()
-            .any(|v| v["ev"] == "fault" && v["kind"] == "event" && v["fault"] == 0)
+    let lines = wait_for_trace(&mut ctl, &trace, |l| {
+        l.iter().any(|v| v["ev"] == "event-lost")
     });
+    let decided = lines
+        .iter()
+        .position(|v| v["ev"] == "fault" && v["kind"] == "event" && v["fault"] == 0)
+        .expect("the control socket's event is traced");
+    let lost = lines.iter().position(|v| v["ev"] == "event-lost").unwrap();
+    assert!(decided < lost, "{lines:#?}");
+    assert_eq!(lines[lost]["event"], "transport-reset");
+    assert_eq!(lines[lost]["reason"], "no-frontend", "{lines:#?}");
 
     let stats = ctl.ask(json!({"cmd": "stats"}));
     assert_eq!(stats["ok"], true, "{stats}");
     assert_eq!(stats["stats"]["device_resets"], 1, "{stats}");
     assert_eq!(stats["stats"]["fired"]["event"], 1, "{stats}");
+    assert_eq!(stats["stats"]["events_lost"], 1, "{stats}");
+    assert_eq!(stats["stats"]["events_posted"], 0, "{stats}");
 
     // SIGTERM: the trace is flushed and both sockets are removed.
     // SAFETY: kill(2) with the pid of our own child and a valid signal number.

@@ -144,6 +144,7 @@ pub fn trace_metrics(trace: &Trace) -> Metrics {
     let mut faults: BTreeMap<String, FaultStats> = BTreeMap::new();
     let mut shadowed = 0u64;
     let mut events = 0u64;
+    let mut events_lost = 0u64;
     let mut pending: HashMap<(u16, u64), Pending> = HashMap::new();
     let mut latency = Span::default();
     for (i, r) in records.iter().enumerate() {
@@ -243,6 +244,11 @@ pub fn trace_metrics(trace: &Trace) -> Metrics {
                 events += 1;
                 count(&mut m, format!("trace.events.{event}"));
             }
+            TraceEvent::EventLost { event, reason, .. } => {
+                events_lost += 1;
+                count(&mut m, format!("trace.events_lost.{event}"));
+                count(&mut m, format!("trace.events_lost_reason.{reason}"));
+            }
         }
     }
     let put = |m: &mut Metrics, k: &str, v: Value| {
@@ -295,6 +301,7 @@ pub fn trace_metrics(trace: &Trace) -> Metrics {
     }
     put(&mut m, "faults_shadowed", Value::from(shadowed));
     put(&mut m, "events", Value::from(events));
+    put(&mut m, "events_lost", Value::from(events_lost));
     latency.insert(&mut m, "trace.latency_");
     if let Some(f) = first_request {
         let first = records[f].t_us;
@@ -433,7 +440,7 @@ mod tests {
     use serde_json::json;
 
     /// A synthetic trace: connect resets, three commands (one interrupt dropped, one
-    /// status fault, one delayed), a slow LU reset, an event, a spurious burst, a device
+    /// status fault, one delayed), a slow LU reset, an event and a lost one, a spurious burst, a device
     /// reset mid-run, a TMF never answered, and the disconnect reset.
     const TRACE: &str = r#"
 {"t_us":100,"ev":"device-reset"}
@@ -452,6 +459,7 @@ mod tests {
 {"t_us":1400,"ev":"tmf-start","queue":0,"id":9,"tmf":"lu-reset","target":0,"lun":0}
 {"t_us":1500,"ev":"spurious-signal","queue":2,"fault":5,"count":5}
 {"t_us":1600,"ev":"event","event":"transport-reset","target":0,"lun":0,"detail":"rescan"}
+{"t_us":1700,"ev":"event-lost","event":"param-change","target":0,"lun":0,"reason":"no-buffer"}
 {"t_us":51300,"ev":"complete","queue":2,"id":3,"response":"reset","status":0}
 {"t_us":51301,"ev":"signal","queue":2,"id":3}
 {"t_us":3001400,"ev":"tmf-end","queue":0,"id":9,"response":"function-complete"}
@@ -466,14 +474,14 @@ not json
     fn metrics() -> Metrics {
         let trace = Trace::parse(TRACE);
         assert_eq!(trace.bad_lines.len(), 1);
-        assert_eq!(trace.bad_lines[0].0, 25);
+        assert_eq!(trace.bad_lines[0].0, 26);
         trace_metrics(&trace)
     }
 
     #[test]
     fn counts_of_requests_completions_and_signals() {
         let m = metrics();
-        assert_eq!(m["trace.records"], json!(24));
+        assert_eq!(m["trace.records"], json!(25));
         assert_eq!(m["trace.bad_lines"], json!(1));
         assert_eq!(m["trace.requests"], json!(4));
         assert_eq!(m["trace.completions"], json!(3));
@@ -490,6 +498,9 @@ not json
         assert_eq!(m["trace.status.2"], json!(1));
         assert_eq!(m["trace.events"], json!(1));
         assert_eq!(m["trace.events.transport-reset"], json!(1));
+        assert_eq!(m["trace.events_lost"], json!(1));
+        assert_eq!(m["trace.events_lost.param-change"], json!(1));
+        assert_eq!(m["trace.events_lost_reason.no-buffer"], json!(1));
         assert_eq!(m["trace.first_request_us"], json!(1000));
         assert_eq!(m["trace.duration_ms"], json!(3004.0));
         assert_eq!(m["trace.latency_min_ms"], json!(0.05));

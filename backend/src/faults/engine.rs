@@ -282,6 +282,9 @@ pub struct Stats {
     pub signals_suppressed_event_idx: u64,
     pub spurious_signals: u64,
     pub events_posted: u64,
+    /// Events that found no way onto the event queue (trace `event-lost`).
+    #[serde(default)]
+    pub events_lost: u64,
     pub tmfs_answered: u64,
     pub device_resets: u64,
     pub trace_errors: u64,
@@ -951,13 +954,7 @@ impl FaultEngine {
     pub fn record_event_posted(&mut self, event: &VirtioEvent, now: Duration) {
         self.stats.events_posted += 1;
         let (target, lun) = event.address();
-        let detail = match *event {
-            VirtioEvent::TransportReset { reason, .. } => Some(Cow::Borrowed(reason.name())),
-            VirtioEvent::ParamChange { asc, ascq, .. } => {
-                Some(Cow::Owned(format!("{asc:#04x}/{ascq:#04x}")))
-            }
-            VirtioEvent::EventsMissed => None,
-        };
+        let detail = event_detail(event);
         emit(
             &mut self.trace,
             &mut self.stats,
@@ -967,6 +964,24 @@ impl FaultEngine {
                 target,
                 lun,
                 detail,
+            },
+        );
+    }
+
+    /// An event could not be posted (`reason`: see the trace's `event-lost`).
+    pub fn record_event_lost(&mut self, event: &VirtioEvent, reason: &'static str, now: Duration) {
+        self.stats.events_lost += 1;
+        let (target, lun) = event.address();
+        emit(
+            &mut self.trace,
+            &mut self.stats,
+            now,
+            TraceEvent::EventLost {
+                event: event.name().into(),
+                target,
+                lun,
+                detail: event_detail(event),
+                reason: reason.into(),
             },
         );
     }
@@ -981,6 +996,17 @@ impl FaultEngine {
             now,
             TraceEvent::DeviceReset {},
         );
+    }
+}
+
+/// The trace's `detail` of an event: the reset reason, or asc/ascq.
+fn event_detail(event: &VirtioEvent) -> Option<Cow<'static, str>> {
+    match *event {
+        VirtioEvent::TransportReset { reason, .. } => Some(Cow::Borrowed(reason.name())),
+        VirtioEvent::ParamChange { asc, ascq, .. } => {
+            Some(Cow::Owned(format!("{asc:#04x}/{ascq:#04x}")))
+        }
+        VirtioEvent::EventsMissed => None,
     }
 }
 

@@ -128,6 +128,19 @@ pub enum TraceEvent<'a> {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<Cow<'a, str>>,
     },
+    /// An event could not be put on the event queue and is gone; the next one posted
+    /// carries VIRTIO_SCSI_T_EVENTS_MISSED. `reason`: `no-frontend` (no guest memory: no
+    /// frontend connected, or it set none up), `queue-not-ready` (the driver has not
+    /// started the event queue), `no-buffer` (it left no buffer there) or `bad-buffer`
+    /// (the buffer could not take the event).
+    EventLost {
+        event: Cow<'a, str>,
+        target: u8,
+        lun: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<Cow<'a, str>>,
+        reason: Cow<'a, str>,
+    },
 }
 
 /// A JSON-lines trace writer.
@@ -222,6 +235,16 @@ mod tests {
                 t_us: 14,
                 event: TraceEvent::DeviceReset {},
             },
+            TraceRecord {
+                t_us: 15,
+                event: TraceEvent::EventLost {
+                    event: "transport-reset".into(),
+                    target: 0,
+                    lun: 3,
+                    detail: Some("rescan".into()),
+                    reason: "no-buffer".into(),
+                },
+            },
         ];
         let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut trace = Trace::to_writer(Box::new(super::super::tests::SharedBuf(buf.clone())));
@@ -231,7 +254,7 @@ mod tests {
         trace.flush().unwrap();
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
         assert!(
             lines[0].starts_with(r#"{"t_us":12,"ev":"request","queue":2"#),
             "{}",
@@ -242,6 +265,10 @@ mod tests {
             r#"{"t_us":13,"ev":"signal-suppressed","queue":2,"id":7,"reason":"fault"}"#
         );
         assert_eq!(lines[2], r#"{"t_us":14,"ev":"device-reset"}"#);
+        assert_eq!(
+            lines[3],
+            r#"{"t_us":15,"ev":"event-lost","event":"transport-reset","target":0,"lun":3,"detail":"rescan","reason":"no-buffer"}"#
+        );
         for (line, rec) in lines.iter().zip(&records) {
             assert_eq!(&parse_line(line).unwrap(), rec);
         }

@@ -465,10 +465,14 @@ impl Target {
         Ok(())
     }
 
-    /// I_T NEXUS RESET of the single initiator: every LU reports 29/07 next.
-    pub fn nexus_reset(&self) {
+    /// I_T NEXUS RESET of the single initiator and target `id`: every LU of that target
+    /// reports 29/07 next. Each target is its own SCSI target device, so the nexus with
+    /// another target is not touched (SAM-5 7.4; QEMU resets only that target's devices).
+    pub fn nexus_reset(&self, id: u8) {
         for lu in self.read().iter() {
-            lu.raise_ua(ua::I_T_NEXUS_LOSS);
+            if lu.address.is_some_and(|a| a.target == id) {
+                lu.raise_ua(ua::I_T_NEXUS_LOSS);
+            }
         }
     }
 

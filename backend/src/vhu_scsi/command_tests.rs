@@ -828,7 +828,7 @@ fn reset_and_capacity_unit_attentions() {
     assert!(r.target.unit_attention_pending(lu0));
     r.cmd(0, &TUR, &[], 0)
         .check(sense_key::UNIT_ATTENTION, 0x29, 0x03);
-    r.target.nexus_reset();
+    r.target.nexus_reset(0);
     r.cmd(0, &TUR, &[], 0)
         .check(sense_key::UNIT_ATTENTION, 0x29, 0x07);
     r.cmd(1, &TUR, &[], 0)
@@ -924,6 +924,15 @@ fn several_targets_and_absent_luns() {
         .unwrap();
     assert_eq!(&data[..4], &8u32.to_be_bytes());
     assert_eq!(&data[8..10], &[0, 5]);
+    // An I_T nexus reset is of one target: target 0's LUs report nothing.
+    t.nexus_reset(1);
+    assert!(t.unit_attention_pending(t1));
+    assert!(!t.unit_attention_pending(LunAddress { target: 0, lun: 0 }));
+    let (o, _) = rig.exec(t1, &TUR, &[], &[]);
+    assert_eq!(
+        o.unwrap().sense.map(|s| (s.asc, s.ascq)),
+        Some((0x29, 0x07))
+    );
     // Absent LUN 0 of target 1: INQUIRY says "no LU here", TUR says not supported.
     let t1l0 = LunAddress { target: 1, lun: 0 };
     let (o, _) = rig.exec(t1l0, &inquiry(false, 0, 36), &[], &[(IN_ADDR, 36)]);

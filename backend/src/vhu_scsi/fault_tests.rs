@@ -1199,3 +1199,7 @@ fn idle_engine_without_trace_skips_describing_commands_but_counts_them() {
     e.set_trace(Some(Trace::to_writer(Box::new(SharedBuf::default()))));
     assert!(!e.is_idle() && e.tracing());
 }
+
+mod bad_input;
+mod events;
+mod tmf;

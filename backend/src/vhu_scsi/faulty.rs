@@ -108,21 +108,30 @@ impl VhostUserScsiBackend {
         mem: &GuestMemoryMmap,
         chain: Chain,
     ) -> Result<bool, VhuScsiError> {
+        // Dropped once the command is on its used ring or parked (see `Executing`).
+        let slot = self.executing.slot(queue);
         let mut engine = self.engine();
         // Nothing would read the command's description or the time: only count it.
         if engine.is_idle() {
             engine.count_idle_command();
             drop(engine);
-            self.finish_command(queue, vring, mem, chain, 0, Disposition::EXECUTE, false)?;
+            let how = Disposition::EXECUTE;
+            self.finish_command(queue, vring, mem, chain, 0, how, false, Some(&slot))?;
             return Ok(false);
         }
         // The header is read under the engine lock: one lock per command, not two.
-        let Some(info) = request_info(queue as u16, mem, &chain) else {
+        let Some(info) = request_info(queue as u16, mem, &chain, self.cdb_size()) else {
             drop(engine);
             // Malformed: served as without faults, so it fails the usual way.
-            self.finish_command(queue, vring, mem, chain, 0, Disposition::EXECUTE, false)?;
+            let how = Disposition::EXECUTE;
+            self.finish_command(queue, vring, mem, chain, 0, how, false, Some(&slot))?;
             return Ok(false);
         };
+        // Before the engine decides (a slow TMF's BUSY) and the target looks at the LU: a
+        // TMF either waits for this command or this command sees what the TMF did. An
+        // address that names no LU is marked as target 0xff, which costs a TMF for that
+        // address a wait at most.
+        slot.begin(info.target, info.lun);
         let now = self.faults.epoch.now();
         let d = engine.on_request(&info, now);
         drop(engine);
@@ -151,15 +160,19 @@ impl VhostUserScsiBackend {
             ),
             completion => {
                 let how = disposition(completion);
-                self.finish_command(queue, vring, mem, chain, info.id, how, d.drop_interrupt)?;
+                let drop_interrupt = d.drop_interrupt;
+                self.finish_command(queue, vring, mem, chain, info.id, how, drop_interrupt, None)?;
                 return Ok(false);
             }
         };
+        // Parked before the slot ends: a TMF waiting for the slot then finds it held.
         lock(&self.inflight[queue]).insert(entry);
+        drop(slot);
         Ok(true)
     }
 
-    /// Serves a command, completes it and traces the completion and the signal.
+    /// Serves a command, completes it and traces the completion and the signal. `slot`:
+    /// mark the command executing once its LU is known (when not marked already).
     #[allow(clippy::too_many_arguments)]
     fn finish_command<M>(
         &self,
@@ -170,12 +183,13 @@ impl VhostUserScsiBackend {
         tag: u64,
         how: Disposition,
         drop_interrupt: bool,
+        slot: Option<&ExecutingSlot<'_>>,
     ) -> Result<(), VhuScsiError>
     where
         M: Deref<Target = GuestMemoryMmap> + Clone,
     {
         let head = chain.head_index();
-        let served = serve_command(&self.target, mem, chain, how);
+        let served = serve_command(&self.target, mem, chain, how, self.cdb_size(), slot);
         let outcome = complete_and_notify(vring, head, served.used, drop_interrupt)?;
         let mut engine = self.engine();
         // The time is only for the trace's records (the counters do not need it).
@@ -237,7 +251,8 @@ impl VhostUserScsiBackend {
         let (target, lun) = address_of(&lun);
         let info = RequestInfo::tmf(CONTROL_QUEUE as u16, tag, tmf, target, lun);
         let d = self.engine().on_request(&info, now);
-        let base = task_management(&self.target, &req);
+        // Only what the engine lets through acts: a failed or hung TMF does nothing.
+        let base = tmf_refusal(&self.target, &req).unwrap_or(VIRTIO_SCSI_S_FUNCTION_COMPLETE);
         let park = |due: Option<Duration>, response| InflightEntry {
             head,
             tag,
@@ -307,8 +322,14 @@ impl VhostUserScsiBackend {
         Ok(())
     }
 
-    /// Acts on the held tasks a TMF names and returns its response. Every cancelled
-    /// request is on its used ring before this returns, so before the TMF's answer.
+    /// Acts on the tasks a TMF names and returns its response. Every cancelled request,
+    /// and every command of the TMF's LUs another worker was executing, is on its used ring
+    /// before this returns, so before the TMF's answer.
+    ///
+    /// The order matters: the unit attention first (a command begun after the wait sees
+    /// it); held commands taken before the wait (one a timer is taking out is then seen
+    /// executing); and again after it (one parked by a command that was executing is then
+    /// in the table).
     fn tmf_effects(
         &self,
         tmf: TmfKind,
@@ -322,28 +343,25 @@ impl VhostUserScsiBackend {
         }
         let addr = LunAddress { target, lun };
         let request_queues = FIRST_REQUEST_QUEUE..self.num_queues();
-        match tmf {
+        let (scope, cancelled_with) = match tmf {
             TmfKind::AbortTask => {
-                for q in request_queues {
-                    let held = lock(&self.inflight[q]).take_tag(target, lun, tag);
-                    if let Some(e) = held {
-                        self.cancel(q, e, VIRTIO_SCSI_S_ABORTED)?;
-                        break;
-                    }
+                if self.abort_task(target, lun, tag)? {
+                    return Ok(base);
                 }
+                let response = wait_for_executing(&self.executing, tmf.name(), target, Some(lun));
+                self.abort_task(target, lun, tag)?;
+                return Ok(response);
             }
-            TmfKind::AbortTaskSet | TmfKind::ClearTaskSet => {
-                self.cancel_matching(target, Some(lun), VIRTIO_SCSI_S_ABORTED)?;
-            }
+            TmfKind::AbortTaskSet | TmfKind::ClearTaskSet => (Some(lun), VIRTIO_SCSI_S_ABORTED),
             TmfKind::LogicalUnitReset => {
-                self.cancel_matching(target, Some(lun), VIRTIO_SCSI_S_RESET)?;
                 if let Err(e) = self.target.lu_reset(addr) {
                     debug!("LU reset of {addr:?}: {e}");
                 }
+                (Some(lun), VIRTIO_SCSI_S_RESET)
             }
             TmfKind::ITNexusReset => {
-                self.cancel_matching(target, None, VIRTIO_SCSI_S_RESET)?;
-                self.target.nexus_reset();
+                self.target.nexus_reset(target);
+                (None, VIRTIO_SCSI_S_RESET)
             }
             // A held task is one the device still has: the query succeeds (SAM-5 7.9).
             TmfKind::QueryTask => {
@@ -353,6 +371,7 @@ impl VhostUserScsiBackend {
                 {
                     return Ok(VIRTIO_SCSI_S_FUNCTION_SUCCEEDED);
                 }
+                return Ok(base);
             }
             TmfKind::QueryTaskSet => {
                 if request_queues
@@ -361,10 +380,27 @@ impl VhostUserScsiBackend {
                 {
                     return Ok(VIRTIO_SCSI_S_FUNCTION_SUCCEEDED);
                 }
+                return Ok(base);
             }
-            TmfKind::ClearAca | TmfKind::Other(_) => {}
+            TmfKind::ClearAca | TmfKind::Other(_) => return Ok(base),
+        };
+        self.cancel_matching(target, scope, cancelled_with)?;
+        let response = wait_for_executing(&self.executing, tmf.name(), target, scope);
+        self.cancel_matching(target, scope, cancelled_with)?;
+        Ok(response)
+    }
+
+    /// ABORT TASK: the held command with this tag, on any request queue, is completed
+    /// ABORTED. Returns whether one was.
+    fn abort_task(&self, target: u8, lun: u16, tag: u64) -> Result<bool, VhuScsiError> {
+        for q in FIRST_REQUEST_QUEUE..self.num_queues() {
+            let held = lock(&self.inflight[q]).take_tag(target, lun, tag);
+            if let Some(e) = held {
+                self.cancel(q, e, VIRTIO_SCSI_S_ABORTED)?;
+                return Ok(true);
+            }
         }
-        Ok(base)
+        Ok(false)
     }
 
     fn cancel_matching(
@@ -406,6 +442,7 @@ impl VhostUserScsiBackend {
             entry.tag,
             how,
             drop_interrupt,
+            None,
         )
     }
 
@@ -429,6 +466,7 @@ impl VhostUserScsiBackend {
                 entry.tag,
                 disposition(completion),
                 drop_interrupt,
+                None,
             ),
             Work::Tmf {
                 response,
@@ -462,11 +500,28 @@ impl VhostUserScsiBackend {
         let mask = self.queue_masks.get(thread).copied().unwrap_or(0);
         for queue in queues_of(mask).filter(|&q| q != EVENT_QUEUE) {
             loop {
-                let due = lock(&self.inflight[queue]).take_due(now);
+                let slot = self.executing.slot(queue);
+                let due = {
+                    let mut table = lock(&self.inflight[queue]);
+                    let entry = table.take_due(now);
+                    // Marked while the table is locked: a TMF that no longer finds the
+                    // command held finds it executing.
+                    if let Some(
+                        e @ InflightEntry {
+                            work: Work::Command { .. },
+                            ..
+                        },
+                    ) = &entry
+                    {
+                        slot.begin(e.target, e.lun);
+                    }
+                    entry
+                };
                 let Some(entry) = due else { break };
                 if let Err(e) = self.complete_due(queue, entry) {
                     log::error!("queue {queue}: {e}");
                 }
+                drop(slot);
             }
         }
         self.rearm_timer(thread)
@@ -515,22 +570,26 @@ impl VhostUserScsiBackend {
     }
 
     /// Puts `event` in a buffer the driver left on the event queue. With none there, the
-    /// event is lost and the next one carries VIRTIO_SCSI_T_EVENTS_MISSED (5.6.6.3).
+    /// event is lost (traced as `event-lost`) and the next one carries
+    /// VIRTIO_SCSI_T_EVENTS_MISSED (5.6.6.3).
     pub fn post_event(&self, event: VirtioEvent, now: Duration) -> Result<(), VhuScsiError> {
         let vring = self.vring(EVENT_QUEUE);
         let atomic = self.memory();
         let (Some(vring), Some(atomic)) = (vring, atomic) else {
-            self.events_missed.store(true, Ordering::Relaxed);
+            self.event_lost(&event, "no-frontend", now);
             return Ok(());
         };
+        if !vring.get_ref().get_queue().ready() {
+            self.event_lost(&event, "queue-not-ready", now);
+            return Ok(());
+        }
         let mem = atomic.memory();
         let chain = vring
             .get_mut()
             .get_queue_mut()
             .pop_descriptor_chain(mem.clone());
         let Some(chain) = chain else {
-            debug!("no event buffer for {}: events missed", event.name());
-            self.events_missed.store(true, Ordering::Relaxed);
+            self.event_lost(&event, "no-buffer", now);
             return Ok(());
         };
         let missed = self.events_missed.swap(false, Ordering::Relaxed);
@@ -549,11 +608,24 @@ impl VhostUserScsiBackend {
                 0
             }
         };
+        // A buffer that cannot take the event goes back empty, and the event is lost.
+        if used == 0 {
+            self.event_lost(&event, "bad-buffer", now);
+        }
         let outcome = complete_and_notify(&vring, head, used, false)?;
         let mut engine = self.engine();
-        engine.record_event_posted(&event, now);
+        if used > 0 {
+            engine.record_event_posted(&event, now);
+        }
         engine.record_signal(EVENT_QUEUE as u16, None, outcome, now);
         Ok(())
+    }
+
+    /// `event` found no way onto the event queue: the next one says events were missed.
+    fn event_lost(&self, event: &VirtioEvent, reason: &'static str, now: Duration) {
+        debug!("{} event lost ({reason}): events missed", event.name());
+        self.events_missed.store(true, Ordering::Relaxed);
+        self.engine().record_event_lost(event, reason, now);
     }
 
     /// Keeps a clone of each vring a worker serves (see the `vrings` field).
@@ -604,18 +676,22 @@ fn address_of(lun: &[u8; 8]) -> (u8, u16) {
     decode_lun(lun).map_or((u8::MAX, 0), |a| (a.target, a.lun))
 }
 
-/// What the engine needs to know about a command chain; `None` if it has no readable
-/// header (it will fail without the engine). Walks the descriptors without building a
-/// Reader or Writer, so it allocates nothing.
+/// What the engine needs to know about a command chain whose header has a `cdb_size` CDB
+/// area; `None` if it has no readable header (it will fail without the engine). Walks the
+/// descriptors without building a Reader or Writer, so it allocates nothing.
 fn request_info<M>(
     queue: u16,
     mem: &GuestMemoryMmap,
     chain: &DescriptorChain<M>,
+    cdb_size: usize,
 ) -> Option<RequestInfo>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     let mut hdr = [0u8; size_of::<VirtioScsiCmdReq>()];
+    // The header's bytes kept in `hdr` (the first 32 CDB bytes at most), and in all.
+    let header = VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size;
+    let kept = header.min(hdr.len());
     let (mut got, mut readable, mut writable) = (0usize, 0usize, 0usize);
     for desc in chain.clone() {
         let len = desc.len() as usize;
@@ -623,18 +699,21 @@ where
             writable = writable.saturating_add(len);
             continue;
         }
-        readable = readable.saturating_add(len);
-        if got < hdr.len() {
-            let n = (hdr.len() - got).min(len);
+        if got < kept {
+            let n = (kept - got).min(len);
             mem.read_slice(&mut hdr[got..got + n], desc.addr()).ok()?;
             got += n;
         }
+        readable = readable.saturating_add(len);
     }
-    let req = *VirtioScsiCmdReq::from_slice(&hdr).filter(|_| got == hdr.len())?;
+    if got < kept || readable < header {
+        return None;
+    }
+    let req = *VirtioScsiCmdReq::from_slice(&hdr)?;
     let lun = req.lun;
     let (target, lun) = address_of(&lun);
     let cdb = req.cdb;
-    let out_len = readable - got;
+    let out_len = readable - header;
     let in_len = writable.saturating_sub(size_of::<VirtioScsiCmdResp>());
     let (direction, len) = if out_len > 0 {
         (DataDirection::Write, out_len)
@@ -843,14 +922,18 @@ impl DataOut for CorruptingDataOut<'_> {
     }
 }
 
-/// Bytes of data-out in a command chain (after the header).
-pub(super) fn data_out_len<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>) -> usize
+/// Bytes of data-out in a command chain (after a header with a `cdb_size` CDB area).
+pub(super) fn data_out_len<M>(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain<M>,
+    cdb_size: usize,
+) -> usize
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     chain.clone().reader(mem).map_or(0, |r| {
         r.available_bytes()
-            .saturating_sub(size_of::<VirtioScsiCmdReq>())
+            .saturating_sub(VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size)
     })
 }
 

@@ -54,7 +54,7 @@ fn init_logger() {
 }
 
 /// Warnings logged by this test thread since the last call.
-fn take_warnings() -> Vec<String> {
+pub(super) fn take_warnings() -> Vec<String> {
     WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
 }
 
@@ -599,14 +599,17 @@ pub(super) fn tmf(subtype: u32, lun: [u8; 8]) -> VirtioScsiCtrlTmfReq {
 #[test]
 fn tmf_resets_and_aborts_complete() {
     let f = fixture();
-    for sub in [
-        VIRTIO_SCSI_T_TMF_ABORT_TASK,
-        VIRTIO_SCSI_T_TMF_ABORT_TASK_SET,
-        VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET,
-        VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET,
-        VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET,
-        VIRTIO_SCSI_T_TMF_QUERY_TASK,
-        VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
+    let tur = [opcode::TEST_UNIT_READY, 0, 0, 0, 0, 0];
+    // Sent to LUN 1: the unit attention (29/ascq) the next command to LUN 1 and to LUN 0
+    // gets, if any. Nothing is held without faults, so aborts and queries find nothing.
+    for (sub, lu1, lu0) in [
+        (VIRTIO_SCSI_T_TMF_ABORT_TASK, None, None),
+        (VIRTIO_SCSI_T_TMF_ABORT_TASK_SET, None, None),
+        (VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET, None, None),
+        (VIRTIO_SCSI_T_TMF_QUERY_TASK, None, None),
+        (VIRTIO_SCSI_T_TMF_QUERY_TASK_SET, None, None),
+        (VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, Some(0x03), None),
+        (VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET, Some(0x07), Some(0x07)),
     ] {
         let (used, resp) = control(&f, tmf(sub, lun(1)).as_slice(), 1);
         assert_eq!(
@@ -614,6 +617,15 @@ fn tmf_resets_and_aborts_complete() {
             (1, VIRTIO_SCSI_S_FUNCTION_COMPLETE),
             "subtype {sub}"
         );
+        for (l, ua) in [(1, lu1), (0, lu0)] {
+            let d = f.command(lun(l), &tur, &[], 0);
+            match ua {
+                Some(ascq) => assert_check(&d, sense_key::UNIT_ATTENTION, 0x29, ascq),
+                None => assert_good(&d),
+            }
+            // Reported once.
+            assert_good(&f.command(lun(l), &tur, &[], 0));
+        }
     }
     assert!(take_warnings().is_empty());
 }
@@ -963,3 +975,5 @@ fn random_chains_never_panic_and_stay_in_bounds() {
     }
     take_warnings();
 }
+
+pub(super) mod bad_input;
