@@ -35,6 +35,8 @@ pub enum Op {
     Le,
     Gt,
     Ge,
+    /// `~=`: a string holds a substring, or a list holds an element.
+    Contains,
 }
 
 impl Op {
@@ -46,6 +48,7 @@ impl Op {
             Op::Le => "<=",
             Op::Gt => ">",
             Op::Ge => ">=",
+            Op::Contains => "~=",
         }
     }
 
@@ -57,6 +60,7 @@ impl Op {
             Op::Le => ord != Ordering::Greater,
             Op::Gt => ord == Ordering::Greater,
             Op::Ge => ord != Ordering::Less,
+            Op::Contains => false,
         }
     }
 }
@@ -304,6 +308,18 @@ impl Comparison {
             ))
         };
         match (&left, &right) {
+            (Value::String(a), Value::String(b)) if op == Op::Contains => {
+                Ok(a.contains(b.as_str()))
+            }
+            (Value::Array(a), b) if op == Op::Contains && !b.is_array() => {
+                Ok(as_set(a).is_superset(&as_set(std::slice::from_ref(b))))
+            }
+            (Value::Array(_), Value::Array(_)) | (_, _) if op == Op::Contains => {
+                match (&left, &right) {
+                    (Value::Array(a), Value::Array(b)) => Ok(as_set(a).is_superset(&as_set(b))),
+                    _ => Err(mismatch()),
+                }
+            }
             (Value::Number(a), Value::Number(b)) => {
                 Ok(compare_numbers(a, b).is_some_and(|o| op.holds(o)))
             }
@@ -316,6 +332,7 @@ impl Comparison {
                     Op::Lt => a.is_subset(&b) && a != b,
                     Op::Ge => a.is_superset(&b),
                     Op::Gt => a.is_superset(&b) && a != b,
+                    Op::Contains => a.is_superset(&b),
                 })
             }
             (Value::String(_), Value::String(_)) | (Value::Bool(_), Value::Bool(_)) => match op {
@@ -371,6 +388,7 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, SyntaxError> {
             '>' if next == Some('=') => (Tok::Op(Op::Ge), 2),
             '<' => (Tok::Op(Op::Lt), 1),
             '>' => (Tok::Op(Op::Gt), 1),
+            '~' if next == Some('=') => (Tok::Op(Op::Contains), 2),
             '|' if next == Some('|') => (Tok::Or, 2),
             '+' => (Tok::Plus, 1),
             '[' => (Tok::Open, 1),
@@ -562,7 +580,30 @@ mod tests {
         m.insert("trace.tmf.lu-reset.min_ms".into(), json!(3000.5));
         m.insert("a".into(), json!(2));
         m.insert("b".into(), json!(3));
+        m.insert(
+            "guest.reason".into(),
+            json!("data read back from lba 7 differs"),
+        );
         m
+    }
+
+    #[test]
+    fn contains_looks_into_strings_and_lists() {
+        assert!(check(r#"guest.reason ~= "differs""#));
+        assert!(!check(r#"guest.reason ~= "timeout""#));
+        assert!(check("trace.ids ~= 11"));
+        assert!(!check("trace.ids ~= 4"));
+        assert!(check("trace.ids ~= guest.polled_ids"));
+        assert!(!check("guest.polled_ids ~= trace.ids"));
+        for text in ["a ~= 2", "guest.irq ~= true", r#"a ~= "2""#] {
+            let judged = Expectation::parse(text).unwrap().judge(&metrics());
+            assert!(!judged.passed, "{text}");
+            assert!(
+                judged.failure_message().contains("cannot compare"),
+                "{text}: {}",
+                judged.failure_message()
+            );
+        }
     }
 
     fn check(text: &str) -> bool {
