@@ -4,6 +4,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+
+/// Temporary run directories are `<temp>/flakyhba-<pid>-<n>`.
+const TEMP_PREFIX: &str = "flakyhba-";
 
 /// Size of the sparse disk image the backend serves as its LUN.
 pub const DISK_BYTES: u64 = 64 * 1024 * 1024;
@@ -20,6 +24,40 @@ pub enum RunDirError {
     SocketPathTooLong(PathBuf),
 }
 
+/// The pid in a temporary run directory's name, `flakyhba-<pid>-<n>`.
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    let (pid, n) = rest.split_once('-')?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+/// Removes the temporary run directories in `base` whose harness process no longer
+/// exists. Only this user's directories, and never one of a live process.
+fn sweep_orphans(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(owner_pid) else {
+            continue;
+        };
+        let path = entry.path();
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if !ours || pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => log::info!("removed {}, left by harness pid {pid}", path.display()),
+            Err(e) => log::warn!("could not remove {}: {e}", path.display()),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
@@ -28,12 +66,17 @@ pub struct RunDir {
 
 impl RunDir {
     /// A fresh directory under the system temp dir (honours TMPDIR), removed on drop.
+    /// The first call also removes the directories of harness processes that are gone:
+    /// a harness killed with SIGKILL cannot clean up after itself (its children die with
+    /// it, through PR_SET_PDEATHSIG, but its directory and socket stay).
     pub fn temporary() -> Result<RunDir, RunDirError> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
+        static SWEEP: Once = Once::new();
         let base = std::env::temp_dir();
+        SWEEP.call_once(|| sweep_orphans(&base));
         loop {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = base.join(format!("flakyhba-{}-{n}", std::process::id()));
+            let path = base.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
             match std::fs::create_dir(&path) {
                 Ok(()) => return Ok(RunDir { path, keep: false }),
                 // A leftover of an earlier process with the same pid: pick the next name.
@@ -100,6 +143,28 @@ impl Drop for RunDir {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn directories_of_dead_harnesses_are_swept_and_live_ones_kept() {
+        let base = std::env::temp_dir().join(format!("flakyhba-sweep-test-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        // A pid far above pid_max (4194304) never exists; ours does.
+        let dead = base.join("flakyhba-999999999-0");
+        let live = base.join(format!("flakyhba-{}-7", std::process::id()));
+        let other = base.join("flakyhba-keep-me");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d).unwrap();
+            File::create(d.join("vhost.sock")).unwrap();
+        }
+        sweep_orphans(&base);
+        assert!(!dead.exists(), "a dead harness's directory is removed");
+        assert!(live.exists(), "a live one stays");
+        assert!(other.exists(), "other names are not ours");
+        std::fs::remove_dir_all(&base).unwrap();
+        assert_eq!(owner_pid("flakyhba-12-3"), Some(12));
+        assert_eq!(owner_pid("flakyhba-12"), None);
+        assert_eq!(owner_pid("flakyhba-x-3"), None);
+    }
 
     #[test]
     fn temporary_dir_is_removed_on_drop_with_its_contents() {

@@ -1,6 +1,6 @@
 //! Signals to a running `flakyhba-harness`: it must unwind, kill its children, remove its
 //! run directory and socket, and exit 130. A SIGKILLed harness must still leave no child
-//! behind (PR_SET_PDEATHSIG).
+//! behind (PR_SET_PDEATHSIG), and the next harness removes the directory it left.
 //!
 //! A fake backend (python3) that listens late, or listens and never answers, holds the
 //! run at a known moment: before QEMU starts, or with QEMU blocked in its vhost-user
@@ -114,6 +114,21 @@ fn sigkilled_harness_leaves_no_children() {
         survivors.is_empty(),
         "children outlived a SIGKILLed harness: {survivors:?}"
     );
+    assert!(
+        !scratch.leftovers().is_empty(),
+        "the killed run's directory stays"
+    );
+    // The next harness removes it: here one that fails at once for a missing backend.
+    let next = start(
+        &scratch,
+        &scratch.root.join("no-such-backend"),
+        &common::image(),
+    );
+    let (status, _, stderr) = next.finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("backend"), "{stderr}");
+    let leftovers = scratch.leftovers();
+    assert!(leftovers.is_empty(), "not swept: {leftovers:?}");
 }
 
 /// The real backend and guest: SIGINT as soon as QEMU is up. The guest may win the race
