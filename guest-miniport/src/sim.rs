@@ -517,20 +517,28 @@ impl World {
         a.chain(b).min()
     }
 
+    /// Takes the next chain the driver made available on queue `qi`: its head and buffers.
+    fn next_avail(&mut self, qi: usize) -> Option<(u16, Vec<(u64, u32, bool)>)> {
+        let q = self.queues[qi];
+        // Acquire: the chain is visible once we see the driver's avail.idx.
+        let avail_idx = atomic_u16(q.driver + 2).load(Ordering::Acquire);
+        if q.last_avail == avail_idx {
+            return None;
+        }
+        let head = mem_u16(q.driver + 4 + 2 * u64::from(q.last_avail % q.size));
+        self.queues[qi].last_avail = q.last_avail.wrapping_add(1);
+        Some((head, walk_chain(&q, head)))
+    }
+
     /// Posts an event in the next buffer of the event queue (lost if there is none).
     pub fn post_event(&mut self, event: u32, reason: u32) {
         let qi = usize::from(EVENTQ);
         if !self.live(qi) {
             return;
         }
-        let q = self.queues[qi];
-        let avail_idx = atomic_u16(q.driver + 2).load(Ordering::Acquire);
-        if q.last_avail == avail_idx {
+        let Some((head, chain)) = self.next_avail(qi) else {
             return;
-        }
-        let head = mem_u16(q.driver + 4 + 2 * u64::from(q.last_avail % q.size));
-        self.queues[qi].last_avail = q.last_avail.wrapping_add(1);
-        let chain = walk_chain(&q, head);
+        };
         let mut e = [0u8; EVENT_SIZE];
         e[0..4].copy_from_slice(&event.to_le_bytes());
         e[4] = 1;
@@ -712,15 +720,7 @@ impl World {
         if !self.live(qi) {
             return;
         }
-        let q = self.queues[qi];
-        // Acquire: the chains are visible once we see the driver's avail.idx.
-        let avail_idx = atomic_u16(q.driver + 2).load(Ordering::Acquire);
-        let mut last_avail = q.last_avail;
-        while last_avail != avail_idx {
-            let head = mem_u16(q.driver + 4 + 2 * u64::from(last_avail % q.size));
-            last_avail = last_avail.wrapping_add(1);
-            self.queues[qi].last_avail = last_avail;
-            let chain = walk_chain(&q, head);
+        while let Some((head, chain)) = self.next_avail(qi) {
             let split = chain.iter().position(|c| c.2).unwrap_or(chain.len());
             let (readable, writable) = chain.split_at(split);
             let out = gather(readable);
@@ -806,14 +806,7 @@ impl World {
         if !self.live(qi) {
             return;
         }
-        let q = self.queues[qi];
-        let avail_idx = atomic_u16(q.driver + 2).load(Ordering::Acquire);
-        let mut last_avail = q.last_avail;
-        while last_avail != avail_idx {
-            let head = mem_u16(q.driver + 4 + 2 * u64::from(last_avail % q.size));
-            last_avail = last_avail.wrapping_add(1);
-            self.queues[qi].last_avail = last_avail;
-            let chain = walk_chain(&q, head);
+        while let Some((head, chain)) = self.next_avail(qi) {
             let split = chain.iter().position(|c| c.2).unwrap_or(chain.len());
             let (readable, writable) = chain.split_at(split);
             let req = gather(readable);

@@ -23,14 +23,9 @@ const KVM_DEVICE: &str = "/dev/kvm";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("{what} {path} is missing; build it with `{build}`")]
-    MissingBinary {
-        what: &'static str,
-        path: PathBuf,
-        build: &'static str,
-    },
-    #[error("QEMU {0} not found; install qemu-system-x86 (`make setup` does)")]
-    QemuNotFound(PathBuf),
+    /// A binary or QEMU is missing (the same check as the scenario runs').
+    #[error(transparent)]
+    Setup(#[from] crate::matrix::SetupError),
     #[error(transparent)]
     RunDir(#[from] RunDirError),
     #[error("could not start the backend: {0}")]
@@ -245,21 +240,12 @@ pub fn run_smoke(opts: &SmokeOptions) -> Result<SmokeReport, Box<RunFailure>> {
 }
 
 fn check_binaries(opts: &SmokeOptions) -> Result<PathBuf, RunError> {
-    if !opts.backend.is_file() {
-        return Err(RunError::MissingBinary {
-            what: "backend",
-            path: opts.backend.clone(),
-            build: "make build` or `cargo build --release -p flakyhba-backend",
-        });
-    }
-    if !opts.image.is_file() {
-        return Err(RunError::MissingBinary {
-            what: "guest image",
-            path: opts.image.clone(),
-            build: "make build` or `cargo build --release -p flakyhba-guest --target x86_64-unknown-none",
-        });
-    }
-    find_program(&opts.qemu).ok_or_else(|| RunError::QemuNotFound(opts.qemu.clone()))
+    let bins = crate::matrix::Binaries {
+        backend: opts.backend.clone(),
+        image: opts.image.clone(),
+        qemu: opts.qemu.clone(),
+    };
+    Ok(crate::matrix::check_binaries(&bins)?.qemu)
 }
 
 fn smoke(run: &mut Run, opts: &SmokeOptions) -> Result<SmokeReport, RunError> {
