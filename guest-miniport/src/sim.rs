@@ -247,7 +247,7 @@ struct Held {
     head: u16,
     target: u8,
     lun: u8,
-    writable: Vec<(u64, u32, bool)>,
+    writable: Chain,
     /// Response header + sense, then data-in.
     bytes: Vec<u8>,
     due_us: Option<u64>,
@@ -518,7 +518,7 @@ impl World {
     }
 
     /// Takes the next chain the driver made available on queue `qi`: its head and buffers.
-    fn next_avail(&mut self, qi: usize) -> Option<(u16, Vec<(u64, u32, bool)>)> {
+    fn next_avail(&mut self, qi: usize) -> Option<(u16, Chain)> {
         let q = self.queues[qi];
         // Acquire: the chain is visible once we see the driver's avail.idx.
         let avail_idx = atomic_u16(q.driver + 2).load(Ordering::Acquire);
@@ -573,7 +573,9 @@ fn atomic_u16(addr: u64) -> &'static AtomicU16 {
 }
 
 /// A chain's buffers: (address, length, device-writable).
-fn walk_chain(q: &SimQueue, head: u16) -> Vec<(u64, u32, bool)> {
+type Chain = Vec<(u64, u32, bool)>;
+
+fn walk_chain(q: &SimQueue, head: u16) -> Chain {
     let mut out = Vec::new();
     let mut i = head;
     for _ in 0..q.size {
