@@ -719,8 +719,28 @@ pub fn process_control_chain<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
+    if let Err(reason) = control_response_room(mem, &chain) {
+        warn!("control {}: {reason}", chain.head_index());
+        return 0;
+    }
     let resp = control_response(target, mem, chain.clone());
     write_control(mem, chain, resp)
+}
+
+/// Whether a control response can be written at all. Checked before the request is acted
+/// on: a TMF that cannot be answered is not executed (as a command without room for its
+/// response is not), and the guest's mistake costs one warning, not one per layer.
+fn control_response_room<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>) -> Result<(), String>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let writer = chain.clone().writer(mem).map_err(|_| {
+        "writable descriptor outside guest memory, no response possible".to_string()
+    })?;
+    if writer.available_bytes() == 0 {
+        return Err("no writable response descriptor".into());
+    }
+    Ok(())
 }
 
 /// Writes a control response (or, for a malformed request, VIRTIO_SCSI_S_FAILURE with one

@@ -14,7 +14,9 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, Le64};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::tests::{cmd_header, fixture, lun, read10, tmf, write10, Fixture, RESP_LEN};
+use super::tests::{
+    cmd_header, fixture, lun, read10, take_warnings, tmf, write10, Fixture, RESP_LEN,
+};
 use super::*;
 use crate::faults::{FaultEngine, FaultSpec, Plan, Trace};
 use crate::scsi::opcode;
@@ -574,6 +576,29 @@ fn hung_tmf_is_never_answered_until_device_reset() {
     assert!(r.used(CONTROL_QUEUE).is_empty(), "dropped, not answered");
     assert_eq!(r.trace_events("device-reset").len(), 1);
     assert_eq!(r.stats().device_resets, 1);
+}
+
+#[test]
+fn tmf_without_room_for_its_answer_is_completed_empty_and_not_executed() {
+    // As without faults: a hung LU reset with no response buffer is neither held nor done.
+    let r = rig(&["hang-tmf:tmf=lu-reset"], 0);
+    take_warnings();
+    let hdr = r.buf();
+    let req = tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0));
+    r.f.mem.write_obj(req, GuestAddress(hdr)).unwrap();
+    let head = r.post(CONTROL_QUEUE, &[(hdr, 24, false)]);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.used(CONTROL_QUEUE), vec![(u32::from(head), 0)]);
+    assert_eq!(r.backend.inflight_len(CONTROL_QUEUE), 0);
+    assert_eq!(take_warnings().len(), 1);
+    assert!(!r
+        .f
+        .target
+        .unit_attention_pending(crate::scsi::LunAddress { target: 0, lun: 0 }));
+    assert!(
+        r.trace_events("tmf-start").is_empty(),
+        "the engine never saw it"
+    );
 }
 
 #[test]

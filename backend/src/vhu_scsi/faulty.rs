@@ -208,6 +208,14 @@ impl VhostUserScsiBackend {
     ) -> Result<bool, VhuScsiError> {
         let head = chain.head_index();
         let now = self.faults.epoch.now();
+        // No room for an answer: nothing is done, as without faults.
+        if let Err(reason) = control_response_room(mem, &chain) {
+            warn!("control {head}: {reason}");
+            let outcome = complete_and_notify(vring, head, 0, false)?;
+            self.engine()
+                .record_signal(CONTROL_QUEUE as u16, None, outcome, now);
+            return Ok(false);
+        }
         let req = match parse_control(mem, chain.clone()) {
             Ok(ControlRequest::Tmf(req)) => req,
             Ok(ControlRequest::An(an)) => {

@@ -54,7 +54,7 @@ fn init_logger() {
 }
 
 /// Warnings logged by this test thread since the last call.
-fn take_warnings() -> Vec<String> {
+pub(super) fn take_warnings() -> Vec<String> {
     WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
 }
 
@@ -668,6 +668,35 @@ fn short_tmf_is_failure() {
     let (used, resp) = control(&f, &tmf(0, lun(0)).as_slice()[..12], 1);
     assert_eq!((used, resp[0]), (1, VIRTIO_SCSI_S_FAILURE));
     assert_one_warning();
+}
+
+#[test]
+fn control_request_without_room_for_an_answer_is_not_executed() {
+    // Found by the request fuzz target: an unknown TMF subtype without a response buffer
+    // logged twice, and a LU reset without one was done although it cannot be answered.
+    let f = fixture();
+    let addr = LunAddress { target: 0, lun: 0 };
+    let reset = tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0));
+    let (used, _) = control(&f, reset.as_slice(), 0);
+    assert_eq!(used, 0, "zero-length response buffer");
+    assert_one_warning();
+    assert!(!f.target.unit_attention_pending(addr), "the reset was done");
+    let (used, _) = control(&f, tmf(99, lun(0)).as_slice(), 0);
+    assert_eq!(used, 0);
+    assert_one_warning();
+    // No writable descriptor at all, and one outside guest memory.
+    f.mem
+        .write_slice(reset.as_slice(), GuestAddress(HDR_ADDR))
+        .unwrap();
+    for tail in [None, Some(desc(MEM_SIZE as u64 + 0x1000, 1, true))] {
+        let vq = MockSplitQueue::new(&f.mem, 16);
+        let mut descs = vec![desc(HDR_ADDR, 24, false)];
+        descs.extend(tail);
+        let chain = vq.build_desc_chain(&descs).unwrap();
+        assert_eq!(process_control_chain(&f.target, &f.mem, chain), 0);
+        assert_one_warning();
+    }
+    assert!(!f.target.unit_attention_pending(addr));
 }
 
 // ---- queue level: completion and the interrupt decision ----
