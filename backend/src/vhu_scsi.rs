@@ -252,12 +252,14 @@ impl VhostUserScsiBackend {
         }
         let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
         let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let mut passes = Passes::default();
         loop {
             if event_idx {
                 vring
                     .disable_notification()
                     .map_err(VhuScsiError::CouldNotToggleNotification)?;
             }
+            let mut popped = 0;
             loop {
                 let mem = atomic.memory();
                 // The queue lock is released before completing, since add_used takes it again.
@@ -266,6 +268,7 @@ impl VhostUserScsiBackend {
                     .get_queue_mut()
                     .pop_descriptor_chain(mem.clone());
                 let Some(chain) = chain else { break };
+                popped += 1;
                 let head = chain.head_index();
                 let used_len = if queue == CONTROL_QUEUE {
                     process_control_chain(&self.target, &mem, chain)
@@ -274,16 +277,51 @@ impl VhostUserScsiBackend {
                 };
                 complete_and_notify(vring, head, used_len, false)?;
             }
-            // With EVENT_IDX, re-enabling reports chains that arrived meanwhile.
-            if !event_idx
-                || !vring
-                    .enable_notification()
-                    .map_err(VhuScsiError::CouldNotToggleNotification)?
-            {
+            if !passes.another(queue, vring, event_idx, popped)? {
                 break;
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a queue handler makes another pass over the avail ring. With EVENT_IDX,
+/// re-enabling notifications reports chains that arrived meanwhile, and the handler looks
+/// again. But an avail index more than a ring ahead of the device's makes every pop fail
+/// (virtio-queue refuses it) while the index still says "more": two empty passes in a
+/// row end the handler until the next kick instead of spinning forever.
+#[derive(Debug, Default)]
+struct Passes {
+    empty_in_a_row: u32,
+}
+
+impl Passes {
+    fn another<V>(
+        &mut self,
+        queue: usize,
+        vring: &V,
+        event_idx: bool,
+        popped: usize,
+    ) -> Result<bool, VhuScsiError>
+    where
+        V: VringT<GuestMemory>,
+    {
+        if !event_idx {
+            return Ok(false);
+        }
+        self.empty_in_a_row = if popped == 0 {
+            self.empty_in_a_row + 1
+        } else {
+            0
+        };
+        let more = vring
+            .enable_notification()
+            .map_err(VhuScsiError::CouldNotToggleNotification)?;
+        if more && self.empty_in_a_row >= 2 {
+            warn!("queue {queue}: the driver's avail ring offers chains that cannot be popped");
+            return Ok(false);
+        }
+        Ok(more)
     }
 }
 

@@ -836,6 +836,30 @@ fn abort_task_reaches_a_request_queue_of_another_worker() {
 }
 
 #[test]
+fn avail_index_more_than_a_ring_ahead_does_not_hang_the_fault_path() {
+    // As without faults (see tests.rs): two empty passes end the handler.
+    let r = rig(&["drop-interrupt:every=2"], 0);
+    r.backend.set_event_idx(true);
+    r.vrings[FIRST_REQUEST_QUEUE].set_queue_event_idx(true);
+    r.tur(1);
+    let avail_idx = GuestAddress(avail_ring(FIRST_REQUEST_QUEUE) + 2);
+    r.f.mem.write_obj(RING + 1, avail_idx).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        r.kick(FIRST_REQUEST_QUEUE);
+        tx.send((take_warnings().len(), r)).unwrap();
+    });
+    let (warnings, r) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the queue handler returns");
+    assert_eq!(warnings, 1);
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
+    r.f.mem.write_obj(1u16, avail_idx).unwrap();
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 1);
+}
+
+#[test]
 fn event_idx_suppression_is_traced_apart_from_the_fault() {
     let r = rig(&["drop-interrupt:every=2"], 0);
     r.backend.set_event_idx(true);

@@ -67,12 +67,14 @@ impl VhostUserScsiBackend {
         let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut parked = false;
+        let mut passes = Passes::default();
         loop {
             if event_idx {
                 vring
                     .disable_notification()
                     .map_err(VhuScsiError::CouldNotToggleNotification)?;
             }
+            let mut popped = 0;
             loop {
                 let mem = atomic.memory();
                 let chain = vring
@@ -80,17 +82,14 @@ impl VhostUserScsiBackend {
                     .get_queue_mut()
                     .pop_descriptor_chain(mem.clone());
                 let Some(chain) = chain else { break };
+                popped += 1;
                 parked |= if queue == CONTROL_QUEUE {
                     self.control_with_faults(vring, &mem, chain)?
                 } else {
                     self.command_with_faults(queue, vring, &mem, chain)?
                 };
             }
-            if !event_idx
-                || !vring
-                    .enable_notification()
-                    .map_err(VhuScsiError::CouldNotToggleNotification)?
-            {
+            if !passes.another(queue, vring, event_idx, popped)? {
                 break;
             }
         }
