@@ -860,6 +860,47 @@ fn avail_index_more_than_a_ring_ahead_does_not_hang_the_fault_path() {
 }
 
 #[test]
+fn delays_adding_up_past_the_largest_time_do_not_panic() {
+    // Each delay is at most u64::MAX ms, but a plan (or a control socket) may hold many:
+    // the engine saturates their sum at Duration::MAX, and `now + delay` overflowed.
+    let mut plan = Plan::default();
+    let huge = serde_json::json!({"kind": "delay", "delay_ms": u64::MAX, "request": "any"});
+    for _ in 0..1001 {
+        plan.push(FaultSpec::from_json(huge.clone(), false).unwrap())
+            .unwrap();
+    }
+    let r = rig_with_plan(plan);
+    r.tur(1);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(
+        r.backend.inflight_len(FIRST_REQUEST_QUEUE),
+        1,
+        "held, not lost"
+    );
+    // A TMF (slow or delayed) takes the same path, and the timer is armed for the
+    // earliest of them.
+    r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.backend.inflight_len(CONTROL_QUEUE), 1);
+    assert_eq!(
+        r.used(FIRST_REQUEST_QUEUE).len(),
+        1,
+        "the LU reset ended the held command"
+    );
+    assert!(
+        r.backend.rearm_timer(0).is_ok(),
+        "a timer for eons is armed"
+    );
+    r.timer();
+    assert!(
+        r.used(CONTROL_QUEUE).is_empty(),
+        "the reset's answer is due in eons"
+    );
+    r.backend.reset_device();
+    assert_eq!(r.backend.inflight_len(CONTROL_QUEUE), 0);
+}
+
+#[test]
 fn event_idx_suppression_is_traced_apart_from_the_fault() {
     let r = rig(&["drop-interrupt:every=2"], 0);
     r.backend.set_event_idx(true);

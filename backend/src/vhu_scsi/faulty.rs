@@ -30,6 +30,9 @@ use crate::scsi::{DataError, DataOut, LunAddress};
 
 /// Shortest timer interval: a zero `it_value` would disarm a timerfd.
 const MIN_TIMER: Duration = Duration::from_micros(1);
+/// Longest: a time_t holds it (a request held until `Duration::MAX` is woken for nothing
+/// every 2^32 s instead of failing to arm the timer).
+const MAX_TIMER: Duration = Duration::from_secs(1 << 32);
 
 pub(super) fn new_timer() -> Result<TimerFd, VhuScsiError> {
     let errno = |e: vmm_sys_util::errno::Error| io::Error::from_raw_os_error(e.errno());
@@ -142,7 +145,7 @@ impl VhostUserScsiBackend {
                 },
             ),
             completion if !d.delay.is_zero() => park(
-                Some(now + d.delay),
+                Some(now.saturating_add(d.delay)),
                 Work::Command {
                     completion,
                     drop_interrupt: d.drop_interrupt,
@@ -273,7 +276,10 @@ impl VhostUserScsiBackend {
                 // The work is done at once; only the answer is late. Meanwhile the
                 // engine answers new commands to the LU BUSY, or holds them.
                 let response = self.tmf_effects(tmf, tag, target, lun, base)?;
-                park(Some(now + duration + d.delay), response)
+                park(
+                    Some(now.saturating_add(duration).saturating_add(d.delay)),
+                    response,
+                )
             }
             TmfOutcome::Normal => {
                 let response = self.tmf_effects(tmf, tag, target, lun, base)?;
@@ -281,7 +287,7 @@ impl VhostUserScsiBackend {
                     self.answer_tmf(vring, mem, chain, tag, response, d.drop_interrupt)?;
                     return Ok(false);
                 }
-                park(Some(now + d.delay), response)
+                park(Some(now.saturating_add(d.delay)), response)
             }
         };
         lock(&self.inflight[CONTROL_QUEUE]).insert(entry);
@@ -491,12 +497,12 @@ impl VhostUserScsiBackend {
         let now = self.faults.epoch.now();
         if thread == 0 {
             let tick = self.engine().next_due();
-            let poll = self.faults.poll.map(|p| now + p);
+            let poll = self.faults.poll.map(|p| now.saturating_add(p));
             due = [due, tick, poll].into_iter().flatten().min();
         }
         let mut timer = lock(timer);
         let result = match due {
-            Some(at) => timer.reset(at.saturating_sub(now).max(MIN_TIMER), None),
+            Some(at) => timer.reset(at.saturating_sub(now).clamp(MIN_TIMER, MAX_TIMER), None),
             None => timer.clear(),
         };
         result.map_err(|e| VhuScsiError::CouldNotArmTimer(io::Error::from_raw_os_error(e.errno())))
