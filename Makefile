@@ -8,13 +8,14 @@ IMAGE        := $(CURDIR)/target/$(GUEST_TARGET)/release/flakyhba-guest
 HARNESS      := $(CURDIR)/target/release/flakyhba-harness
 LINUX_GUEST  := $(CURDIR)/target/linux-guest
 HARNESS_ARGS ?=
+FUZZ_SECONDS ?= 60
 
 # The harness and its tests find the binaries and the Linux guest through these.
 export FLAKYHBA_BACKEND     := $(BACKEND)
 export FLAKYHBA_IMAGE       := $(IMAGE)
 export FLAKYHBA_LINUX_GUEST := $(LINUX_GUEST)
 
-.PHONY: all setup build linux-guest test qemu-test linux-test bench lint clean
+.PHONY: all setup build linux-guest test qemu-test linux-test bench lint fuzz clean
 
 all: build
 
@@ -58,6 +59,12 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p guest-miniport -p flakyhba-guest --target $(GUEST_TARGET) -- -D warnings
+
+# The cargo-fuzz targets in fuzz/ (request chains through the queues, CDB decoding, fault
+# plans), FUZZ_SECONDS each; installs cargo-fuzz (and nightly) if missing. Fails on a crash,
+# a hang or a broken invariant, naming the input. Not part of `make test`.
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	$(CARGO) clean

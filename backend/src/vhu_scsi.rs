@@ -296,12 +296,14 @@ impl VhostUserScsiBackend {
         let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let cdb_size = self.cdb_size();
+        let mut passes = Passes::default();
         loop {
             if event_idx {
                 vring
                     .disable_notification()
                     .map_err(VhuScsiError::CouldNotToggleNotification)?;
             }
+            let mut popped = 0;
             loop {
                 let mem = atomic.memory();
                 // The queue lock is released before completing, since add_used takes it again.
@@ -310,6 +312,7 @@ impl VhostUserScsiBackend {
                     .get_queue_mut()
                     .pop_descriptor_chain(mem.clone());
                 let Some(chain) = chain else { break };
+                popped += 1;
                 let head = chain.head_index();
                 // Dropped after the completion is on the used ring (or on an error).
                 let slot = self.executing.slot(queue);
@@ -322,16 +325,51 @@ impl VhostUserScsiBackend {
                 complete_and_notify(vring, head, used_len, false)?;
                 drop(slot);
             }
-            // With EVENT_IDX, re-enabling reports chains that arrived meanwhile.
-            if !event_idx
-                || !vring
-                    .enable_notification()
-                    .map_err(VhuScsiError::CouldNotToggleNotification)?
-            {
+            if !passes.another(queue, vring, event_idx, popped)? {
                 break;
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a queue handler makes another pass over the avail ring. With EVENT_IDX,
+/// re-enabling notifications reports chains that arrived meanwhile, and the handler looks
+/// again. But an avail index more than a ring ahead of the device's makes every pop fail
+/// (virtio-queue refuses it) while the index still says "more": two empty passes in a
+/// row end the handler until the next kick instead of spinning forever.
+#[derive(Debug, Default)]
+struct Passes {
+    empty_in_a_row: u32,
+}
+
+impl Passes {
+    fn another<V>(
+        &mut self,
+        queue: usize,
+        vring: &V,
+        event_idx: bool,
+        popped: usize,
+    ) -> Result<bool, VhuScsiError>
+    where
+        V: VringT<GuestMemory>,
+    {
+        if !event_idx {
+            return Ok(false);
+        }
+        self.empty_in_a_row = if popped == 0 {
+            self.empty_in_a_row + 1
+        } else {
+            0
+        };
+        let more = vring
+            .enable_notification()
+            .map_err(VhuScsiError::CouldNotToggleNotification)?;
+        if more && self.empty_in_a_row >= 2 {
+            warn!("queue {queue}: the driver's avail ring offers chains that cannot be popped");
+            return Ok(false);
+        }
+        Ok(more)
     }
 }
 
@@ -878,8 +916,28 @@ fn serve_control<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
+    if let Err(reason) = control_response_room(mem, &chain) {
+        warn!("control {}: {reason}", chain.head_index());
+        return 0;
+    }
     let resp = control_response(target, mem, chain.clone(), executing);
     write_control(mem, chain, resp)
+}
+
+/// Whether a control response can be written at all. Checked before the request is acted
+/// on: a TMF that cannot be answered is not executed (as a command without room for its
+/// response is not), and the guest's mistake costs one warning, not one per layer.
+fn control_response_room<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>) -> Result<(), String>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let writer = chain.clone().writer(mem).map_err(|_| {
+        "writable descriptor outside guest memory, no response possible".to_string()
+    })?;
+    if writer.available_bytes() == 0 {
+        return Err("no writable response descriptor".into());
+    }
+    Ok(())
 }
 
 /// Writes a control response (or, for a malformed request, VIRTIO_SCSI_S_FAILURE with one

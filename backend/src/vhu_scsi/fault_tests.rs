@@ -14,7 +14,9 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, Le64};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::tests::{cmd_header, fixture, lun, read10, tmf, write10, Fixture, RESP_LEN};
+use super::tests::{
+    cmd_header, fixture, lun, read10, take_warnings, tmf, write10, Fixture, RESP_LEN,
+};
 use super::*;
 use crate::faults::{FaultEngine, FaultSpec, Plan, Trace};
 use crate::scsi::opcode;
@@ -577,6 +579,29 @@ fn hung_tmf_is_never_answered_until_device_reset() {
 }
 
 #[test]
+fn tmf_without_room_for_its_answer_is_completed_empty_and_not_executed() {
+    // As without faults: a hung LU reset with no response buffer is neither held nor done.
+    let r = rig(&["hang-tmf:tmf=lu-reset"], 0);
+    take_warnings();
+    let hdr = r.buf();
+    let req = tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0));
+    r.f.mem.write_obj(req, GuestAddress(hdr)).unwrap();
+    let head = r.post(CONTROL_QUEUE, &[(hdr, 24, false)]);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.used(CONTROL_QUEUE), vec![(u32::from(head), 0)]);
+    assert_eq!(r.backend.inflight_len(CONTROL_QUEUE), 0);
+    assert_eq!(take_warnings().len(), 1);
+    assert!(!r
+        .f
+        .target
+        .unit_attention_pending(crate::scsi::LunAddress { target: 0, lun: 0 }));
+    assert!(
+        r.trace_events("tmf-start").is_empty(),
+        "the engine never saw it"
+    );
+}
+
+#[test]
 fn fail_tmf_answers_rejected_or_failure_and_does_nothing() {
     let r = rig(
         &[
@@ -808,6 +833,71 @@ fn abort_task_reaches_a_request_queue_of_another_worker() {
     assert_eq!(r.signals(q3), 1, "queue 3's own interrupt");
     assert_eq!(r.tmf_resp(abort), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
     assert_eq!(r.backend.inflight_len(q3), 0);
+}
+
+#[test]
+fn avail_index_more_than_a_ring_ahead_does_not_hang_the_fault_path() {
+    // As without faults (see tests.rs): two empty passes end the handler.
+    let r = rig(&["drop-interrupt:every=2"], 0);
+    r.backend.set_event_idx(true);
+    r.vrings[FIRST_REQUEST_QUEUE].set_queue_event_idx(true);
+    r.tur(1);
+    let avail_idx = GuestAddress(avail_ring(FIRST_REQUEST_QUEUE) + 2);
+    r.f.mem.write_obj(RING + 1, avail_idx).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        r.kick(FIRST_REQUEST_QUEUE);
+        tx.send((take_warnings().len(), r)).unwrap();
+    });
+    let (warnings, r) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the queue handler returns");
+    assert_eq!(warnings, 1);
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
+    r.f.mem.write_obj(1u16, avail_idx).unwrap();
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 1);
+}
+
+#[test]
+fn delays_adding_up_past_the_largest_time_do_not_panic() {
+    // Each delay is at most u64::MAX ms, but a plan (or a control socket) may hold many:
+    // the engine saturates their sum at Duration::MAX, and `now + delay` overflowed.
+    let mut plan = Plan::default();
+    let huge = serde_json::json!({"kind": "delay", "delay_ms": u64::MAX, "request": "any"});
+    for _ in 0..1001 {
+        plan.push(FaultSpec::from_json(huge.clone(), false).unwrap())
+            .unwrap();
+    }
+    let r = rig_with_plan(plan);
+    r.tur(1);
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(
+        r.backend.inflight_len(FIRST_REQUEST_QUEUE),
+        1,
+        "held, not lost"
+    );
+    // A TMF (slow or delayed) takes the same path, and the timer is armed for the
+    // earliest of them.
+    r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
+    r.kick(CONTROL_QUEUE);
+    assert_eq!(r.backend.inflight_len(CONTROL_QUEUE), 1);
+    assert_eq!(
+        r.used(FIRST_REQUEST_QUEUE).len(),
+        1,
+        "the LU reset ended the held command"
+    );
+    assert!(
+        r.backend.rearm_timer(0).is_ok(),
+        "a timer for eons is armed"
+    );
+    r.timer();
+    assert!(
+        r.used(CONTROL_QUEUE).is_empty(),
+        "the reset's answer is due in eons"
+    );
+    r.backend.reset_device();
+    assert_eq!(r.backend.inflight_len(CONTROL_QUEUE), 0);
 }
 
 #[test]

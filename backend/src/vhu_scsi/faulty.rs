@@ -30,6 +30,9 @@ use crate::scsi::{DataError, DataOut, LunAddress};
 
 /// Shortest timer interval: a zero `it_value` would disarm a timerfd.
 const MIN_TIMER: Duration = Duration::from_micros(1);
+/// Longest: a time_t holds it (a request held until `Duration::MAX` is woken for nothing
+/// every 2^32 s instead of failing to arm the timer).
+const MAX_TIMER: Duration = Duration::from_secs(1 << 32);
 
 pub(super) fn new_timer() -> Result<TimerFd, VhuScsiError> {
     let errno = |e: vmm_sys_util::errno::Error| io::Error::from_raw_os_error(e.errno());
@@ -67,12 +70,14 @@ impl VhostUserScsiBackend {
         let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut parked = false;
+        let mut passes = Passes::default();
         loop {
             if event_idx {
                 vring
                     .disable_notification()
                     .map_err(VhuScsiError::CouldNotToggleNotification)?;
             }
+            let mut popped = 0;
             loop {
                 let mem = atomic.memory();
                 let chain = vring
@@ -80,17 +85,14 @@ impl VhostUserScsiBackend {
                     .get_queue_mut()
                     .pop_descriptor_chain(mem.clone());
                 let Some(chain) = chain else { break };
+                popped += 1;
                 parked |= if queue == CONTROL_QUEUE {
                     self.control_with_faults(vring, &mem, chain)?
                 } else {
                     self.command_with_faults(queue, vring, &mem, chain)?
                 };
             }
-            if !event_idx
-                || !vring
-                    .enable_notification()
-                    .map_err(VhuScsiError::CouldNotToggleNotification)?
-            {
+            if !passes.another(queue, vring, event_idx, popped)? {
                 break;
             }
         }
@@ -152,7 +154,7 @@ impl VhostUserScsiBackend {
                 },
             ),
             completion if !d.delay.is_zero() => park(
-                Some(now + d.delay),
+                Some(now.saturating_add(d.delay)),
                 Work::Command {
                     completion,
                     drop_interrupt: d.drop_interrupt,
@@ -222,6 +224,14 @@ impl VhostUserScsiBackend {
     ) -> Result<bool, VhuScsiError> {
         let head = chain.head_index();
         let now = self.faults.epoch.now();
+        // No room for an answer: nothing is done, as without faults.
+        if let Err(reason) = control_response_room(mem, &chain) {
+            warn!("control {head}: {reason}");
+            let outcome = complete_and_notify(vring, head, 0, false)?;
+            self.engine()
+                .record_signal(CONTROL_QUEUE as u16, None, outcome, now);
+            return Ok(false);
+        }
         let req = match parse_control(mem, chain.clone()) {
             Ok(ControlRequest::Tmf(req)) => req,
             Ok(ControlRequest::An(an)) => {
@@ -281,7 +291,10 @@ impl VhostUserScsiBackend {
                 // The work is done at once; only the answer is late. Meanwhile the
                 // engine answers new commands to the LU BUSY, or holds them.
                 let response = self.tmf_effects(tmf, tag, target, lun, base)?;
-                park(Some(now + duration + d.delay), response)
+                park(
+                    Some(now.saturating_add(duration).saturating_add(d.delay)),
+                    response,
+                )
             }
             TmfOutcome::Normal => {
                 let response = self.tmf_effects(tmf, tag, target, lun, base)?;
@@ -289,7 +302,7 @@ impl VhostUserScsiBackend {
                     self.answer_tmf(vring, mem, chain, tag, response, d.drop_interrupt)?;
                     return Ok(false);
                 }
-                park(Some(now + d.delay), response)
+                park(Some(now.saturating_add(d.delay)), response)
             }
         };
         lock(&self.inflight[CONTROL_QUEUE]).insert(entry);
@@ -539,12 +552,12 @@ impl VhostUserScsiBackend {
         let now = self.faults.epoch.now();
         if thread == 0 {
             let tick = self.engine().next_due();
-            let poll = self.faults.poll.map(|p| now + p);
+            let poll = self.faults.poll.map(|p| now.saturating_add(p));
             due = [due, tick, poll].into_iter().flatten().min();
         }
         let mut timer = lock(timer);
         let result = match due {
-            Some(at) => timer.reset(at.saturating_sub(now).max(MIN_TIMER), None),
+            Some(at) => timer.reset(at.saturating_sub(now).clamp(MIN_TIMER, MAX_TIMER), None),
             None => timer.clear(),
         };
         result.map_err(|e| VhuScsiError::CouldNotArmTimer(io::Error::from_raw_os_error(e.errno())))

@@ -682,6 +682,35 @@ fn short_tmf_is_failure() {
     assert_one_warning();
 }
 
+#[test]
+fn control_request_without_room_for_an_answer_is_not_executed() {
+    // Found by the request fuzz target: an unknown TMF subtype without a response buffer
+    // logged twice, and a LU reset without one was done although it cannot be answered.
+    let f = fixture();
+    let addr = LunAddress { target: 0, lun: 0 };
+    let reset = tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0));
+    let (used, _) = control(&f, reset.as_slice(), 0);
+    assert_eq!(used, 0, "zero-length response buffer");
+    assert_one_warning();
+    assert!(!f.target.unit_attention_pending(addr), "the reset was done");
+    let (used, _) = control(&f, tmf(99, lun(0)).as_slice(), 0);
+    assert_eq!(used, 0);
+    assert_one_warning();
+    // No writable descriptor at all, and one outside guest memory.
+    f.mem
+        .write_slice(reset.as_slice(), GuestAddress(HDR_ADDR))
+        .unwrap();
+    for tail in [None, Some(desc(MEM_SIZE as u64 + 0x1000, 1, true))] {
+        let vq = MockSplitQueue::new(&f.mem, 16);
+        let mut descs = vec![desc(HDR_ADDR, 24, false)];
+        descs.extend(tail);
+        let chain = vq.build_desc_chain(&descs).unwrap();
+        assert_eq!(process_control_chain(&f.target, &f.mem, chain), 0);
+        assert_one_warning();
+    }
+    assert!(!f.target.unit_attention_pending(addr));
+}
+
 // ---- queue level: completion and the interrupt decision ----
 
 struct QueueRig {
@@ -785,6 +814,36 @@ fn event_idx_suppresses_unwanted_interrupts() {
         .unwrap();
     assert_eq!(used_idx(&f), 2);
     assert_eq!(r.call.read().unwrap(), 1);
+}
+
+#[test]
+fn avail_index_more_than_a_ring_ahead_does_not_hang_the_worker() {
+    // Found by the request fuzz target: with EVENT_IDX, every pop failed while
+    // enable_notification kept reporting chains, and the worker spun forever.
+    let f = fixture();
+    let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
+    let r = rig(&f, &vq, true);
+    post_tur(&f, &vq);
+    let avail_idx = GuestAddress(vq.avail_addr().0 + 2);
+    f.mem.write_obj(Q_SIZE + 5, avail_idx).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let result = r.backend.process_queue(FIRST_REQUEST_QUEUE, &r.vring);
+        tx.send((result.is_ok(), take_warnings().len(), r)).unwrap();
+    });
+    let (ok, warnings, r) = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the queue handler returns");
+    assert!(ok);
+    assert_eq!(warnings, 1, "one warning for the broken ring");
+    assert_eq!(used_idx(&f), 0);
+    // The driver repairs its index: the next kick serves the chain.
+    f.mem.write_obj(1u16, avail_idx).unwrap();
+    r.backend
+        .process_queue(FIRST_REQUEST_QUEUE, &r.vring)
+        .unwrap();
+    assert_eq!(used_idx(&f), 1);
+    assert_eq!(f.response_byte(), VIRTIO_SCSI_S_OK);
 }
 
 #[test]
