@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use flakyhba_backend::faults::{FaultEngine, FaultSpec, Plan};
 use flakyhba_backend::vhu_scsi::{process_control_chain, serve_command, Disposition};
-use flakyhba_backend::virtio::VIRTIO_SCSI_S_FAILURE;
+use flakyhba_backend::virtio::{VIRTIO_SCSI_CDB_SIZE, VIRTIO_SCSI_S_FAILURE};
 use flakyhba_fuzz::*;
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -112,7 +112,14 @@ fn serve_alone(
     take_warnings();
     let (used, reported) = match kind {
         QueueKind::Request => {
-            let served = serve_command(target, &mem, chain, Disposition::EXECUTE);
+            let served = serve_command(
+                target,
+                &mem,
+                chain,
+                Disposition::EXECUTE,
+                VIRTIO_SCSI_CDB_SIZE,
+                None,
+            );
             (served.used, served.resp)
         }
         QueueKind::Control => (process_control_chain(target, &mem, chain), None),
