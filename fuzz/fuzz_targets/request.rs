@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use flakyhba_backend::faults::{FaultEngine, FaultSpec, Plan};
 use flakyhba_backend::vhu_scsi::{process_control_chain, serve_command, Disposition};
-use flakyhba_backend::virtio::{VIRTIO_SCSI_CDB_SIZE, VIRTIO_SCSI_S_FAILURE};
+use flakyhba_backend::virtio::{VIRTIO_SCSI_CDB_SIZE, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK};
 use flakyhba_fuzz::*;
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -146,12 +146,17 @@ fn serve_alone(
                 used as usize >= CMD_RESP_LEN,
                 "used length {used} cuts the response"
             );
+            // A malformed chain (FAILURE) gets exactly one log line; so may a well-formed
+            // chain the driver got wrong in a field (a LUN in another format: BAD_TARGET;
+            // a CDB longer than the CDB area: CHECK CONDITION), but never more than one,
+            // and a command that succeeded none.
             let failed = resp.response == VIRTIO_SCSI_S_FAILURE;
-            assert_eq!(
-                warnings,
-                usize::from(failed),
-                "warnings for response {}",
-                resp.response
+            let good = resp.response == VIRTIO_SCSI_S_OK && resp.status == 0;
+            assert!(
+                warnings <= 1 && (!failed || warnings == 1) && (!good || warnings == 0),
+                "{warnings} warnings for response {} status {}",
+                resp.response,
+                resp.status
             );
             if disjoint {
                 let r = info
