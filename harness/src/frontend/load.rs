@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::histogram::Histogram;
 use super::queue::{DataDir, ScsiQueue};
 use super::scsi::{self, ScsiAddress, CMD_RESP_LEN};
 use super::{FrontendError, ScsiFrontend};
+use guest_miniport::latency::Histogram;
 
 /// No completion for this long means the backend stalled.
 const STALL: Duration = Duration::from_secs(10);

@@ -3,7 +3,6 @@
 //! (split rings, virtio-scsi requests), so a backend can be driven without a guest. The
 //! bench and the integration tests that QEMU cannot script precisely are built on it.
 
-pub mod histogram;
 pub mod load;
 pub mod memory;
 pub mod queue;
