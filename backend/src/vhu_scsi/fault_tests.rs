@@ -835,6 +835,85 @@ fn abort_task_reaches_a_request_queue_of_another_worker() {
     assert_eq!(r.backend.inflight_len(q3), 0);
 }
 
+/// The rig without its trace: completions are batched, one interrupt decision per pass.
+fn untraced(faults: &[&str]) -> Rig {
+    let r = rig(faults, 0);
+    lock(&r.backend.faults.engine).set_trace(None);
+    r
+}
+
+#[test]
+fn without_a_trace_one_pass_signals_once() {
+    let r = untraced(&["status:lun=7,status=busy"]);
+    let posted: Vec<Posted> = (1..=3).map(|id| r.tur(id)).collect();
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 3);
+    for p in posted {
+        assert_eq!(r.resp(p).response, VIRTIO_SCSI_S_OK);
+    }
+    assert_eq!(
+        r.signals(FIRST_REQUEST_QUEUE),
+        1,
+        "one interrupt for the pass"
+    );
+    let st = r.stats();
+    assert_eq!((st.commands, st.completions, st.signals_sent), (3, 3, 1));
+}
+
+#[test]
+fn a_dropped_interrupt_in_a_batch_drops_only_its_own() {
+    // The second of three commands loses its interrupt: the first is signalled before
+    // it, the third after it.
+    let r = untraced(&["drop-interrupt:every=2"]);
+    for id in 1..=3 {
+        r.tur(id);
+    }
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 3);
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 2);
+    let st = r.stats();
+    assert_eq!((st.signals_sent, st.signals_suppressed_fault), (2, 1));
+
+    // With EVENT_IDX the driver asks for the interrupt of the second completion, which
+    // the fault drops: as without batching, nothing signals the pass.
+    let r = untraced(&["drop-interrupt:every=2"]);
+    r.backend.set_event_idx(true);
+    r.vrings[FIRST_REQUEST_QUEUE].set_queue_event_idx(true);
+    let used_event = avail_ring(FIRST_REQUEST_QUEUE) + 4 + 2 * u64::from(RING);
+    r.f.mem.write_obj(1u16, GuestAddress(used_event)).unwrap();
+    for id in 1..=3 {
+        r.tur(id);
+    }
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 3);
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 0);
+    let st = r.stats();
+    assert_eq!(
+        (
+            st.signals_sent,
+            st.signals_suppressed_fault,
+            st.signals_suppressed_event_idx
+        ),
+        (0, 1, 2)
+    );
+}
+
+#[test]
+fn with_a_trace_every_completion_is_decided_alone() {
+    let r = rig(&[], 0);
+    for id in 1..=3 {
+        r.tur(id);
+    }
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 3);
+    let ids: Vec<Value> = r
+        .trace_events("signal")
+        .into_iter()
+        .map(|v| v["id"].clone())
+        .collect();
+    assert_eq!(ids, [1, 2, 3].map(Value::from));
+}
+
 #[test]
 fn avail_index_more_than_a_ring_ahead_does_not_hang_the_fault_path() {
     // As without faults (see tests.rs): two empty passes end the handler.
@@ -857,6 +936,35 @@ fn avail_index_more_than_a_ring_ahead_does_not_hang_the_fault_path() {
     r.f.mem.write_obj(1u16, avail_idx).unwrap();
     r.kick(FIRST_REQUEST_QUEUE);
     assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 1);
+}
+
+#[test]
+fn avail_index_more_than_a_ring_ahead_does_not_hang_the_batched_fault_path() {
+    // Without a trace the pass batches its interrupt decision: the two empty passes still
+    // end the handler, and what the next pass completes is still signalled.
+    let r = untraced(&["status:lun=7,status=busy"]);
+    r.backend.set_event_idx(true);
+    r.vrings[FIRST_REQUEST_QUEUE].set_queue_event_idx(true);
+    let p = r.tur(1);
+    let avail_idx = GuestAddress(avail_ring(FIRST_REQUEST_QUEUE) + 2);
+    r.f.mem.write_obj(RING + 1, avail_idx).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        r.kick(FIRST_REQUEST_QUEUE);
+        tx.send((take_warnings().len(), r)).unwrap();
+    });
+    let (warnings, r) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the queue handler returns");
+    assert_eq!(warnings, 1);
+    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 0, "nothing to signal");
+    r.f.mem.write_obj(1u16, avail_idx).unwrap();
+    r.kick(FIRST_REQUEST_QUEUE);
+    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 1);
+    assert_eq!(r.resp(p).response, VIRTIO_SCSI_S_OK);
+    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 1, "the batch was flushed");
+    assert_eq!(r.stats().signals_sent, 1);
 }
 
 #[test]

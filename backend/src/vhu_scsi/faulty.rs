@@ -56,6 +56,21 @@ pub(super) fn thread_of(queue: usize) -> usize {
     queue.saturating_sub(FIRST_REQUEST_QUEUE)
 }
 
+/// Records a served command's completion (its response, status and residual).
+fn record_served(engine: &mut FaultEngine, queue: usize, tag: u64, served: &Served, now: Duration) {
+    match served.resp {
+        Some(r) => engine.record_complete(
+            queue as u16,
+            tag,
+            cmd_response_name(r.response),
+            (r.response == VIRTIO_SCSI_S_OK).then_some(r.status),
+            Some(u32::from(r.resid)),
+            now,
+        ),
+        None => engine.record_complete(queue as u16, tag, "none", None, None, now),
+    }
+}
+
 fn queues_of(mask: u64) -> impl Iterator<Item = usize> {
     (0..64).filter(move |bit| mask >> bit & 1 == 1)
 }
@@ -71,27 +86,36 @@ impl VhostUserScsiBackend {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut parked = false;
         let mut passes = Passes::default();
+        let mut batch = SignalBatch::default();
         loop {
             if event_idx {
                 vring
                     .disable_notification()
                     .map_err(VhuScsiError::CouldNotToggleNotification)?;
             }
+            let mem = atomic.memory();
             let mut popped = 0;
-            loop {
-                let mem = atomic.memory();
+            let pass = loop {
                 let chain = vring
                     .get_mut()
                     .get_queue_mut()
                     .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else { break };
+                let Some(chain) = chain else { break Ok(()) };
                 popped += 1;
-                parked |= if queue == CONTROL_QUEUE {
-                    self.control_with_faults(vring, &mem, chain)?
+                let served = if queue == CONTROL_QUEUE {
+                    self.flush_batch(queue, vring, &mut batch)
+                        .and_then(|()| self.control_with_faults(vring, &mem, chain))
                 } else {
-                    self.command_with_faults(queue, vring, &mem, chain)?
+                    self.command_with_faults(queue, vring, &mem, chain, &mut batch)
                 };
-            }
+                match served {
+                    Ok(p) => parked |= p,
+                    Err(e) => break Err(e),
+                }
+            };
+            // What is on the used ring gets its interrupt even when the pass failed.
+            self.flush_batch(queue, vring, &mut batch)?;
+            pass?;
             if !passes.another(queue, vring, event_idx, popped)? {
                 break;
             }
@@ -102,13 +126,37 @@ impl VhostUserScsiBackend {
         Ok(())
     }
 
+    /// Takes the interrupt decision for the completions `batch` holds and counts it.
+    fn flush_batch(
+        &self,
+        queue: usize,
+        vring: &VringRwLock,
+        batch: &mut SignalBatch,
+    ) -> Result<(), VhuScsiError> {
+        if let Some(outcome) = batch.flush(vring)? {
+            let mut engine = self.engine();
+            let now = if engine.tracing() {
+                self.faults.epoch.now()
+            } else {
+                Duration::ZERO
+            };
+            engine.record_signal(queue as u16, None, outcome, now);
+        }
+        Ok(())
+    }
+
     /// One request-queue chain. Returns whether it was parked in the in-flight table.
+    /// Without a trace, a command completed at once joins `batch`: its interrupt is
+    /// decided with the rest of the pass. With a trace (whose records name the command
+    /// each signal was for) and for a command whose interrupt a fault drops, the decision
+    /// is taken for it alone, after the batch's.
     fn command_with_faults(
         &self,
         queue: usize,
         vring: &VringRwLock,
         mem: &GuestMemoryMmap,
         chain: Chain,
+        batch: &mut SignalBatch,
     ) -> Result<bool, VhuScsiError> {
         // Dropped once the command is on its used ring or parked (see `Executing`).
         let slot = self.executing.slot(queue);
@@ -117,16 +165,21 @@ impl VhostUserScsiBackend {
         if engine.is_idle() {
             engine.count_idle_command();
             drop(engine);
-            let how = Disposition::EXECUTE;
-            self.finish_command(queue, vring, mem, chain, 0, how, false, Some(&slot))?;
+            self.batch_command(queue, vring, mem, chain, batch, Some(&slot))?;
             return Ok(false);
         }
         // The header is read under the engine lock: one lock per command, not two.
         let Some(info) = request_info(queue as u16, mem, &chain, self.cdb_size()) else {
+            let tracing = engine.tracing();
             drop(engine);
             // Malformed: served as without faults, so it fails the usual way.
-            let how = Disposition::EXECUTE;
-            self.finish_command(queue, vring, mem, chain, 0, how, false, Some(&slot))?;
+            if tracing {
+                self.flush_batch(queue, vring, batch)?;
+                let how = Disposition::EXECUTE;
+                self.finish_command(queue, vring, mem, chain, 0, how, false, Some(&slot))?;
+            } else {
+                self.batch_command(queue, vring, mem, chain, batch, Some(&slot))?;
+            }
             return Ok(false);
         };
         // Before the engine decides (a slow TMF's BUSY) and the target looks at the LU: a
@@ -136,6 +189,7 @@ impl VhostUserScsiBackend {
         slot.begin(info.target, info.lun);
         let now = self.faults.epoch.now();
         let d = engine.on_request(&info, now);
+        let tracing = engine.tracing();
         drop(engine);
         let park = |due, work| InflightEntry {
             head: chain.head_index(),
@@ -160,10 +214,17 @@ impl VhostUserScsiBackend {
                     drop_interrupt: d.drop_interrupt,
                 },
             ),
-            completion => {
+            completion if tracing || d.drop_interrupt => {
                 let how = disposition(completion);
+                // The batch's completions keep their interrupt: only this one's is dropped.
+                self.flush_batch(queue, vring, batch)?;
                 let drop_interrupt = d.drop_interrupt;
                 self.finish_command(queue, vring, mem, chain, info.id, how, drop_interrupt, None)?;
+                return Ok(false);
+            }
+            completion => {
+                let how = disposition(completion);
+                self.batch_command_as(queue, vring, mem, chain, info.id, how, batch, None)?;
                 return Ok(false);
             }
         };
@@ -171,6 +232,47 @@ impl VhostUserScsiBackend {
         lock(&self.inflight[queue]).insert(entry);
         drop(slot);
         Ok(true)
+    }
+
+    /// Serves a command and completes it into `batch` (no trace is written). `slot`: as
+    /// for [`Self::finish_command`].
+    fn batch_command(
+        &self,
+        queue: usize,
+        vring: &VringRwLock,
+        mem: &GuestMemoryMmap,
+        chain: Chain,
+        batch: &mut SignalBatch,
+        slot: Option<&ExecutingSlot<'_>>,
+    ) -> Result<(), VhuScsiError> {
+        let how = Disposition::EXECUTE;
+        self.batch_command_as(queue, vring, mem, chain, 0, how, batch, slot)
+    }
+
+    /// Serves a command as `how` says and completes it into `batch`, counting the
+    /// completion; the signal is counted when the batch is flushed.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_command_as(
+        &self,
+        queue: usize,
+        vring: &VringRwLock,
+        mem: &GuestMemoryMmap,
+        chain: Chain,
+        tag: u64,
+        how: Disposition,
+        batch: &mut SignalBatch,
+        slot: Option<&ExecutingSlot<'_>>,
+    ) -> Result<(), VhuScsiError> {
+        let head = chain.head_index();
+        let served = serve_command(&self.target, mem, chain, how, self.cdb_size(), slot);
+        let flushed = batch.complete(vring, head, served.used)?;
+        let mut engine = self.engine();
+        // No trace in this mode: the records need no time.
+        record_served(&mut engine, queue, tag, &served, Duration::ZERO);
+        if let Some(outcome) = flushed {
+            engine.record_signal(queue as u16, None, outcome, Duration::ZERO);
+        }
+        Ok(())
     }
 
     /// Serves a command, completes it and traces the completion and the signal. `slot`:
@@ -200,17 +302,7 @@ impl VhostUserScsiBackend {
         } else {
             Duration::ZERO
         };
-        match served.resp {
-            Some(r) => engine.record_complete(
-                queue as u16,
-                tag,
-                cmd_response_name(r.response),
-                (r.response == VIRTIO_SCSI_S_OK).then_some(r.status),
-                Some(u32::from(r.resid)),
-                now,
-            ),
-            None => engine.record_complete(queue as u16, tag, "none", None, None, now),
-        }
+        record_served(&mut engine, queue, tag, &served, now);
         engine.record_signal(queue as u16, Some(tag), outcome, now);
         Ok(())
     }
