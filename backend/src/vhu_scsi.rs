@@ -26,7 +26,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::faults::{
     Corruption, Epoch, FaultEngine, Plan, ResetReason, SignalOutcome, VirtioEvent,
 };
-use crate::scsi::sense::{Sense, SenseFormat};
+use crate::scsi::sense::Sense;
 use crate::scsi::{CmdError, CmdOutcome, DataIn, DataOut, LuChange, LunAddress, Target};
 use crate::virtio::*;
 
@@ -743,13 +743,43 @@ pub fn serve_command<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
+    let head = chain.head_index();
+    // Only a corrupt fault reads the chain again, after the command ran.
+    let kept = matches!(
+        how,
+        Disposition::Execute {
+            corrupt: Some(_),
+            ..
+        }
+    )
+    .then(|| chain.clone());
+    // Guest buffers walked in place: nothing is allocated for the request (issue 3.5), and
+    // the descriptors are read once for both directions.
+    let buffers = ChainBuffers::scan(mem, chain);
+    serve_scanned(target, mem, head, buffers, kept, how, cdb_size, slot)
+}
+
+/// [`serve_command`] of a chain already scanned; `chain` is the chain itself, needed only
+/// when `how` corrupts what a read returns.
+#[allow(clippy::too_many_arguments)]
+pub fn serve_scanned<M>(
+    target: &Target,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    buffers: ChainBuffers<'_, M>,
+    chain: Option<DescriptorChain<M>>,
+    how: Disposition,
+    cdb_size: usize,
+    slot: Option<&ExecutingSlot<'_>>,
+) -> Served
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
     let none = Served {
         used: 0,
         resp: None,
     };
-    let head = chain.head_index();
-    // Guest buffers walked in place: nothing is allocated for the request (issue 3.5).
-    let Ok(mut data_in) = GuestBuffer::writable(mem, chain.clone()) else {
+    let Ok(mut data_in) = buffers.writable else {
         warn!("request {head}: writable descriptor outside guest memory, no response possible");
         return none;
     };
@@ -761,12 +791,18 @@ where
         );
         return none;
     };
+    // The data-out part of the readable bytes (after a header with a `cdb_size` CDB
+    // area), for the residual of a command not executed.
+    let data_out_len = buffers
+        .readable_bytes
+        .unwrap_or(0)
+        .saturating_sub(VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size);
     let data_in_len = DataIn::remaining(&data_in);
     let resp = match how {
         Disposition::Respond(mut resp) => {
             // Not executed: nothing of the data buffer was transferred.
             if resp.response == VIRTIO_SCSI_S_OK {
-                let total = data_in_len.max(faulty::data_out_len(mem, &chain, cdb_size));
+                let total = data_in_len.max(data_out_len);
                 resp.resid = Le32::from(total as u32);
             }
             resp
@@ -775,15 +811,14 @@ where
             corrupt,
             extra_residual,
         } => {
-            let executed = execute_request(
-                target,
-                mem,
-                chain.clone(),
-                &mut data_in,
-                corrupt,
-                cdb_size,
-                slot,
-            );
+            let data_out = if buffers.readable_after_writable {
+                Err("device-readable descriptor after a device-writable one".to_owned())
+            } else {
+                buffers
+                    .readable
+                    .map_err(|e| format!("readable descriptor outside guest memory: {e}"))
+            };
+            let executed = execute_request(target, data_out, &mut data_in, corrupt, cdb_size, slot);
             let mut resp = match executed {
                 Ok(resp) => resp,
                 Err(reason) => {
@@ -791,13 +826,13 @@ where
                     VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_FAILURE)
                 }
             };
-            if let Some(c) = corrupt {
+            if let (Some(c), Some(chain)) = (corrupt, chain) {
                 let written = data_in.bytes_moved();
-                faulty::corrupt_data_in(mem, chain.clone(), resp_len, written, c);
+                faulty::corrupt_data_in(mem, chain, resp_len, written, c);
             }
             if extra_residual > 0 && resp.response == VIRTIO_SCSI_S_OK {
                 // Never more than the whole buffer (5.6.6.1: residual counts buffer bytes).
-                let total = data_in_len.max(faulty::data_out_len(mem, &chain, cdb_size));
+                let total = data_in_len.max(data_out_len);
                 let resid = u32::from(resp.resid).saturating_add(extra_residual);
                 resp.resid = Le32::from(resid.min(total as u32));
             }
@@ -830,12 +865,12 @@ where
     false
 }
 
-/// Parses and executes one command. `Err` is a malformed chain, described for the log.
-/// `corrupt_writes` flips bytes of the data a write stores.
+/// Parses and executes one command, its header and data-out in `data_out` (`Err`: what is
+/// wrong with the readable descriptors). `Err` is a malformed chain, described for the
+/// log. `corrupt_writes` flips bytes of the data a write stores.
 fn execute_request<M>(
     target: &Target,
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<M>,
+    data_out: Result<GuestDataOut<'_, M>, String>,
     data_in: &mut GuestDataIn<'_, M>,
     corrupt_writes: Option<Corruption>,
     cdb_size: usize,
@@ -844,11 +879,7 @@ fn execute_request<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    if readable_after_writable(chain.clone()) {
-        return Err("device-readable descriptor after a device-writable one".into());
-    }
-    let mut data_out = GuestBuffer::readable(mem, chain)
-        .map_err(|e| format!("readable descriptor outside guest memory: {e}"))?;
+    let mut data_out = data_out?;
     let readable = DataOut::remaining(&data_out);
     if readable < VIRTIO_SCSI_CMD_REQ_FIXED {
         return Err(format!("short request header: {readable} bytes"));
@@ -883,10 +914,11 @@ where
         warn!("request with LUN field {lun:02x?}: not a virtio-scsi single-level LUN");
         return Ok(VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_BAD_TARGET));
     };
-    if !target.has_lu(addr) {
+    // One lookup: the LU the command runs on is the one found here.
+    let Some(lu) = target.lu(addr) else {
         debug!("request to absent LU {lun:02x?}");
         return Ok(VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_BAD_TARGET));
-    }
+    };
     // A CDB longer than the negotiated CDB area lost its tail: the header is well formed,
     // the CDB is not one the device server can carry out, so it gets what any CDB it
     // cannot parse gets (QEMU answers ILLEGAL REQUEST too): CHECK CONDITION, INVALID
@@ -896,11 +928,8 @@ where
             "CDB {:#04x} of {len} bytes does not fit cdb_size {cdb_size}",
             cdb[0]
         );
-        let sense_format = target
-            .lu(addr)
-            .map_or(SenseFormat::Fixed, |lu| lu.sense_format());
         let outcome = CmdOutcome {
-            sense_format,
+            sense_format: lu.sense_format(),
             ..CmdOutcome::check_condition(Sense::INVALID_FIELD_IN_CDB)
         };
         let mut resp = VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_OK);
@@ -921,9 +950,9 @@ where
     let outcome = match corrupt_writes {
         Some(c) if out_len > 0 => {
             let mut corrupting = faulty::CorruptingDataOut::new(&mut data_out, c);
-            target.execute_at(addr, &cdb, data_in, &mut corrupting)
+            target.execute_on(&lu, &cdb, data_in, &mut corrupting)
         }
-        _ => target.execute_at(addr, &cdb, data_in, &mut data_out),
+        _ => target.execute_on(&lu, &cdb, data_in, &mut data_out),
     };
     // Residual: bytes of the data buffer that were not transferred (5.6.6.1). What is
     // left in the buffer is exactly that, whatever the target did.

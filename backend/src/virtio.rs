@@ -7,6 +7,7 @@ use std::io;
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{
@@ -264,49 +265,49 @@ where
 {
     /// The device-readable descriptors of `chain`, up to the first writable one.
     pub fn readable(mem: &'m GuestMemoryMmap, chain: DescriptorChain<M>) -> io::Result<Self> {
-        Self::new(mem, chain, false)
+        ChainBuffers::scan(mem, chain)
+            .readable
+            .map_err(io::Error::other)
     }
 
     /// The device-writable descriptors of `chain`.
     pub fn writable(mem: &'m GuestMemoryMmap, chain: DescriptorChain<M>) -> io::Result<Self> {
-        Self::new(mem, chain, true)
+        ChainBuffers::scan(mem, chain)
+            .writable
+            .map_err(io::Error::other)
     }
 
-    /// Checks every descriptor of the direction against guest memory up front, as
-    /// virtio-queue's Reader and Writer do, and totals their length.
-    fn new(
+    /// A buffer of `total` bytes that starts in `first`, the first descriptor of its
+    /// direction; `rest` is the chain positioned just after it.
+    fn entered(
         mem: &'m GuestMemoryMmap,
-        chain: DescriptorChain<M>,
+        rest: DescriptorChain<M>,
         writable: bool,
-    ) -> io::Result<Self> {
-        let mut total = 0usize;
-        for desc in chain.clone() {
-            if desc.is_write_only() != writable {
-                if writable {
-                    continue;
-                }
-                break;
-            }
-            let len = desc.len() as usize;
-            if !mem.check_range(desc.addr(), len) {
-                return Err(io::Error::other(format!(
-                    "descriptor {:#x}+{len} outside guest memory",
-                    desc.addr().0
-                )));
-            }
-            total = total
-                .checked_add(len)
-                .ok_or_else(|| io::Error::other("descriptor chain length overflows"))?;
+        first: Descriptor,
+        total: usize,
+    ) -> Self {
+        GuestBuffer {
+            mem,
+            chain: rest,
+            writable,
+            addr: first.addr(),
+            left_in_desc: first.len() as usize,
+            remaining: total,
+            moved: 0,
         }
-        Ok(GuestBuffer {
+    }
+
+    /// A buffer with no bytes (`chain` is never read).
+    fn empty(mem: &'m GuestMemoryMmap, chain: DescriptorChain<M>, writable: bool) -> Self {
+        GuestBuffer {
             mem,
             chain,
             writable,
             addr: GuestAddress(0),
             left_in_desc: 0,
-            remaining: total,
+            remaining: 0,
             moved: 0,
-        })
+        }
     }
 
     /// Bytes moved through this buffer so far.
@@ -419,6 +420,119 @@ where
             done += n;
         }
         Ok(())
+    }
+}
+
+/// Both directions of a request chain, from one walk of its descriptors: each descriptor
+/// is read from the descriptor table once and checked against guest memory once (as
+/// virtio-queue's Reader and Writer check them up front), and the two buffers start in
+/// their first descriptors, so moving data reads the table again only past those.
+pub struct ChainBuffers<'m, M>
+where
+    M: Deref<Target = GuestMemoryMmap>,
+{
+    /// The device-readable descriptors up to the first writable one; `Err` says which one
+    /// lies outside guest memory.
+    pub readable: Result<GuestBuffer<'m, M>, String>,
+    /// The device-writable descriptors; `Err` says which one lies outside guest memory.
+    pub writable: Result<GuestBuffer<'m, M>, String>,
+    /// A readable descriptor follows a writable one (2.7.4.2 forbids it).
+    pub readable_after_writable: bool,
+    /// Bytes of every readable descriptor, wherever it is in the chain; `None` when one of
+    /// them lies outside guest memory.
+    pub readable_bytes: Option<usize>,
+}
+
+/// One direction while the chain is walked.
+struct Direction<M> {
+    /// The first descriptor and the chain just after it.
+    start: Option<(Descriptor, DescriptorChain<M>)>,
+    total: usize,
+    error: Option<String>,
+}
+
+impl<M> Direction<M> {
+    fn new() -> Self {
+        Direction {
+            start: None,
+            total: 0,
+            error: None,
+        }
+    }
+
+    /// Adds a descriptor of this direction; `rest` gives the chain after it, asked for
+    /// only for the first one.
+    fn add(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        desc: Descriptor,
+        rest: impl FnOnce() -> DescriptorChain<M>,
+    ) {
+        if self.error.is_some() {
+            return;
+        }
+        let len = desc.len() as usize;
+        if !mem.check_range(desc.addr(), len) {
+            self.error = Some(format!(
+                "descriptor {:#x}+{len} outside guest memory",
+                desc.addr().0
+            ));
+            return;
+        }
+        match self.total.checked_add(len) {
+            Some(t) => self.total = t,
+            None => {
+                self.error = Some("descriptor chain length overflows".into());
+                return;
+            }
+        }
+        if self.start.is_none() {
+            self.start = Some((desc, rest()));
+        }
+    }
+}
+
+impl<'m, M> ChainBuffers<'m, M>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    /// Walks `chain` once.
+    pub fn scan(mem: &'m GuestMemoryMmap, mut chain: DescriptorChain<M>) -> Self {
+        let mut readable = Direction::new();
+        let mut writable = Direction::new();
+        let mut seen_writable = false;
+        let mut readable_after_writable = false;
+        let mut readable_bytes = Some(0usize);
+        while let Some(desc) = chain.next() {
+            if desc.is_write_only() {
+                seen_writable = true;
+                writable.add(mem, desc, || chain.clone());
+                continue;
+            }
+            let len = desc.len() as usize;
+            readable_bytes = readable_bytes
+                .filter(|_| mem.check_range(desc.addr(), len))
+                .and_then(|n| n.checked_add(len));
+            if seen_writable {
+                readable_after_writable = true;
+            } else {
+                readable.add(mem, desc, || chain.clone());
+            }
+        }
+        let finish = |d: Direction<M>, writable: bool| match (d.error, d.start) {
+            (Some(e), _) => Err(e),
+            (None, Some((first, rest))) => {
+                Ok(GuestBuffer::entered(mem, rest, writable, first, d.total))
+            }
+            // No descriptor in this direction: the walked-out chain is never read.
+            (None, None) => Ok(GuestBuffer::empty(mem, chain.clone(), writable)),
+        };
+        ChainBuffers {
+            readable: finish(readable, false),
+            writable: finish(writable, true),
+            readable_after_writable,
+            readable_bytes,
+        }
     }
 }
 

@@ -564,7 +564,19 @@ impl Target {
             }
             return spc::absent_lun(self, addr, cdb, data_in);
         };
-        let mut outcome = self.dispatch(&lu, cdb, data_in, data_out)?;
+        self.execute_on(&lu, cdb, data_in, data_out)
+    }
+
+    /// Executes one CDB on `lu`, an LU the caller found with [`Target::lu`] (one lookup
+    /// per command on the transport's path).
+    pub fn execute_on(
+        &self,
+        lu: &Lun,
+        cdb: &[u8],
+        data_in: &mut dyn DataIn,
+        data_out: &mut dyn DataOut,
+    ) -> Result<CmdOutcome, CmdError> {
+        let mut outcome = self.dispatch(lu, cdb, data_in, data_out)?;
         outcome.sense_format = lu.sense_format();
         Ok(outcome)
     }

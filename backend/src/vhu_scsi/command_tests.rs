@@ -1042,6 +1042,46 @@ fn zero_copy_buffers_cross_descriptors() {
         .build_desc_chain(&[desc(MEM_SIZE as u64 - 16, 512, true)])
         .unwrap();
     assert!(GuestBuffer::writable(&r.mem, chain).is_err());
+    // One walk for both directions: zero-length first descriptors are stepped over, a
+    // readable descriptor after a writable one is flagged, and a bad descriptor spoils
+    // only its own direction.
+    r.mem.write_slice(&[7; 64], GuestAddress(OUT_ADDR)).unwrap();
+    let vq = MockSplitQueue::new(&r.mem, 16);
+    let chain = vq
+        .build_desc_chain(&[
+            desc(OUT_ADDR, 0, false),
+            desc(OUT_ADDR, 64, false),
+            desc(IN_ADDR, 0, true),
+            desc(IN_ADDR, 32, true),
+            desc(OUT_ADDR, 8, false),
+        ])
+        .unwrap();
+    let b = crate::virtio::ChainBuffers::scan(&r.mem, chain);
+    assert!(b.readable_after_writable);
+    assert_eq!(b.readable_bytes, Some(72));
+    let mut out = b.readable.unwrap();
+    let mut got = [0u8; 64];
+    crate::scsi::DataOut::read_bytes(&mut out, &mut got).unwrap();
+    assert_eq!(got, [7; 64]);
+    assert_eq!(crate::scsi::DataOut::remaining(&out), 0);
+    let mut din = b.writable.unwrap();
+    crate::scsi::DataIn::write_bytes(&mut din, &[9; 32]).unwrap();
+    let mut back = [0u8; 32];
+    r.mem.read_slice(&mut back, GuestAddress(IN_ADDR)).unwrap();
+    assert_eq!(back, [9; 32]);
+    let vq = MockSplitQueue::new(&r.mem, 16);
+    let chain = vq
+        .build_desc_chain(&[
+            desc(MEM_SIZE as u64 - 16, 512, false),
+            desc(IN_ADDR, 32, true),
+        ])
+        .unwrap();
+    let b = crate::virtio::ChainBuffers::scan(&r.mem, chain);
+    assert!(b.readable.is_err() && b.readable_bytes.is_none());
+    assert_eq!(
+        b.writable.map(|w| crate::scsi::DataIn::remaining(&w)).ok(),
+        Some(32)
+    );
 }
 
 /// splitmix64: fixed seed, so a failure replays.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use log::{debug, warn};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{Address, ByteValued, Bytes, GuestAddressSpace, GuestMemoryMmap, Le32};
+use vm_memory::{Address, Bytes, GuestAddressSpace, GuestMemoryMmap, Le32};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::inflight::{InflightEntry, Work};
@@ -149,7 +149,9 @@ impl VhostUserScsiBackend {
     /// Without a trace, a command completed at once joins `batch`: its interrupt is
     /// decided with the rest of the pass. With a trace (whose records name the command
     /// each signal was for) and for a command whose interrupt a fault drops, the decision
-    /// is taken for it alone, after the batch's.
+    /// is taken for it alone, after the batch's. The chain is walked once, before the
+    /// engine is asked: the engine's description of the command and the command's
+    /// execution read the same buffers.
     fn command_with_faults(
         &self,
         queue: usize,
@@ -160,25 +162,32 @@ impl VhostUserScsiBackend {
     ) -> Result<bool, VhuScsiError> {
         // Dropped once the command is on its used ring or parked (see `Executing`).
         let slot = self.executing.slot(queue);
+        let head = chain.head_index();
+        let cdb_size = self.cdb_size();
+        let buffers = ChainBuffers::scan(mem, chain.clone());
         let mut engine = self.engine();
         // Nothing would read the command's description or the time: only count it.
         if engine.is_idle() {
             engine.count_idle_command();
             drop(engine);
-            self.batch_command(queue, vring, mem, chain, batch, Some(&slot))?;
+            let how = Disposition::EXECUTE;
+            let slot = Some(&slot);
+            let served = serve_scanned(&self.target, mem, head, buffers, None, how, cdb_size, slot);
+            self.complete_into_batch(queue, vring, head, &served, 0, batch)?;
             return Ok(false);
         }
-        // The header is read under the engine lock: one lock per command, not two.
-        let Some(info) = request_info(queue as u16, mem, &chain, self.cdb_size()) else {
+        let Some(info) = request_info(queue as u16, &buffers, cdb_size) else {
             let tracing = engine.tracing();
             drop(engine);
             // Malformed: served as without faults, so it fails the usual way.
+            let how = Disposition::EXECUTE;
+            let slot = Some(&slot);
+            let served = serve_scanned(&self.target, mem, head, buffers, None, how, cdb_size, slot);
             if tracing {
                 self.flush_batch(queue, vring, batch)?;
-                let how = Disposition::EXECUTE;
-                self.finish_command(queue, vring, mem, chain, 0, how, false, Some(&slot))?;
+                self.complete_alone(queue, vring, head, &served, 0, false)?;
             } else {
-                self.batch_command(queue, vring, mem, chain, batch, Some(&slot))?;
+                self.complete_into_batch(queue, vring, head, &served, 0, batch)?;
             }
             return Ok(false);
         };
@@ -192,7 +201,7 @@ impl VhostUserScsiBackend {
         let tracing = engine.tracing();
         drop(engine);
         let park = |due, work| InflightEntry {
-            head: chain.head_index(),
+            head,
             tag: info.id,
             target: info.target,
             lun: info.lun,
@@ -214,17 +223,20 @@ impl VhostUserScsiBackend {
                     drop_interrupt: d.drop_interrupt,
                 },
             ),
-            completion if tracing || d.drop_interrupt => {
-                let how = disposition(completion);
-                // The batch's completions keep their interrupt: only this one's is dropped.
-                self.flush_batch(queue, vring, batch)?;
-                let drop_interrupt = d.drop_interrupt;
-                self.finish_command(queue, vring, mem, chain, info.id, how, drop_interrupt, None)?;
-                return Ok(false);
-            }
             completion => {
                 let how = disposition(completion);
-                self.batch_command_as(queue, vring, mem, chain, info.id, how, batch, None)?;
+                let kept = Some(chain);
+                let served =
+                    serve_scanned(&self.target, mem, head, buffers, kept, how, cdb_size, None);
+                if tracing || d.drop_interrupt {
+                    // The batch's completions keep their interrupt: only this one's is
+                    // dropped.
+                    self.flush_batch(queue, vring, batch)?;
+                    let drop_interrupt = d.drop_interrupt;
+                    self.complete_alone(queue, vring, head, &served, info.id, drop_interrupt)?;
+                } else {
+                    self.complete_into_batch(queue, vring, head, &served, info.id, batch)?;
+                }
                 return Ok(false);
             }
         };
@@ -234,41 +246,20 @@ impl VhostUserScsiBackend {
         Ok(true)
     }
 
-    /// Serves a command and completes it into `batch` (no trace is written). `slot`: as
-    /// for [`Self::finish_command`].
-    fn batch_command(
+    /// Completes a served command into `batch`, counting the completion; the signal is
+    /// counted when the batch is flushed. No trace is written in this mode.
+    fn complete_into_batch(
         &self,
         queue: usize,
         vring: &VringRwLock,
-        mem: &GuestMemoryMmap,
-        chain: Chain,
-        batch: &mut SignalBatch,
-        slot: Option<&ExecutingSlot<'_>>,
-    ) -> Result<(), VhuScsiError> {
-        let how = Disposition::EXECUTE;
-        self.batch_command_as(queue, vring, mem, chain, 0, how, batch, slot)
-    }
-
-    /// Serves a command as `how` says and completes it into `batch`, counting the
-    /// completion; the signal is counted when the batch is flushed.
-    #[allow(clippy::too_many_arguments)]
-    fn batch_command_as(
-        &self,
-        queue: usize,
-        vring: &VringRwLock,
-        mem: &GuestMemoryMmap,
-        chain: Chain,
+        head: u16,
+        served: &Served,
         tag: u64,
-        how: Disposition,
         batch: &mut SignalBatch,
-        slot: Option<&ExecutingSlot<'_>>,
     ) -> Result<(), VhuScsiError> {
-        let head = chain.head_index();
-        let served = serve_command(&self.target, mem, chain, how, self.cdb_size(), slot);
         let flushed = batch.complete(vring, head, served.used)?;
         let mut engine = self.engine();
-        // No trace in this mode: the records need no time.
-        record_served(&mut engine, queue, tag, &served, Duration::ZERO);
+        record_served(&mut engine, queue, tag, served, Duration::ZERO);
         if let Some(outcome) = flushed {
             engine.record_signal(queue as u16, None, outcome, Duration::ZERO);
         }
@@ -294,6 +285,20 @@ impl VhostUserScsiBackend {
     {
         let head = chain.head_index();
         let served = serve_command(&self.target, mem, chain, how, self.cdb_size(), slot);
+        self.complete_alone(queue, vring, head, &served, tag, drop_interrupt)
+    }
+
+    /// Completes a served command with its own interrupt decision and traces the
+    /// completion and the signal.
+    fn complete_alone(
+        &self,
+        queue: usize,
+        vring: &VringRwLock,
+        head: u16,
+        served: &Served,
+        tag: u64,
+        drop_interrupt: bool,
+    ) -> Result<(), VhuScsiError> {
         let outcome = complete_and_notify(vring, head, served.used, drop_interrupt)?;
         let mut engine = self.engine();
         // The time is only for the trace's records (the counters do not need it).
@@ -302,7 +307,7 @@ impl VhostUserScsiBackend {
         } else {
             Duration::ZERO
         };
-        record_served(&mut engine, queue, tag, &served, now);
+        record_served(&mut engine, queue, tag, served, now);
         engine.record_signal(queue as u16, Some(tag), outcome, now);
         Ok(())
     }
@@ -782,43 +787,33 @@ fn address_of(lun: &[u8; 8]) -> (u8, u16) {
 }
 
 /// What the engine needs to know about a command chain whose header has a `cdb_size` CDB
-/// area; `None` if it has no readable header (it will fail without the engine). Walks the
-/// descriptors without building a Reader or Writer, so it allocates nothing.
+/// area, from its scanned buffers; `None` if it has no readable header or a readable
+/// descriptor outside guest memory (it will fail without the engine). Allocates nothing
+/// and walks no descriptor again.
 fn request_info<M>(
     queue: u16,
-    mem: &GuestMemoryMmap,
-    chain: &DescriptorChain<M>,
+    buffers: &ChainBuffers<'_, M>,
     cdb_size: usize,
 ) -> Option<RequestInfo>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    let mut hdr = [0u8; size_of::<VirtioScsiCmdReq>()];
-    // The header's bytes kept in `hdr` (the first 32 CDB bytes at most), and in all.
+    // A copy of the readable buffer: the header is read again when the command runs. Its
+    // first 32 CDB bytes at most are kept.
+    let mut data_out = buffers.readable.as_ref().ok()?.clone();
     let header = VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size;
-    let kept = header.min(hdr.len());
-    let (mut got, mut readable, mut writable) = (0usize, 0usize, 0usize);
-    for desc in chain.clone() {
-        let len = desc.len() as usize;
-        if desc.is_write_only() {
-            writable = writable.saturating_add(len);
-            continue;
-        }
-        if got < kept {
-            let n = (kept - got).min(len);
-            mem.read_slice(&mut hdr[got..got + n], desc.addr()).ok()?;
-            got += n;
-        }
-        readable = readable.saturating_add(len);
-    }
-    if got < kept || readable < header {
+    if DataOut::remaining(&data_out) < header {
         return None;
     }
-    let req = *VirtioScsiCmdReq::from_slice(&hdr)?;
+    let mut req = VirtioScsiCmdReq::default();
+    let kept = header.min(size_of::<VirtioScsiCmdReq>());
+    data_out.read_bytes(&mut req.as_mut_slice()[..kept]).ok()?;
+    let readable = buffers.readable_bytes?;
+    let writable = buffers.writable.as_ref().map_or(0, DataIn::remaining);
     let lun = req.lun;
     let (target, lun) = address_of(&lun);
     let cdb = req.cdb;
-    let out_len = readable - header;
+    let out_len = readable.saturating_sub(header);
     let in_len = writable.saturating_sub(size_of::<VirtioScsiCmdResp>());
     let (direction, len) = if out_len > 0 {
         (DataDirection::Write, out_len)
@@ -1025,21 +1020,6 @@ impl DataOut for CorruptingDataOut<'_> {
         }
         Ok(())
     }
-}
-
-/// Bytes of data-out in a command chain (after a header with a `cdb_size` CDB area).
-pub(super) fn data_out_len<M>(
-    mem: &GuestMemoryMmap,
-    chain: &DescriptorChain<M>,
-    cdb_size: usize,
-) -> usize
-where
-    M: Deref<Target = GuestMemoryMmap> + Clone,
-{
-    chain.clone().reader(mem).map_or(0, |r| {
-        r.available_bytes()
-            .saturating_sub(VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size)
-    })
 }
 
 /// Flips bytes of the `len` data-in bytes that follow the `skip`-byte response.
