@@ -756,17 +756,19 @@ where
     // Guest buffers walked in place: nothing is allocated for the request (issue 3.5), and
     // the descriptors are read once for both directions.
     let buffers = ChainBuffers::scan(mem, chain);
-    serve_scanned(target, mem, head, buffers, kept, how, cdb_size, slot)
+    serve_scanned(target, mem, head, buffers, None, kept, how, cdb_size, slot)
 }
 
-/// [`serve_command`] of a chain already scanned; `chain` is the chain itself, needed only
-/// when `how` corrupts what a read returns.
+/// [`serve_command`] of a chain already scanned; `header` is its request header if it was
+/// already read off the readable buffer ([`read_header`]); `chain` is the chain itself,
+/// needed only when `how` corrupts what a read returns.
 #[allow(clippy::too_many_arguments)]
 pub fn serve_scanned<M>(
     target: &Target,
     mem: &GuestMemoryMmap,
     head: u16,
     buffers: ChainBuffers<'_, M>,
+    header: Option<VirtioScsiCmdReq>,
     chain: Option<DescriptorChain<M>>,
     how: Disposition,
     cdb_size: usize,
@@ -818,7 +820,15 @@ where
                     .readable
                     .map_err(|e| format!("readable descriptor outside guest memory: {e}"))
             };
-            let executed = execute_request(target, data_out, &mut data_in, corrupt, cdb_size, slot);
+            let executed = execute_request(
+                target,
+                data_out,
+                header,
+                &mut data_in,
+                corrupt,
+                cdb_size,
+                slot,
+            );
             let mut resp = match executed {
                 Ok(resp) => resp,
                 Err(reason) => {
@@ -865,22 +875,16 @@ where
     false
 }
 
-/// Parses and executes one command, its header and data-out in `data_out` (`Err`: what is
-/// wrong with the readable descriptors). `Err` is a malformed chain, described for the
-/// log. `corrupt_writes` flips bytes of the data a write stores.
-fn execute_request<M>(
-    target: &Target,
-    data_out: Result<GuestDataOut<'_, M>, String>,
-    data_in: &mut GuestDataIn<'_, M>,
-    corrupt_writes: Option<Corruption>,
+/// Reads the request header, whose CDB area has `cdb_size` bytes, off the front of
+/// `data_out`. `Err` describes a chain too short for it, for the log.
+pub fn read_header<M>(
+    data_out: &mut GuestDataOut<'_, M>,
     cdb_size: usize,
-    slot: Option<&ExecutingSlot<'_>>,
-) -> Result<VirtioScsiCmdResp, String>
+) -> Result<VirtioScsiCmdReq, String>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    let mut data_out = data_out?;
-    let readable = DataOut::remaining(&data_out);
+    let readable = DataOut::remaining(data_out);
     if readable < VIRTIO_SCSI_CMD_REQ_FIXED {
         return Err(format!("short request header: {readable} bytes"));
     }
@@ -900,6 +904,31 @@ where
         .read_bytes(&mut req.as_mut_slice()[..kept])
         .and_then(|()| data_out.skip(header - kept))
         .map_err(|e| format!("cannot read request header: {e:?}"))?;
+    Ok(req)
+}
+
+/// Parses and executes one command, its header and data-out in `data_out` (`Err`: what is
+/// wrong with the readable descriptors); the header has a CDB area of `cdb_size` bytes.
+/// `header` is the header when it was already read off `data_out` ([`read_header`]).
+/// `Err` is a malformed chain, described for the log. `corrupt_writes` flips bytes of the
+/// data a write stores. With `slot`, the command is marked executing once its LU is known.
+fn execute_request<M>(
+    target: &Target,
+    data_out: Result<GuestDataOut<'_, M>, String>,
+    header: Option<VirtioScsiCmdReq>,
+    data_in: &mut GuestDataIn<'_, M>,
+    corrupt_writes: Option<Corruption>,
+    cdb_size: usize,
+    slot: Option<&ExecutingSlot<'_>>,
+) -> Result<VirtioScsiCmdResp, String>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let mut data_out = data_out?;
+    let req = match header {
+        Some(req) => req,
+        None => read_header(&mut data_out, cdb_size)?,
+    };
     let cdb = req.cdb;
     // Without VIRTIO_SCSI_F_INOUT a request moves data in one direction only.
     if DataOut::remaining(&data_out) > 0 && DataIn::remaining(data_in) > 0 {

@@ -498,6 +498,24 @@ impl FaultEngine {
         self.stats.commands += 1;
     }
 
+    /// Whether [`FaultEngine::on_request`] would read the time it is given for `req`: with
+    /// a trace, a quiesce, or a rule that matches `req`. When it would not, the request
+    /// path need not read the clock (any time given is ignored).
+    pub fn needs_time(&self, req: &RequestInfo) -> bool {
+        self.trace.is_some()
+            || !self.quiesce.is_empty()
+            || self
+                .rules
+                .iter()
+                .any(|r| r.spec.enabled && !r.time_driven && r.spec.matcher.matches(req))
+    }
+
+    /// What `n` calls of [`FaultEngine::record_complete`] do when there is no trace: the
+    /// request path counts the completions of a batch and hands the count over at once.
+    pub fn count_completions(&mut self, n: u64) {
+        self.stats.completions += n;
+    }
+
     pub fn flush_trace(&mut self) -> Result<(), TraceError> {
         match &mut self.trace {
             Some(t) => t.flush(),

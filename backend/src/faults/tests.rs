@@ -1460,3 +1460,17 @@ fn engine_can_move_between_threads() {
     assert_send::<FaultEngine>();
     assert_send::<Trace>();
 }
+
+#[test]
+fn the_clock_is_needed_only_for_commands_a_rule_matches() {
+    let mut e = engine("[[fault]]\nkind = \"delay\"\nlun = 7\ndelay_ms = 5\n");
+    let other = read(1, 0);
+    let seven = RequestInfo::command(2, 2, 0, 7, READ_10);
+    assert!(!e.needs_time(&other));
+    assert!(e.needs_time(&seven));
+    // Given no time, the unmatched command is decided as it would be at any time.
+    assert!(e.on_request(&other, Duration::ZERO).is_normal());
+    assert_eq!(e.on_request(&seven, ms(1)).delay, ms(5));
+    e.set_trace(Some(Trace::to_writer(Box::new(std::io::sink()))));
+    assert!(e.needs_time(&other), "a trace records arrival times");
+}

@@ -71,6 +71,25 @@ fn record_served(engine: &mut FaultEngine, queue: usize, tag: u64, served: &Serv
     }
 }
 
+/// The fault path's batch of one pass over a queue: the interrupt decision of its
+/// completions ([`SignalBatch`]) and, since without a trace a completion is only counted,
+/// how many there were; both reach the engine under one lock per batch.
+pub(super) struct FaultBatch {
+    queue: usize,
+    signals: SignalBatch,
+    completions: u64,
+}
+
+impl FaultBatch {
+    fn new(queue: usize) -> Self {
+        FaultBatch {
+            queue,
+            signals: SignalBatch::default(),
+            completions: 0,
+        }
+    }
+}
+
 fn queues_of(mask: u64) -> impl Iterator<Item = usize> {
     (0..64).filter(move |bit| mask >> bit & 1 == 1)
 }
@@ -86,7 +105,7 @@ impl VhostUserScsiBackend {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut parked = false;
         let mut passes = Passes::default();
-        let mut batch = SignalBatch::default();
+        let mut batch = FaultBatch::new(queue);
         loop {
             if event_idx {
                 vring
@@ -103,7 +122,7 @@ impl VhostUserScsiBackend {
                 let Some(chain) = chain else { break Ok(()) };
                 popped += 1;
                 let served = if queue == CONTROL_QUEUE {
-                    self.flush_batch(queue, vring, &mut batch)
+                    self.flush_batch(vring, &mut batch)
                         .and_then(|()| self.control_with_faults(vring, &mem, chain))
                 } else {
                     self.command_with_faults(queue, vring, &mem, chain, &mut batch)
@@ -114,7 +133,7 @@ impl VhostUserScsiBackend {
                 }
             };
             // What is on the used ring gets its interrupt even when the pass failed.
-            self.flush_batch(queue, vring, &mut batch)?;
+            self.flush_batch(vring, &mut batch)?;
             pass?;
             if !passes.another(queue, vring, event_idx, popped)? {
                 break;
@@ -126,45 +145,55 @@ impl VhostUserScsiBackend {
         Ok(())
     }
 
-    /// Takes the interrupt decision for the completions `batch` holds and counts it.
-    fn flush_batch(
-        &self,
-        queue: usize,
-        vring: &VringRwLock,
-        batch: &mut SignalBatch,
-    ) -> Result<(), VhuScsiError> {
-        if let Some(outcome) = batch.flush(vring)? {
-            let mut engine = self.engine();
+    /// Takes the interrupt decision for the completions `batch` holds and gives the
+    /// engine the batch's counts, under one lock.
+    fn flush_batch(&self, vring: &VringRwLock, batch: &mut FaultBatch) -> Result<(), VhuScsiError> {
+        let outcome = batch.signals.flush(vring)?;
+        self.count_batch(batch, outcome);
+        Ok(())
+    }
+
+    /// Gives the engine the batch's completion count and, if one was taken, its
+    /// interrupt decision.
+    fn count_batch(&self, batch: &mut FaultBatch, outcome: Option<SignalOutcome>) {
+        if outcome.is_none() && batch.completions == 0 {
+            return;
+        }
+        let mut engine = self.engine();
+        engine.count_completions(std::mem::take(&mut batch.completions));
+        if let Some(outcome) = outcome {
             let now = if engine.tracing() {
                 self.faults.epoch.now()
             } else {
                 Duration::ZERO
             };
-            engine.record_signal(queue as u16, None, outcome, now);
+            engine.record_signal(batch.queue as u16, None, outcome, now);
         }
-        Ok(())
     }
 
     /// One request-queue chain. Returns whether it was parked in the in-flight table.
     /// Without a trace, a command completed at once joins `batch`: its interrupt is
-    /// decided with the rest of the pass. With a trace (whose records name the command
-    /// each signal was for) and for a command whose interrupt a fault drops, the decision
-    /// is taken for it alone, after the batch's. The chain is walked once, before the
-    /// engine is asked: the engine's description of the command and the command's
-    /// execution read the same buffers.
+    /// decided with the rest of the pass, and its completion counted with the batch's.
+    /// With a trace (whose records name the command each completion and signal was for)
+    /// and for a command whose interrupt a fault drops, the decision is taken for it
+    /// alone, after the batch's. The chain is walked and its header read once, before the
+    /// engine is asked: the engine's description of the command and its execution read
+    /// the same buffers.
     fn command_with_faults(
         &self,
         queue: usize,
         vring: &VringRwLock,
         mem: &GuestMemoryMmap,
         chain: Chain,
-        batch: &mut SignalBatch,
+        batch: &mut FaultBatch,
     ) -> Result<bool, VhuScsiError> {
         // Dropped once the command is on its used ring or parked (see `Executing`).
         let slot = self.executing.slot(queue);
         let head = chain.head_index();
         let cdb_size = self.cdb_size();
-        let buffers = ChainBuffers::scan(mem, chain.clone());
+        let mut buffers = ChainBuffers::scan(mem, chain.clone());
+        let described = request_info(queue as u16, &mut buffers, cdb_size);
+        let header = described.map(|(_, req)| req);
         let mut engine = self.engine();
         // Nothing would read the command's description or the time: only count it.
         if engine.is_idle() {
@@ -172,22 +201,43 @@ impl VhostUserScsiBackend {
             drop(engine);
             let how = Disposition::EXECUTE;
             let slot = Some(&slot);
-            let served = serve_scanned(&self.target, mem, head, buffers, None, how, cdb_size, slot);
-            self.complete_into_batch(queue, vring, head, &served, 0, batch)?;
-            return Ok(false);
+            let served = serve_scanned(
+                &self.target,
+                mem,
+                head,
+                buffers,
+                header,
+                None,
+                how,
+                cdb_size,
+                slot,
+            );
+            return self
+                .complete_into_batch(vring, head, &served, batch)
+                .map(|()| false);
         }
-        let Some(info) = request_info(queue as u16, &buffers, cdb_size) else {
+        let Some((info, _)) = described else {
             let tracing = engine.tracing();
             drop(engine);
             // Malformed: served as without faults, so it fails the usual way.
             let how = Disposition::EXECUTE;
             let slot = Some(&slot);
-            let served = serve_scanned(&self.target, mem, head, buffers, None, how, cdb_size, slot);
+            let served = serve_scanned(
+                &self.target,
+                mem,
+                head,
+                buffers,
+                None,
+                None,
+                how,
+                cdb_size,
+                slot,
+            );
             if tracing {
-                self.flush_batch(queue, vring, batch)?;
+                self.flush_batch(vring, batch)?;
                 self.complete_alone(queue, vring, head, &served, 0, false)?;
             } else {
-                self.complete_into_batch(queue, vring, head, &served, 0, batch)?;
+                self.complete_into_batch(vring, head, &served, batch)?;
             }
             return Ok(false);
         };
@@ -196,7 +246,12 @@ impl VhostUserScsiBackend {
         // address that names no LU is marked as target 0xff, which costs a TMF for that
         // address a wait at most.
         slot.begin(info.target, info.lun);
-        let now = self.faults.epoch.now();
+        // A plan armed for other commands does not read the clock for this one.
+        let now = if engine.needs_time(&info) {
+            self.faults.epoch.now()
+        } else {
+            Duration::ZERO
+        };
         let d = engine.on_request(&info, now);
         let tracing = engine.tracing();
         drop(engine);
@@ -226,16 +281,25 @@ impl VhostUserScsiBackend {
             completion => {
                 let how = disposition(completion);
                 let kept = Some(chain);
-                let served =
-                    serve_scanned(&self.target, mem, head, buffers, kept, how, cdb_size, None);
+                let served = serve_scanned(
+                    &self.target,
+                    mem,
+                    head,
+                    buffers,
+                    header,
+                    kept,
+                    how,
+                    cdb_size,
+                    None,
+                );
                 if tracing || d.drop_interrupt {
                     // The batch's completions keep their interrupt: only this one's is
                     // dropped.
-                    self.flush_batch(queue, vring, batch)?;
+                    self.flush_batch(vring, batch)?;
                     let drop_interrupt = d.drop_interrupt;
                     self.complete_alone(queue, vring, head, &served, info.id, drop_interrupt)?;
                 } else {
-                    self.complete_into_batch(queue, vring, head, &served, info.id, batch)?;
+                    self.complete_into_batch(vring, head, &served, batch)?;
                 }
                 return Ok(false);
             }
@@ -246,22 +310,19 @@ impl VhostUserScsiBackend {
         Ok(true)
     }
 
-    /// Completes a served command into `batch`, counting the completion; the signal is
-    /// counted when the batch is flushed. No trace is written in this mode.
+    /// Completes a served command into `batch`: its completion is counted, and its
+    /// signal decided, with the batch's. No trace is written in this mode (a completion
+    /// record would carry only a count).
     fn complete_into_batch(
         &self,
-        queue: usize,
         vring: &VringRwLock,
         head: u16,
         served: &Served,
-        tag: u64,
-        batch: &mut SignalBatch,
+        batch: &mut FaultBatch,
     ) -> Result<(), VhuScsiError> {
-        let flushed = batch.complete(vring, head, served.used)?;
-        let mut engine = self.engine();
-        record_served(&mut engine, queue, tag, served, Duration::ZERO);
-        if let Some(outcome) = flushed {
-            engine.record_signal(queue as u16, None, outcome, Duration::ZERO);
+        batch.completions += 1;
+        if let Some(outcome) = batch.signals.complete(vring, head, served.used)? {
+            self.count_batch(batch, Some(outcome));
         }
         Ok(())
     }
@@ -787,28 +848,26 @@ fn address_of(lun: &[u8; 8]) -> (u8, u16) {
 }
 
 /// What the engine needs to know about a command chain whose header has a `cdb_size` CDB
-/// area, from its scanned buffers; `None` if it has no readable header or a readable
-/// descriptor outside guest memory (it will fail without the engine). Allocates nothing
-/// and walks no descriptor again.
+/// area, from its scanned buffers, and the request header, which this reads off the
+/// readable buffer; `None` if it has no readable header or a readable descriptor outside
+/// guest memory (it will fail without the engine, its buffers untouched). Allocates
+/// nothing and walks no descriptor again.
 fn request_info<M>(
     queue: u16,
-    buffers: &ChainBuffers<'_, M>,
+    buffers: &mut ChainBuffers<'_, M>,
     cdb_size: usize,
-) -> Option<RequestInfo>
+) -> Option<(RequestInfo, VirtioScsiCmdReq)>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    // A copy of the readable buffer: the header is read again when the command runs. Its
-    // first 32 CDB bytes at most are kept.
-    let mut data_out = buffers.readable.as_ref().ok()?.clone();
-    let header = VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size;
-    if DataOut::remaining(&data_out) < header {
-        return None;
-    }
-    let mut req = VirtioScsiCmdReq::default();
-    let kept = header.min(size_of::<VirtioScsiCmdReq>());
-    data_out.read_bytes(&mut req.as_mut_slice()[..kept]).ok()?;
     let readable = buffers.readable_bytes?;
+    // The header is read once: off a copy of the readable buffer, which replaces the
+    // buffer (now past the header) only when the whole header could be read.
+    let data_out = buffers.readable.as_mut().ok()?;
+    let mut past = data_out.clone();
+    let req = read_header(&mut past, cdb_size).ok()?;
+    *data_out = past;
+    let header = VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size;
     let writable = buffers.writable.as_ref().map_or(0, DataIn::remaining);
     let lun = req.lun;
     let (target, lun) = address_of(&lun);
@@ -824,10 +883,11 @@ where
     };
     let info = RequestInfo::command(queue, u64::from(req.id), target, lun, cdb[0])
         .with_data(direction, u32::try_from(len).unwrap_or(u32::MAX));
-    Some(match cdb_blocks(&cdb) {
+    let info = match cdb_blocks(&cdb) {
         Some((lba, blocks)) => info.with_lba(lba, blocks),
         None => info,
-    })
+    };
+    Some((info, req))
 }
 
 /// First block and block count of the reads and writes (SBC-3), for `lba` matching.
