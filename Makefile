@@ -15,7 +15,7 @@ export FLAKYHBA_BACKEND     := $(BACKEND)
 export FLAKYHBA_IMAGE       := $(IMAGE)
 export FLAKYHBA_LINUX_GUEST := $(LINUX_GUEST)
 
-.PHONY: all setup build linux-guest test qemu-test linux-test bench lint fuzz clean
+.PHONY: all setup build linux-guest test qemu-test linux-test bench bench-linux lint fuzz clean
 
 all: build
 
@@ -48,6 +48,13 @@ qemu-test: build
 bench: setup
 	$(CARGO) build --release -p flakyhba-backend -p flakyhba-harness
 	$(HARNESS) bench --suite --backend $(BACKEND) $${PEER:+--peer "$$PEER"} --json $(CURDIR)/target/bench.json $(BENCH_ARGS)
+
+# Slow (some 7 minutes): the stock Linux guest runs the same fio jobs (4k randread and
+# randwrite, iodepth 32, O_DIRECT, 10 s each) against our backend and against QEMU's built-in
+# virtio-scsi (scsi-hd, cache=none, aio=native) on the same image, 3 boots each, under TCG.
+# Not part of `make test`. Writes target/bench-linux.json.
+bench-linux: build linux-guest
+	$(HARNESS) bench-linux --json $(CURDIR)/target/bench-linux.json $(BENCH_LINUX_ARGS)
 
 # The stock Linux guest alone (TCG; about half a minute per run).
 linux-test: build linux-guest

@@ -20,6 +20,8 @@ use crate::serial::{Serial, SerialError, SerialLine};
 use crate::signals;
 use crate::smoke::find_program;
 
+pub mod bench;
+
 /// Files linux-guest/build.sh leaves in its output directory.
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRD_FILE: &str = "initrd.gz";
@@ -38,7 +40,7 @@ pub const HELD_SCSI_TIMEOUT_S: u32 = 5;
 /// it runs before mkfs, so the backend's one lost read is the guest's.
 pub const HELD_LBA: u64 = 409_600;
 /// A stock kernel hangs under this machine's nested KVM; TCG always works.
-const ACCEL: Accel = Accel::Tcg;
+pub const ACCEL: Accel = Accel::Tcg;
 
 /// Steps every run must show with rc=0, in the order /init runs them.
 const BASE_STEPS: &[&str] = &[
@@ -98,6 +100,10 @@ pub enum LinuxError {
     CouldNotStop(ProcessError),
     #[error("FAIL: {0}")]
     Judged(#[from] LinuxJudgeError),
+    #[error("FAIL: {0}")]
+    BenchJudged(#[from] bench::BenchJudgeError),
+    #[error("could not prepare the bench image: {0}")]
+    BenchImage(String),
     #[error("interrupted by a signal")]
     Interrupted,
 }
@@ -454,7 +460,7 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<LinuxReport, Box<LinuxFailure>> 
 }
 
 /// The kernel, the initramfs and the QEMU program, or what is missing.
-fn check_inputs(opts: &LinuxOptions) -> Result<(PathBuf, PathBuf, PathBuf), LinuxError> {
+pub(crate) fn check_inputs(opts: &LinuxOptions) -> Result<(PathBuf, PathBuf, PathBuf), LinuxError> {
     if !opts.backend.is_file() {
         return Err(LinuxError::MissingArtifact {
             what: "backend",

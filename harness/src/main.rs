@@ -33,6 +33,9 @@ enum Cmd {
     /// Boot a stock Debian kernel (built by linux-guest/build.sh) under TCG and drive the
     /// Linux SCSI stack against the backend: sg3_utils, ext4, fio with verify.
     Linux(LinuxArgs),
+    /// `make bench-linux`: the stock Linux guest runs the same fio jobs against our backend
+    /// and against QEMU's built-in virtio-scsi (cache=none, aio=native) on the same image.
+    BenchLinux(linux::bench::LinuxBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -158,6 +161,56 @@ fn main() -> ExitCode {
         Cmd::Matrix(args) => matrix_cli::run_matrix(args, workspace_root()),
         Cmd::Bench(args) => bench(args),
         Cmd::Linux(args) => linux(args),
+        Cmd::BenchLinux(args) => bench_linux(args),
+    }
+}
+
+/// The Linux guest's directory and the command that builds it.
+fn linux_guest_dir(flag: Option<PathBuf>) -> (PathBuf, String) {
+    let root = workspace_root();
+    match flag.or_else(|| std::env::var_os("FLAKYHBA_LINUX_GUEST").map(PathBuf::from)) {
+        Some(dir) => {
+            let build = linux::build_command(root, &dir);
+            (dir, build)
+        }
+        None => linux::default_guest_dir(root),
+    }
+}
+
+fn bench_linux(args: linux::bench::LinuxBenchArgs) -> ExitCode {
+    let (guest_dir, build_command) = linux_guest_dir(args.guest_dir.clone());
+    let backend = default_path(
+        args.backend.clone(),
+        "FLAKYHBA_BACKEND",
+        "target/release/vhost-user-flakyhba",
+    );
+    let opts = args.options(backend, guest_dir, build_command);
+    match linux::bench::run_linux_bench(&opts) {
+        Ok(_) if signals::interrupted() => {
+            eprintln!("flakyhba-harness: interrupted");
+            ExitCode::from(EXIT_INTERRUPTED as u8)
+        }
+        Ok(report) => {
+            print!("{}", linux::bench::render_table(&report));
+            if let Some(path) = &args.json {
+                if let Err(e) = linux::bench::write_json(&report, path) {
+                    eprintln!(
+                        "flakyhba-harness bench-linux: could not write {}: {e}",
+                        path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) if failure.interrupted() || signals::interrupted() => {
+            eprintln!("flakyhba-harness: interrupted");
+            ExitCode::from(EXIT_INTERRUPTED as u8)
+        }
+        Err(failure) => {
+            eprint!("bench-linux: {failure}");
+            ExitCode::FAILURE
+        }
     }
 }
 

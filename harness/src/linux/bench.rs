@@ -1,0 +1,981 @@
+//! `flakyhba-harness bench-linux` (`make bench-linux`): the stock Linux guest runs the same
+//! fio jobs against our backend (`vhost-user-scsi-pci`) and against QEMU's built-in
+//! virtio-scsi (`virtio-scsi-pci` with a `scsi-hd` on the same image file, `cache=none,
+//! aio=native`), one boot per device and round, in one run. The guest's /init
+//! (`flakyhba.bench=S`) prints fio's JSON on the serial port; the table compares IOPS,
+//! bandwidth and latency percentiles, ours / QEMU's. Under TCG the guest's CPU bounds
+//! both figures, so the ratio says how much each device costs the guest, not what the
+//! backend can do (`make bench` measures that).
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{check_inputs, LinuxError, LinuxFailure, LinuxOptions, StepResult, ACCEL};
+use crate::bench::prepare_image;
+use crate::listen;
+use crate::process::{ChildGuard, ProcessError, Stdout};
+use crate::qemu::{self, Guest, LinuxBoot, QemuConfig};
+use crate::rundir::RunDir;
+use crate::serial::{Serial, SerialError, SerialLine};
+use crate::signals;
+
+/// The marker of a fio result line: `FLAKYHBA-FIO <job> <fio's JSON on one line>`.
+pub const FIO_MARKER: &str = "FLAKYHBA-FIO ";
+/// The fio jobs /init runs (fio `--rw` values), 4 KiB at iodepth 32 per queue.
+pub const JOBS: &[&str] = &["randread", "randwrite"];
+/// The image both devices serve: filled with data, so reads hit allocated blocks.
+pub const IMAGE_BYTES: u64 = 256 * 1024 * 1024;
+/// The built-in device's drive options, as the comparison is usually quoted.
+pub const QEMU_DRIVE_OPTIONS: &str = "format=raw,cache=none,aio=native";
+
+/// The device the guest's disk is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Device {
+    /// Our backend behind QEMU's vhost-user-scsi-pci.
+    Ours,
+    /// QEMU's own virtio-scsi-pci and scsi-hd.
+    QemuVirtioScsi,
+}
+
+impl Device {
+    pub fn label(self) -> &'static str {
+        match self {
+            Device::Ours => "ours",
+            Device::QemuVirtioScsi => "qemu virtio-scsi",
+        }
+    }
+
+    fn log_name(self) -> &'static str {
+        match self {
+            Device::Ours => "ours",
+            Device::QemuVirtioScsi => "qemu-builtin",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LinuxBenchOptions {
+    pub queues: u16,
+    /// Seconds of each fio job (after a 2 s ramp).
+    pub runtime_s: u32,
+    /// Boots per device; the devices alternate.
+    pub repeats: u32,
+    pub backend: PathBuf,
+    pub guest_dir: PathBuf,
+    pub qemu: PathBuf,
+    /// `-drive` options of QEMU's own device ([`QEMU_DRIVE_OPTIONS`]).
+    pub qemu_drive: String,
+    /// Deadline of each boot.
+    pub boot_timeout: Duration,
+    pub keep: Option<PathBuf>,
+    pub build_command: String,
+}
+
+/// fio's figures for one job, from its JSON (`jobs[0]`, group reporting).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FioFigures {
+    pub iops: f64,
+    pub mib_s: f64,
+    pub ios: u64,
+    /// Submission to completion (fio's `lat_ns`).
+    pub lat_mean_us: f64,
+    /// Completion latency percentiles (fio's `clat_ns`, as fio prints them).
+    pub clat_p50_us: f64,
+    pub clat_p99_us: f64,
+    pub clat_p999_us: f64,
+    pub clat_max_us: f64,
+    /// Guest CPU of the fio job (user + system, percent of one CPU).
+    pub guest_cpu_percent: f64,
+}
+
+impl FioFigures {
+    /// The figures of `job` (a fio `--rw` value) from fio's JSON output.
+    pub fn from_fio_json(json: &Value, job: &str) -> Option<FioFigures> {
+        let j = json.get("jobs")?.get(0)?;
+        if j.get("error").and_then(Value::as_u64).unwrap_or(0) != 0 {
+            return None;
+        }
+        let side = j.get(if job.contains("write") {
+            "write"
+        } else {
+            "read"
+        })?;
+        let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
+        let us = |ns: f64| ns / 1000.0;
+        let clat = side.get("clat_ns")?;
+        let pct = |p: &str| {
+            clat.get("percentile")
+                .and_then(|m| m.get(p))
+                .and_then(Value::as_f64)
+                .map(us)
+        };
+        Some(FioFigures {
+            iops: f(side, "iops")?,
+            // fio's bw is KiB/s.
+            mib_s: f(side, "bw")? / 1024.0,
+            ios: side.get("total_ios").and_then(Value::as_u64).unwrap_or(0),
+            lat_mean_us: us(f(side.get("lat_ns")?, "mean")?),
+            clat_p50_us: pct("50.000000").unwrap_or(0.0),
+            clat_p99_us: pct("99.000000").unwrap_or(0.0),
+            clat_p999_us: pct("99.900000").unwrap_or(0.0),
+            clat_max_us: us(f(clat, "max").unwrap_or(0.0)),
+            guest_cpu_percent: f(j, "usr_cpu").unwrap_or(0.0) + f(j, "sys_cpu").unwrap_or(0.0),
+        })
+    }
+}
+
+/// One fio job of one boot.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobRun {
+    pub device: Device,
+    pub round: u32,
+    pub job: String,
+    pub figures: FioFigures,
+}
+
+/// The median of a job on a device over the rounds, with min and max (IOPS).
+#[derive(Clone, Debug, Serialize)]
+pub struct JobSummary {
+    pub job: String,
+    pub device: Device,
+    pub iops_median: f64,
+    pub iops_min: f64,
+    pub iops_max: f64,
+    /// The run closest to the median.
+    pub median_run: FioFigures,
+}
+
+/// Ours / QEMU's for one job.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobRatio {
+    pub job: String,
+    /// Median over the rounds of the IOPS ratio of the round's two boots.
+    pub iops: f64,
+    pub min: f64,
+    pub max: f64,
+    /// QEMU's median latency over ours (above 1: ours is faster).
+    pub lat_mean_qemu_over_ours: f64,
+    pub target: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LinuxBenchReport {
+    pub kernel: String,
+    pub accel: String,
+    pub queues: u16,
+    pub runtime_s: u32,
+    pub repeats: u32,
+    pub image_bytes: u64,
+    pub qemu_drive: String,
+    pub runs: Vec<JobRun>,
+    pub summary: Vec<JobSummary>,
+    pub ratios: Vec<JobRatio>,
+    pub wall_s: f64,
+}
+
+/// The kernel command line of a bench boot.
+pub fn kernel_command_line(queues: u16, runtime_s: u32) -> String {
+    format!(
+        "console=ttyS0 panic=-1 quiet flakyhba.queues={queues} flakyhba.bench={runtime_s} flakyhba.bench_jobs={}",
+        JOBS.join(",")
+    )
+}
+
+/// QEMU's option parser splits on ','; a literal comma in a value is written ",,".
+fn option_value(path: &Path) -> OsString {
+    let mut out = Vec::new();
+    for &b in path.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from(std::ffi::OsStr::from_bytes(&out))
+}
+
+/// The vhost-user command line with the vhost-user-scsi device (and its chardev) replaced
+/// by QEMU's own virtio-scsi controller and a scsi-hd on `image` (`-drive` with
+/// `drive_options`): everything else (machine,
+/// memory, CPUs, kernel, console) stays the same. `None` if the vhost-user device is not
+/// in `args`.
+pub fn builtin_args(
+    args: &[OsString],
+    image: &Path,
+    drive_options: &str,
+    queues: u16,
+) -> Option<Vec<OsString>> {
+    let mut out = Vec::with_capacity(args.len() + 4);
+    let mut replaced = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = |v: Option<&OsString>| v.map(|v| v.to_string_lossy().into_owned());
+        match a.to_str() {
+            Some("-chardev") => {
+                let v = it.next();
+                if !value(v).is_some_and(|v| v.starts_with("socket,id=vus,")) {
+                    out.push(a.clone());
+                    out.extend(v.cloned());
+                }
+            }
+            Some("-device") => {
+                let v = it.next();
+                if value(v).is_some_and(|v| v.starts_with("vhost-user-scsi-pci,")) {
+                    let mut drive = OsString::from("if=none,id=d0,file=");
+                    drive.push(option_value(image));
+                    drive.push(format!(",{drive_options}"));
+                    out.extend([
+                        "-device".into(),
+                        format!("virtio-scsi-pci,id=scsi0,num_queues={queues}").into(),
+                        "-drive".into(),
+                        drive,
+                        "-device".into(),
+                        "scsi-hd,drive=d0,bus=scsi0.0".into(),
+                    ]);
+                    replaced = true;
+                } else {
+                    out.push(a.clone());
+                    out.extend(v.cloned());
+                }
+            }
+            _ => out.push(a.clone()),
+        }
+    }
+    replaced.then_some(out)
+}
+
+/// What one boot printed, judged: every step passed, the result says pass, QEMU exited 0
+/// and each job's JSON parsed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum BenchJudgeError {
+    #[error("steps failed: {0}")]
+    Steps(String),
+    #[error("the guest printed no result line")]
+    NoResultLine,
+    #[error("the guest reports {0:?}")]
+    GuestFailed(String),
+    #[error("no fio result for {0}")]
+    NoFioResult(String),
+    #[error("QEMU exited with {0:?} instead of 0")]
+    QemuExit(Option<i32>),
+}
+
+/// The figures of every job, and the guest's kernel, or why the boot failed.
+pub fn judge_bench(
+    lines: &[SerialLine],
+    exit_code: Option<i32>,
+) -> Result<(String, Vec<(String, FioFigures)>), BenchJudgeError> {
+    let logs = || {
+        lines.iter().filter_map(|l| match l {
+            SerialLine::Log(t) => Some(t.as_str()),
+            SerialLine::Report(_) => None,
+        })
+    };
+    let steps: Vec<StepResult> = logs().filter_map(StepResult::parse).collect();
+    let mut bad: Vec<String> = steps
+        .iter()
+        .filter(|s| s.rc != 0)
+        .map(|s| format!("{} rc={}", s.name, s.rc))
+        .collect();
+    let required = ["modules", "find-disk", "fio-warmup"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(JOBS.iter().map(|j| format!("fio-{j}")));
+    for name in required {
+        if !steps.iter().any(|s| s.name == name) {
+            bad.push(format!("{name} never ran"));
+        }
+    }
+    if !bad.is_empty() {
+        return Err(BenchJudgeError::Steps(bad.join(", ")));
+    }
+    let result = lines
+        .iter()
+        .rev()
+        .find_map(SerialLine::result)
+        .ok_or(BenchJudgeError::NoResultLine)?;
+    let verdict = result.get("result").and_then(Value::as_str).unwrap_or("");
+    if verdict != "pass" {
+        return Err(BenchJudgeError::GuestFailed(verdict.to_owned()));
+    }
+    if exit_code != Some(0) {
+        return Err(BenchJudgeError::QemuExit(exit_code));
+    }
+    let mut figures = Vec::new();
+    for job in JOBS {
+        let prefix = format!("{FIO_MARKER}{job} ");
+        let fig = logs()
+            .filter_map(|t| t.find(&prefix).map(|at| &t[at + prefix.len()..]))
+            .filter_map(|json| serde_json::from_str::<Value>(json).ok())
+            .find_map(|v| FioFigures::from_fio_json(&v, job))
+            .ok_or_else(|| BenchJudgeError::NoFioResult((*job).to_owned()))?;
+        figures.push(((*job).to_owned(), fig));
+    }
+    let kernel = result
+        .get("kernel")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    Ok((kernel, figures))
+}
+
+/// One boot's processes. Field order is drop order: backend before QEMU
+/// (architecture.md).
+struct Boot {
+    backend: Option<ChildGuard>,
+    qemu: Option<ChildGuard>,
+    serial: Option<Serial>,
+    qemu_command: Option<String>,
+}
+
+impl Boot {
+    fn failure(mut self, error: LinuxError, wall: Duration, dir: &RunDir) -> LinuxFailure {
+        for guard in [&mut self.backend, &mut self.qemu].into_iter().flatten() {
+            if let Err(e) = guard.kill() {
+                log::warn!("{e}");
+            }
+        }
+        if let Some(serial) = &mut self.serial {
+            let _ = serial.wait_for_close(Instant::now() + Duration::from_millis(200));
+        }
+        LinuxFailure {
+            error,
+            wall,
+            qemu_command: self.qemu_command.clone(),
+            serial: self
+                .serial
+                .as_ref()
+                .map_or_else(String::new, |s| s.transcript().to_owned()),
+            backend_log: self.backend.as_ref().map(ChildGuard::read_log),
+            qemu_log: self.qemu.as_ref().map(ChildGuard::read_log),
+            kept_dir: dir.is_kept().then(|| dir.path().to_owned()),
+        }
+    }
+}
+
+/// What a boot needs besides the options.
+struct Inputs {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    qemu: PathBuf,
+    image: PathBuf,
+}
+
+fn from_wait(e: ProcessError) -> LinuxError {
+    match e {
+        ProcessError::Interrupted => LinuxError::Interrupted,
+        e => LinuxError::CouldNotStop(e),
+    }
+}
+
+fn from_listen(e: listen::ListenError) -> LinuxError {
+    match e {
+        listen::ListenError::Process(ProcessError::Interrupted) => LinuxError::Interrupted,
+        e => LinuxError::BackendNotReady(e),
+    }
+}
+
+/// Boots the guest once on `device` and returns its jobs' figures and kernel.
+fn boot(
+    b: &mut Boot,
+    opts: &LinuxBenchOptions,
+    inputs: &Inputs,
+    dir: &RunDir,
+    device: Device,
+    round: u32,
+) -> Result<(String, Vec<(String, FioFigures)>), LinuxError> {
+    let start = Instant::now();
+    let deadline = start + opts.boot_timeout;
+    let name = |what: &str| format!("{}-{}-{what}", device.log_name(), round + 1);
+    let socket = dir.socket_path()?;
+    let config = QemuConfig {
+        qemu: inputs.qemu.clone(),
+        socket: socket.clone(),
+        guest: Guest::Linux(LinuxBoot {
+            kernel: inputs.kernel.clone(),
+            initrd: inputs.initrd.clone(),
+            append: kernel_command_line(opts.queues, opts.runtime_s),
+            memory_mib: super::LINUX_MEMORY_MIB,
+            cpus: opts.queues,
+            num_queues: opts.queues,
+        }),
+        accel: ACCEL,
+        bios: qemu::default_bios(),
+    };
+    let args = match device {
+        Device::Ours => {
+            let _ = std::fs::remove_file(&socket);
+            let mut command = Command::new(&opts.backend);
+            command
+                .arg("--socket-path")
+                .arg(&socket)
+                .arg("--lun")
+                .arg(&inputs.image)
+                .arg("--num-queues")
+                .arg(opts.queues.to_string());
+            let backend = b.backend.insert(
+                ChildGuard::spawn(
+                    "backend",
+                    command,
+                    &dir.log_path(&name("backend")),
+                    Stdout::Log,
+                )
+                .map_err(LinuxError::CouldNotStartBackend)?,
+            );
+            listen::wait_listening(backend, &socket, deadline).map_err(from_listen)?;
+            config.args()
+        }
+        Device::QemuVirtioScsi => {
+            builtin_args(&config.args(), &inputs.image, &opts.qemu_drive, opts.queues)
+                .expect("QemuConfig::args has the vhost-user-scsi device")
+        }
+    };
+    let mut command = Command::new(&config.qemu);
+    command.args(&args);
+    let line = std::iter::once(config.qemu.as_os_str().to_owned())
+        .chain(args.iter().cloned())
+        .map(|a| qemu::shell_quote(&a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!(
+        "bench-linux: round {} {}: {line}",
+        round + 1,
+        device.label()
+    );
+    b.qemu_command = Some(line);
+    if signals::interrupted() {
+        return Err(LinuxError::Interrupted);
+    }
+    let serial_log = dir.log_path(&name("serial"));
+    let serial_file = File::create(&serial_log).map_err(|e| {
+        LinuxError::CouldNotStartQemu(ProcessError::CouldNotCreateLog(serial_log, e))
+    })?;
+    let qemu = b.qemu.insert(
+        ChildGuard::spawn("qemu", command, &dir.log_path(&name("qemu")), Stdout::Piped)
+            .map_err(LinuxError::CouldNotStartQemu)?,
+    );
+    let port = qemu.take_stdout().expect("spawned with a piped stdout");
+    let serial = b.serial.insert(Serial::start(port, serial_file));
+    match serial.wait_for("the result line", |l| l.result().is_some(), deadline) {
+        Ok(_) | Err(SerialError::ClosedBefore(_)) => {}
+        Err(SerialError::Interrupted) => return Err(LinuxError::Interrupted),
+        Err(source) => {
+            return Err(LinuxError::NoResult {
+                secs: start.elapsed().as_secs_f64(),
+                source,
+            })
+        }
+    }
+    let status = qemu
+        .wait_until(deadline)
+        .map_err(from_wait)?
+        .ok_or(LinuxError::QemuDidNotExit)?;
+    match serial.wait_for_close(deadline.min(Instant::now() + Duration::from_secs(2))) {
+        Ok(()) => {}
+        Err(SerialError::Interrupted) => return Err(LinuxError::Interrupted),
+        Err(e) => log::warn!("serial port still open after QEMU exited: {e}"),
+    }
+    if let Some(backend) = &mut b.backend {
+        backend.kill().map_err(LinuxError::CouldNotStop)?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(judge_bench(serial.lines(), status.code())?)
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn summarize(runs: &[JobRun]) -> (Vec<JobSummary>, Vec<JobRatio>) {
+    let mut summary = Vec::new();
+    for job in JOBS {
+        for device in [Device::Ours, Device::QemuVirtioScsi] {
+            let these: Vec<&JobRun> = runs
+                .iter()
+                .filter(|r| r.job == *job && r.device == device)
+                .collect();
+            let mut iops: Vec<f64> = these.iter().map(|r| r.figures.iops).collect();
+            iops.sort_by(f64::total_cmp);
+            let Some(mid) = these.iter().min_by(|a, b| {
+                let m = median(&iops);
+                (a.figures.iops - m)
+                    .abs()
+                    .total_cmp(&(b.figures.iops - m).abs())
+            }) else {
+                continue;
+            };
+            summary.push(JobSummary {
+                job: (*job).to_owned(),
+                device,
+                iops_median: median(&iops),
+                iops_min: iops[0],
+                iops_max: iops[iops.len() - 1],
+                median_run: mid.figures.clone(),
+            });
+        }
+    }
+    let mut ratios = Vec::new();
+    for job in JOBS {
+        let of = |device| {
+            runs.iter()
+                .filter(move |r| r.job == *job && r.device == device)
+                .map(|r| (r.round, &r.figures))
+        };
+        let mut paired: Vec<f64> = of(Device::Ours)
+            .filter_map(|(round, o)| {
+                of(Device::QemuVirtioScsi)
+                    .find(|(r, _)| *r == round)
+                    .map(|(_, q)| o.iops / q.iops)
+            })
+            .filter(|r| r.is_finite())
+            .collect();
+        paired.sort_by(f64::total_cmp);
+        let find = |device| summary.iter().find(|s| s.job == *job && s.device == device);
+        let (Some(ours), Some(qemu)) = (find(Device::Ours), find(Device::QemuVirtioScsi)) else {
+            continue;
+        };
+        if paired.is_empty() {
+            continue;
+        }
+        ratios.push(JobRatio {
+            job: (*job).to_owned(),
+            iops: median(&paired),
+            min: paired[0],
+            max: paired[paired.len() - 1],
+            lat_mean_qemu_over_ours: qemu.median_run.lat_mean_us
+                / ours.median_run.lat_mean_us.max(1e-9),
+            target: (*job == "randread").then(|| ">= 1.0".to_owned()),
+        });
+    }
+    (summary, ratios)
+}
+
+/// Runs every round: our backend, then QEMU's device, on the same image.
+pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box<LinuxFailure>> {
+    let start = Instant::now();
+    let early = |error: LinuxError| {
+        Box::new(LinuxFailure {
+            error,
+            wall: start.elapsed(),
+            qemu_command: None,
+            serial: String::new(),
+            backend_log: None,
+            qemu_log: None,
+            kept_dir: None,
+        })
+    };
+    let check = LinuxOptions {
+        queues: opts.queues,
+        scsi_timeout_s: None,
+        held_read: false,
+        backend: opts.backend.clone(),
+        guest_dir: opts.guest_dir.clone(),
+        qemu: opts.qemu.clone(),
+        timeout: opts.boot_timeout,
+        keep: opts.keep.clone(),
+        build_command: opts.build_command.clone(),
+    };
+    let (kernel, initrd, qemu) = check_inputs(&check).map_err(early)?;
+    let dir = match opts.keep.as_deref() {
+        Some(keep) => RunDir::kept(keep),
+        None => RunDir::temporary(),
+    }
+    .map_err(|e| early(e.into()))?;
+    let image = dir.path().join("bench.img");
+    prepare_image(&image, IMAGE_BYTES).map_err(|e| early(LinuxError::BenchImage(e.to_string())))?;
+    let inputs = Inputs {
+        kernel,
+        initrd,
+        qemu,
+        image,
+    };
+    let mut runs = Vec::new();
+    let mut guest_kernel = String::new();
+    for round in 0..opts.repeats {
+        for device in [Device::Ours, Device::QemuVirtioScsi] {
+            let mut b = Boot {
+                backend: None,
+                qemu: None,
+                serial: None,
+                qemu_command: None,
+            };
+            let boot_start = Instant::now();
+            match boot(&mut b, opts, &inputs, &dir, device, round) {
+                Ok((kernel, figures)) => {
+                    guest_kernel = kernel;
+                    for (job, figures) in figures {
+                        eprintln!(
+                            "bench-linux: round {} {} {job}: {:.0} IOPS, {:.1} MiB/s, lat mean {:.0} us, clat p50 {:.0} us, p99 {:.0} us (boot {:.0} s)",
+                            round + 1,
+                            device.label(),
+                            figures.iops,
+                            figures.mib_s,
+                            figures.lat_mean_us,
+                            figures.clat_p50_us,
+                            figures.clat_p99_us,
+                            boot_start.elapsed().as_secs_f64()
+                        );
+                        runs.push(JobRun {
+                            device,
+                            round,
+                            job,
+                            figures,
+                        });
+                    }
+                }
+                Err(e) => return Err(Box::new(b.failure(e, start.elapsed(), &dir))),
+            }
+            if signals::interrupted() {
+                return Err(early(LinuxError::Interrupted));
+            }
+        }
+    }
+    let (summary, ratios) = summarize(&runs);
+    Ok(LinuxBenchReport {
+        kernel: guest_kernel,
+        accel: ACCEL.to_string(),
+        queues: opts.queues,
+        runtime_s: opts.runtime_s,
+        repeats: opts.repeats,
+        image_bytes: IMAGE_BYTES,
+        qemu_drive: format!(
+            "virtio-scsi-pci,num_queues={} + scsi-hd, -drive {}",
+            opts.queues, opts.qemu_drive
+        ),
+        runs,
+        summary,
+        ratios,
+        wall_s: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The terminal table.
+pub fn render_table(r: &LinuxBenchReport) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Linux {} guest under {}, {} vCPU / {} queue(s), fio 4k iodepth 32 libaio direct=1 on the raw disk, {} s per job, {} boot(s) per device, image {} MiB; QEMU's device: {}",
+        r.kernel,
+        r.accel,
+        r.queues,
+        r.queues,
+        r.runtime_s,
+        r.repeats,
+        r.image_bytes >> 20,
+        r.qemu_drive
+    );
+    let _ = writeln!(
+        t,
+        "{:<10} {:<17} {:>30} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "job",
+        "device",
+        "IOPS median [min - max]",
+        "MiB/s",
+        "lat mean",
+        "clat p50",
+        "clat p99",
+        "p99.9 us",
+        "guest %"
+    );
+    for s in &r.summary {
+        let f = &s.median_run;
+        let _ = writeln!(
+            t,
+            "{:<10} {:<17} {:>30} {:>8.1} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8.0}",
+            s.job,
+            s.device.label(),
+            format!(
+                "{:.0} [{:.0} - {:.0}]",
+                s.iops_median, s.iops_min, s.iops_max
+            ),
+            f.mib_s,
+            f.lat_mean_us,
+            f.clat_p50_us,
+            f.clat_p99_us,
+            f.clat_p999_us,
+            f.guest_cpu_percent
+        );
+    }
+    let _ = writeln!(
+        t,
+        "ratios ours / QEMU's: IOPS (median of each round's ratio [min - max]), mean latency QEMU's / ours"
+    );
+    for x in &r.ratios {
+        let _ = writeln!(
+            t,
+            "  {:<10} IOPS {:.2} [{:.2} - {:.2}]  latency {:.2}{}",
+            x.job,
+            x.iops,
+            x.min,
+            x.max,
+            x.lat_mean_qemu_over_ours,
+            x.target
+                .as_deref()
+                .map(|t| format!("  (target {t})"))
+                .unwrap_or_default()
+        );
+    }
+    t
+}
+
+/// `flakyhba-harness bench-linux`.
+#[derive(clap::Args, Debug)]
+pub struct LinuxBenchArgs {
+    /// Request queues of both devices; the guest gets as many CPUs and fio as many jobs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+    pub queues: u16,
+    /// Seconds of each fio job (after a 2 s ramp).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub runtime: u32,
+    /// Boots per device (the devices alternate; median, min and max are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repeats: u32,
+    /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
+    #[arg(long)]
+    pub backend: Option<PathBuf>,
+    /// Output directory of linux-guest/build.sh [default: $FLAKYHBA_LINUX_GUEST, else target/linux-guest]
+    #[arg(long)]
+    pub guest_dir: Option<PathBuf>,
+    /// QEMU binary, a path or a name looked up on PATH.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// `-drive` options of QEMU's built-in device (cache=none: O_DIRECT, no host page
+    /// cache, as the comparison is usually quoted; our backend reads through it).
+    #[arg(long, default_value = QEMU_DRIVE_OPTIONS)]
+    pub qemu_drive: String,
+    /// Deadline of each boot in seconds; on expiry everything is killed.
+    #[arg(long, default_value_t = 300)]
+    pub boot_timeout: u64,
+    /// Keep the run directory (logs, image) in DIR instead of a removed temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+impl LinuxBenchArgs {
+    /// The options, with the backend and guest directory the caller resolved.
+    pub fn options(
+        &self,
+        backend: PathBuf,
+        guest_dir: PathBuf,
+        build_command: String,
+    ) -> LinuxBenchOptions {
+        LinuxBenchOptions {
+            queues: self.queues,
+            runtime_s: self.runtime,
+            repeats: self.repeats,
+            backend,
+            guest_dir,
+            qemu: self.qemu.clone(),
+            qemu_drive: self.qemu_drive.clone(),
+            // Boot and module loading take some 20 s under TCG; fio's ramps and runs add
+            // the rest.
+            boot_timeout: Duration::from_secs(
+                self.boot_timeout
+                    .max(90 + u64::from(self.runtime + 5) * JOBS.len() as u64),
+            ),
+            keep: self.keep.clone(),
+            build_command,
+        }
+    }
+}
+
+pub fn write_json(r: &LinuxBenchReport, path: &Path) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(r).expect("report serializes");
+    std::fs::write(path, text + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fio 3.33's JSON, cut to what is read.
+    const FIO: &str = r#"{"fio version":"fio-3.33","jobs":[{"jobname":"randread","error":0,
+        "read":{"io_bytes":40960,"bw":1600,"iops":400.5,"total_ios":10,
+          "lat_ns":{"mean":80000.0},
+          "clat_ns":{"min":1,"max":900000,"mean":79000.0,
+            "percentile":{"50.000000":77824,"99.000000":150528,"99.900000":700416}}},
+        "write":{"io_bytes":0,"bw":0,"iops":0.0,"total_ios":0,"lat_ns":{"mean":0.0},
+          "clat_ns":{"min":0,"max":0,"mean":0.0}},
+        "usr_cpu":12.5,"sys_cpu":40.0}]}"#;
+
+    #[test]
+    fn fio_json_gives_the_figures_of_the_job() {
+        let v: Value = serde_json::from_str(FIO).unwrap();
+        let f = FioFigures::from_fio_json(&v, "randread").unwrap();
+        assert_eq!(f.iops, 400.5);
+        assert!((f.mib_s - 1600.0 / 1024.0).abs() < 1e-9);
+        assert_eq!(f.ios, 10);
+        assert_eq!(f.lat_mean_us, 80.0);
+        assert_eq!((f.clat_p50_us, f.clat_p99_us), (77.824, 150.528));
+        assert_eq!(f.clat_p999_us, 700.416);
+        assert_eq!(f.clat_max_us, 900.0);
+        assert_eq!(f.guest_cpu_percent, 52.5);
+        let w = FioFigures::from_fio_json(&v, "randwrite").unwrap();
+        assert_eq!((w.iops, w.clat_p99_us), (0.0, 0.0));
+        let failed: Value =
+            serde_json::from_str(&FIO.replace(r#""error":0"#, r#""error":5"#)).unwrap();
+        assert_eq!(FioFigures::from_fio_json(&failed, "randread"), None);
+    }
+
+    fn transcript(jobs: &[&str], result: &str) -> Vec<SerialLine> {
+        let mut v = vec![
+            SerialLine::parse("FLAKYHBA-STEP modules rc=0"),
+            SerialLine::parse("FLAKYHBA-STEP find-disk rc=0"),
+            SerialLine::parse("FLAKYHBA-STEP fio-warmup rc=0"),
+        ];
+        let one_line = FIO.replace('\n', "");
+        for job in jobs {
+            let json = one_line.replace("randread", job);
+            v.push(SerialLine::parse(&format!("FLAKYHBA-FIO {job} {json}")));
+            v.push(SerialLine::parse(&format!("FLAKYHBA-STEP fio-{job} rc=0")));
+        }
+        v.push(SerialLine::parse(result));
+        v
+    }
+
+    const PASS: &str =
+        r#"{"result":"pass","kernel":"6.1.0-57-amd64","queues":1,"steps":4,"failed":[]}"#;
+
+    #[test]
+    fn a_bench_boot_is_judged_and_parsed() {
+        let (kernel, figs) = judge_bench(&transcript(JOBS, PASS), Some(0)).unwrap();
+        assert_eq!(kernel, "6.1.0-57-amd64");
+        assert_eq!(figs.len(), JOBS.len());
+        assert_eq!(figs[0].0, "randread");
+        assert_eq!(figs[0].1.iops, 400.5);
+        assert_eq!(
+            judge_bench(&transcript(&["randread"], PASS), Some(0)),
+            Err(BenchJudgeError::Steps("fio-randwrite never ran".into()))
+        );
+        assert_eq!(
+            judge_bench(&transcript(JOBS, PASS), Some(1)),
+            Err(BenchJudgeError::QemuExit(Some(1)))
+        );
+        let mut lines = transcript(JOBS, PASS);
+        lines.retain(
+            |l| !matches!(l, SerialLine::Log(t) if t.starts_with("FLAKYHBA-FIO randwrite")),
+        );
+        assert_eq!(
+            judge_bench(&lines, Some(0)),
+            Err(BenchJudgeError::NoFioResult("randwrite".into()))
+        );
+    }
+
+    #[test]
+    fn the_builtin_device_replaces_the_vhost_user_one_and_nothing_else() {
+        let config = QemuConfig {
+            qemu: "qemu-system-x86_64".into(),
+            socket: "/run/d/vhost.sock".into(),
+            guest: Guest::Linux(LinuxBoot {
+                kernel: "/lg/vmlinuz".into(),
+                initrd: "/lg/initrd.gz".into(),
+                append: kernel_command_line(1, 15),
+                memory_mib: 512,
+                cpus: 1,
+                num_queues: 1,
+            }),
+            accel: ACCEL,
+            bios: None,
+        };
+        let vhost = config.args();
+        let builtin = builtin_args(
+            &vhost,
+            Path::new("/run/d,1/bench.img"),
+            QEMU_DRIVE_OPTIONS,
+            1,
+        )
+        .unwrap();
+        let s = |v: &[OsString]| -> Vec<String> {
+            v.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+        };
+        let (vhost, builtin) = (s(&vhost), s(&builtin));
+        assert!(!builtin
+            .iter()
+            .any(|a| a.contains("vhost-user") || a.contains("vus")));
+        let pos = |v: &[String], x: &str| v.iter().position(|a| a == x);
+        let d = pos(&builtin, "virtio-scsi-pci,id=scsi0,num_queues=1").unwrap();
+        assert_eq!(
+            builtin[d + 2],
+            "if=none,id=d0,file=/run/d,,1/bench.img,format=raw,cache=none,aio=native"
+        );
+        assert_eq!(builtin[d + 4], "scsi-hd,drive=d0,bus=scsi0.0");
+        // Everything else, in order, as the vhost-user run has it.
+        let rest = |v: &[String]| -> Vec<String> {
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < v.len() {
+                let next = v.get(i + 1).map(String::as_str).unwrap_or("");
+                let device = v[i] == "-drive"
+                    || ["-chardev", "-device"].contains(&v[i].as_str())
+                        && (next.contains("scsi") || next.starts_with("socket,id=vus"));
+                if device {
+                    i += 2;
+                } else {
+                    out.push(v[i].clone());
+                    i += 1;
+                }
+            }
+            out
+        };
+        assert_eq!(rest(&vhost), rest(&builtin));
+        assert!(builtin.iter().any(|a| a.contains("flakyhba.bench=15")));
+        assert!(
+            !builtin.iter().any(|a| a == "-cpu"),
+            "never pick a CPU model"
+        );
+        assert_eq!(builtin_args(&[], Path::new("x"), "", 1), None);
+    }
+
+    #[test]
+    fn ratios_pair_the_boots_of_a_round() {
+        let fig = |iops: f64, lat: f64| FioFigures {
+            iops,
+            mib_s: iops / 256.0,
+            ios: 1,
+            lat_mean_us: lat,
+            clat_p50_us: 0.0,
+            clat_p99_us: 0.0,
+            clat_p999_us: 0.0,
+            clat_max_us: 0.0,
+            guest_cpu_percent: 0.0,
+        };
+        let run = |device, round, job: &str, iops| JobRun {
+            device,
+            round,
+            job: job.into(),
+            figures: fig(iops, 1e6 / iops),
+        };
+        let runs = vec![
+            run(Device::Ours, 0, "randread", 1200.0),
+            run(Device::QemuVirtioScsi, 0, "randread", 1000.0),
+            run(Device::Ours, 1, "randread", 2400.0),
+            run(Device::QemuVirtioScsi, 1, "randread", 1600.0),
+            run(Device::Ours, 0, "randwrite", 500.0),
+            run(Device::QemuVirtioScsi, 0, "randwrite", 1000.0),
+        ];
+        let (summary, ratios) = summarize(&runs);
+        assert_eq!(summary.len(), 4);
+        let rr = &ratios[0];
+        assert_eq!(rr.job, "randread");
+        assert!((rr.iops - 1.35).abs() < 1e-9, "{rr:?}");
+        assert_eq!((rr.min, rr.max), (1.2, 1.5));
+        assert_eq!(rr.target.as_deref(), Some(">= 1.0"));
+        assert_eq!(ratios[1].iops, 0.5);
+        assert!(ratios[1].target.is_none());
+    }
+}
