@@ -81,10 +81,10 @@ pub(super) struct FaultBatch {
 }
 
 impl FaultBatch {
-    fn new(queue: usize) -> Self {
+    fn new(queue: usize, event_idx: bool) -> Self {
         FaultBatch {
             queue,
-            signals: SignalBatch::default(),
+            signals: SignalBatch::new(event_idx),
             completions: 0,
         }
     }
@@ -105,7 +105,7 @@ impl VhostUserScsiBackend {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut parked = false;
         let mut passes = Passes::default();
-        let mut batch = FaultBatch::new(queue);
+        let mut batch = FaultBatch::new(queue, event_idx);
         loop {
             if event_idx {
                 vring
