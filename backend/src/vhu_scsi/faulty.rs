@@ -205,8 +205,8 @@ impl VhostUserScsiBackend {
                 &self.target,
                 mem,
                 head,
-                buffers,
-                header,
+                &mut buffers,
+                header.as_ref(),
                 None,
                 how,
                 cdb_size,
@@ -226,7 +226,7 @@ impl VhostUserScsiBackend {
                 &self.target,
                 mem,
                 head,
-                buffers,
+                &mut buffers,
                 None,
                 None,
                 how,
@@ -285,8 +285,8 @@ impl VhostUserScsiBackend {
                     &self.target,
                     mem,
                     head,
-                    buffers,
-                    header,
+                    &mut buffers,
+                    header.as_ref(),
                     kept,
                     how,
                     cdb_size,
@@ -861,13 +861,13 @@ where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     let readable = buffers.readable_bytes?;
-    // The header is read once: off a copy of the readable buffer, which replaces the
-    // buffer (now past the header) only when the whole header could be read.
+    // The header is read once, and leaves the buffer as it was unless the whole header
+    // could be read.
     let data_out = buffers.readable.as_mut().ok()?;
-    let mut past = data_out.clone();
-    let req = read_header(&mut past, cdb_size).ok()?;
-    *data_out = past;
     let header = VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size;
+    let req = data_out
+        .read_or_keep(header, |b| read_header(b, cdb_size))
+        .ok()?;
     let writable = buffers.writable.as_ref().map_or(0, DataIn::remaining);
     let lun = req.lun;
     let (target, lun) = address_of(&lun);
