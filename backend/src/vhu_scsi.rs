@@ -24,7 +24,7 @@ use vmm_sys_util::event::{
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::faults::{
-    Corruption, Epoch, FaultEngine, Plan, ResetReason, SignalOutcome, VirtioEvent,
+    CommandScreen, Corruption, Epoch, FaultEngine, Plan, ResetReason, SignalOutcome, VirtioEvent,
 };
 use crate::scsi::sense::Sense;
 use crate::scsi::{CmdError, CmdOutcome, DataIn, DataOut, LuChange, LunAddress, Target};
@@ -143,6 +143,10 @@ pub struct VhostUserScsiBackend {
     /// The CDB area of a request header: the config space's `cdb_size`, which the driver
     /// may write (with VHOST_USER_PROTOCOL_F_CONFIG); 32 after a device reset.
     cdb_size: AtomicUsize,
+    /// Per queue (index: global queue number): which commands the plan cannot touch, so
+    /// the fault path serves them without the engine's lock. Only the queue's worker
+    /// takes its screen, once per kick.
+    screens: Vec<Mutex<CommandScreen>>,
 }
 
 impl VhostUserScsiBackend {
@@ -188,6 +192,12 @@ impl VhostUserScsiBackend {
             .chain((1..usize::from(num_request_queues)).map(|k| 1u64 << (FIRST_REQUEST_QUEUE + k)))
             .collect();
         let num_queues = FIRST_REQUEST_QUEUE + usize::from(num_request_queues);
+        let screens = {
+            let engine = lock(&faults.engine);
+            (0..num_queues)
+                .map(|q| Mutex::new(CommandScreen::new(&engine, q as u16)))
+                .collect()
+        };
         VhostUserScsiBackend {
             target,
             num_request_queues,
@@ -205,6 +215,7 @@ impl VhostUserScsiBackend {
             acked_features: AtomicU64::new(0),
             executing: Executing::new(num_queues),
             cdb_size: AtomicUsize::new(VIRTIO_SCSI_CDB_SIZE),
+            screens,
         }
     }
 

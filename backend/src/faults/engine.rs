@@ -511,14 +511,9 @@ impl FaultEngine {
 
     /// No rule, no quiesce and no trace: [`FaultEngine::on_request`] would decide nothing
     /// and record nothing for a command, so the request path need not describe it (nor
-    /// read the clock) and calls [`FaultEngine::count_idle_command`] instead.
+    /// read the clock) and only counts it ([`FaultEngine::count_commands`]).
     pub fn is_idle(&self) -> bool {
         self.trace.is_none() && self.rules.is_empty() && self.quiesce.is_empty()
-    }
-
-    /// What [`FaultEngine::on_request`] does for a command when the engine is idle.
-    pub fn count_idle_command(&mut self) {
-        self.stats.commands += 1;
     }
 
     /// What `n` calls of [`FaultEngine::on_request`] do for commands that a
