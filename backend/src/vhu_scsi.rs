@@ -24,7 +24,7 @@ use vmm_sys_util::event::{
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::faults::{
-    Corruption, Epoch, FaultEngine, Plan, ResetReason, SignalOutcome, VirtioEvent,
+    CommandScreen, Corruption, Epoch, FaultEngine, Plan, ResetReason, SignalOutcome, VirtioEvent,
 };
 use crate::scsi::sense::Sense;
 use crate::scsi::{CmdError, CmdOutcome, DataIn, DataOut, LuChange, LunAddress, Target};
@@ -143,6 +143,10 @@ pub struct VhostUserScsiBackend {
     /// The CDB area of a request header: the config space's `cdb_size`, which the driver
     /// may write (with VHOST_USER_PROTOCOL_F_CONFIG); 32 after a device reset.
     cdb_size: AtomicUsize,
+    /// Per queue (index: global queue number): which commands the plan cannot touch, so
+    /// the fault path serves them without the engine's lock. Only the queue's worker
+    /// takes its screen, once per kick.
+    screens: Vec<Mutex<CommandScreen>>,
 }
 
 impl VhostUserScsiBackend {
@@ -188,6 +192,12 @@ impl VhostUserScsiBackend {
             .chain((1..usize::from(num_request_queues)).map(|k| 1u64 << (FIRST_REQUEST_QUEUE + k)))
             .collect();
         let num_queues = FIRST_REQUEST_QUEUE + usize::from(num_request_queues);
+        let screens = {
+            let engine = lock(&faults.engine);
+            (0..num_queues)
+                .map(|q| Mutex::new(CommandScreen::new(&engine, q as u16)))
+                .collect()
+        };
         VhostUserScsiBackend {
             target,
             num_request_queues,
@@ -205,6 +215,7 @@ impl VhostUserScsiBackend {
             acked_features: AtomicU64::new(0),
             executing: Executing::new(num_queues),
             cdb_size: AtomicUsize::new(VIRTIO_SCSI_CDB_SIZE),
+            screens,
         }
     }
 
@@ -792,20 +803,30 @@ where
     .then(|| chain.clone());
     // Guest buffers walked in place: nothing is allocated for the request (issue 3.5), and
     // the descriptors are read once for both directions.
-    let buffers = ChainBuffers::scan(mem, chain);
-    serve_scanned(target, mem, head, buffers, None, kept, how, cdb_size, slot)
+    let mut buffers = ChainBuffers::scan(mem, chain);
+    serve_scanned(
+        target,
+        mem,
+        head,
+        &mut buffers,
+        None,
+        kept,
+        how,
+        cdb_size,
+        slot,
+    )
 }
 
-/// [`serve_command`] of a chain already scanned; `header` is its request header if it was
-/// already read off the readable buffer ([`read_header`]); `chain` is the chain itself,
-/// needed only when `how` corrupts what a read returns.
+/// [`serve_command`] of a chain already scanned (its buffers are used up); `header` is its
+/// request header if it was already read off the readable buffer ([`read_header`]);
+/// `chain` is the chain itself, needed only when `how` corrupts what a read returns.
 #[allow(clippy::too_many_arguments)]
 pub fn serve_scanned<M>(
     target: &Target,
     mem: &GuestMemoryMmap,
     head: u16,
-    buffers: ChainBuffers<'_, M>,
-    header: Option<VirtioScsiCmdReq>,
+    buffers: &mut ChainBuffers<'_, M>,
+    header: Option<&VirtioScsiCmdReq>,
     chain: Option<DescriptorChain<M>>,
     how: Disposition,
     cdb_size: usize,
@@ -818,7 +839,7 @@ where
         used: 0,
         resp: None,
     };
-    let Ok(mut data_in) = buffers.writable else {
+    let Ok(data_in) = buffers.writable.as_mut() else {
         warn!("request {head}: writable descriptor outside guest memory, no response possible");
         return none;
     };
@@ -826,7 +847,7 @@ where
     let Ok(mut writer) = data_in.split_at(resp_len) else {
         warn!(
             "request {head}: {} writable bytes, response needs {resp_len}",
-            DataIn::remaining(&data_in)
+            DataIn::remaining(data_in)
         );
         return none;
     };
@@ -836,7 +857,7 @@ where
         .readable_bytes
         .unwrap_or(0)
         .saturating_sub(VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size);
-    let data_in_len = DataIn::remaining(&data_in);
+    let data_in_len = DataIn::remaining(data_in);
     let resp = match how {
         Disposition::Respond(mut resp) => {
             // Not executed: nothing of the data buffer was transferred.
@@ -855,17 +876,11 @@ where
             } else {
                 buffers
                     .readable
+                    .as_mut()
                     .map_err(|e| format!("readable descriptor outside guest memory: {e}"))
             };
-            let executed = execute_request(
-                target,
-                data_out,
-                header,
-                &mut data_in,
-                corrupt,
-                cdb_size,
-                slot,
-            );
+            let executed =
+                execute_request(target, data_out, header, data_in, corrupt, cdb_size, slot);
             let mut resp = match executed {
                 Ok(resp) => resp,
                 Err(reason) => {
@@ -951,8 +966,8 @@ where
 /// data a write stores. With `slot`, the command is marked executing once its LU is known.
 fn execute_request<M>(
     target: &Target,
-    data_out: Result<GuestDataOut<'_, M>, String>,
-    header: Option<VirtioScsiCmdReq>,
+    data_out: Result<&mut GuestDataOut<'_, M>, String>,
+    header: Option<&VirtioScsiCmdReq>,
     data_in: &mut GuestDataIn<'_, M>,
     corrupt_writes: Option<Corruption>,
     cdb_size: usize,
@@ -961,14 +976,18 @@ fn execute_request<M>(
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    let mut data_out = data_out?;
+    let data_out = data_out?;
+    let read;
     let req = match header {
         Some(req) => req,
-        None => read_header(&mut data_out, cdb_size)?,
+        None => {
+            read = read_header(data_out, cdb_size)?;
+            &read
+        }
     };
     let cdb = req.cdb;
     // Without VIRTIO_SCSI_F_INOUT a request moves data in one direction only.
-    if DataOut::remaining(&data_out) > 0 && DataIn::remaining(data_in) > 0 {
+    if DataOut::remaining(data_out) > 0 && DataIn::remaining(data_in) > 0 {
         return Err("both data-out and data-in buffers without VIRTIO_SCSI_F_INOUT".into());
     }
 
@@ -1001,7 +1020,7 @@ where
         let mut resp = VirtioScsiCmdResp::with_response(VIRTIO_SCSI_S_OK);
         resp.status = outcome.status;
         // Nothing of the data buffer was transferred.
-        let total = DataIn::remaining(data_in).max(DataOut::remaining(&data_out));
+        let total = DataIn::remaining(data_in).max(DataOut::remaining(data_out));
         resp.resid = Le32::from(total as u32);
         resp.sense_len = Le32::from(outcome.sense_bytes(&mut resp.sense) as u32);
         return Ok(resp);
@@ -1012,18 +1031,18 @@ where
         slot.begin(addr.target, addr.lun);
     }
     let in_len = DataIn::remaining(data_in);
-    let out_len = DataOut::remaining(&data_out);
+    let out_len = DataOut::remaining(data_out);
     let outcome = match corrupt_writes {
         Some(c) if out_len > 0 => {
-            let mut corrupting = faulty::CorruptingDataOut::new(&mut data_out, c);
+            let mut corrupting = faulty::CorruptingDataOut::new(data_out, c);
             target.execute_on(&lu, &cdb, data_in, &mut corrupting)
         }
-        _ => target.execute_on(&lu, &cdb, data_in, &mut data_out),
+        _ => target.execute_on(&lu, &cdb, data_in, data_out),
     };
     // Residual: bytes of the data buffer that were not transferred (5.6.6.1). What is
     // left in the buffer is exactly that, whatever the target did.
     let resid = if out_len > 0 {
-        DataOut::remaining(&data_out)
+        DataOut::remaining(data_out)
     } else {
         DataIn::remaining(data_in)
     };

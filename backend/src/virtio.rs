@@ -310,6 +310,34 @@ where
         }
     }
 
+    /// Runs `read`, which moves at most `len` bytes through the buffer, and leaves the
+    /// buffer as it was if `read` fails. When those bytes lie in the current descriptor
+    /// (where a request header usually is), `read` never moves the chain, so only the
+    /// position is saved; otherwise it runs on a copy, which replaces the buffer only on
+    /// success.
+    #[inline]
+    pub fn read_or_keep<T, E>(
+        &mut self,
+        len: usize,
+        read: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        if len <= self.left_in_desc {
+            let saved = (self.addr, self.left_in_desc, self.remaining, self.moved);
+            let result = read(self);
+            if result.is_err() {
+                (self.addr, self.left_in_desc, self.remaining, self.moved) = saved;
+            }
+            result
+        } else {
+            let mut copy = self.clone();
+            let result = read(&mut copy);
+            if result.is_ok() {
+                *self = copy;
+            }
+            result
+        }
+    }
+
     /// Bytes moved through this buffer so far.
     pub fn bytes_moved(&self) -> usize {
         self.moved

@@ -16,8 +16,9 @@ mod tests;
 
 pub use control::{ControlError, ControlServer};
 pub use engine::{
-    Completion, Corruption, EngineError, Epoch, FaultEngine, KindCounts, RequestDecision,
-    RequestInfo, RequestKind, SignalOutcome, Stats, TickAction, TmfOutcome,
+    CommandScreen, CommandShape, Completion, Corruption, EngineError, Epoch, FaultEngine,
+    KindCounts, RequestDecision, RequestInfo, RequestKind, SignalOutcome, Stats, TickAction,
+    TmfOutcome,
 };
 pub use plan::{
     DataDirection, FaultKind, FaultSpec, NewCommandPolicy, Plan, PlanError, ResetReason,

@@ -1400,4 +1400,5 @@ fn idle_engine_without_trace_skips_describing_commands_but_counts_them() {
 
 mod bad_input;
 mod events;
+mod screen;
 mod tmf;

@@ -23,8 +23,8 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::inflight::{InflightEntry, Work};
 use super::*;
 use crate::faults::{
-    Completion, Corruption, DataDirection, RequestInfo, ResetReason, StatusOverride, TickAction,
-    TmfFailure, TmfKind, TmfOutcome, VirtioEvent, VirtioResponse,
+    CommandShape, Completion, Corruption, DataDirection, RequestInfo, ResetReason, StatusOverride,
+    TickAction, TmfFailure, TmfKind, TmfOutcome, VirtioEvent, VirtioResponse,
 };
 use crate::scsi::{DataError, DataOut, LunAddress};
 
@@ -73,19 +73,25 @@ fn record_served(engine: &mut FaultEngine, queue: usize, tag: u64, served: &Serv
 
 /// The fault path's batch of one pass over a queue: the interrupt decision of its
 /// completions ([`SignalBatch`]) and, since without a trace a completion is only counted,
-/// how many there were; both reach the engine under one lock per batch.
-pub(super) struct FaultBatch {
+/// how many there were, and how many commands the queue's [`CommandScreen`] let by the
+/// engine (each only counted); all reach the engine under one lock per batch.
+pub(super) struct FaultBatch<'a> {
     queue: usize,
     signals: SignalBatch,
+    commands: u64,
     completions: u64,
+    /// The queue's screen, held for the whole kick (only this worker takes it).
+    screen: MutexGuard<'a, CommandScreen>,
 }
 
-impl FaultBatch {
-    fn new(queue: usize, event_idx: bool) -> Self {
+impl<'a> FaultBatch<'a> {
+    fn new(queue: usize, event_idx: bool, screen: MutexGuard<'a, CommandScreen>) -> Self {
         FaultBatch {
             queue,
             signals: SignalBatch::new(event_idx),
+            commands: 0,
             completions: 0,
+            screen,
         }
     }
 }
@@ -105,7 +111,7 @@ impl VhostUserScsiBackend {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut parked = false;
         let mut passes = Passes::default();
-        let mut batch = FaultBatch::new(queue, event_idx);
+        let mut batch = FaultBatch::new(queue, event_idx, lock(&self.screens[queue]));
         loop {
             if event_idx {
                 vring
@@ -153,13 +159,14 @@ impl VhostUserScsiBackend {
         Ok(())
     }
 
-    /// Gives the engine the batch's completion count and, if one was taken, its
-    /// interrupt decision.
+    /// Gives the engine the batch's command and completion counts and, if one was taken,
+    /// its interrupt decision.
     fn count_batch(&self, batch: &mut FaultBatch, outcome: Option<SignalOutcome>) {
-        if outcome.is_none() && batch.completions == 0 {
+        if outcome.is_none() && batch.completions == 0 && batch.commands == 0 {
             return;
         }
         let mut engine = self.engine();
+        engine.count_commands(std::mem::take(&mut batch.commands));
         engine.count_completions(std::mem::take(&mut batch.completions));
         if let Some(outcome) = outcome {
             let now = if engine.tracing() {
@@ -171,6 +178,15 @@ impl VhostUserScsiBackend {
         }
     }
 
+    /// The queue's screen, rebuilt first (under the engine's lock) if the plan changed.
+    #[inline]
+    fn screen<'b>(&self, batch: &'b mut FaultBatch<'_>) -> &'b CommandScreen {
+        if !batch.screen.is_current() {
+            batch.screen.refresh(&self.engine());
+        }
+        &batch.screen
+    }
+
     /// One request-queue chain. Returns whether it was parked in the in-flight table.
     /// Without a trace, a command completed at once joins `batch`: its interrupt is
     /// decided with the rest of the pass, and its completion counted with the batch's.
@@ -179,6 +195,9 @@ impl VhostUserScsiBackend {
     /// alone, after the batch's. The chain is walked and its header read once, before the
     /// engine is asked: the engine's description of the command and its execution read
     /// the same buffers.
+    ///
+    /// A command the queue's [`CommandScreen`] passes (no rule can match it, no trace, no
+    /// slow TMF) is served without the engine: only counted, with the batch.
     fn command_with_faults(
         &self,
         queue: usize,
@@ -192,21 +211,19 @@ impl VhostUserScsiBackend {
         let head = chain.head_index();
         let cdb_size = self.cdb_size();
         let mut buffers = ChainBuffers::scan(mem, chain.clone());
-        let described = request_info(queue as u16, &mut buffers, cdb_size);
-        let header = described.map(|(_, req)| req);
-        let mut engine = self.engine();
+        let header = read_command_header(&mut buffers, cdb_size);
+        let screen = self.screen(batch);
         // Nothing would read the command's description or the time: only count it.
-        if engine.is_idle() {
-            engine.count_idle_command();
-            drop(engine);
+        if screen.idle() {
+            batch.commands += 1;
             let how = Disposition::EXECUTE;
             let slot = Some(&slot);
             let served = serve_scanned(
                 &self.target,
                 mem,
                 head,
-                buffers,
-                header,
+                &mut buffers,
+                header.as_ref(),
                 None,
                 how,
                 cdb_size,
@@ -216,9 +233,8 @@ impl VhostUserScsiBackend {
                 .complete_into_batch(vring, head, &served, batch)
                 .map(|()| false);
         }
-        let Some((info, _)) = described else {
-            let tracing = engine.tracing();
-            drop(engine);
+        let Some(req) = &header else {
+            let tracing = screen.tracing();
             // Malformed: served as without faults, so it fails the usual way.
             let how = Disposition::EXECUTE;
             let slot = Some(&slot);
@@ -226,7 +242,7 @@ impl VhostUserScsiBackend {
                 &self.target,
                 mem,
                 head,
-                buffers,
+                &mut buffers,
                 None,
                 None,
                 how,
@@ -241,11 +257,42 @@ impl VhostUserScsiBackend {
             }
             return Ok(false);
         };
+        let (target, lun) = address_of(&req.lun);
         // Before the engine decides (a slow TMF's BUSY) and the target looks at the LU: a
         // TMF either waits for this command or this command sees what the TMF did. An
         // address that names no LU is marked as target 0xff, which costs a TMF for that
         // address a wait at most.
-        slot.begin(info.target, info.lun);
+        slot.begin(target, lun);
+        // Looked at again after the mark: a slow TMF that began meanwhile either made the
+        // screen stale (this command then goes to the engine, which answers BUSY or holds
+        // it) or sees the mark and waits for the command.
+        let shape = ScannedCommand {
+            target,
+            lun,
+            req,
+            buffers: &buffers,
+            cdb_size,
+        };
+        if self.screen(batch).passes(&shape) {
+            batch.commands += 1;
+            let how = Disposition::EXECUTE;
+            let served = serve_scanned(
+                &self.target,
+                mem,
+                head,
+                &mut buffers,
+                header.as_ref(),
+                None,
+                how,
+                cdb_size,
+                None,
+            );
+            return self
+                .complete_into_batch(vring, head, &served, batch)
+                .map(|()| false);
+        }
+        let info = request_info(queue as u16, &buffers, req, cdb_size);
+        let mut engine = self.engine();
         // A plan armed for other commands does not read the clock for this one.
         let now = if engine.needs_time(&info) {
             self.faults.epoch.now()
@@ -285,8 +332,8 @@ impl VhostUserScsiBackend {
                     &self.target,
                     mem,
                     head,
-                    buffers,
-                    header,
+                    &mut buffers,
+                    header.as_ref(),
                     kept,
                     how,
                     cdb_size,
@@ -313,6 +360,7 @@ impl VhostUserScsiBackend {
     /// Completes a served command into `batch`: its completion is counted, and its
     /// signal decided, with the batch's. No trace is written in this mode (a completion
     /// record would carry only a count).
+    #[inline]
     fn complete_into_batch(
         &self,
         vring: &VringRwLock,
@@ -847,47 +895,102 @@ fn address_of(lun: &[u8; 8]) -> (u8, u16) {
     decode_lun(lun).map_or((u8::MAX, 0), |a| (a.target, a.lun))
 }
 
-/// What the engine needs to know about a command chain whose header has a `cdb_size` CDB
-/// area, from its scanned buffers, and the request header, which this reads off the
-/// readable buffer; `None` if it has no readable header or a readable descriptor outside
-/// guest memory (it will fail without the engine, its buffers untouched). Allocates
+/// Reads the request header, whose CDB area has `cdb_size` bytes, off the readable buffer
+/// of a scanned command chain; `None` if it has no readable header or a readable
+/// descriptor outside guest memory (it will then fail without the engine, its buffers
+/// untouched: [`execute_request`] reads the header again and reports why). Allocates
 /// nothing and walks no descriptor again.
-fn request_info<M>(
-    queue: u16,
+#[inline]
+fn read_command_header<M>(
     buffers: &mut ChainBuffers<'_, M>,
     cdb_size: usize,
-) -> Option<(RequestInfo, VirtioScsiCmdReq)>
+) -> Option<VirtioScsiCmdReq>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    let readable = buffers.readable_bytes?;
-    // The header is read once: off a copy of the readable buffer, which replaces the
-    // buffer (now past the header) only when the whole header could be read.
+    buffers.readable_bytes?;
     let data_out = buffers.readable.as_mut().ok()?;
-    let mut past = data_out.clone();
-    let req = read_header(&mut past, cdb_size).ok()?;
-    *data_out = past;
+    let header = VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size;
+    data_out
+        .read_or_keep(header, |b| read_header(b, cdb_size))
+        .ok()
+}
+
+/// A scanned command as the queue's [`CommandScreen`] looks at it.
+struct ScannedCommand<'a, 'm, M>
+where
+    M: Deref<Target = GuestMemoryMmap>,
+{
+    target: u8,
+    lun: u16,
+    req: &'a VirtioScsiCmdReq,
+    buffers: &'a ChainBuffers<'m, M>,
+    cdb_size: usize,
+}
+
+impl<M> CommandShape for ScannedCommand<'_, '_, M>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    fn target(&self) -> u8 {
+        self.target
+    }
+    fn lun(&self) -> u16 {
+        self.lun
+    }
+    fn opcode(&self) -> u8 {
+        self.req.cdb[0]
+    }
+    fn direction(&self) -> DataDirection {
+        data_direction(self.buffers, self.cdb_size).0
+    }
+    fn blocks(&self) -> Option<(u64, u64)> {
+        cdb_blocks(&self.req.cdb)
+    }
+}
+
+/// The direction of a scanned command's data and how many bytes it has (those after the
+/// `cdb_size` header, or after the response). Not inlined: the screen asks for it only
+/// when a fault looks at the direction, and a copy inlined in its loop would be worked out
+/// ahead for every command.
+#[inline(never)]
+fn data_direction<M>(buffers: &ChainBuffers<'_, M>, cdb_size: usize) -> (DataDirection, usize)
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let readable = buffers.readable_bytes.unwrap_or(0);
     let header = VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size;
     let writable = buffers.writable.as_ref().map_or(0, DataIn::remaining);
-    let lun = req.lun;
-    let (target, lun) = address_of(&lun);
-    let cdb = req.cdb;
     let out_len = readable.saturating_sub(header);
     let in_len = writable.saturating_sub(size_of::<VirtioScsiCmdResp>());
-    let (direction, len) = if out_len > 0 {
+    if out_len > 0 {
         (DataDirection::Write, out_len)
     } else if in_len > 0 {
         (DataDirection::Read, in_len)
     } else {
         (DataDirection::None, 0)
-    };
-    let info = RequestInfo::command(queue, u64::from(req.id), target, lun, cdb[0])
+    }
+}
+
+/// What the engine needs to know about a command with request header `req` (read off
+/// `buffers` by [`read_command_header`]).
+fn request_info<M>(
+    queue: u16,
+    buffers: &ChainBuffers<'_, M>,
+    req: &VirtioScsiCmdReq,
+    cdb_size: usize,
+) -> RequestInfo
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let (target, lun) = address_of(&req.lun);
+    let (direction, len) = data_direction(buffers, cdb_size);
+    let info = RequestInfo::command(queue, u64::from(req.id), target, lun, req.cdb[0])
         .with_data(direction, u32::try_from(len).unwrap_or(u32::MAX));
-    let info = match cdb_blocks(&cdb) {
+    match cdb_blocks(&req.cdb) {
         Some((lba, blocks)) => info.with_lba(lba, blocks),
         None => info,
-    };
-    Some((info, req))
+    }
 }
 
 /// First block and block count of the reads and writes (SBC-3), for `lba` matching.
