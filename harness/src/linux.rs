@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::accel::Accel;
 use crate::listen::{self, ListenError};
-use crate::process::{ChildGuard, ProcessError, Stdout};
+use crate::process::{stop_and_collect, ChildGuard, Leftovers, ProcessError, Stdout};
 use crate::qemu::{self, Guest, LinuxBoot, QemuConfig};
 use crate::rundir::{RunDir, RunDirError};
 use crate::serial::{Serial, SerialError, SerialLine};
@@ -405,25 +405,28 @@ struct Run {
 
 impl Run {
     fn failure(mut self, error: LinuxError, wall: Duration) -> LinuxFailure {
-        for guard in [&mut self.backend, &mut self.qemu].into_iter().flatten() {
-            if let Err(e) = guard.kill() {
-                log::warn!("{e}");
-            }
-        }
-        if let Some(serial) = &mut self.serial {
-            let _ = serial.wait_for_close(Instant::now() + Duration::from_millis(200));
-        }
+        let left = stop_and_collect(&mut self.backend, &mut self.qemu, &mut self.serial);
+        LinuxFailure::new(error, wall, self.qemu_command.clone(), left, &self.dir)
+    }
+}
+
+impl LinuxFailure {
+    /// A failed boot with what it left behind.
+    pub(crate) fn new(
+        error: LinuxError,
+        wall: Duration,
+        qemu_command: Option<String>,
+        left: Leftovers,
+        dir: &RunDir,
+    ) -> LinuxFailure {
         LinuxFailure {
             error,
             wall,
-            qemu_command: self.qemu_command.clone(),
-            serial: self
-                .serial
-                .as_ref()
-                .map_or_else(String::new, |s| s.transcript().to_owned()),
-            backend_log: self.backend.as_ref().map(ChildGuard::read_log),
-            qemu_log: self.qemu.as_ref().map(ChildGuard::read_log),
-            kept_dir: self.dir.is_kept().then(|| self.dir.path().to_owned()),
+            qemu_command,
+            serial: left.serial,
+            backend_log: left.backend_log,
+            qemu_log: left.qemu_log,
+            kept_dir: dir.is_kept().then(|| dir.path().to_owned()),
         }
     }
 }

@@ -11,7 +11,7 @@ use guest_miniport::contract::{GuestArgs, Workload};
 use crate::accel::{self, Accel, AccelChoice};
 use crate::judge::{self, Expectation, JudgeError, Verdict};
 use crate::listen::{self, ListenError};
-use crate::process::{ChildGuard, ProcessError, Stdout};
+use crate::process::{stop_and_collect, ChildGuard, ProcessError, Stdout};
 use crate::qemu::{self, QemuConfig};
 use crate::rundir::{RunDir, RunDirError, DISK_BYTES};
 use crate::serial::{Serial, SerialError};
@@ -181,29 +181,14 @@ struct Run {
 }
 
 impl Run {
-    fn stop_children(&mut self) {
-        for guard in [&mut self.backend, &mut self.qemu].into_iter().flatten() {
-            if let Err(e) = guard.kill() {
-                log::warn!("{e}");
-            }
-        }
-    }
-
     fn failure(mut self, error: RunError) -> RunFailure {
-        self.stop_children();
-        // Drain what QEMU wrote before it died; its pipe is closed now.
-        if let Some(serial) = &mut self.serial {
-            let _ = serial.wait_for_close(Instant::now() + Duration::from_millis(200));
-        }
+        let left = stop_and_collect(&mut self.backend, &mut self.qemu, &mut self.serial);
         RunFailure {
             error,
             qemu_command: self.qemu_command.clone(),
-            serial: self
-                .serial
-                .as_ref()
-                .map_or_else(String::new, |s| s.transcript().to_owned()),
-            backend_log: self.backend.as_ref().map(ChildGuard::read_log),
-            qemu_log: self.qemu.as_ref().map(ChildGuard::read_log),
+            serial: left.serial,
+            backend_log: left.backend_log,
+            qemu_log: left.qemu_log,
             kept_dir: self.dir.is_kept().then(|| self.dir.path().to_owned()),
         }
     }

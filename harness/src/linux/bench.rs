@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::{check_inputs, LinuxError, LinuxFailure, LinuxOptions, StepResult, ACCEL};
 use crate::bench::prepare_image;
 use crate::listen;
-use crate::process::{ChildGuard, ProcessError, Stdout};
+use crate::process::{stop_and_collect, ChildGuard, ProcessError, Stdout};
 use crate::qemu::{self, Guest, LinuxBoot, QemuConfig};
 use crate::rundir::RunDir;
 use crate::serial::{Serial, SerialError, SerialLine};
@@ -338,26 +338,8 @@ struct Boot {
 
 impl Boot {
     fn failure(mut self, error: LinuxError, wall: Duration, dir: &RunDir) -> LinuxFailure {
-        for guard in [&mut self.backend, &mut self.qemu].into_iter().flatten() {
-            if let Err(e) = guard.kill() {
-                log::warn!("{e}");
-            }
-        }
-        if let Some(serial) = &mut self.serial {
-            let _ = serial.wait_for_close(Instant::now() + Duration::from_millis(200));
-        }
-        LinuxFailure {
-            error,
-            wall,
-            qemu_command: self.qemu_command.clone(),
-            serial: self
-                .serial
-                .as_ref()
-                .map_or_else(String::new, |s| s.transcript().to_owned()),
-            backend_log: self.backend.as_ref().map(ChildGuard::read_log),
-            qemu_log: self.qemu.as_ref().map(ChildGuard::read_log),
-            kept_dir: dir.is_kept().then(|| dir.path().to_owned()),
-        }
+        let left = stop_and_collect(&mut self.backend, &mut self.qemu, &mut self.serial);
+        LinuxFailure::new(error, wall, self.qemu_command.clone(), left, dir)
     }
 }
 
