@@ -212,23 +212,28 @@ impl VhostUserScsiBackend {
         let cdb_size = self.cdb_size();
         let mut buffers = ChainBuffers::scan(mem, chain.clone());
         let header = read_command_header(&mut buffers, cdb_size);
-        let screen = self.screen(batch);
-        // Nothing would read the command's description or the time: only count it.
-        if screen.idle() {
-            batch.commands += 1;
+        // Served as without faults.
+        let serve_plain = |buffers: &mut ChainBuffers<'_, _>,
+                           header: Option<&VirtioScsiCmdReq>,
+                           slot: Option<&ExecutingSlot<'_>>| {
             let how = Disposition::EXECUTE;
-            let slot = Some(&slot);
-            let served = serve_scanned(
+            serve_scanned(
                 &self.target,
                 mem,
                 head,
-                &mut buffers,
-                header.as_ref(),
+                buffers,
+                header,
                 None,
                 how,
                 cdb_size,
                 slot,
-            );
+            )
+        };
+        let screen = self.screen(batch);
+        // Nothing would read the command's description or the time: only count it.
+        if screen.idle() {
+            batch.commands += 1;
+            let served = serve_plain(&mut buffers, header.as_ref(), Some(&slot));
             return self
                 .complete_into_batch(vring, head, &served, batch)
                 .map(|()| false);
@@ -236,19 +241,7 @@ impl VhostUserScsiBackend {
         let Some(req) = &header else {
             let tracing = screen.tracing();
             // Malformed: served as without faults, so it fails the usual way.
-            let how = Disposition::EXECUTE;
-            let slot = Some(&slot);
-            let served = serve_scanned(
-                &self.target,
-                mem,
-                head,
-                &mut buffers,
-                None,
-                None,
-                how,
-                cdb_size,
-                slot,
-            );
+            let served = serve_plain(&mut buffers, None, Some(&slot));
             if tracing {
                 self.flush_batch(vring, batch)?;
                 self.complete_alone(queue, vring, head, &served, 0, false)?;
@@ -275,18 +268,7 @@ impl VhostUserScsiBackend {
         };
         if self.screen(batch).passes(&shape) {
             batch.commands += 1;
-            let how = Disposition::EXECUTE;
-            let served = serve_scanned(
-                &self.target,
-                mem,
-                head,
-                &mut buffers,
-                header.as_ref(),
-                None,
-                how,
-                cdb_size,
-                None,
-            );
+            let served = serve_plain(&mut buffers, header.as_ref(), None);
             return self
                 .complete_into_batch(vring, head, &served, batch)
                 .map(|()| false);
