@@ -56,10 +56,13 @@ pub enum Failure<'a> {
         scsi_status: u8,
         sense_key: Option<u8>,
     },
-    /// Requests still outstanding at the deadline.
+    /// Requests still outstanding at the deadline; `waiting` of them had completed on
+    /// the device without the miniport taking them (their interrupt never came, and no
+    /// poll looked).
     Timeout {
         op: &'static str,
         in_flight: usize,
+        waiting: u32,
     },
     Mismatch {
         lba: u64,
@@ -100,8 +103,19 @@ impl fmt::Display for Failure<'_> {
                     None => Ok(()),
                 }
             }
-            Failure::Timeout { op, in_flight } => {
-                write!(f, "{op}: {in_flight} requests outstanding at the deadline")
+            Failure::Timeout {
+                op,
+                in_flight,
+                waiting,
+            } => {
+                write!(f, "{op}: {in_flight} requests outstanding at the deadline")?;
+                if *waiting > 0 {
+                    write!(
+                        f,
+                        " ({waiting} completed in the used ring, never taken: no interrupt came)"
+                    )?;
+                }
+                Ok(())
             }
             Failure::Mismatch { lba } => write!(f, "data read back from lba {lba} differs"),
             Failure::BlockSize(b) => write!(f, "unsupported block size {b}"),
@@ -393,6 +407,14 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
         s
     }
 
+    fn timeout<'a>(&self, op: &'static str) -> Failure<'a> {
+        Failure::Timeout {
+            op,
+            in_flight: self.port.in_flight(),
+            waiting: self.port.miniport().completions_waiting(),
+        }
+    }
+
     fn submit<'a>(&mut self, op: &'static str, srb: Srb) -> Result<Tag, Failure<'a>> {
         self.outcome.requests += 1;
         self.port.submit(srb).map_err(|e| Failure::Submit(op, e))
@@ -485,10 +507,7 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
             }
             self.advance_rescan()?;
             if now >= self.deadline {
-                return Err(Failure::Timeout {
-                    op,
-                    in_flight: self.port.in_flight(),
-                });
+                return Err(self.timeout(op));
             }
             if let Some(after) = phase.reset_after {
                 // Reset while the device holds requests.
@@ -689,10 +708,7 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
             }
             self.advance_rescan()?;
             if self.platform.now_us() >= self.deadline {
-                return Err(Failure::Timeout {
-                    op: "rescan",
-                    in_flight: self.port.in_flight(),
-                });
+                return Err(self.timeout("rescan"));
             }
             self.step();
             while let Some(srb) = self.port.poll_completed() {

@@ -1759,6 +1759,31 @@ mod tests {
     }
 
     #[test]
+    fn a_run_that_gives_up_says_which_completions_no_interrupt_took() {
+        // No polling and no SRB timeout within the run: the first command's completion
+        // sits in the used ring until the deadline, and the report says so.
+        let a = GuestArgs {
+            poll: false,
+            srb_timeout_ms: 60_000,
+            deadline_ms: 500,
+            ..io(4)
+        };
+        let r = simulate(
+            a,
+            SimFaults {
+                drop_interrupts: true,
+                ..SimFaults::default()
+            },
+        );
+        assert_eq!(r.exit, EXIT_FAIL);
+        assert_eq!(
+            r.result()["reason"],
+            "INQUIRY: 1 requests outstanding at the deadline \
+             (1 completed in the used ring, never taken: no interrupt came)"
+        );
+    }
+
+    #[test]
     fn bench_reports_iops_and_latency_per_path() {
         // Queue depth 1: no later interrupt rescues a withheld one.
         let a = GuestArgs {

@@ -1076,6 +1076,10 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
         self.reset != ResetPhase::Idle
     }
 
+    fn completions_waiting(&self) -> u32 {
+        u32::from(self.request.used_pending())
+    }
+
     fn start_io(&mut self, ctx: &mut PortContext<'_>, srb: SrbHandle) -> StartIo {
         if self.dead.is_some() {
             ctx.srb_mut(&srb).srb_status = SrbStatus::HbaError;

@@ -305,6 +305,11 @@ pub trait Miniport {
     fn resetting(&self) -> bool {
         false
     }
+    /// Completions the HBA has posted that the miniport has not taken yet: for the report
+    /// of a run that gave up (they are there, but no interrupt or poll took them).
+    fn completions_waiting(&self) -> u32 {
+        0
+    }
 }
 
 /// Counters the port keeps about the miniport's behaviour.
