@@ -1,8 +1,8 @@
 //! Scenario runs and the matrix: each run starts the backend with the scenario's faults
 //! and a trace, boots the guest image with its arguments, gathers the metrics (guest
 //! report, trace, disk image), judges the expectations, and leaves its directory:
-//! backend.log, qemu.log, serial.log, trace.jsonl, plan.toml, qemu-command.txt,
-//! result.json and timeline.svg. A negative control passes only when it shows its own
+//! backend.log, qemu.log, serial.log, trace.jsonl, plan.toml (when the scenario gives a
+//! whole plan), backend-command.txt, qemu-command.txt, result.json and timeline.svg. A negative control passes only when it shows its own
 //! failure and does not meet the positive run's expectations.
 
 use std::fs::File;
@@ -493,6 +493,10 @@ fn execute(
         command.arg("--seed").arg(seed.to_string());
     }
     command.args(&backend_spec.args);
+    write_file(
+        &dir.join("backend-command.txt"),
+        &format!("{}\n", qemu::command_line(&command)),
+    )?;
 
     let mut children = Children {
         backend: None,

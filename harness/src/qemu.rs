@@ -157,12 +157,17 @@ impl QemuConfig {
 
     /// The exact command, quoted so that it can be pasted into a shell.
     pub fn command_line(&self) -> String {
-        std::iter::once(self.qemu.as_os_str().to_owned())
-            .chain(self.args())
-            .map(|a| shell_quote(&a))
-            .collect::<Vec<_>>()
-            .join(" ")
+        command_line(&self.command())
     }
+}
+
+/// `command`'s program and arguments, quoted so that they can be pasted into a shell.
+pub fn command_line(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(shell_quote)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// POSIX shell quoting: plain words stay as they are, the rest go in single quotes.

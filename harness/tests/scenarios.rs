@@ -84,6 +84,7 @@ workload = "smoke"
         "qemu.log",
         "serial.log",
         "trace.jsonl",
+        "backend-command.txt",
         "qemu-command.txt",
         "result.json",
         "timeline.svg",
@@ -94,6 +95,11 @@ workload = "smoke"
             dir.display()
         );
     }
+    let backend_command = std::fs::read_to_string(dir.join("backend-command.txt")).unwrap();
+    assert!(
+        backend_command.contains(" --socket-path ") && backend_command.contains(" --trace "),
+        "the backend's command line is kept: {backend_command}"
+    );
     assert!(
         !dir.join("disk.img").exists(),
         "the image is removed after the check"
