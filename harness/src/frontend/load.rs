@@ -1,6 +1,7 @@
-//! The load generator: one thread per request queue, each keeping `queue_depth`
-//! READ(16)/WRITE(16) commands in flight for a while and timing each one from its
-//! submission (just before the kick) to its used-ring entry.
+//! The load generator: one thread per request queue, each keeping `queue_depth` READ
+//! and WRITE commands (10-byte CDBs where they fit, as Linux sends them) in flight for a
+//! while and timing each one from its submission (just before the kick) to its used-ring
+//! entry.
 
 use std::time::{Duration, Instant};
 
@@ -224,7 +225,7 @@ impl Submitter {
         scsi::set_cmd(
             &mut self.req,
             self.tag,
-            &scsi::rw16(write, lba, self.region.blocks_per_unit),
+            &scsi::rw(write, lba, self.region.blocks_per_unit),
         );
         self.tag += 1;
         let bytes = self.spec.block_bytes;

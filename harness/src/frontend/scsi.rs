@@ -22,6 +22,8 @@ pub const VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET: u32 = 5;
 pub const SAM_STAT_GOOD: u8 = 0;
 pub const SAM_STAT_CHECK_CONDITION: u8 = 2;
 
+pub const READ_10: u8 = 0x28;
+pub const WRITE_10: u8 = 0x2a;
 pub const READ_16: u8 = 0x88;
 pub const WRITE_16: u8 = 0x8a;
 pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
@@ -69,6 +71,26 @@ pub fn tmf_req(subtype: u32, addr: ScsiAddress, id: u64) -> [u8; TMF_REQ_LEN] {
     r
 }
 
+/// READ or WRITE of `blocks` blocks at `lba`, zero-padded to 16 bytes: the 10-byte CDB
+/// when the LBA and the length fit in it, as Linux's sd sends them, else the 16-byte one.
+/// Backends that know only the 10-byte commands (rust-vmm's vhost-device-scsi) then serve
+/// the bench like a Linux guest.
+pub fn rw(write: bool, lba: u64, blocks: u32) -> [u8; 16] {
+    let end_fits = lba
+        .checked_add(u64::from(blocks))
+        .is_some_and(|end| end <= 1 << 32);
+    match (u32::try_from(lba), u16::try_from(blocks)) {
+        (Ok(lba), Ok(blocks)) if end_fits => {
+            let mut c = [0u8; 16];
+            c[0] = if write { WRITE_10 } else { READ_10 };
+            c[2..6].copy_from_slice(&lba.to_be_bytes());
+            c[7..9].copy_from_slice(&blocks.to_be_bytes());
+            c
+        }
+        _ => rw16(write, lba, blocks),
+    }
+}
+
 /// READ(16) or WRITE(16) of `blocks` blocks at `lba`.
 pub fn rw16(write: bool, lba: u64, blocks: u32) -> [u8; 16] {
     let mut c = [0u8; 16];
@@ -110,17 +132,27 @@ mod tests {
     }
 
     #[test]
-    fn rw16_puts_lba_and_length_big_endian() {
-        let c = rw16(true, 0x0102_0304_0506_0708, 0x0a0b_0c0d);
+    fn rw_uses_the_16_byte_cdb_only_when_the_10_byte_one_cannot_say_it() {
+        let c = rw(true, 0x0102_0304_0506_0708, 0x0a0b_0c0d);
+        assert_eq!(c, rw16(true, 0x0102_0304_0506_0708, 0x0a0b_0c0d));
         assert_eq!(c[0], WRITE_16);
         assert_eq!(&c[2..10], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(&c[10..14], &[0x0a, 0x0b, 0x0c, 0x0d]);
         let mut req = cmd_req(ScsiAddress::default(), 7, &c);
         assert_eq!(req.len(), 51);
         assert_eq!(req[19], WRITE_16);
-        set_cmd(&mut req, 9, &rw16(false, 1, 1));
+
+        let c = rw(false, 0x0102_0304, 0x0506);
+        assert_eq!(c, [READ_10, 0, 1, 2, 3, 4, 0, 5, 6, 0, 0, 0, 0, 0, 0, 0]);
+        set_cmd(&mut req, 9, &c);
         assert_eq!(&req[8..16], &9u64.to_le_bytes());
-        assert_eq!(req[19], READ_16);
+        assert_eq!(req[19], READ_10);
+        assert_eq!(&req[29..35], &[0; 6], "the 16-byte CDB's tail is cleared");
+        // The last block of the 10-byte range, then one past it; a length over 16 bits.
+        assert_eq!(rw(false, u64::from(u32::MAX), 1)[0], READ_10);
+        assert_eq!(rw(false, u64::from(u32::MAX), 2)[0], READ_16);
+        assert_eq!(rw(true, 0, 0x1_0000)[0], WRITE_16);
+        assert_eq!(rw(true, 0, 0xffff)[0], WRITE_10);
     }
 
     #[test]
