@@ -246,6 +246,18 @@ pub struct CaseSummary {
     pub min: f64,
     pub max: f64,
     pub runs: Vec<Figures>,
+    /// The round (from 0) of each entry of `runs`, so ratios pair runs of one round.
+    pub rounds: Vec<usize>,
+    /// The peer's runs that failed; they are left out of the figures.
+    pub failures: Vec<RunFailure>,
+}
+
+/// A peer's run that failed (a lost request, an error status, a crash): the suite goes
+/// on without it and the table says so. Our backend failing still ends the suite.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunFailure {
+    pub round: usize,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -472,7 +484,14 @@ fn run_case(
     Ok(fig)
 }
 
-fn summarize(name: &str, server: Server, l: &LoadOptions, runs: Vec<Figures>) -> CaseSummary {
+fn summarize(
+    name: &str,
+    server: Server,
+    l: &LoadOptions,
+    done: Vec<(usize, Figures)>,
+    failures: Vec<RunFailure>,
+) -> CaseSummary {
+    let (rounds, runs): (Vec<usize>, Vec<Figures>) = done.into_iter().unzip();
     let big = l.block_bytes >= 1 << 20;
     let mut vals: Vec<f64> = runs
         .iter()
@@ -495,7 +514,20 @@ fn summarize(name: &str, server: Server, l: &LoadOptions, runs: Vec<Figures>) ->
         min: vals.first().copied().unwrap_or(0.0),
         max: vals.last().copied().unwrap_or(0.0),
         runs,
+        rounds,
+        failures,
     }
+}
+
+/// The runs of `a` and `b` that belong to the same round.
+fn same_round<'a>(
+    a: &'a CaseSummary,
+    b: &'a CaseSummary,
+) -> impl Iterator<Item = (&'a Figures, &'a Figures)> {
+    a.rounds.iter().zip(&a.runs).filter_map(|(ra, x)| {
+        let i = b.rounds.iter().position(|rb| rb == ra)?;
+        Some((x, b.runs.get(i)?))
+    })
 }
 
 fn median(sorted: &[f64]) -> f64 {
@@ -523,33 +555,54 @@ pub fn run_suite(opts: &SuiteOptions) -> Result<SuiteReport, BenchError> {
     // slows down during the suite (shared or nested CPUs) skews no case against another,
     // and each round's runs of two cases are neighbours in time (see `ratios`).
     let defs = cases(opts.peer.is_some(), opts.duration);
-    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); defs.len()];
+    // Per case: the runs that passed, with their round, and the peer's that failed.
+    type CaseRuns = (Vec<(usize, Figures)>, Vec<RunFailure>);
+    let mut runs: Vec<CaseRuns> = vec![(Vec::new(), Vec::new()); defs.len()];
     let mut host_runs = Vec::new();
     for r in 0..opts.repeats as usize {
-        for (def, runs) in defs.iter().zip(runs.iter_mut()) {
+        for (def, (runs, failures)) in defs.iter().zip(runs.iter_mut()) {
             if signals::interrupted() {
                 return Err(BenchError::Interrupted);
             }
-            let fig = run_case(opts, def, &dir, &image, r)?;
-            eprintln!(
-                "bench: round {}: {} [{}]: {fig}",
-                r + 1,
-                def.name,
-                def.server.label()
-            );
-            runs.push(fig);
+            match run_case(opts, def, &dir, &image, r) {
+                Ok(fig) => {
+                    eprintln!(
+                        "bench: round {}: {} [{}]: {fig}",
+                        r + 1,
+                        def.name,
+                        def.server.label()
+                    );
+                    runs.push((r, fig));
+                }
+                // A peer that loses a request or fails one is a finding, not the end of
+                // the suite: the figures of our backend still stand.
+                Err(e) if def.server == Server::Peer && !matches!(e, BenchError::Interrupted) => {
+                    eprintln!("bench: FAILED: {e}");
+                    failures.push(RunFailure {
+                        round: r,
+                        error: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mib = host_read_mib_s(&image, opts.duration)?;
         eprintln!("bench: round {}: {HOST_READ} [host]: {mib:.0} MiB/s", r + 1);
-        host_runs.push(Figures::bandwidth_only(mib));
+        host_runs.push((r, Figures::bandwidth_only(mib)));
     }
     let mut summaries: Vec<CaseSummary> = defs
         .iter()
         .zip(runs)
-        .map(|(def, runs)| summarize(def.name, def.server, &def.load, runs))
+        .map(|(def, (runs, failures))| summarize(def.name, def.server, &def.load, runs, failures))
         .collect();
     let host_load = load(1, 1, 1 << 20, Pattern::Sequential, 100, opts.duration);
-    summaries.push(summarize(HOST_READ, Server::Host, &host_load, host_runs));
+    summaries.push(summarize(
+        HOST_READ,
+        Server::Host,
+        &host_load,
+        host_runs,
+        Vec::new(),
+    ));
     let ratios = ratios(&summaries);
     Ok(SuiteReport {
         image: image.display().to_string(),
@@ -571,7 +624,7 @@ fn ratios(s: &[CaseSummary]) -> Vec<Ratio> {
     let mut push =
         |name: String, a: Option<&CaseSummary>, b: Option<&CaseSummary>, target: Option<&str>| {
             if let (Some(a), Some(b)) = (a, b) {
-                if b.median > 0.0 {
+                if b.median > 0.0 && !a.runs.is_empty() && !b.runs.is_empty() {
                     let metric = |c: &CaseSummary, f: &Figures| {
                         if c.metric == "MiB/s" {
                             f.mib_s
@@ -579,10 +632,7 @@ fn ratios(s: &[CaseSummary]) -> Vec<Ratio> {
                             f.iops
                         }
                     };
-                    let mut paired: Vec<f64> = a
-                        .runs
-                        .iter()
-                        .zip(&b.runs)
+                    let mut paired: Vec<f64> = same_round(a, b)
                         .map(|(x, y)| metric(a, x) / metric(b, y))
                         .filter(|r| r.is_finite())
                         .collect();
@@ -641,10 +691,7 @@ fn ratios(s: &[CaseSummary]) -> Vec<Ratio> {
         find(s, RANDREAD, Server::OursArmedIdle),
         find(s, RANDREAD, Server::Ours),
     ) {
-        let mut paired: Vec<f64> = idle
-            .runs
-            .iter()
-            .zip(&none.runs)
+        let mut paired: Vec<f64> = same_round(idle, none)
             .filter_map(|(x, y)| Some(y.backend_us_per_io? / x.backend_us_per_io?))
             .filter(|r| r.is_finite())
             .collect();
@@ -720,7 +767,11 @@ pub fn render_table(r: &SuiteReport) -> String {
             ),
             _ => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
-        let fig = format!("{:.0} {} [{:.0} - {:.0}]", c.median, c.metric, c.min, c.max);
+        let fig = if c.runs.is_empty() {
+            format!("no run passed ({})", c.metric)
+        } else {
+            format!("{:.0} {} [{:.0} - {:.0}]", c.median, c.metric, c.min, c.max)
+        };
         let _ = writeln!(
             t,
             "{:<22} {:<15} {:>30} {:>9} {:>9} {:>8} {:>8} {:>9}",
@@ -733,6 +784,16 @@ pub fn render_table(r: &SuiteReport) -> String {
             fe,
             per_io
         );
+        if let Some(first) = c.failures.first() {
+            let _ = writeln!(
+                t,
+                "  {} of {} runs FAILED and are left out; round {}: {}",
+                c.failures.len(),
+                c.failures.len() + c.runs.len(),
+                first.round + 1,
+                first.error.lines().next().unwrap_or_default()
+            );
+        }
     }
     let _ = writeln!(
         t,
@@ -936,7 +997,12 @@ mod tests {
             median,
             min: median,
             max: median,
-            runs: vec![],
+            runs: vec![Figures {
+                iops: median,
+                ..Figures::bandwidth_only(0.0)
+            }],
+            rounds: vec![0],
+            failures: vec![],
         }
     }
 
@@ -997,6 +1063,7 @@ mod tests {
                     f
                 })
                 .collect();
+            c.rounds = (0..iops.len()).collect();
             let mut v = iops.to_vec();
             v.sort_by(f64::total_cmp);
             c.median = median(&v);

@@ -630,3 +630,80 @@ fn bench_subcommand_reports_a_load_and_the_suite_writes_its_table_and_json() {
     }
     assert!(report["ratios"].as_array().unwrap().len() >= 3);
 }
+
+/// A peer that fails some runs (here: answers every command BUSY after its first run) is
+/// reported run by run, left out of the figures, and does not end the suite.
+#[test]
+fn a_failing_peer_is_reported_and_the_suite_goes_on() {
+    let dir = RunDir::temporary().unwrap();
+    let json = dir.path().join("bench.json");
+    let script = dir.path().join("peer.sh");
+    let first = dir.path().join("first-run-done");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ -e '{first}' ]; then exec '{be}' --fault status:status=busy --lun \"$3\" \"$1\" \"$2\"; fi\n\
+             touch '{first}'; exec '{be}' --lun \"$3\" \"$1\" \"$2\"\n",
+            first = first.display(),
+            be = common::backend().display(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(common::HARNESS)
+        .args(["bench", "--suite", "--repeats", "2", "--duration", "0.2"])
+        .args(["--image-size", "16M", "--backend"])
+        .arg(common::backend())
+        .arg("--peer")
+        .arg(format!("sh {}", script.display()))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("bench: FAILED: 4k randread qd32 1q [peer] round 2 failed: "),
+        "{stderr}"
+    );
+    // Round 1's random read worked; round 2's did not.
+    assert!(
+        stdout.contains("1 of 2 runs FAILED and are left out; round 2: "),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let peer_read = report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["server"] == "peer" && c["name"] == "4k randread qd32 1q")
+        .unwrap();
+    assert_eq!(
+        peer_read["runs"].as_array().unwrap().len(),
+        1,
+        "{peer_read}"
+    );
+    assert_eq!(peer_read["rounds"], serde_json::json!([0]));
+    assert_eq!(peer_read["failures"][0]["round"], 1);
+    // The other peer cases failed in both rounds and have no figures.
+    let write = report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["server"] == "peer" && c["name"] == "4k randwrite qd32 1q")
+        .unwrap();
+    assert_eq!(write["failures"].as_array().unwrap().len(), 2, "{write}");
+    assert!(
+        stdout.contains("no run passed (IOPS)"),
+        "a case without figures says so: {stdout}"
+    );
+    // The random-read ratio comes from round 1 alone.
+    let ratio = report["ratios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "4k randread qd32 1q: ours / peer")
+        .unwrap();
+    assert!(ratio["value"].as_f64().unwrap() > 0.0, "{ratio}");
+}

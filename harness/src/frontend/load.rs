@@ -313,7 +313,7 @@ fn queue_load_inner(
                 return Err(FrontendError::Timeout {
                     queue: q.index(),
                     timeout: STALL,
-                    in_flight: q.in_flight(),
+                    ring: q.ring_state(),
                 });
             }
         }

@@ -60,11 +60,11 @@ pub enum FrontendError {
     CouldNotWaitForCall(std::io::Error),
     #[error("queue {queue}: used ring names descriptor {id}, not the head of a request in flight")]
     BadUsedId { queue: u16, id: u32 },
-    #[error("queue {queue}: no completion within {timeout:?} ({in_flight} requests in flight)")]
+    #[error("queue {queue}: no completion within {timeout:?} ({ring})")]
     Timeout {
         queue: u16,
         timeout: Duration,
-        in_flight: usize,
+        ring: queue::RingState,
     },
     #[error("queue {queue}: no free request slot")]
     NoFreeSlot { queue: u16 },
@@ -415,7 +415,7 @@ pub fn wait_for_slot(
             return Err(FrontendError::Timeout {
                 queue: q.index(),
                 timeout,
-                in_flight: q.in_flight(),
+                ring: q.ring_state(),
             });
         }
         q.wait(left)?;

@@ -198,6 +198,17 @@ impl ScsiQueue {
         self.ring.avail_idx()
     }
 
+    /// The ring as both sides left it, for a timeout's message.
+    pub fn ring_state(&self) -> RingState {
+        let (used_idx, avail_event) = self.ring.device_view();
+        RingState {
+            avail_idx: self.ring.avail_idx(),
+            avail_event,
+            used_idx,
+            in_flight: self.outstanding,
+        }
+    }
+
     /// A free slot, if any.
     pub fn alloc_slot(&mut self) -> Option<u16> {
         self.free.pop()
@@ -370,5 +381,65 @@ impl ScsiQueue {
             }
             return Ok(true);
         }
+    }
+}
+
+/// A queue's indexes when a wait gave up: enough to tell a request the device never took
+/// (avail_event short of avail.idx) from one it took and never returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingState {
+    pub avail_idx: u16,
+    pub avail_event: Option<u16>,
+    pub used_idx: u16,
+    pub in_flight: usize,
+}
+
+impl std::fmt::Display for RingState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests in flight; avail.idx {}, used.idx {}",
+            self.in_flight, self.avail_idx, self.used_idx
+        )?;
+        match self.avail_event {
+            Some(e) if e != self.avail_idx => write!(
+                f,
+                ", avail_event {e} ({} behind avail.idx: the device last asked for a kick before taking every request)",
+                self.avail_idx.wrapping_sub(e)
+            ),
+            Some(e) => write!(f, ", avail_event {e} (the device has taken every request)"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_state_says_whether_the_device_took_every_request() {
+        let mut r = RingState {
+            avail_idx: 10,
+            avail_event: Some(10),
+            used_idx: 9,
+            in_flight: 1,
+        };
+        assert_eq!(
+            r.to_string(),
+            "1 requests in flight; avail.idx 10, used.idx 9, avail_event 10 (the device has taken every request)"
+        );
+        r.avail_event = Some(9);
+        assert!(
+            r.to_string().ends_with(
+                ", avail_event 9 (1 behind avail.idx: the device last asked for a kick before taking every request)"
+            ),
+            "{r}"
+        );
+        r.avail_event = None;
+        assert_eq!(
+            r.to_string(),
+            "1 requests in flight; avail.idx 10, used.idx 9"
+        );
     }
 }

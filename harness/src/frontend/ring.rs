@@ -175,6 +175,17 @@ impl SplitRing {
     pub fn avail_idx(&self) -> u16 {
         self.published
     }
+
+    /// What the device last wrote: used.idx, and with EVENT_IDX avail_event (how far it
+    /// had read the avail ring when it last asked for a kick).
+    pub fn device_view(&self) -> (u16, Option<u16>) {
+        let used = u16::from_le(self.u16_at(self.addrs.used + 2).load(Ordering::Acquire));
+        let event = self.event_idx.then(|| {
+            let gpa = self.addrs.used + 4 + USED_ELEM_SIZE * u64::from(self.size);
+            u16::from_le(self.u16_at(gpa).load(Ordering::Acquire))
+        });
+        (used, event)
+    }
 }
 
 #[cfg(test)]
