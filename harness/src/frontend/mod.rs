@@ -273,7 +273,14 @@ impl ScsiFrontend {
         conn.set_vring_call(i, q.call_fd())
             .map_err(vhost("SET_VRING_CALL"))?;
         conn.set_vring_enable(i, true)
-            .map_err(vhost("SET_VRING_ENABLE"))
+            .map_err(vhost("SET_VRING_ENABLE"))?;
+        // A round trip before the first kick. Without REPLY_ACK nothing above is
+        // acknowledged, and a kick that reaches a backend's worker before its main thread
+        // has enabled the ring can be consumed and dropped (vhost-device-scsi 0.1.0 then
+        // never serves the first request). The backend answers GET_FEATURES only after
+        // the messages before it, so the ring is enabled by the time we kick. QEMU has
+        // the same race in principle, but its guest kicks long after.
+        conn.get_features().map(drop).map_err(vhost("GET_FEATURES"))
     }
 
     /// VHOST_USER_RESET_DEVICE, then the device is set up again from scratch (features,
