@@ -159,12 +159,15 @@ fn run(config: Config, plan: Plan) -> Result<(), RunError> {
                     .map_err(RunError::CouldNotRegisterTimer)?;
             }
         }
+        // A new frontend is a power-on from the guest's point of view. Raised before the
+        // accept: `start` hands the connection to a thread of its own at once, and a quick
+        // frontend's first command could otherwise be served before the unit attention
+        // exists and a later one hit it.
+        target.power_on();
         daemon
             .start(&mut listener)
             .map_err(RunError::CouldNotAcceptFrontend)?;
         info!("frontend connected");
-        // A new frontend is a power-on from the guest's point of view.
-        target.power_on();
         match daemon.wait() {
             // A frontend that goes away is the normal end of a connection.
             Ok(())

@@ -50,8 +50,8 @@ pub enum BenchError {
         source: Box<BenchError>,
         log: String,
     },
-    #[error("{0} completions failed (not GOOD) in {1}")]
-    IoErrors(u64, String),
+    #[error("{0} completions failed (not GOOD) in {1}; the first: {2}")]
+    IoErrors(u64, String, String),
     #[error("interrupted by a signal")]
     Interrupted,
 }
@@ -479,6 +479,7 @@ fn run_case(
         return Err(BenchError::IoErrors(
             fig.errors,
             format!("{} [{}]", def.name, def.server.label()),
+            result.first_error.clone().unwrap_or_default(),
         ));
     }
     Ok(fig)
@@ -975,7 +976,11 @@ pub fn run_cli(args: BenchArgs, default_backend: PathBuf) -> Result<(), BenchErr
             .map_err(|e| BenchError::CouldNotWriteJson(path.to_owned(), e))?;
     }
     if fig.errors > 0 {
-        return Err(BenchError::IoErrors(fig.errors, "bench".into()));
+        return Err(BenchError::IoErrors(
+            fig.errors,
+            "bench".into(),
+            result.first_error.clone().unwrap_or_default(),
+        ));
     }
     Ok(())
 }

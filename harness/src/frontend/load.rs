@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::queue::{DataDir, ScsiQueue};
+use super::queue::{Completion, DataDir, ScsiQueue};
 use super::scsi::{self, ScsiAddress, CMD_RESP_LEN};
 use super::{FrontendError, ScsiFrontend};
 use guest_miniport::latency::Histogram;
@@ -41,6 +41,8 @@ pub struct LoadResult {
     pub bytes: u64,
     /// Completions that were not VIRTIO_SCSI_S_OK with GOOD status.
     pub errors: u64,
+    /// The first of those: LBA, response, status and sense, for the error message.
+    pub first_error: Option<String>,
     pub kicks: u64,
     pub waits: u64,
     /// Used-buffer notifications received.
@@ -64,6 +66,9 @@ impl LoadResult {
         self.writes += o.writes;
         self.bytes += o.bytes;
         self.errors += o.errors;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&o.first_error);
+        }
         self.kicks += o.kicks;
         self.waits += o.waits;
         self.calls += o.calls;
@@ -207,6 +212,7 @@ struct Submitter {
     req: [u8; scsi::CMD_REQ_LEN],
     started: Vec<Instant>,
     is_write: Vec<bool>,
+    lba: Vec<u64>,
 }
 
 impl Submitter {
@@ -237,7 +243,29 @@ impl Submitter {
         q.submit(slot, &self.req, CMD_RESP_LEN, dir);
         self.started[usize::from(slot)] = Instant::now();
         self.is_write[usize::from(slot)] = write;
+        self.lba[usize::from(slot)] = lba;
     }
+}
+
+/// One failed completion in words: what was asked, and the response, status and sense.
+fn describe_failure(q: &ScsiQueue, c: &Completion, write: bool, lba: u64, blocks: u32) -> String {
+    let mut resp = [0u8; CMD_RESP_LEN as usize];
+    q.read_response(c.slot, &mut resp);
+    let sense_len = (c.cmd_sense_len() as usize).min(resp.len() - 12);
+    let sense = &resp[12..12 + sense_len];
+    let (key, asc, ascq) = match sense.first().map(|b| b & 0x7f) {
+        Some(0x72 | 0x73) if sense.len() >= 4 => (sense[1] & 0xf, sense[2], sense[3]),
+        Some(0x70 | 0x71) if sense.len() >= 14 => (sense[2] & 0xf, sense[12], sense[13]),
+        _ => (0, 0, 0),
+    };
+    format!(
+        "queue {}: {} of {blocks} blocks at lba {lba}: response {}, status {:#04x}, residual {}, sense key {key:#x} asc {asc:#04x} ascq {ascq:#04x} ({sense_len} sense bytes)",
+        q.index(),
+        if write { "WRITE" } else { "READ" },
+        c.cmd_response(),
+        c.cmd_status(),
+        c.cmd_resid(),
+    )
 }
 
 fn queue_load_inner(
@@ -262,6 +290,7 @@ fn queue_load_inner(
         req: scsi::cmd_req(spec.lun, 0, &[]),
         started: vec![Instant::now(); slots],
         is_write: vec![false; slots],
+        lba: vec![0; slots],
     };
     let bytes = spec.block_bytes;
     q.drain_calls();
@@ -291,6 +320,15 @@ fn queue_load_inner(
                 res.bytes += u64::from(bytes);
             } else {
                 res.errors += 1;
+                if res.first_error.is_none() {
+                    res.first_error = Some(describe_failure(
+                        q,
+                        &c,
+                        sub.is_write[s],
+                        sub.lba[s],
+                        sub.region.blocks_per_unit,
+                    ));
+                }
             }
             if !stopping && now >= end {
                 stopping = true;
