@@ -1562,6 +1562,11 @@ impl Plan {
 
     /// As [`Plan::from_toml_str`], naming `origin` (usually the file) in errors.
     pub fn from_toml_str_named(text: &str, origin: &str) -> Result<Plan, PlanError> {
+        Plan::parse_named(text, origin).map(|(plan, _)| plan)
+    }
+
+    /// The plan, and whether the text gave its seed (an absent one is [`Plan::DEFAULT_SEED`]).
+    fn parse_named(text: &str, origin: &str) -> Result<(Plan, bool), PlanError> {
         let invalid = |offset: usize, message: String| {
             let (line, column) = line_column(text, offset);
             PlanError::Invalid {
@@ -1584,20 +1589,26 @@ impl Plan {
             })?;
             faults.push(spec);
         }
-        Ok(Plan {
+        let plan = Plan {
             seed: raw.seed.unwrap_or(Plan::DEFAULT_SEED),
             allow_corruption,
             faults,
-        })
+        };
+        Ok((plan, raw.seed.is_some()))
     }
 
     /// Read and validate a plan file.
     pub fn from_file(path: &Path) -> Result<Plan, PlanError> {
+        Plan::read_file(path).map(|(plan, _)| plan)
+    }
+
+    /// A plan file, and whether it gave its seed.
+    fn read_file(path: &Path) -> Result<(Plan, bool), PlanError> {
         let text = std::fs::read_to_string(path).map_err(|source| PlanError::CouldNotRead {
             path: path.display().to_string(),
             source,
         })?;
-        Plan::from_toml_str_named(&text, &path.display().to_string())
+        Plan::parse_named(&text, &path.display().to_string())
     }
 
     /// A named preset (`--fault-preset NAME`); presets are plan texts.
@@ -1611,21 +1622,33 @@ impl Plan {
 
     /// The plan the command line asks for: `--fault-plan FILE` (optional), then each
     /// `--fault-preset NAME`, then each `--fault KIND:key=value,...`, in that order. The seed
-    /// is the file's, else the first preset's.
+    /// is the file's when it gives one, else the first preset's (`--seed` overrides both).
     pub fn from_cli(
         plan_file: Option<&Path>,
         presets: &[String],
         shorthands: &[String],
     ) -> Result<Plan, PlanError> {
-        let mut plan = match plan_file {
-            Some(path) => Some(Plan::from_file(path)?),
-            None => None,
+        let (mut plan, mut seed_given) = match plan_file {
+            Some(path) => {
+                let (plan, given) = Plan::read_file(path)?;
+                (Some(plan), given)
+            }
+            None => (None, false),
         };
         for name in presets {
             let preset = Plan::from_preset(name)?;
             match &mut plan {
-                Some(p) => p.extend(preset)?,
-                None => plan = Some(preset),
+                Some(p) => {
+                    if !seed_given {
+                        p.seed = preset.seed;
+                        seed_given = true;
+                    }
+                    p.extend(preset)?;
+                }
+                None => {
+                    plan = Some(preset);
+                    seed_given = true;
+                }
             }
         }
         let mut plan = plan.unwrap_or_default();

@@ -416,6 +416,16 @@ fn command_line_composes_file_presets_and_shorthands() {
         Plan::from_cli(None, &["lossy".into()], &[]).unwrap().seed,
         4
     );
+    // A file that gives no seed leaves it to the first preset; one that does keeps it.
+    std::fs::write(&path, "[[fault]]\nkind = \"lose\"\n").unwrap();
+    let presets = ["lossy".to_string(), "flaky-irq".to_string()];
+    assert_eq!(Plan::from_cli(Some(&path), &presets, &[]).unwrap().seed, 4);
+    assert_eq!(
+        Plan::from_cli(Some(&path), &[], &[]).unwrap().seed,
+        Plan::DEFAULT_SEED
+    );
+    std::fs::write(&path, "seed = 0\n[[fault]]\nkind = \"lose\"\n").unwrap();
+    assert_eq!(Plan::from_cli(Some(&path), &presets, &[]).unwrap().seed, 0);
     assert!(Plan::from_cli(None, &[], &[]).unwrap().is_empty());
     assert!(matches!(
         Plan::from_cli(None, &[], &["corrupt".into()]),
