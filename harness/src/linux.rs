@@ -394,20 +394,106 @@ impl fmt::Display for LinuxFailure {
     }
 }
 
-/// Field order is drop order: backend before QEMU (architecture.md), the directory last.
-struct Run {
+/// One boot's processes: the backend (when it is ours), QEMU and its serial port. Field
+/// order is drop order: backend before QEMU (architecture.md).
+#[derive(Default)]
+pub(crate) struct Boot {
     backend: Option<ChildGuard>,
     qemu: Option<ChildGuard>,
     serial: Option<Serial>,
     qemu_command: Option<String>,
-    dir: RunDir,
 }
 
-impl Run {
-    fn failure(mut self, error: LinuxError, wall: Duration) -> LinuxFailure {
-        let left = stop_and_collect(&mut self.backend, &mut self.qemu, &mut self.serial);
-        LinuxFailure::new(error, wall, self.qemu_command.clone(), left, &self.dir)
+impl Boot {
+    /// Starts the backend and waits until it listens on `socket`.
+    pub(crate) fn start_backend(
+        &mut self,
+        command: Command,
+        log: &Path,
+        socket: &Path,
+        deadline: Instant,
+    ) -> Result<&mut ChildGuard, LinuxError> {
+        let backend = self.backend.insert(
+            ChildGuard::spawn("backend", command, log, Stdout::Log)
+                .map_err(LinuxError::CouldNotStartBackend)?,
+        );
+        listen::wait_listening(backend, socket, deadline).map_err(LinuxError::from_listen)?;
+        Ok(backend)
     }
+
+    /// Boots `command` (QEMU) with its serial port logged to `serial_log`, waits for the
+    /// result line and for QEMU to exit, then stops the backend. `spawned` sees QEMU as
+    /// soon as it runs. Returns QEMU's exit code; [`Boot::lines`] has what the guest said.
+    pub(crate) fn run_guest(
+        &mut self,
+        command: Command,
+        serial_log: PathBuf,
+        qemu_log: &Path,
+        deadline: Instant,
+        spawned: impl FnOnce(&ChildGuard),
+    ) -> Result<Option<i32>, LinuxError> {
+        let start = Instant::now();
+        self.qemu_command = Some(qemu::command_line(&command));
+        if signals::interrupted() {
+            return Err(LinuxError::Interrupted);
+        }
+        let serial_file = File::create(&serial_log).map_err(|e| {
+            LinuxError::CouldNotStartQemu(ProcessError::CouldNotCreateLog(serial_log, e))
+        })?;
+        let qemu = self.qemu.insert(
+            ChildGuard::spawn("qemu", command, qemu_log, Stdout::Piped)
+                .map_err(LinuxError::CouldNotStartQemu)?,
+        );
+        spawned(qemu);
+        let port = qemu.take_stdout().expect("spawned with a piped stdout");
+        let serial = self.serial.insert(Serial::start(port, serial_file));
+        match serial.wait_for("the result line", |l| l.result().is_some(), deadline) {
+            // A guest that died without a result: the judge says which step it reached.
+            Ok(_) | Err(SerialError::ClosedBefore(_)) => {}
+            Err(SerialError::Interrupted) => return Err(LinuxError::Interrupted),
+            Err(source) => {
+                return Err(LinuxError::NoResult {
+                    secs: start.elapsed().as_secs_f64(),
+                    source,
+                })
+            }
+        }
+        let status = qemu
+            .wait_until(deadline)
+            .map_err(LinuxError::from_wait)?
+            .ok_or(LinuxError::QemuDidNotExit)?;
+        match serial.wait_for_close(deadline.min(Instant::now() + Duration::from_secs(2))) {
+            Ok(()) => {}
+            Err(SerialError::Interrupted) => return Err(LinuxError::Interrupted),
+            Err(e) => log::warn!("serial port still open after QEMU exited: {e}"),
+        }
+        if let Some(backend) = &mut self.backend {
+            backend.kill().map_err(LinuxError::CouldNotStop)?;
+        }
+        Ok(status.code())
+    }
+
+    /// The guest's serial lines so far.
+    pub(crate) fn lines(&self) -> &[SerialLine] {
+        self.serial.as_ref().map_or(&[], Serial::lines)
+    }
+
+    /// What a failed boot left behind, its processes stopped.
+    pub(crate) fn failure(
+        mut self,
+        error: LinuxError,
+        wall: Duration,
+        dir: &RunDir,
+    ) -> LinuxFailure {
+        let left = stop_and_collect(&mut self.backend, &mut self.qemu, &mut self.serial);
+        LinuxFailure::new(error, wall, self.qemu_command.clone(), left, dir)
+    }
+}
+
+/// Field order is drop order: the processes before the directory.
+struct Run {
+    boot: Boot,
+    dir: RunDir,
 }
 
 impl LinuxFailure {
@@ -450,15 +536,12 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<LinuxReport, Box<LinuxFailure>> 
         })
     })?;
     let mut run = Run {
-        backend: None,
-        qemu: None,
-        serial: None,
-        qemu_command: None,
+        boot: Boot::default(),
         dir,
     };
     match linux(&mut run, opts, start) {
         Ok(report) => Ok(report),
-        Err(e) => Err(Box::new(run.failure(e, start.elapsed()))),
+        Err(e) => Err(Box::new(run.boot.failure(e, start.elapsed(), &run.dir))),
     }
 }
 
@@ -506,16 +589,9 @@ fn linux(run: &mut Run, opts: &LinuxOptions, start: Instant) -> Result<LinuxRepo
     if let Some(fault) = expect.backend_fault() {
         command.arg("--fault").arg(fault);
     }
-    let backend = run.backend.insert(
-        ChildGuard::spawn(
-            "backend",
-            command,
-            &run.dir.log_path("backend"),
-            Stdout::Log,
-        )
-        .map_err(LinuxError::CouldNotStartBackend)?,
-    );
-    listen::wait_listening(backend, &socket, deadline).map_err(LinuxError::from_listen)?;
+    let backend =
+        run.boot
+            .start_backend(command, &run.dir.log_path("backend"), &socket, deadline)?;
     println!(
         "backend: pid {} listening on {} with {} request queues{}",
         backend.pid(),
@@ -540,53 +616,15 @@ fn linux(run: &mut Run, opts: &LinuxOptions, start: Instant) -> Result<LinuxRepo
         accel: ACCEL,
         bios: qemu::default_bios(),
     };
-    let command_line = config.command_line();
-    println!("qemu: {command_line}");
-    run.qemu_command = Some(command_line);
-    if signals::interrupted() {
-        return Err(LinuxError::Interrupted);
-    }
-    let serial_log = run.dir.log_path("serial");
-    let serial_file = File::create(&serial_log).map_err(|e| {
-        LinuxError::CouldNotStartQemu(ProcessError::CouldNotCreateLog(serial_log, e))
-    })?;
-    let qemu = run.qemu.insert(
-        ChildGuard::spawn(
-            "qemu",
-            config.command(),
-            &run.dir.log_path("qemu"),
-            Stdout::Piped,
-        )
-        .map_err(LinuxError::CouldNotStartQemu)?,
-    );
-    println!("qemu: pid {}", qemu.pid());
-    let port = qemu.take_stdout().expect("spawned with a piped stdout");
-    let serial = run.serial.insert(Serial::start(port, serial_file));
-
-    match serial.wait_for("the result line", |l| l.result().is_some(), deadline) {
-        // A guest that died without a result: the judge says which step it reached.
-        Ok(_) | Err(SerialError::ClosedBefore(_)) => {}
-        Err(SerialError::Interrupted) => return Err(LinuxError::Interrupted),
-        Err(source) => {
-            return Err(LinuxError::NoResult {
-                secs: start.elapsed().as_secs_f64(),
-                source,
-            })
-        }
-    }
-    let status = qemu
-        .wait_until(deadline)
-        .map_err(LinuxError::from_wait)?
-        .ok_or(LinuxError::QemuDidNotExit)?;
-    match serial.wait_for_close(deadline.min(Instant::now() + Duration::from_secs(2))) {
-        Ok(()) => {}
-        Err(SerialError::Interrupted) => return Err(LinuxError::Interrupted),
-        Err(e) => log::warn!("serial port still open after QEMU exited: {e}"),
-    }
-    if let Some(backend) = &mut run.backend {
-        backend.kill().map_err(LinuxError::CouldNotStop)?;
-    }
-    let verdict = judge_linux(serial.lines(), status.code(), &expect)?;
+    println!("qemu: {}", config.command_line());
+    let code = run.boot.run_guest(
+        config.command(),
+        run.dir.log_path("serial"),
+        &run.dir.log_path("qemu"),
+        deadline,
+        |qemu| println!("qemu: pid {}", qemu.pid()),
+    )?;
+    let verdict = judge_linux(run.boot.lines(), code, &expect)?;
     if signals::interrupted() {
         return Err(LinuxError::Interrupted);
     }

@@ -9,7 +9,6 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,13 +17,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{check_inputs, LinuxError, LinuxFailure, LinuxOptions, StepResult, ACCEL};
+use super::{check_inputs, Boot, LinuxError, LinuxFailure, LinuxOptions, StepResult, ACCEL};
 use crate::bench::prepare_image;
-use crate::listen;
-use crate::process::{stop_and_collect, ChildGuard, ProcessError, Stdout};
 use crate::qemu::{self, Guest, LinuxBoot, QemuConfig};
 use crate::rundir::RunDir;
-use crate::serial::{Serial, SerialError, SerialLine};
+use crate::serial::SerialLine;
 use crate::signals;
 
 /// The marker of a fio result line: `FLAKYHBA-FIO <job> <fio's JSON on one line>`.
@@ -327,42 +324,12 @@ pub fn judge_bench(
     Ok((kernel, figures))
 }
 
-/// One boot's processes. Field order is drop order: backend before QEMU
-/// (architecture.md).
-struct Boot {
-    backend: Option<ChildGuard>,
-    qemu: Option<ChildGuard>,
-    serial: Option<Serial>,
-    qemu_command: Option<String>,
-}
-
-impl Boot {
-    fn failure(mut self, error: LinuxError, wall: Duration, dir: &RunDir) -> LinuxFailure {
-        let left = stop_and_collect(&mut self.backend, &mut self.qemu, &mut self.serial);
-        LinuxFailure::new(error, wall, self.qemu_command.clone(), left, dir)
-    }
-}
-
 /// What a boot needs besides the options.
 struct Inputs {
     kernel: PathBuf,
     initrd: PathBuf,
     qemu: PathBuf,
     image: PathBuf,
-}
-
-fn from_wait(e: ProcessError) -> LinuxError {
-    match e {
-        ProcessError::Interrupted => LinuxError::Interrupted,
-        e => LinuxError::CouldNotStop(e),
-    }
-}
-
-fn from_listen(e: listen::ListenError) -> LinuxError {
-    match e {
-        listen::ListenError::Process(ProcessError::Interrupted) => LinuxError::Interrupted,
-        e => LinuxError::BackendNotReady(e),
-    }
 }
 
 /// Boots the guest once on `device` and returns its jobs' figures and kernel.
@@ -403,16 +370,7 @@ fn boot(
                 .arg(&inputs.image)
                 .arg("--num-queues")
                 .arg(opts.queues.to_string());
-            let backend = b.backend.insert(
-                ChildGuard::spawn(
-                    "backend",
-                    command,
-                    &dir.log_path(&name("backend")),
-                    Stdout::Log,
-                )
-                .map_err(LinuxError::CouldNotStartBackend)?,
-            );
-            listen::wait_listening(backend, &socket, deadline).map_err(from_listen)?;
+            b.start_backend(command, &dir.log_path(&name("backend")), &socket, deadline)?;
             config.args()
         }
         Device::QemuVirtioScsi => {
@@ -422,54 +380,21 @@ fn boot(
     };
     let mut command = Command::new(&config.qemu);
     command.args(&args);
-    let line = std::iter::once(config.qemu.as_os_str().to_owned())
-        .chain(args.iter().cloned())
-        .map(|a| qemu::shell_quote(&a))
-        .collect::<Vec<_>>()
-        .join(" ");
     eprintln!(
-        "bench-linux: round {} {}: {line}",
+        "bench-linux: round {} {}: {}",
         round + 1,
-        device.label()
+        device.label(),
+        qemu::command_line(&command)
     );
-    b.qemu_command = Some(line);
-    if signals::interrupted() {
-        return Err(LinuxError::Interrupted);
-    }
-    let serial_log = dir.log_path(&name("serial"));
-    let serial_file = File::create(&serial_log).map_err(|e| {
-        LinuxError::CouldNotStartQemu(ProcessError::CouldNotCreateLog(serial_log, e))
-    })?;
-    let qemu = b.qemu.insert(
-        ChildGuard::spawn("qemu", command, &dir.log_path(&name("qemu")), Stdout::Piped)
-            .map_err(LinuxError::CouldNotStartQemu)?,
-    );
-    let port = qemu.take_stdout().expect("spawned with a piped stdout");
-    let serial = b.serial.insert(Serial::start(port, serial_file));
-    match serial.wait_for("the result line", |l| l.result().is_some(), deadline) {
-        Ok(_) | Err(SerialError::ClosedBefore(_)) => {}
-        Err(SerialError::Interrupted) => return Err(LinuxError::Interrupted),
-        Err(source) => {
-            return Err(LinuxError::NoResult {
-                secs: start.elapsed().as_secs_f64(),
-                source,
-            })
-        }
-    }
-    let status = qemu
-        .wait_until(deadline)
-        .map_err(from_wait)?
-        .ok_or(LinuxError::QemuDidNotExit)?;
-    match serial.wait_for_close(deadline.min(Instant::now() + Duration::from_secs(2))) {
-        Ok(()) => {}
-        Err(SerialError::Interrupted) => return Err(LinuxError::Interrupted),
-        Err(e) => log::warn!("serial port still open after QEMU exited: {e}"),
-    }
-    if let Some(backend) = &mut b.backend {
-        backend.kill().map_err(LinuxError::CouldNotStop)?;
-    }
+    let code = b.run_guest(
+        command,
+        dir.log_path(&name("serial")),
+        &dir.log_path(&name("qemu")),
+        deadline,
+        |_| {},
+    )?;
     let _ = std::fs::remove_file(&socket);
-    Ok(judge_bench(serial.lines(), status.code())?)
+    Ok(judge_bench(b.lines(), code)?)
 }
 
 fn median(sorted: &[f64]) -> f64 {
@@ -587,12 +512,7 @@ pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box
     let mut guest_kernel = String::new();
     for round in 0..opts.repeats {
         for device in [Device::Ours, Device::QemuVirtioScsi] {
-            let mut b = Boot {
-                backend: None,
-                qemu: None,
-                serial: None,
-                qemu_command: None,
-            };
+            let mut b = Boot::default();
             let boot_start = Instant::now();
             match boot(&mut b, opts, &inputs, &dir, device, round) {
                 Ok((kernel, figures)) => {
