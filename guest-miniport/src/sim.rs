@@ -1175,6 +1175,14 @@ mod tests {
         }
     }
 
+    /// A device that completes requests but never raises their interrupt.
+    fn dropping_interrupts() -> SimFaults {
+        SimFaults {
+            drop_interrupts: true,
+            ..SimFaults::default()
+        }
+    }
+
     fn io(qd: u32) -> GuestArgs {
         GuestArgs {
             workload: Workload::Io,
@@ -1249,13 +1257,7 @@ mod tests {
     #[test]
     fn lost_interrupts_are_found_by_the_hwtimer_watchdog() {
         let a = args(true);
-        let r = simulate(
-            a,
-            SimFaults {
-                drop_interrupts: true,
-                ..SimFaults::default()
-            },
-        );
+        let r = simulate(a, dropping_interrupts());
         r.assert_clean(&a);
         assert_eq!(r.n("completed_by_poll"), commands(&a));
         assert_eq!(r.n("completed_by_interrupt"), 0);
@@ -1744,13 +1746,7 @@ mod tests {
             retries: 1,
             ..io(4)
         };
-        let r = simulate(
-            a,
-            SimFaults {
-                drop_interrupts: true,
-                ..SimFaults::default()
-            },
-        );
+        let r = simulate(a, dropping_interrupts());
         assert_eq!(r.exit, EXIT_FAIL);
         assert_eq!(r.result()["result"], "fail");
         assert!(r.n("srb_timeouts") >= 1, "{}", r.result());
@@ -1768,13 +1764,7 @@ mod tests {
             deadline_ms: 500,
             ..io(4)
         };
-        let r = simulate(
-            a,
-            SimFaults {
-                drop_interrupts: true,
-                ..SimFaults::default()
-            },
-        );
+        let r = simulate(a, dropping_interrupts());
         assert_eq!(r.exit, EXIT_FAIL);
         assert_eq!(
             r.result()["reason"],

@@ -914,26 +914,35 @@ fn with_a_trace_every_completion_is_decided_alone() {
     assert_eq!(ids, [1, 2, 3].map(Value::from));
 }
 
-#[test]
-fn avail_index_more_than_a_ring_ahead_does_not_hang_the_fault_path() {
-    // As without faults (see tests.rs): two empty passes end the handler.
-    let r = rig(&["drop-interrupt:every=2"], 0);
+/// With EVENT_IDX on, claims a ring and one more in the request queue's avail index
+/// (one chain is really posted) and kicks it on a thread of its own, so a handler that
+/// spins fails the test instead of hanging it. Returns the warnings it logged.
+fn kick_with_avail_index_a_ring_ahead(r: Rig) -> (usize, Rig) {
     r.backend.set_event_idx(true);
     r.vrings[FIRST_REQUEST_QUEUE].set_queue_event_idx(true);
-    r.tur(1);
-    let avail_idx = GuestAddress(avail_ring(FIRST_REQUEST_QUEUE) + 2);
-    r.f.mem.write_obj(RING + 1, avail_idx).unwrap();
+    r.f.mem.write_obj(RING + 1, avail_index_addr()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         r.kick(FIRST_REQUEST_QUEUE);
         tx.send((take_warnings().len(), r)).unwrap();
     });
-    let (warnings, r) = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the queue handler returns");
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the queue handler returns")
+}
+
+fn avail_index_addr() -> GuestAddress {
+    GuestAddress(avail_ring(FIRST_REQUEST_QUEUE) + 2)
+}
+
+#[test]
+fn avail_index_more_than_a_ring_ahead_does_not_hang_the_fault_path() {
+    // As without faults (see tests.rs): two empty passes end the handler.
+    let r = rig(&["drop-interrupt:every=2"], 0);
+    r.tur(1);
+    let (warnings, r) = kick_with_avail_index_a_ring_ahead(r);
     assert_eq!(warnings, 1);
     assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
-    r.f.mem.write_obj(1u16, avail_idx).unwrap();
+    r.f.mem.write_obj(1u16, avail_index_addr()).unwrap();
     r.kick(FIRST_REQUEST_QUEUE);
     assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 1);
 }
@@ -943,23 +952,12 @@ fn avail_index_more_than_a_ring_ahead_does_not_hang_the_batched_fault_path() {
     // Without a trace the pass batches its interrupt decision: the two empty passes still
     // end the handler, and what the next pass completes is still signalled.
     let r = untraced(&["status:lun=7,status=busy"]);
-    r.backend.set_event_idx(true);
-    r.vrings[FIRST_REQUEST_QUEUE].set_queue_event_idx(true);
     let p = r.tur(1);
-    let avail_idx = GuestAddress(avail_ring(FIRST_REQUEST_QUEUE) + 2);
-    r.f.mem.write_obj(RING + 1, avail_idx).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        r.kick(FIRST_REQUEST_QUEUE);
-        tx.send((take_warnings().len(), r)).unwrap();
-    });
-    let (warnings, r) = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the queue handler returns");
+    let (warnings, r) = kick_with_avail_index_a_ring_ahead(r);
     assert_eq!(warnings, 1);
     assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
     assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 0, "nothing to signal");
-    r.f.mem.write_obj(1u16, avail_idx).unwrap();
+    r.f.mem.write_obj(1u16, avail_index_addr()).unwrap();
     r.kick(FIRST_REQUEST_QUEUE);
     assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 1);
     assert_eq!(r.resp(p).response, VIRTIO_SCSI_S_OK);

@@ -761,6 +761,21 @@ fn rig(f: &Fixture, vq: &MockSplitQueue<GuestMemoryMmap>, event_idx: bool) -> Qu
     }
 }
 
+impl QueueRig {
+    /// One kick: the request queue's handler runs once.
+    fn serve(&self) {
+        self.backend
+            .process_queue(FIRST_REQUEST_QUEUE, &self.vring)
+            .unwrap();
+    }
+}
+
+/// Writes the driver's `used_event` (EVENT_IDX), which follows the avail ring.
+fn set_used_event(f: &Fixture, vq: &MockSplitQueue<GuestMemoryMmap>, index: u16) {
+    let at = vq.avail_addr().0 + 4 + 2 * u64::from(Q_SIZE);
+    f.mem.write_obj(index, GuestAddress(at)).unwrap();
+}
+
 /// Posts a TEST UNIT READY chain on the mock queue.
 fn post_tur(f: &Fixture, vq: &MockSplitQueue<GuestMemoryMmap>) {
     f.mem
@@ -779,9 +794,7 @@ fn request_queue_completes_and_signals() {
     let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
     let r = rig(&f, &vq, false);
     post_tur(&f, &vq);
-    r.backend
-        .process_queue(FIRST_REQUEST_QUEUE, &r.vring)
-        .unwrap();
+    r.serve();
     assert_eq!(used_idx(&f), 1);
     assert_eq!(used_elem(&f, 0), (0, RESP_LEN));
     assert_eq!(r.call.read().unwrap(), 1, "one interrupt");
@@ -794,12 +807,9 @@ fn event_idx_suppresses_unwanted_interrupts() {
     let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
     let r = rig(&f, &vq, true);
     // used_event (after the avail ring) far ahead: the driver wants no interrupt yet.
-    let used_event = vq.avail_addr().0 + 4 + 2 * u64::from(Q_SIZE);
-    f.mem.write_obj(10u16, GuestAddress(used_event)).unwrap();
+    set_used_event(&f, &vq, 10);
     post_tur(&f, &vq);
-    r.backend
-        .process_queue(FIRST_REQUEST_QUEUE, &r.vring)
-        .unwrap();
+    r.serve();
     assert_eq!(used_idx(&f), 1, "completed");
     assert!(
         r.call.read().is_err(),
@@ -807,11 +817,9 @@ fn event_idx_suppresses_unwanted_interrupts() {
     );
 
     // used_event = 1: the driver asks for an interrupt after the second completion.
-    f.mem.write_obj(1u16, GuestAddress(used_event)).unwrap();
+    set_used_event(&f, &vq, 1);
     post_tur(&f, &vq);
-    r.backend
-        .process_queue(FIRST_REQUEST_QUEUE, &r.vring)
-        .unwrap();
+    r.serve();
     assert_eq!(used_idx(&f), 2);
     assert_eq!(r.call.read().unwrap(), 1);
 }
@@ -839,9 +847,7 @@ fn avail_index_more_than_a_ring_ahead_does_not_hang_the_worker() {
     assert_eq!(used_idx(&f), 0);
     // The driver repairs its index: the next kick serves the chain.
     f.mem.write_obj(1u16, avail_idx).unwrap();
-    r.backend
-        .process_queue(FIRST_REQUEST_QUEUE, &r.vring)
-        .unwrap();
+    r.serve();
     assert_eq!(used_idx(&f), 1);
     assert_eq!(f.response_byte(), VIRTIO_SCSI_S_OK);
 }
@@ -854,9 +860,7 @@ fn one_pass_signals_once_for_all_its_completions() {
     for _ in 0..3 {
         post_tur(&f, &vq);
     }
-    r.backend
-        .process_queue(FIRST_REQUEST_QUEUE, &r.vring)
-        .unwrap();
+    r.serve();
     assert_eq!(used_idx(&f), 3);
     assert_eq!(r.call.read().unwrap(), 1, "one eventfd write for the pass");
 
@@ -865,14 +869,11 @@ fn one_pass_signals_once_for_all_its_completions() {
     let f = fixture();
     let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
     let r = rig(&f, &vq, true);
-    let used_event = vq.avail_addr().0 + 4 + 2 * u64::from(Q_SIZE);
-    f.mem.write_obj(1u16, GuestAddress(used_event)).unwrap();
+    set_used_event(&f, &vq, 1);
     for _ in 0..3 {
         post_tur(&f, &vq);
     }
-    r.backend
-        .process_queue(FIRST_REQUEST_QUEUE, &r.vring)
-        .unwrap();
+    r.serve();
     assert_eq!(used_idx(&f), 3);
     assert_eq!(r.call.read().unwrap(), 1);
 }
