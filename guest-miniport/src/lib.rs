@@ -14,3 +14,4 @@ pub mod runner;
 mod sim;
 pub mod virtio;
 pub mod virtio_scsi;
+pub mod wire;

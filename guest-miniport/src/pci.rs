@@ -5,8 +5,13 @@
 use core::fmt;
 
 use crate::platform::{PciConfig, PCI_MMIO_WINDOW};
+use crate::wire::{
+    VIRTIO_PCI_CAP_COMMON_CFG, VIRTIO_PCI_CAP_DEVICE_CFG, VIRTIO_PCI_CAP_ISR_CFG,
+    VIRTIO_PCI_CAP_NOTIFY_CFG, VIRTIO_PCI_DEVICE_ID_SCSI_MODERN,
+    VIRTIO_PCI_DEVICE_ID_SCSI_TRANSITIONAL, VIRTIO_PCI_VENDOR_ID,
+};
 
-/// Spec constants, under the PCI and virtio specs' names.
+/// PCI constants, under the PCI spec's names (the virtio ones are in [`crate::wire`]).
 pub mod bits {
     pub const PCI_VENDOR_ID: u16 = 0x00;
     pub const PCI_COMMAND: u16 = 0x04;
@@ -27,15 +32,6 @@ pub mod bits {
     pub const PCI_MSIX_FLAGS_ENABLE: u16 = 1 << 15;
     pub const PCI_MSIX_FLAGS_MASKALL: u16 = 1 << 14;
     pub const PCI_MSIX_FLAGS_QSIZE: u16 = 0x7ff;
-
-    pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
-    /// Modern virtio-scsi: 0x1040 + device type 8.
-    pub const VIRTIO_PCI_DEVICE_ID_SCSI_MODERN: u16 = 0x1048;
-    pub const VIRTIO_PCI_DEVICE_ID_SCSI_TRANSITIONAL: u16 = 0x1004;
-    pub const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
-    pub const VIRTIO_PCI_CAP_NOTIFY_CFG: u8 = 2;
-    pub const VIRTIO_PCI_CAP_ISR_CFG: u8 = 3;
-    pub const VIRTIO_PCI_CAP_DEVICE_CFG: u8 = 4;
 }
 use bits::*;
 

@@ -15,9 +15,8 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU16, Ordering};
 
 use crate::platform::{Dma, Events, PciConfig, Platform};
-use crate::virtio::bits::*;
 use crate::virtio::Transport;
-use crate::virtio_scsi::bits::*;
+use crate::wire::*;
 
 // ---------------------------------------------------------------------------- PCI
 
@@ -48,7 +47,8 @@ impl FakePci {
             bar_size: [0; 6],
             bar64: [false; 6],
         };
-        f.regs[0] = 0x1048_1af4;
+        f.regs[0] =
+            u32::from(VIRTIO_PCI_DEVICE_ID_SCSI_MODERN) << 16 | u32::from(VIRTIO_PCI_VENDOR_ID);
         f.regs[1] = 0x0010_0000; // status: capability list
         f.regs[2] = 0x0100_0001;
         f.regs[4] = 0x1; // BAR0: I/O
@@ -59,10 +59,10 @@ impl FakePci {
         f.regs[13] = 0x40; // capability pointer
                            // virtio caps at 0x40.. (16 or 20 bytes each), MSI-X at 0x98.
         let caps: [(u8, u8, u32, u32, u8); 4] = [
-            (0x40, VIRTIO_PCI_CAP_COMMON, 0x0000, 0x1000, 0x54),
-            (0x54, VIRTIO_PCI_CAP_ISR, 0x1000, 0x1000, 0x64),
-            (0x64, VIRTIO_PCI_CAP_DEVICE, 0x2000, 0x1000, 0x74),
-            (0x74, VIRTIO_PCI_CAP_NOTIFY, 0x3000, 0x1000, 0x98),
+            (0x40, VIRTIO_PCI_CAP_COMMON_CFG, 0x0000, 0x1000, 0x54),
+            (0x54, VIRTIO_PCI_CAP_ISR_CFG, 0x1000, 0x1000, 0x64),
+            (0x64, VIRTIO_PCI_CAP_DEVICE_CFG, 0x2000, 0x1000, 0x74),
+            (0x74, VIRTIO_PCI_CAP_NOTIFY_CFG, 0x3000, 0x1000, 0x98),
         ];
         for (at, ty, off, len, next) in caps {
             let i = usize::from(at) / 4;
@@ -92,11 +92,6 @@ impl FakePci {
         self.functions.borrow_mut().insert((device, function), f);
     }
 }
-
-const VIRTIO_PCI_CAP_COMMON: u8 = 1;
-const VIRTIO_PCI_CAP_NOTIFY: u8 = 2;
-const VIRTIO_PCI_CAP_ISR: u8 = 3;
-const VIRTIO_PCI_CAP_DEVICE: u8 = 4;
 
 impl PciConfig for FakePci {
     fn read32(&self, bus: u8, device: u8, function: u8, offset: u16) -> u32 {
@@ -726,8 +721,8 @@ impl World {
             let split = chain.iter().position(|c| c.2).unwrap_or(chain.len());
             let (readable, writable) = chain.split_at(split);
             let out = gather(readable);
-            let hdr = CMD_REQ_HEADER + CDB_SIZE as usize;
-            let mut resp = std::vec![0u8; CMD_RESP_HEADER + SENSE_SIZE as usize];
+            let hdr = CMD_REQ_HEADER + VIRTIO_SCSI_CDB_SIZE as usize;
+            let mut resp = std::vec![0u8; CMD_RESP_HEADER + VIRTIO_SCSI_SENSE_SIZE as usize];
             let (target, lun) = (
                 out.get(1).copied().unwrap_or(0),
                 out.get(3).copied().unwrap_or(0),

@@ -7,32 +7,8 @@ use core::sync::atomic::{fence, AtomicU16, Ordering};
 
 use crate::pci::VirtioScsiPci;
 use crate::platform::{Dma, PciConfig};
-
-/// Spec constants (virtio 1.2), under the spec's names.
-pub mod bits {
-    pub const VIRTIO_CONFIG_S_ACKNOWLEDGE: u8 = 1;
-    pub const VIRTIO_CONFIG_S_DRIVER: u8 = 2;
-    pub const VIRTIO_CONFIG_S_DRIVER_OK: u8 = 4;
-    pub const VIRTIO_CONFIG_S_FEATURES_OK: u8 = 8;
-    pub const VIRTIO_CONFIG_S_NEEDS_RESET: u8 = 0x40;
-    pub const VIRTIO_CONFIG_S_FAILED: u8 = 0x80;
-
-    pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-    pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-    pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-    pub const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
-
-    pub const VIRTQ_DESC_F_NEXT: u16 = 1;
-    pub const VIRTQ_DESC_F_WRITE: u16 = 2;
-    pub const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
-
-    /// "No vector" for config_msix_vector and queue_msix_vector.
-    pub const VIRTIO_MSI_NO_VECTOR: u16 = 0xffff;
-    /// ISR status bit: a queue has new used buffers (INTx only).
-    pub const VIRTIO_PCI_ISR_QUEUE: u8 = 1;
-    pub const VIRTIO_PCI_ISR_CONFIG: u8 = 2;
-}
-use bits::*;
+use crate::wire::common_cfg as common;
+use crate::wire::*;
 
 /// The modern virtio-pci register interface (struct virtio_pci_common_cfg, notify, ISR,
 /// device config, and the function's MSI-X table).
@@ -86,26 +62,6 @@ pub trait Transport {
         self.read_device_config(offset, &mut b);
         u32::from_le_bytes(b)
     }
-}
-
-/// struct virtio_pci_common_cfg offsets.
-mod common {
-    pub const DEVICE_FEATURE_SELECT: usize = 0x00;
-    pub const DEVICE_FEATURE: usize = 0x04;
-    pub const DRIVER_FEATURE_SELECT: usize = 0x08;
-    pub const DRIVER_FEATURE: usize = 0x0c;
-    pub const CONFIG_MSIX_VECTOR: usize = 0x10;
-    pub const NUM_QUEUES: usize = 0x12;
-    pub const DEVICE_STATUS: usize = 0x14;
-    pub const CONFIG_GENERATION: usize = 0x15;
-    pub const QUEUE_SELECT: usize = 0x16;
-    pub const QUEUE_SIZE: usize = 0x18;
-    pub const QUEUE_MSIX_VECTOR: usize = 0x1a;
-    pub const QUEUE_ENABLE: usize = 0x1c;
-    pub const QUEUE_NOTIFY_OFF: usize = 0x1e;
-    pub const QUEUE_DESC: usize = 0x20;
-    pub const QUEUE_DRIVER: usize = 0x28;
-    pub const QUEUE_DEVICE: usize = 0x30;
 }
 
 /// Queues whose notify offset [`PciTransport`] caches.

@@ -16,70 +16,8 @@ use crate::port::{
     AdapterCapabilities, DataDirection, Miniport, PortContext, SrbHandle, SrbStatus, StartIo,
     MAX_LUS, MAX_SRBS, SENSE_BUFFER_LEN,
 };
-use crate::virtio::bits::*;
 use crate::virtio::{Buffer, QueueError, SplitQueue, Transport, MAX_QUEUE_SIZE};
-
-/// virtio-scsi constants (virtio 1.2 §5.6), under the spec's names.
-pub mod bits {
-    pub const VIRTIO_SCSI_F_INOUT: u64 = 1 << 0;
-    pub const VIRTIO_SCSI_F_HOTPLUG: u64 = 1 << 1;
-    pub const VIRTIO_SCSI_F_CHANGE: u64 = 1 << 2;
-
-    pub const VIRTIO_SCSI_S_OK: u8 = 0;
-    pub const VIRTIO_SCSI_S_OVERRUN: u8 = 1;
-    pub const VIRTIO_SCSI_S_ABORTED: u8 = 2;
-    pub const VIRTIO_SCSI_S_BAD_TARGET: u8 = 3;
-    pub const VIRTIO_SCSI_S_RESET: u8 = 4;
-    pub const VIRTIO_SCSI_S_BUSY: u8 = 5;
-    pub const VIRTIO_SCSI_S_TRANSPORT_FAILURE: u8 = 6;
-    pub const VIRTIO_SCSI_S_TARGET_FAILURE: u8 = 7;
-    pub const VIRTIO_SCSI_S_NEXUS_FAILURE: u8 = 8;
-    pub const VIRTIO_SCSI_S_FAILURE: u8 = 9;
-
-    pub const VIRTIO_SCSI_S_FUNCTION_COMPLETE: u8 = 0;
-    pub const VIRTIO_SCSI_S_FUNCTION_SUCCEEDED: u8 = 10;
-
-    pub const VIRTIO_SCSI_T_TMF: u32 = 0;
-    pub const VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET: u32 = 4;
-    pub const VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET: u32 = 5;
-
-    pub const VIRTIO_SCSI_T_NO_EVENT: u32 = 0;
-    pub const VIRTIO_SCSI_T_TRANSPORT_RESET: u32 = 1;
-    pub const VIRTIO_SCSI_T_PARAM_CHANGE: u32 = 3;
-    pub const VIRTIO_SCSI_T_EVENTS_MISSED: u32 = 0x8000_0000;
-
-    /// Task attribute SIMPLE.
-    pub const VIRTIO_SCSI_S_SIMPLE: u8 = 0;
-
-    /// Queue numbers: control, event, then request queues.
-    pub const CONTROLQ: u16 = 0;
-    pub const EVENTQ: u16 = 1;
-    pub const REQUESTQ: u16 = 2;
-
-    /// Size of struct virtio_scsi_cmd_req without the CDB: `lun[8]`, id, task_attr,
-    /// prio, crn.
-    pub const CMD_REQ_HEADER: usize = 19;
-    /// Size of struct virtio_scsi_cmd_resp without the sense: sense_len, resid,
-    /// status_qualifier, status, response.
-    pub const CMD_RESP_HEADER: usize = 12;
-    /// struct virtio_scsi_event: event, `lun[8]`, reason.
-    pub const EVENT_SIZE: usize = 16;
-    /// struct virtio_scsi_ctrl_tmf_req: type, subtype, `lun[8]`, id.
-    pub const TMF_REQ_SIZE: usize = 24;
-
-    /// struct virtio_scsi_config offsets.
-    pub const CFG_NUM_QUEUES: usize = 0;
-    pub const CFG_CMD_PER_LUN: usize = 12;
-    pub const CFG_SENSE_SIZE: usize = 20;
-    pub const CFG_CDB_SIZE: usize = 24;
-    pub const CFG_MAX_TARGET: usize = 30;
-    pub const CFG_MAX_LUN: usize = 32;
-
-    /// The spec's defaults, and the largest sizes this driver lays out.
-    pub const CDB_SIZE: u32 = 32;
-    pub const SENSE_SIZE: u32 = 96;
-}
-use bits::*;
+use crate::wire::*;
 
 /// Requests the miniport keeps outstanding at most.
 pub const MAX_REQUESTS: usize = MAX_SRBS;
@@ -409,8 +347,8 @@ impl<T: Transport> VirtioScsi<T> {
             reset: ResetPhase::Idle,
             next_id: 1,
             features: 0,
-            cdb_size: CDB_SIZE as usize,
-            sense_size: SENSE_SIZE as usize,
+            cdb_size: VIRTIO_SCSI_CDB_SIZE as usize,
+            sense_size: VIRTIO_SCSI_SENSE_SIZE as usize,
             max_outstanding: 0,
             queue_vector: [VIRTIO_MSI_NO_VECTOR; 3],
             config_vector: VIRTIO_MSI_NO_VECTOR,
@@ -489,14 +427,14 @@ impl<T: Transport> VirtioScsi<T> {
 
         let mut cdb = t.read_config_u32(CFG_CDB_SIZE);
         let mut sense = t.read_config_u32(CFG_SENSE_SIZE);
-        if cdb > CDB_SIZE || sense > SENSE_SIZE {
+        if cdb > VIRTIO_SCSI_CDB_SIZE || sense > VIRTIO_SCSI_SENSE_SIZE {
             // Both are driver-writable; ask for the sizes we lay out.
-            t.write_device_config(CFG_CDB_SIZE, &CDB_SIZE.to_le_bytes());
-            t.write_device_config(CFG_SENSE_SIZE, &SENSE_SIZE.to_le_bytes());
+            t.write_device_config(CFG_CDB_SIZE, &VIRTIO_SCSI_CDB_SIZE.to_le_bytes());
+            t.write_device_config(CFG_SENSE_SIZE, &VIRTIO_SCSI_SENSE_SIZE.to_le_bytes());
             cdb = t.read_config_u32(CFG_CDB_SIZE);
             sense = t.read_config_u32(CFG_SENSE_SIZE);
         }
-        if cdb > CDB_SIZE || sense > SENSE_SIZE || cdb == 0 {
+        if cdb > VIRTIO_SCSI_CDB_SIZE || sense > VIRTIO_SCSI_SENSE_SIZE || cdb == 0 {
             t.set_status(VIRTIO_CONFIG_S_FAILED);
             return Err(VirtioScsiError::UnsupportedConfig);
         }
@@ -1111,7 +1049,7 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
         self.next_id = self.next_id.wrapping_add(1);
 
         // struct virtio_scsi_cmd_req, LUN in the single-level format of §5.6.6.1.
-        let mut req = [0u8; CMD_REQ_HEADER + CDB_SIZE as usize];
+        let mut req = [0u8; CMD_REQ_HEADER + VIRTIO_SCSI_CDB_SIZE as usize];
         req[0] = 1;
         req[1] = s.target;
         req[2] = 0x40; // flat addressing; LUN < 256, so the high bits are 0
