@@ -12,7 +12,8 @@ use core::ptr::NonNull;
 
 use crate::contract::{
     check_pattern, fill_pattern, io_order, result_fields as rf, smoke_lba, splitmix64,
-    timeline_fields as tf, ArgError, GuestArgs, Workload, EXIT_FAIL, EXIT_PASS,
+    timeline_fields as tf, ArgError, GuestArgs, ResetKind, Workload, EXIT_FAIL, EXIT_PASS,
+    MAX_REPORTED_IDS, MAX_TIMELINE_ENTRIES,
 };
 use crate::pci::{self, BarAllocator, PciError};
 use crate::platform::{Dma, PciConfig, Platform};
@@ -23,7 +24,10 @@ use crate::port::{
 };
 use crate::report::JsonLine;
 use crate::virtio::{PciTransport, Transport};
-use crate::virtio_scsi::{VirtioScsi, VirtioScsiConfig, VirtioScsiError};
+use crate::virtio_scsi::{
+    InterruptMode, ResetTmf, VirtioScsi, VirtioScsiError, VirtioScsiSettings, MAX_POLLED_IDS,
+    MAX_POLLS,
+};
 
 /// The guest's I2 budget for one HwInterrupt call (see `run_scenario`).
 pub const GUEST_MAX_INTERRUPT_US: u64 = 10_000;
@@ -209,6 +213,28 @@ pub fn run<P: Platform, C: PciConfig, D: Dma>(
     run_scenario(platform, transport, dma, &args, out)
 }
 
+/// The miniport's settings for the arguments of the kernel command line.
+pub fn miniport_settings(a: &GuestArgs) -> VirtioScsiSettings {
+    VirtioScsiSettings {
+        interrupts: if a.irq {
+            InterruptMode::Msix
+        } else {
+            InterruptMode::None
+        },
+        poll: a.poll,
+        poll_interval_us: 1,
+        watchdog_interval_us: a.watchdog_us,
+        tmf_timeout_us: u64::from(a.tmf_timeout_ms) * 1000,
+        reset: match a.reset {
+            ResetKind::Lu => ResetTmf::LogicalUnit,
+            ResetKind::Nexus => ResetTmf::ItNexus,
+        },
+    }
+}
+
+// The result and timeline lines list what the miniport keeps, no more and no less.
+const _: () = assert!(MAX_POLLED_IDS == MAX_REPORTED_IDS && MAX_POLLS == MAX_TIMELINE_ENTRIES);
+
 /// Brings up the port over `transport`, runs the workload of `args` and reports it.
 /// Returns the isa-debug-exit code. Host tests call this with a simulated device.
 pub fn run_scenario<T: Transport>(
@@ -218,7 +244,7 @@ pub fn run_scenario<T: Transport>(
     args: &GuestArgs,
     out: &mut dyn Write,
 ) -> u8 {
-    let miniport = match VirtioScsi::new(transport, dma, VirtioScsiConfig::from_args(args)) {
+    let miniport = match VirtioScsi::new(transport, dma, miniport_settings(args)) {
         Ok(m) => m,
         Err(e) => {
             let f = Failure::Adapter(PortError::FindAdapter(e));

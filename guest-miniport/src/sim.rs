@@ -1074,13 +1074,11 @@ impl Platform for SimPlatform {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{
-        check_pattern, smoke_lba, GuestArgs, ResetKind, Workload, EXIT_FAIL, EXIT_PASS,
-    };
+    use crate::contract::{check_pattern, smoke_lba, GuestArgs, Workload, EXIT_FAIL, EXIT_PASS};
     use crate::platform::Events;
     use crate::port::{DataBuffer, Miniport, Port, PortConfig, Srb, SrbStatus};
-    use crate::runner::{run, run_scenario};
-    use crate::virtio_scsi::{InterruptMode, VirtioScsi, VirtioScsiConfig};
+    use crate::runner::{miniport_settings, run, run_scenario};
+    use crate::virtio_scsi::{InterruptMode, ResetTmf, VirtioScsi, VirtioScsiSettings};
     use serde_json::{json, Value};
     use std::string::String;
 
@@ -1291,11 +1289,20 @@ mod tests {
         assert_eq!(w.suppressed_fault as u64, commands(&a) / 3);
     }
 
+    /// The miniport's settings for the command line's defaults, MSI-X (`irq`) or
+    /// polling only.
+    fn settings(irq: bool) -> VirtioScsiSettings {
+        miniport_settings(&GuestArgs {
+            irq,
+            ..GuestArgs::default()
+        })
+    }
+
     /// A port with the virtio-scsi miniport on a simulated device, initialized.
     fn port_on(
         world: &SharedWorld,
         dma: &mut HostDma,
-        config: VirtioScsiConfig,
+        config: VirtioScsiSettings,
         hold_us: u32,
     ) -> (Port<VirtioScsi<SimTransport>>, SimPlatform) {
         let mut p = SimPlatform(world.clone());
@@ -1319,7 +1326,7 @@ mod tests {
     fn a_completion_is_lost_only_after_a_whole_watchdog_period() {
         let world = World::new(64, 10_000);
         let mut dma = HostDma::default();
-        let (mut port, mut p) = port_on(&world, &mut dma, VirtioScsiConfig::new(true), 0);
+        let (mut port, mut p) = port_on(&world, &mut dma, settings(true), 0);
         world.borrow_mut().faults.drop_interrupts = true;
         port.submit(tur()).unwrap();
         port.run_once(&mut p);
@@ -1409,7 +1416,7 @@ mod tests {
         let world = World::new(64, 10_000);
         world.borrow_mut().faults.hold_requests = true;
         let mut dma = HostDma::default();
-        let (mut port, mut p) = port_on(&world, &mut dma, VirtioScsiConfig::new(true), 50_000);
+        let (mut port, mut p) = port_on(&world, &mut dma, settings(true), 50_000);
         let a = port.submit(tur()).unwrap();
         let b = port.submit(tur()).unwrap();
         for _ in 0..5 {
@@ -1461,9 +1468,9 @@ mod tests {
         let world = World::new(64, 10_000);
         world.borrow_mut().faults.hold_requests = true;
         let mut dma = HostDma::default();
-        let config = VirtioScsiConfig {
-            reset: ResetKind::Nexus,
-            ..VirtioScsiConfig::new(true)
+        let config = VirtioScsiSettings {
+            reset: ResetTmf::ItNexus,
+            ..settings(true)
         };
         let (mut port, mut p) = port_on(&world, &mut dma, config, 0);
         port.submit(tur()).unwrap();
@@ -1497,10 +1504,10 @@ mod tests {
         world.borrow_mut().faults.hold_requests = true;
         world.borrow_mut().faults.tmf = tmf;
         let mut dma = HostDma::default();
-        let config = VirtioScsiConfig {
+        let config = VirtioScsiSettings {
             poll,
             tmf_timeout_us: 300_000,
-            ..VirtioScsiConfig::new(true)
+            ..settings(true)
         };
         let (mut port, mut p) = port_on(&world, &mut dma, config, 1_000_000);
         port.submit(tur()).unwrap();
@@ -1798,7 +1805,7 @@ mod tests {
     fn spurious_interrupts_are_not_claimed() {
         let world = World::new(64, 10_000);
         let mut dma = HostDma::default();
-        let (mut port, mut p) = port_on(&world, &mut dma, VirtioScsiConfig::new(true), 0);
+        let (mut port, mut p) = port_on(&world, &mut dma, settings(true), 0);
         // Every vector the adapter has (config 0, control 1, event 2, request 3), with
         // nothing new anywhere.
         port.dispatch(
@@ -1840,9 +1847,9 @@ mod tests {
         let world = World::new(64, 10_000);
         world.borrow_mut().intx_routed = true;
         let mut dma = HostDma::default();
-        let config = VirtioScsiConfig {
+        let config = VirtioScsiSettings {
             interrupts: InterruptMode::Intx,
-            ..VirtioScsiConfig::new(true)
+            ..settings(true)
         };
         let (mut port, mut p) = port_on(&world, &mut dma, config, 0);
         assert!(!world.borrow().msix_enabled);

@@ -8,7 +8,6 @@
 use core::fmt;
 use core::ptr::{self, NonNull};
 
-use crate::contract::{GuestArgs, ResetKind, MAX_REPORTED_IDS, MAX_TIMELINE_ENTRIES};
 use crate::latency::Histogram;
 use crate::platform::Dma;
 use crate::port::handoff::TimerArm;
@@ -32,6 +31,10 @@ const RESP_OFFSET: usize = 64;
 const TMF_SLOT_BYTES: usize = 64;
 const TMF_RESP_OFFSET: usize = 32;
 const NO_SLOT: u8 = u8::MAX;
+/// Request ids of completions the HwTimer poll found that the miniport keeps.
+pub const MAX_POLLED_IDS: usize = 256;
+/// HwTimer polls the miniport keeps for the timeline.
+pub const MAX_POLLS: usize = 512;
 /// Reset spans the miniport keeps for the timeline.
 pub const MAX_RESET_SPANS: usize = 16;
 /// How long a device reset may take (status reading 0 again) before the adapter is
@@ -91,9 +94,19 @@ pub enum InterruptMode {
     None,
 }
 
-/// How the miniport finds completions and resets the bus.
+/// The TMF HwResetBus sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VirtioScsiConfig {
+pub enum ResetTmf {
+    /// VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET to each LU with requests outstanding.
+    LogicalUnit,
+    /// VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET, once per target.
+    ItNexus,
+}
+
+/// The miniport's settings: how it finds completions and resets the bus. The guest's
+/// runner builds them from the kernel command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioScsiSettings {
     pub interrupts: InterruptMode,
     /// Whether HwTimer is armed at all. Off (with interrupts) is the negative control:
     /// a lost interrupt is never found, and a TMF that does not come back is never
@@ -109,32 +122,7 @@ pub struct VirtioScsiConfig {
     /// How long the TMFs of a bus reset may take before the device is reset.
     pub tmf_timeout_us: u64,
     /// The TMF a bus reset sends.
-    pub reset: ResetKind,
-}
-
-impl VirtioScsiConfig {
-    /// MSI-X (`irq`) or polling only, with the defaults of the guest's command line.
-    pub fn new(irq: bool) -> Self {
-        Self::from_args(&GuestArgs {
-            irq,
-            ..GuestArgs::default()
-        })
-    }
-
-    pub fn from_args(a: &GuestArgs) -> Self {
-        VirtioScsiConfig {
-            interrupts: if a.irq {
-                InterruptMode::Msix
-            } else {
-                InterruptMode::None
-            },
-            poll: a.poll,
-            poll_interval_us: 1,
-            watchdog_interval_us: a.watchdog_us,
-            tmf_timeout_us: u64::from(a.tmf_timeout_ms) * 1000,
-            reset: a.reset,
-        }
-    }
+    pub reset: ResetTmf,
 }
 
 /// What the miniport counted.
@@ -170,9 +158,9 @@ pub struct VirtioScsiStats {
 /// polled, and the reset spans.
 #[derive(Clone, Debug)]
 pub struct Trail {
-    polled_ids: [u64; MAX_REPORTED_IDS],
+    polled_ids: [u64; MAX_POLLED_IDS],
     polled_len: usize,
-    polls: [(u64, u16); MAX_TIMELINE_ENTRIES],
+    polls: [(u64, u16); MAX_POLLS],
     polls_len: usize,
     resets: [(u64, u64); MAX_RESET_SPANS],
     resets_len: usize,
@@ -185,9 +173,9 @@ pub struct Trail {
 impl Default for Trail {
     fn default() -> Self {
         Trail {
-            polled_ids: [0; MAX_REPORTED_IDS],
+            polled_ids: [0; MAX_POLLED_IDS],
             polled_len: 0,
-            polls: [(0, 0); MAX_TIMELINE_ENTRIES],
+            polls: [(0, 0); MAX_POLLS],
             polls_len: 0,
             resets: [(0, 0); MAX_RESET_SPANS],
             resets_len: 0,
@@ -265,7 +253,7 @@ enum Source {
 /// The virtio-scsi miniport over transport `T`.
 pub struct VirtioScsi<T: Transport> {
     transport: T,
-    config: VirtioScsiConfig,
+    settings: VirtioScsiSettings,
     control: SplitQueue,
     event: SplitQueue,
     request: SplitQueue,
@@ -315,7 +303,7 @@ impl<T: Transport> VirtioScsi<T> {
     pub fn new(
         transport: T,
         dma: &mut dyn Dma,
-        config: VirtioScsiConfig,
+        settings: VirtioScsiSettings,
     ) -> Result<Self, VirtioScsiError> {
         let q = MAX_QUEUE_SIZE as u16;
         let control = SplitQueue::new(dma, CONTROLQ, q).ok_or(VirtioScsiError::OutOfDmaMemory)?;
@@ -329,7 +317,7 @@ impl<T: Transport> VirtioScsi<T> {
         const NONE: Option<Request> = None;
         Ok(VirtioScsi {
             transport,
-            config,
+            settings,
             control,
             event,
             request,
@@ -465,7 +453,7 @@ impl<T: Transport> VirtioScsi<T> {
     /// MSI-X (or none), the three queues, DRIVER_OK, event buffers.
     fn bring_up(&mut self, ctx: &mut PortContext<'_>) -> Result<(), VirtioScsiError> {
         let event_idx = self.features & VIRTIO_RING_F_EVENT_IDX != 0;
-        if self.config.interrupts == InterruptMode::Msix {
+        if self.settings.interrupts == InterruptMode::Msix {
             let table = self.transport.msix_table_size();
             if table == 0 {
                 return Err(VirtioScsiError::NoMsix);
@@ -486,7 +474,7 @@ impl<T: Transport> VirtioScsi<T> {
             self.transport.set_msix_enabled(false);
             self.config_vector = VIRTIO_MSI_NO_VECTOR;
             self.queue_vector = [VIRTIO_MSI_NO_VECTOR; 3];
-            if self.config.interrupts == InterruptMode::Intx {
+            if self.settings.interrupts == InterruptMode::Intx {
                 ctx.connect_line_interrupt(0);
             }
         }
@@ -744,18 +732,18 @@ impl<T: Transport> VirtioScsi<T> {
     /// Arms HwTimer while there is something to poll for and it is not armed yet (T1:
     /// a new request would replace, and so postpone, the pending one).
     fn arm_timer(&mut self, ctx: &mut PortContext<'_>) {
-        if !self.config.poll {
+        if !self.settings.poll {
             return;
         }
         let busy = self.outstanding() > 0 || self.reset != ResetPhase::Idle;
         if busy && self.timer_arm.try_arm() {
             let interval = if self.reset != ResetPhase::Idle
-                || self.config.interrupts == InterruptMode::None
+                || self.settings.interrupts == InterruptMode::None
             {
                 // TMF answers (and everything without interrupts) are polled each tick.
-                self.config.poll_interval_us
+                self.settings.poll_interval_us
             } else {
-                self.config.watchdog_interval_us
+                self.settings.watchdog_interval_us
             };
             ctx.request_timer_call(interval);
         }
@@ -1002,7 +990,7 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
             } else {
                 (per_lun.min(u32::from(max))) as u16
             },
-            interrupts: self.config.interrupts != InterruptMode::None,
+            interrupts: self.settings.interrupts != InterruptMode::None,
         })
     }
 
@@ -1109,7 +1097,7 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
     }
 
     fn interrupt(&mut self, ctx: &mut PortContext<'_>, vector: u16) -> bool {
-        match self.config.interrupts {
+        match self.settings.interrupts {
             InterruptMode::None => false,
             InterruptMode::Intx => {
                 // I1: one line for everything; the ISR says whether it was us, and why
@@ -1164,7 +1152,7 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
         self.drain_control(ctx, Source::Poll);
         self.check_tmf_deadline(ctx);
         self.continue_device_reset(ctx);
-        let found = match self.config.interrupts {
+        let found = match self.settings.interrupts {
             InterruptMode::None => self.drain_requests(ctx, Source::Poll, u16::MAX),
             InterruptMode::Msix | InterruptMode::Intx => self.watchdog(ctx),
         };
@@ -1190,7 +1178,7 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
         let now = ctx.now_us();
         // The LUs (targets, for a nexus reset) with requests outstanding; LUN 0 of
         // target 0 when there are none, so a reset always reaches the device.
-        let nexus = self.config.reset == ResetKind::Nexus;
+        let nexus = self.settings.reset == ResetTmf::ItNexus;
         let mut lus = [None::<(u8, u8)>; MAX_TMFS];
         let mut n = 0;
         for r in self.requests.iter().flatten() {
@@ -1206,7 +1194,7 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
         self.reset_lus = lus;
         self.reset = ResetPhase::Tmf {
             started_us: now,
-            deadline_us: now + self.config.tmf_timeout_us,
+            deadline_us: now + self.settings.tmf_timeout_us,
             failed: false,
             nexus,
         };
