@@ -545,7 +545,7 @@ impl SplitQueue {
             .wrapping_sub(self.last_used_idx)
     }
 
-    /// The device's used index now: a mark that [`SplitQueue::popped_since`] measures
+    /// The device's used index now: a mark that [`SplitQueue::unpopped_at`] measures
     /// against later.
     pub fn used_mark(&self) -> u16 {
         self.used_idx_ref().load(Ordering::Acquire)

@@ -5,6 +5,7 @@
 //! asserts the exact rule id.
 
 use super::*;
+use crate::platform::{Events, Platform};
 use crate::sim::{SharedWorld, SimPlatform, World};
 extern crate std;
 use std::vec::Vec;

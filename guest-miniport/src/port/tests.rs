@@ -1,6 +1,7 @@
 //! The port's behaviour tests (carried over from the first port model).
 use super::*;
 
+use crate::platform::{Events, Platform};
 use crate::sim::{SimPlatform, World};
 extern crate std;
 use std::vec::Vec;

@@ -1,0 +1,121 @@
+//! The reset hold and SRB timeouts: an SRB past its timeout resets the bus (P1); after
+//! HwResetBus or ResetDetected new requests wait out the hold, and what the miniport
+//! still holds when it ends is taken back and reported (P2, N5).
+
+use crate::platform::Platform;
+
+#[cfg(test)]
+use super::Flaw;
+use super::{Miniport, Port, Routine, Rule, SlotState, SrbStatus, MAX_SRBS};
+
+/// A reset hold period (P2 after HwResetBus, N5 after ResetDetected).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Hold {
+    pub(super) until_us: u64,
+    pub(super) rule: Rule,
+    /// Slots active when the reset happened: each must be completed before the end.
+    pub(super) slots: u32,
+}
+
+impl<M: Miniport> Port<M> {
+    /// Whether new requests are held now (P2, N5).
+    pub(super) fn holding(&self) -> bool {
+        #[cfg(test)]
+        if self.state.flawed(Flaw::NoResetHold) {
+            return false;
+        }
+        self.state.hold.is_some()
+    }
+
+    /// P1: SRBs past their timeout reset the bus. The checker's own view: an SRB past
+    /// its timeout by more than a tick with no reset since is a port violation.
+    pub(super) fn check_timeouts(&mut self, platform: &mut dyn Platform) {
+        let now = platform.now_us();
+        #[cfg(test)]
+        let broken = self.state.flawed(Flaw::NoTimeoutReset);
+        #[cfg(not(test))]
+        let broken = false;
+        if self.state.hold.is_none() && !broken {
+            let expired = self.state.slots.iter().find(|s| {
+                s.state == SlotState::Active
+                    && now.saturating_sub(s.started_us) > u64::from(s.srb.timeout_us)
+            });
+            if let Some(s) = expired {
+                let path = s.srb.path;
+                self.state.stats.srb_timeouts += 1;
+                self.reset_bus(platform, path);
+            }
+        }
+        let grace = u64::from(self.state.config.tick_us);
+        let st = &mut self.state;
+        for i in 0..MAX_SRBS {
+            let s = &mut st.slots[i];
+            let deadline = s.started_us + u64::from(s.srb.timeout_us) + grace;
+            if s.state == SlotState::Active
+                && !s.timeout_flagged
+                && now > deadline
+                && st.last_reset_us < deadline
+                && st.hold.is_none()
+            {
+                s.timeout_flagged = true;
+                let tag = s.srb.tag;
+                st.checker.record(
+                    Rule::P1,
+                    Routine::Port,
+                    now,
+                    "SRB outstanding past its timeout without HwResetBus",
+                    u64::from(tag),
+                );
+            }
+        }
+    }
+
+    /// End of a reset hold: what the miniport still holds is a violation (P2 or N5);
+    /// the port takes it back with SRB_STATUS_BUS_RESET.
+    pub(super) fn check_hold(&mut self, platform: &mut dyn Platform) {
+        let Some(hold) = self.state.hold else {
+            return;
+        };
+        let now = platform.now_us();
+        if now < hold.until_us {
+            return;
+        }
+        self.state.hold = None;
+        let st = &mut self.state;
+        for i in 0..MAX_SRBS {
+            if hold.slots & (1 << i) == 0 || st.slots[i].state != SlotState::Active {
+                continue;
+            }
+            let tag = st.slots[i].srb.tag;
+            let message = if hold.rule == Rule::N5 {
+                "request active at ResetDetected not completed by the end of the reset hold"
+            } else {
+                "request still outstanding when the reset hold ended"
+            };
+            st.checker
+                .record(hold.rule, Routine::Port, now, message, u64::from(tag));
+            st.slots[i].srb.srb_status = SrbStatus::BusReset;
+            st.stats.reclaimed += 1;
+            st.finish_slot(i as u8);
+        }
+        self.state.next_request = true;
+    }
+
+    /// HwResetBus on `path` (asked for by the caller, or after an SRB timeout, P1).
+    /// Starts the reset hold: what is still active when it ends is a violation (P2).
+    pub fn reset_bus(&mut self, platform: &mut dyn Platform, path: u8) -> bool {
+        self.state.stats.bus_resets += 1;
+        let now = platform.now_us();
+        self.state.last_reset_us = now;
+        let slots = self.state.active_mask();
+        let ok = self.call(platform, Routine::ResetBus, |m, ctx| m.reset_bus(ctx, path));
+        // A ResetDetected from inside HwResetBus is part of this reset.
+        self.state.hold = Some(Hold {
+            until_us: now + u64::from(self.state.config.reset_hold_us),
+            rule: Rule::P2,
+            slots: slots & self.state.active_mask(),
+        });
+        self.state.next_request = true;
+        ok
+    }
+}

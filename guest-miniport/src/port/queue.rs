@@ -1,0 +1,333 @@
+//! SRB slots and queueing: the port's bookkeeping of every SRB from submission to
+//! its return, which SRB the miniport may take next (N2, N3), starting them through
+//! HwStartIo, and the polling duty of a miniport without interrupts (T7).
+
+use crate::platform::Platform;
+
+#[cfg(test)]
+use super::Flaw;
+use super::{
+    scsi_status, LuAddress, Miniport, Port, PortError, PortState, Routine, Rule, Srb, SrbHandle,
+    SrbStatus, StartIo, Tag, MAX_SRBS,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SlotState {
+    Free,
+    Queued,
+    /// Given to HwStartIo; the miniport holds the handle.
+    Active,
+    Completed,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Slot {
+    pub(super) state: SlotState,
+    pub(super) srb: Srb,
+    pub(super) started_us: u64,
+    /// P1 already reported for this SRB.
+    pub(super) timeout_flagged: bool,
+    /// Times the port queued it again after a bus reset.
+    pub(super) retries: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LuState {
+    pub(super) address: LuAddress,
+    pub(super) active: u16,
+    /// NextLuRequest received since the last HwStartIo to this LU.
+    pub(super) ready: bool,
+}
+
+/// Slot indices in arrival order; removal from the middle shifts (at most MAX_SRBS).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SlotList {
+    pub(super) items: [u8; MAX_SRBS],
+    pub(super) len: usize,
+}
+
+impl SlotList {
+    pub(super) const fn new() -> Self {
+        SlotList {
+            items: [0; MAX_SRBS],
+            len: 0,
+        }
+    }
+    pub(super) fn push_back(&mut self, slot: u8) {
+        self.items[self.len] = slot;
+        self.len += 1;
+    }
+    pub(super) fn push_front(&mut self, slot: u8) {
+        self.items.copy_within(0..self.len, 1);
+        self.items[0] = slot;
+        self.len += 1;
+    }
+    pub(super) fn remove(&mut self, at: usize) -> u8 {
+        let slot = self.items[at];
+        self.items.copy_within(at + 1..self.len, at);
+        self.len -= 1;
+        slot
+    }
+    pub(super) fn as_slice(&self) -> &[u8] {
+        &self.items[..self.len]
+    }
+}
+
+impl PortState {
+    pub(super) fn lu_index(&self, address: LuAddress) -> Option<usize> {
+        self.lus
+            .iter()
+            .position(|l| l.is_some_and(|l| l.address == address))
+    }
+
+    #[cfg(test)]
+    pub(super) fn flawed(&self, f: Flaw) -> bool {
+        self.flaw == Some(f)
+    }
+
+    /// Whether `h` still names an SRB the miniport owns.
+    pub(super) fn owns(&self, h: &SrbHandle) -> bool {
+        let s = &self.slots[usize::from(h.slot)];
+        s.state == SlotState::Active && s.srb.tag == h.tag
+    }
+
+    pub(super) fn active_mask(&self) -> u32 {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == SlotState::Active)
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// The miniport (or the end of a reset hold) gave an SRB back: it no longer counts
+    /// as active on its LU.
+    pub(super) fn release_slot(&mut self, slot: u8) {
+        let lu = self.slots[usize::from(slot)].srb.lu();
+        if let Some(l) = self.lu_index(lu).and_then(|i| self.lus[i].as_mut()) {
+            l.active = l.active.saturating_sub(1);
+        }
+        self.active = self.active.saturating_sub(1);
+        if let Some(h) = self.hold.as_mut() {
+            h.slots &= !(1 << slot);
+        }
+    }
+
+    /// The port takes an SRB back into its completed list.
+    pub(super) fn finish_slot(&mut self, slot: u8) {
+        self.release_slot(slot);
+        self.slots[usize::from(slot)].state = SlotState::Completed;
+        self.completed.push_back(slot);
+        self.stats.completed += 1;
+    }
+
+    /// An SRB completed with SRB_STATUS_BUS_RESET goes to the front of the queue again,
+    /// as it was submitted, while it has retries left. Returns false when it has none.
+    pub(super) fn retry_slot(&mut self, slot: u8) -> bool {
+        let s = &self.slots[usize::from(slot)];
+        if s.srb.srb_status != SrbStatus::BusReset || s.retries >= self.config.bus_reset_retries {
+            return false;
+        }
+        self.release_slot(slot);
+        let s = &mut self.slots[usize::from(slot)];
+        s.state = SlotState::Queued;
+        s.retries += 1;
+        s.timeout_flagged = false;
+        s.srb.srb_status = SrbStatus::Pending;
+        s.srb.scsi_status = scsi_status::GOOD;
+        s.srb.sense_len = 0;
+        s.srb.data_transfer_length = 0;
+        self.queued.push_front(slot);
+        self.stats.bus_reset_retries += 1;
+        true
+    }
+}
+
+impl<M: Miniport> Port<M> {
+    /// Queues `srb`; returns its tag. It is started when the miniport is ready.
+    pub fn submit(&mut self, mut srb: Srb) -> Result<Tag, PortError<M::Error>> {
+        if self.state.caps.is_none() {
+            return Err(PortError::NotInitialized);
+        }
+        let lu = srb.lu();
+        if self.state.lu_index(lu).is_none() {
+            let free = self
+                .state
+                .lus
+                .iter()
+                .position(|l| l.is_none_or(|l| l.active == 0 && !self.lu_queued(l.address)))
+                .ok_or(PortError::TooManyLus)?;
+            self.state.lus[free] = Some(LuState {
+                address: lu,
+                active: 0,
+                ready: false,
+            });
+        }
+        let slot = self
+            .state
+            .slots
+            .iter()
+            .position(|s| s.state == SlotState::Free)
+            .ok_or(PortError::QueueFull)?;
+        let tag = self.state.next_tag;
+        self.state.next_tag = self.state.next_tag.wrapping_add(1).max(1);
+        srb.tag = tag;
+        srb.srb_status = SrbStatus::Pending;
+        self.state.slots[slot] = Slot {
+            state: SlotState::Queued,
+            srb,
+            started_us: 0,
+            timeout_flagged: false,
+            retries: 0,
+        };
+        self.state.queued.push_back(slot as u8);
+        self.state.stats.submitted += 1;
+        Ok(tag)
+    }
+
+    fn lu_queued(&self, lu: LuAddress) -> bool {
+        self.state
+            .queued
+            .as_slice()
+            .iter()
+            .any(|&s| self.state.slots[usize::from(s)].srb.lu() == lu)
+    }
+
+    /// The position in the queue of the first SRB the miniport may take now.
+    fn next_startable(&self) -> Option<usize> {
+        let st = &self.state;
+        let caps = st.caps?;
+        if st.active >= caps.max_outstanding {
+            return None;
+        }
+        #[cfg(test)]
+        let ignore_busy = st.flawed(Flaw::IgnoreLuBusy);
+        #[cfg(not(test))]
+        let ignore_busy = false;
+        st.queued.as_slice().iter().position(|&s| {
+            let lu = st.slots[usize::from(s)].srb.lu();
+            let Some(l) = st.lu_index(lu).and_then(|i| st.lus[i]) else {
+                return false;
+            };
+            // N2: NextRequest opens a target that is not busy. N3: NextLuRequest opens
+            // that LU up to its queue depth.
+            (st.next_request && (l.active == 0 || ignore_busy))
+                || (caps.tagged_queuing && l.ready && l.active < caps.queue_depth)
+        })
+    }
+
+    /// Passes queued SRBs to HwStartIo while the miniport is ready for them.
+    pub(super) fn start_queued(&mut self, platform: &mut dyn Platform) {
+        if self.holding() {
+            return;
+        }
+        while let Some(at) = self.next_startable() {
+            let slot = self.state.queued.remove(at);
+            let now = platform.now_us();
+            let caps = self.state.caps;
+            let st = &mut self.state;
+            let lu = st.slots[usize::from(slot)].srb.lu();
+            let li = st.lu_index(lu);
+            // The checker's own view of N2 and P2, independent of next_startable.
+            if let Some(l) = li.and_then(|i| st.lus[i]) {
+                let may_queue = caps.is_some_and(|c| c.tagged_queuing) && l.ready;
+                if l.active > 0 && !may_queue {
+                    st.checker.record(
+                        Rule::N2,
+                        Routine::Port,
+                        now,
+                        "port sent a second request to a busy LU without tagged queuing",
+                        u64::from(lu.lun),
+                    );
+                }
+            }
+            if st.hold.is_some() {
+                st.checker.record(
+                    Rule::P2,
+                    Routine::Port,
+                    now,
+                    "port started a request during the reset hold",
+                    0,
+                );
+            }
+            let s = &mut st.slots[usize::from(slot)];
+            s.state = SlotState::Active;
+            s.started_us = now;
+            let handle = SrbHandle {
+                slot,
+                tag: s.srb.tag,
+            };
+            st.next_request = false;
+            if let Some(l) = li.and_then(|i| st.lus[i].as_mut()) {
+                l.ready = false;
+                l.active += 1;
+            }
+            st.active += 1;
+            st.stats.start_io_calls += 1;
+            st.owed_next = Some(slot);
+            st.owed_completed = false;
+            match self.call(platform, Routine::StartIo, |m, ctx| m.start_io(ctx, handle)) {
+                StartIo::Accepted => {}
+                StartIo::Busy(handle) => {
+                    let st = &mut self.state;
+                    st.stats.start_io_busy += 1;
+                    if st.owed_next == Some(handle.slot) {
+                        st.owed_next = None;
+                    }
+                    if !st.owns(&handle) {
+                        // Completed and handed back: N1's run-time residue.
+                        st.checker.record(
+                            Rule::N1,
+                            Routine::StartIo,
+                            now,
+                            "HwStartIo gave back an SRB it had completed",
+                            u64::from(handle.tag),
+                        );
+                        break;
+                    }
+                    st.slots[usize::from(handle.slot)].state = SlotState::Queued;
+                    st.queued.push_front(handle.slot);
+                    if let Some(l) = li.and_then(|i| st.lus[i].as_mut()) {
+                        l.active -= 1;
+                    }
+                    st.active -= 1;
+                    // Wait for the miniport's next NextRequest before trying again.
+                    st.next_request = false;
+                    break;
+                }
+            }
+        }
+        self.check_polling(platform);
+    }
+
+    /// T7: a miniport without interrupts finds completions only from HwTimer.
+    pub(super) fn check_polling(&mut self, platform: &mut dyn Platform) {
+        let st = &mut self.state;
+        let polling = st.caps.is_some_and(|c| !c.interrupts);
+        if polling && st.active > 0 && !st.timer.is_pending() {
+            if !st.t7_flagged {
+                st.t7_flagged = true;
+                let now = platform.now_us();
+                st.checker.record(
+                    Rule::T7,
+                    Routine::Port,
+                    now,
+                    "miniport without interrupts holds requests and no HwTimer is pending",
+                    u64::from(st.active),
+                );
+            }
+        } else {
+            st.t7_flagged = false;
+        }
+    }
+
+    /// Takes back the oldest completed SRB.
+    pub fn poll_completed(&mut self) -> Option<Srb> {
+        if self.state.completed.len == 0 {
+            return None;
+        }
+        let slot = self.state.completed.remove(0);
+        let s = &mut self.state.slots[usize::from(slot)];
+        s.state = SlotState::Free;
+        Some(s.srb)
+    }
+}
