@@ -3,31 +3,54 @@
 //! in each miniport routine (P4). Allocation-free: a fixed number of violations is kept,
 //! the count goes on past it.
 
-/// The 23 rules of miniport-rules.md.
+/// The 23 rules of docs/miniport-rules.md, by id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule {
+    /// T1: one timer request per adapter; a new RequestTimerCall replaces the pending one.
     T1,
+    /// T2: the interval is in microseconds, rounded up to the port's tick.
     T2,
+    /// T3: an interval of 0 cancels the pending request, unless it is already dispatched.
     T3,
+    /// T4: HwTimer runs once per RequestTimerCall, and may call RequestTimerCall again.
     T4,
+    /// T5: HwTimer never runs at the same time as HwInterrupt.
     T5,
+    /// T6: multi-channel HwStartIo may overlap HwTimer; the miniport guards shared state.
     T6,
+    /// T7: a miniport that polls instead of taking interrupts keeps a HwTimer call pending.
     T7,
+    /// S1: no StallExecution over 1 ms outside HwFindAdapter and HwInitialize.
     S1,
+    /// I1: HwInterrupt claims only an interrupt its own HBA raised.
     I1,
+    /// I2: HwInterrupt does the least work it can and returns quickly.
     I2,
+    /// I3: long interrupt work is deferred through CallEnableInterrupts, not polled for.
     I3,
+    /// I4: no HwInterrupt while the deferred enable/disable callbacks own the HBA.
     I4,
+    /// N1: after RequestComplete the miniport never touches that SRB again.
     N1,
+    /// N2: NextRequest readies the miniport for a request to a target that is not busy.
     N2,
+    /// N3: NextLuRequest (another request to that LU) only with tagged queuing.
     N3,
+    /// N4: an SRB completed successfully is paired with NextRequest or NextLuRequest.
     N4,
+    /// N5: after ResetDetected the miniport still completes every active request.
     N5,
+    /// N6: RequestTimerCall only from a miniport that has a HwTimer.
     N6,
+    /// N7: CallEnableInterrupts from HwInterrupt, CallDisableInterrupts from its callback.
     N7,
+    /// P1: an SRB outstanding past its timeout makes the port reset the bus.
     P1,
+    /// P2: new requests wait out the reset hold; one outstanding at its end is a bug.
     P2,
+    /// P3: every SRB is completed exactly once, with a valid status.
     P3,
+    /// P4: the port measures the time the miniport spends in each routine.
     P4,
 }
 
