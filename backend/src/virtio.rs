@@ -7,6 +7,7 @@ use std::io;
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 
+use virtio_bindings::virtio_scsi;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::Bitmap;
@@ -17,37 +18,49 @@ use vm_memory::{
 
 use crate::scsi::{DataError, DataIn, DataOut};
 
-/// Feature bits (5.6.3).
-pub const VIRTIO_SCSI_F_INOUT: u64 = 0;
-pub const VIRTIO_SCSI_F_HOTPLUG: u64 = 1;
-pub const VIRTIO_SCSI_F_CHANGE: u64 = 2;
+/// Takes each named constant of virtio-bindings (Linux's uapi header, where all are `u32`)
+/// with the type of the field or the use it has here; every value fits that type.
+macro_rules! from_bindings {
+    ($ty:ty: $($name:ident),+ $(,)?) => {
+        $(
+            #[doc = concat!("`", stringify!($name), "` of virtio-bindings.")]
+            pub const $name: $ty = virtio_scsi::$name as $ty;
+        )+
+    };
+}
 
-/// The config space's defaults (5.6.4). The driver may write another `cdb_size` (the
-/// request header then has a CDB area of that size); `sense_size` stays 96 here.
-pub const VIRTIO_SCSI_CDB_SIZE: usize = 32;
-pub const VIRTIO_SCSI_SENSE_SIZE: usize = 96;
+// Feature bits (5.6.3): bit numbers in the u64 feature word.
+from_bindings!(u64: VIRTIO_SCSI_F_INOUT, VIRTIO_SCSI_F_HOTPLUG, VIRTIO_SCSI_F_CHANGE);
+
+// The config space's defaults (5.6.4). The driver may write another `cdb_size` (the
+// request header then has a CDB area of that size); `sense_size` stays 96 here.
+from_bindings!(usize: VIRTIO_SCSI_CDB_SIZE, VIRTIO_SCSI_SENSE_SIZE);
 /// `cdb_size` values the device accepts: below 256, as QEMU's virtio-scsi.
 pub const VIRTIO_SCSI_MAX_CDB_SIZE: usize = 255;
 
-/// Request queue response codes (5.6.6.1).
-pub const VIRTIO_SCSI_S_OK: u8 = 0;
-pub const VIRTIO_SCSI_S_OVERRUN: u8 = 1;
-pub const VIRTIO_SCSI_S_ABORTED: u8 = 2;
-pub const VIRTIO_SCSI_S_BAD_TARGET: u8 = 3;
-pub const VIRTIO_SCSI_S_RESET: u8 = 4;
-pub const VIRTIO_SCSI_S_BUSY: u8 = 5;
-pub const VIRTIO_SCSI_S_TRANSPORT_FAILURE: u8 = 6;
-pub const VIRTIO_SCSI_S_TARGET_FAILURE: u8 = 7;
-pub const VIRTIO_SCSI_S_NEXUS_FAILURE: u8 = 8;
-pub const VIRTIO_SCSI_S_FAILURE: u8 = 9;
-/// Control queue response codes (5.6.6.2).
-pub const VIRTIO_SCSI_S_FUNCTION_COMPLETE: u8 = 0;
-pub const VIRTIO_SCSI_S_FUNCTION_SUCCEEDED: u8 = 10;
-pub const VIRTIO_SCSI_S_FUNCTION_REJECTED: u8 = 11;
-pub const VIRTIO_SCSI_S_INCORRECT_LUN: u8 = 12;
+// Response codes of the request queue (5.6.6.1) and the control queue (5.6.6.2): the
+// `response` byte of every response.
+from_bindings!(
+    u8: VIRTIO_SCSI_S_OK,
+    VIRTIO_SCSI_S_OVERRUN,
+    VIRTIO_SCSI_S_ABORTED,
+    VIRTIO_SCSI_S_BAD_TARGET,
+    VIRTIO_SCSI_S_RESET,
+    VIRTIO_SCSI_S_BUSY,
+    VIRTIO_SCSI_S_TRANSPORT_FAILURE,
+    VIRTIO_SCSI_S_TARGET_FAILURE,
+    VIRTIO_SCSI_S_NEXUS_FAILURE,
+    VIRTIO_SCSI_S_FAILURE,
+    VIRTIO_SCSI_S_FUNCTION_SUCCEEDED,
+    VIRTIO_SCSI_S_FUNCTION_REJECTED,
+    VIRTIO_SCSI_S_INCORRECT_LUN,
+);
+/// The spec's FUNCTION COMPLETE (5.6.6.2), which Linux's header and so virtio-bindings
+/// lack: the TMF response that shares VIRTIO_SCSI_S_OK's value.
+pub const VIRTIO_SCSI_S_FUNCTION_COMPLETE: u8 = VIRTIO_SCSI_S_OK;
 
 // Control request types, TMF subtypes, event types and TRANSPORT_RESET reasons (5.6.6.2,
-// 5.6.6.3): the same `u32` values as Linux's uapi header, so take them from it.
+// 5.6.6.3): `u32` fields on the wire, as in the bindings.
 pub use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_EVT_RESET_HARD, VIRTIO_SCSI_EVT_RESET_REMOVED, VIRTIO_SCSI_EVT_RESET_RESCAN,
     VIRTIO_SCSI_T_AN_QUERY, VIRTIO_SCSI_T_AN_SUBSCRIBE, VIRTIO_SCSI_T_ASYNC_NOTIFY,

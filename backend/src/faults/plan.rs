@@ -11,6 +11,12 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::presets;
+use crate::virtio::{
+    VIRTIO_SCSI_T_TMF_ABORT_TASK, VIRTIO_SCSI_T_TMF_ABORT_TASK_SET, VIRTIO_SCSI_T_TMF_CLEAR_ACA,
+    VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET, VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET,
+    VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, VIRTIO_SCSI_T_TMF_QUERY_TASK,
+    VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
+};
 
 /// Exit status of the backend when the fault plan (file, shorthand or preset) is invalid.
 pub const PLAN_ERROR_EXIT_CODE: i32 = 2;
@@ -356,14 +362,14 @@ impl TmfKind {
     /// From the `subtype` field of a virtio-scsi TMF request.
     pub fn from_virtio(subtype: u32) -> TmfKind {
         match subtype {
-            0 => TmfKind::AbortTask,
-            1 => TmfKind::AbortTaskSet,
-            2 => TmfKind::ClearAca,
-            3 => TmfKind::ClearTaskSet,
-            4 => TmfKind::ITNexusReset,
-            5 => TmfKind::LogicalUnitReset,
-            6 => TmfKind::QueryTask,
-            7 => TmfKind::QueryTaskSet,
+            VIRTIO_SCSI_T_TMF_ABORT_TASK => TmfKind::AbortTask,
+            VIRTIO_SCSI_T_TMF_ABORT_TASK_SET => TmfKind::AbortTaskSet,
+            VIRTIO_SCSI_T_TMF_CLEAR_ACA => TmfKind::ClearAca,
+            VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => TmfKind::ClearTaskSet,
+            VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => TmfKind::ITNexusReset,
+            VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => TmfKind::LogicalUnitReset,
+            VIRTIO_SCSI_T_TMF_QUERY_TASK => TmfKind::QueryTask,
+            VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => TmfKind::QueryTaskSet,
             n => TmfKind::Other(n),
         }
     }
