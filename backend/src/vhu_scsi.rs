@@ -840,7 +840,7 @@ where
         resp: None,
     };
     let Ok(data_in) = buffers.writable.as_mut() else {
-        warn!("request {head}: writable descriptor outside guest memory, no response possible");
+        warn!("request {head}: {}", ChainError::WritableOutsideGuestMemory);
         return none;
     };
     let resp_len = size_of::<VirtioScsiCmdResp>();
@@ -872,12 +872,12 @@ where
             extra_residual,
         } => {
             let data_out = if buffers.readable_after_writable {
-                Err("device-readable descriptor after a device-writable one".to_owned())
+                Err(ChainError::ReadableAfterWritable)
             } else {
                 buffers
                     .readable
                     .as_mut()
-                    .map_err(|e| format!("readable descriptor outside guest memory: {e}"))
+                    .map_err(|e| ChainError::ReadableOutsideGuestMemory(*e))
             };
             let executed =
                 execute_request(target, data_out, header, data_in, corrupt, cdb_size, slot);
@@ -928,25 +928,23 @@ where
 }
 
 /// Reads the request header, whose CDB area has `cdb_size` bytes, off the front of
-/// `data_out`. `Err` describes a chain too short for it, for the log.
+/// `data_out`. `Err`: the chain is too short for it.
 pub fn read_header<M>(
     data_out: &mut GuestDataOut<'_, M>,
     cdb_size: usize,
-) -> Result<VirtioScsiCmdReq, String>
+) -> Result<VirtioScsiCmdReq, ChainError>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     let readable = DataOut::remaining(data_out);
     if readable < VIRTIO_SCSI_CMD_REQ_FIXED {
-        return Err(format!("short request header: {readable} bytes"));
+        return Err(ChainError::ShortHeader(readable));
     }
     // A chain too short for the header's CDB area is a malformed request, not a CDB the
     // device server could look at: FAILURE.
     let header = VIRTIO_SCSI_CMD_REQ_FIXED + cdb_size;
     if readable < header {
-        return Err(format!(
-            "CDB area extends beyond the readable header ({readable} of {header} bytes)"
-        ));
+        return Err(ChainError::CdbBeyondHeader { readable, header });
     }
     // The first 32 CDB bytes are kept (no command is longer); the rest of a larger area is
     // skipped, and a smaller one leaves the tail of `cdb` zero.
@@ -955,24 +953,24 @@ where
     data_out
         .read_bytes(&mut req.as_mut_slice()[..kept])
         .and_then(|()| data_out.skip(header - kept))
-        .map_err(|e| format!("cannot read request header: {e:?}"))?;
+        .map_err(ChainError::UnreadableHeader)?;
     Ok(req)
 }
 
 /// Parses and executes one command, its header and data-out in `data_out` (`Err`: what is
 /// wrong with the readable descriptors); the header has a CDB area of `cdb_size` bytes.
 /// `header` is the header when it was already read off `data_out` ([`read_header`]).
-/// `Err` is a malformed chain, described for the log. `corrupt_writes` flips bytes of the
+/// `Err` is a malformed chain. `corrupt_writes` flips bytes of the
 /// data a write stores. With `slot`, the command is marked executing once its LU is known.
 fn execute_request<M>(
     target: &Target,
-    data_out: Result<&mut GuestDataOut<'_, M>, String>,
+    data_out: Result<&mut GuestDataOut<'_, M>, ChainError>,
     header: Option<&VirtioScsiCmdReq>,
     data_in: &mut GuestDataIn<'_, M>,
     corrupt_writes: Option<Corruption>,
     cdb_size: usize,
     slot: Option<&ExecutingSlot<'_>>,
-) -> Result<VirtioScsiCmdResp, String>
+) -> Result<VirtioScsiCmdResp, ChainError>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
@@ -988,7 +986,7 @@ where
     let cdb = req.cdb;
     // Without VIRTIO_SCSI_F_INOUT a request moves data in one direction only.
     if DataOut::remaining(data_out) > 0 && DataIn::remaining(data_in) > 0 {
-        return Err("both data-out and data-in buffers without VIRTIO_SCSI_F_INOUT".into());
+        return Err(ChainError::BothDataDirections);
     }
 
     let lun = req.lun;
@@ -1070,10 +1068,10 @@ where
             resp.resid = Le32::from(in_len as u32);
             Ok(resp)
         }
-        Err(CmdError::DataOutTooSmall { needed, available }) => Err(format!(
-            "data-out buffer of {available} bytes for a {needed}-byte transfer"
-        )),
-        Err(CmdError::BufferAccess(e)) => Err(format!("guest buffer access failed: {e}")),
+        Err(CmdError::DataOutTooSmall { needed, available }) => {
+            Err(ChainError::DataOutTooSmall { available, needed })
+        }
+        Err(CmdError::BufferAccess(e)) => Err(ChainError::BufferAccess(e)),
     }
 }
 
@@ -1111,15 +1109,19 @@ where
 /// Whether a control response can be written at all. Checked before the request is acted
 /// on: a TMF that cannot be answered is not executed (as a command without room for its
 /// response is not), and the guest's mistake costs one warning, not one per layer.
-fn control_response_room<M>(mem: &GuestMemoryMmap, chain: &DescriptorChain<M>) -> Result<(), String>
+fn control_response_room<M>(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain<M>,
+) -> Result<(), ChainError>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
-    let writer = chain.clone().writer(mem).map_err(|_| {
-        "writable descriptor outside guest memory, no response possible".to_string()
-    })?;
+    let writer = chain
+        .clone()
+        .writer(mem)
+        .map_err(|_| ChainError::WritableOutsideGuestMemory)?;
     if writer.available_bytes() == 0 {
-        return Err("no writable response descriptor".into());
+        return Err(ChainError::NoResponseDescriptor);
     }
     Ok(())
 }
@@ -1129,18 +1131,18 @@ where
 fn write_control<M>(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
-    resp: Result<ControlResponse, String>,
+    resp: Result<ControlResponse, ChainError>,
 ) -> u32
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     let head = chain.head_index();
     let Ok(mut writer) = chain.writer(mem) else {
-        warn!("control {head}: writable descriptor outside guest memory, no response possible");
+        warn!("control {head}: {}", ChainError::WritableOutsideGuestMemory);
         return 0;
     };
     if writer.available_bytes() == 0 {
-        warn!("control {head}: no writable response descriptor");
+        warn!("control {head}: {}", ChainError::NoResponseDescriptor);
         return 0;
     }
     let written = match resp {
@@ -1183,7 +1185,7 @@ fn control_response<M>(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
     executing: Option<&Executing>,
-) -> Result<ControlResponse, String>
+) -> Result<ControlResponse, ChainError>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
@@ -1206,35 +1208,33 @@ fn an_response() -> ControlResponse {
 fn parse_control<M>(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
-) -> Result<ControlRequest, String>
+) -> Result<ControlRequest, ChainError>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     if readable_after_writable(chain.clone()) {
-        return Err("device-readable descriptor after a device-writable one".into());
+        return Err(ChainError::ReadableAfterWritable);
     }
     let reader = chain
         .reader(mem)
-        .map_err(|e| format!("readable descriptor outside guest memory: {e}"))?;
+        .map_err(ChainError::ReaderOutsideGuestMemory)?;
     let mut peek = reader.clone();
     let type_: Le32 = peek
         .read_obj()
-        .map_err(|_| format!("short control header: {} bytes", reader.available_bytes()))?;
+        .map_err(|_| ChainError::ShortControlHeader(reader.available_bytes()))?;
     let mut reader = reader;
     match u32::from(type_) {
         VIRTIO_SCSI_T_TMF => {
-            let req: VirtioScsiCtrlTmfReq = reader
-                .read_obj()
-                .map_err(|_| "short TMF request".to_string())?;
+            let req: VirtioScsiCtrlTmfReq =
+                reader.read_obj().map_err(|_| ChainError::ShortTmfRequest)?;
             Ok(ControlRequest::Tmf(req))
         }
         VIRTIO_SCSI_T_AN_QUERY | VIRTIO_SCSI_T_AN_SUBSCRIBE => {
-            let req: VirtioScsiCtrlAnReq = reader
-                .read_obj()
-                .map_err(|_| "short AN request".to_string())?;
+            let req: VirtioScsiCtrlAnReq =
+                reader.read_obj().map_err(|_| ChainError::ShortAnRequest)?;
             Ok(ControlRequest::An(req))
         }
-        other => Err(format!("unknown control request type {other}")),
+        other => Err(ChainError::UnknownControlType(other)),
     }
 }
 

@@ -226,6 +226,53 @@ pub fn encode_lun(addr: ScsiAddress) -> [u8; 8] {
     [1, addr.target, hi, lo, 0, 0, 0, 0]
 }
 
+/// Why one direction of a chain (its readable or its writable descriptors) cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DescriptorError {
+    #[error("descriptor {addr:#x}+{len} outside guest memory")]
+    OutsideGuestMemory { addr: u64, len: usize },
+    #[error("descriptor chain length overflows")]
+    LengthOverflows,
+}
+
+/// A malformed request chain: the driver's mistake, which the device answers with
+/// VIRTIO_SCSI_S_FAILURE where a response fits (used length 0 where none does) and logs
+/// once, with this text.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("device-readable descriptor after a device-writable one")]
+    ReadableAfterWritable,
+    #[error("readable descriptor outside guest memory: {0}")]
+    ReadableOutsideGuestMemory(DescriptorError),
+    /// As [`ChainError::ReadableOutsideGuestMemory`], found by virtio-queue's `Reader`.
+    #[error("readable descriptor outside guest memory: {0}")]
+    ReaderOutsideGuestMemory(virtio_queue::Error),
+    #[error("writable descriptor outside guest memory, no response possible")]
+    WritableOutsideGuestMemory,
+    #[error("no writable response descriptor")]
+    NoResponseDescriptor,
+    #[error("short request header: {0} bytes")]
+    ShortHeader(usize),
+    #[error("CDB area extends beyond the readable header ({readable} of {header} bytes)")]
+    CdbBeyondHeader { readable: usize, header: usize },
+    #[error("cannot read request header: {0:?}")]
+    UnreadableHeader(DataError),
+    #[error("both data-out and data-in buffers without VIRTIO_SCSI_F_INOUT")]
+    BothDataDirections,
+    #[error("data-out buffer of {available} bytes for a {needed}-byte transfer")]
+    DataOutTooSmall { available: usize, needed: u64 },
+    #[error("guest buffer access failed: {0}")]
+    BufferAccess(String),
+    #[error("short control header: {0} bytes")]
+    ShortControlHeader(usize),
+    #[error("short TMF request")]
+    ShortTmfRequest,
+    #[error("short AN request")]
+    ShortAnRequest,
+    #[error("unknown control request type {0}")]
+    UnknownControlType(u32),
+}
+
 /// A guest buffer made of one direction of a request chain's descriptors: the readable
 /// ones (up to the first writable one) or the writable ones. The descriptors are walked
 /// as data moves, so no list of them is built: a request allocates nothing for its data,
@@ -277,17 +324,19 @@ where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     /// The device-readable descriptors of `chain`, up to the first writable one.
-    pub fn readable(mem: &'m GuestMemoryMmap, chain: DescriptorChain<M>) -> io::Result<Self> {
-        ChainBuffers::scan(mem, chain)
-            .readable
-            .map_err(io::Error::other)
+    pub fn readable(
+        mem: &'m GuestMemoryMmap,
+        chain: DescriptorChain<M>,
+    ) -> Result<Self, DescriptorError> {
+        ChainBuffers::scan(mem, chain).readable
     }
 
     /// The device-writable descriptors of `chain`.
-    pub fn writable(mem: &'m GuestMemoryMmap, chain: DescriptorChain<M>) -> io::Result<Self> {
-        ChainBuffers::scan(mem, chain)
-            .writable
-            .map_err(io::Error::other)
+    pub fn writable(
+        mem: &'m GuestMemoryMmap,
+        chain: DescriptorChain<M>,
+    ) -> Result<Self, DescriptorError> {
+        ChainBuffers::scan(mem, chain).writable
     }
 
     /// A buffer of `total` bytes that starts in `first`, the first descriptor of its
@@ -474,9 +523,9 @@ where
 {
     /// The device-readable descriptors up to the first writable one; `Err` says which one
     /// lies outside guest memory.
-    pub readable: Result<GuestBuffer<'m, M>, String>,
+    pub readable: Result<GuestBuffer<'m, M>, DescriptorError>,
     /// The device-writable descriptors; `Err` says which one lies outside guest memory.
-    pub writable: Result<GuestBuffer<'m, M>, String>,
+    pub writable: Result<GuestBuffer<'m, M>, DescriptorError>,
     /// A readable descriptor follows a writable one (2.7.4.2 forbids it).
     pub readable_after_writable: bool,
     /// Bytes of every readable descriptor, wherever it is in the chain; `None` when one of
@@ -489,7 +538,7 @@ struct Direction<M> {
     /// The first descriptor and the chain just after it.
     start: Option<(Descriptor, DescriptorChain<M>)>,
     total: usize,
-    error: Option<String>,
+    error: Option<DescriptorError>,
 }
 
 impl<M> Direction<M> {
@@ -514,16 +563,16 @@ impl<M> Direction<M> {
         }
         let len = desc.len() as usize;
         if !mem.check_range(desc.addr(), len) {
-            self.error = Some(format!(
-                "descriptor {:#x}+{len} outside guest memory",
-                desc.addr().0
-            ));
+            self.error = Some(DescriptorError::OutsideGuestMemory {
+                addr: desc.addr().0,
+                len,
+            });
             return;
         }
         match self.total.checked_add(len) {
             Some(t) => self.total = t,
             None => {
-                self.error = Some("descriptor chain length overflows".into());
+                self.error = Some(DescriptorError::LengthOverflows);
                 return;
             }
         }
