@@ -13,10 +13,8 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{
-    ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap, Le32,
-};
+use virtio_queue::DescriptorChain;
+use vm_memory::{ByteValued, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap, Le32};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -33,9 +31,11 @@ use crate::virtio::*;
 pub mod executing;
 mod faulty;
 pub mod inflight;
+mod passes;
 
 use executing::{Executing, ExecutingSlot};
 use inflight::InflightTable;
+use passes::PlainServer;
 
 /// Queue 0 is the control queue, 1 the event queue, 2.. the request queues (5.6.2).
 pub const CONTROL_QUEUE: usize = 0;
@@ -304,91 +304,15 @@ impl VhostUserScsiBackend {
         if self.faults.active {
             return self.process_queue_with_faults(queue, vring);
         }
-        let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
         let event_idx = self.event_idx.load(Ordering::Relaxed);
-        let cdb_size = self.cdb_size();
-        let mut passes = Passes::default();
-        let mut batch = SignalBatch::new(event_idx);
-        loop {
-            if event_idx {
-                vring
-                    .disable_notification()
-                    .map_err(VhuScsiError::CouldNotToggleNotification)?;
-            }
-            let mem = atomic.memory();
-            let mut popped = 0;
-            let pass = loop {
-                // The queue lock is released before completing, since add_used takes it again.
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else { break Ok(()) };
-                popped += 1;
-                let head = chain.head_index();
-                // Dropped after the completion is on the used ring (or on an error); its
-                // interrupt may wait for the end of the pass.
-                let slot = self.executing.slot(queue);
-                let used_len = if queue == CONTROL_QUEUE {
-                    serve_control(&self.target, &mem, chain, Some(&self.executing))
-                } else {
-                    let how = Disposition::EXECUTE;
-                    serve_command(&self.target, &mem, chain, how, cdb_size, Some(&slot)).used
-                };
-                let completed = batch.complete(vring, head, used_len);
-                drop(slot);
-                if let Err(e) = completed {
-                    break Err(e);
-                }
-            };
-            // What is on the used ring gets its interrupt even when the pass failed.
-            batch.flush(vring)?;
-            pass?;
-            if !passes.another(queue, vring, event_idx, popped)? {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Whether a queue handler makes another pass over the avail ring. With EVENT_IDX,
-/// re-enabling notifications reports chains that arrived meanwhile, and the handler looks
-/// again. But an avail index more than a ring ahead of the device's makes every pop fail
-/// (virtio-queue refuses it) while the index still says "more": two empty passes in a
-/// row end the handler until the next kick instead of spinning forever.
-#[derive(Debug, Default)]
-struct Passes {
-    empty_in_a_row: u32,
-}
-
-impl Passes {
-    fn another<V>(
-        &mut self,
-        queue: usize,
-        vring: &V,
-        event_idx: bool,
-        popped: usize,
-    ) -> Result<bool, VhuScsiError>
-    where
-        V: VringT<GuestMemory>,
-    {
-        if !event_idx {
-            return Ok(false);
-        }
-        self.empty_in_a_row = if popped == 0 {
-            self.empty_in_a_row + 1
-        } else {
-            0
+        let mut server = PlainServer {
+            backend: self,
+            queue,
+            vring,
+            cdb_size: self.cdb_size(),
+            batch: SignalBatch::new(event_idx),
         };
-        let more = vring
-            .enable_notification()
-            .map_err(VhuScsiError::CouldNotToggleNotification)?;
-        if more && self.empty_in_a_row >= 2 {
-            warn!("queue {queue}: the driver's avail ring offers chains that cannot be popped");
-            return Ok(false);
-        }
-        Ok(more)
+        self.serve_passes(queue, vring, event_idx, &mut server)
     }
 }
 

@@ -21,6 +21,7 @@ use vm_memory::{Address, Bytes, GuestAddressSpace, GuestMemoryMmap, Le32};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::inflight::{InflightEntry, Work};
+use super::passes::ChainServer;
 use super::*;
 use crate::faults::{
     CommandShape, Completion, Corruption, DataDirection, RequestInfo, ResetReason, StatusOverride,
@@ -96,6 +97,35 @@ impl<'a> FaultBatch<'a> {
     }
 }
 
+/// Serves chains with the engine consulted on each ([`FaultBatch`] for the interrupt
+/// decisions and the counts), and notes whether any was held.
+struct FaultServer<'a> {
+    backend: &'a VhostUserScsiBackend,
+    vring: &'a VringRwLock,
+    batch: FaultBatch<'a>,
+    /// A request was parked in an in-flight table: the worker's timer is re-armed.
+    parked: bool,
+}
+
+impl ChainServer for FaultServer<'_> {
+    fn serve(&mut self, mem: &GuestMemoryMmap, chain: Chain) -> Result<(), VhuScsiError> {
+        let (backend, vring, queue) = (self.backend, self.vring, self.batch.queue);
+        let parked = if queue == CONTROL_QUEUE {
+            backend
+                .flush_batch(vring, &mut self.batch)
+                .and_then(|()| backend.control_with_faults(vring, mem, chain))
+        } else {
+            backend.command_with_faults(queue, vring, mem, chain, &mut self.batch)
+        }?;
+        self.parked |= parked;
+        Ok(())
+    }
+
+    fn end_pass(&mut self) -> Result<(), VhuScsiError> {
+        self.backend.flush_batch(self.vring, &mut self.batch)
+    }
+}
+
 fn queues_of(mask: u64) -> impl Iterator<Item = usize> {
     (0..64).filter(move |bit| mask >> bit & 1 == 1)
 }
@@ -107,45 +137,15 @@ impl VhostUserScsiBackend {
         queue: usize,
         vring: &VringRwLock,
     ) -> Result<(), VhuScsiError> {
-        let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
         let event_idx = self.event_idx.load(Ordering::Relaxed);
-        let mut parked = false;
-        let mut passes = Passes::default();
-        let mut batch = FaultBatch::new(queue, event_idx, lock(&self.screens[queue]));
-        loop {
-            if event_idx {
-                vring
-                    .disable_notification()
-                    .map_err(VhuScsiError::CouldNotToggleNotification)?;
-            }
-            let mem = atomic.memory();
-            let mut popped = 0;
-            let pass = loop {
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else { break Ok(()) };
-                popped += 1;
-                let served = if queue == CONTROL_QUEUE {
-                    self.flush_batch(vring, &mut batch)
-                        .and_then(|()| self.control_with_faults(vring, &mem, chain))
-                } else {
-                    self.command_with_faults(queue, vring, &mem, chain, &mut batch)
-                };
-                match served {
-                    Ok(p) => parked |= p,
-                    Err(e) => break Err(e),
-                }
-            };
-            // What is on the used ring gets its interrupt even when the pass failed.
-            self.flush_batch(vring, &mut batch)?;
-            pass?;
-            if !passes.another(queue, vring, event_idx, popped)? {
-                break;
-            }
-        }
-        if parked {
+        let mut server = FaultServer {
+            backend: self,
+            vring,
+            batch: FaultBatch::new(queue, event_idx, lock(&self.screens[queue])),
+            parked: false,
+        };
+        self.serve_passes(queue, vring, event_idx, &mut server)?;
+        if server.parked {
             self.rearm_timer(thread_of(queue))?;
         }
         Ok(())
