@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::engine::FaultEngine;
 use super::plan::{FaultSpec, VirtioEvent};
-use crate::scsi::{Lun, LunAddress, Target};
+use crate::scsi::{Lun, LunAddress, LunSpec, LunSpecError, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -286,7 +286,7 @@ fn handle_lu(
     match cmd {
         "add-lun" => {
             let a: AddLunArg = args(cmd, obj)?;
-            let spec = crate::args::parse_lun(&a.lun).map_err(|e| e.to_string())?;
+            let spec: LunSpec = a.lun.parse().map_err(|e: LunSpecError| e.to_string())?;
             let lu = Lun::open_spec(&spec).map_err(|e| error_chain(&e))?;
             let (name, blocks) = (lu.name().to_owned(), lu.blocks());
             let addr = target.add_lu(lu).map_err(|e| e.to_string())?;

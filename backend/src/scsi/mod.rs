@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use self::lun::{memory_serial, ua};
-pub use self::lun::{Backing, Lun, LunAddress, LunSpec, BLOCK_SIZE};
+pub use self::lun::{Backing, Lun, LunAddress, LunSpec, LunSpecError, BLOCK_SIZE};
 use self::sense::{status, Sense, SenseFormat};
 
 /// Flat-space LUNs are 14 bits wide (SAM-5 4.7.7).
