@@ -4,6 +4,7 @@
 //! format), [`scsi`] (the target, which knows nothing about virtio).
 
 pub mod args;
+pub mod control;
 pub mod faults;
 pub mod scsi;
 pub mod vhu_scsi;

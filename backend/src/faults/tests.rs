@@ -21,7 +21,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
 
-use super::control::{handle_line, ControlServer};
 use super::engine::*;
 use super::plan::*;
 use super::presets::{preset_toml, PRESET_NAMES};
@@ -65,24 +64,24 @@ fn plan(text: &str) -> Plan {
     Plan::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn engine(text: &str) -> FaultEngine {
+pub(crate) fn engine(text: &str) -> FaultEngine {
     FaultEngine::new(plan(text))
 }
 
-fn ms(v: u64) -> Duration {
+pub(crate) fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
 const READ_10: u8 = 0x28;
 const WRITE_10: u8 = 0x2a;
 
-fn read(id: u64, lba: u64) -> RequestInfo {
+pub(crate) fn read(id: u64, lba: u64) -> RequestInfo {
     RequestInfo::command(2, id, 0, 0, READ_10)
         .with_lba(lba, 8)
         .with_data(DataDirection::Read, 4096)
 }
 
-fn write(id: u64, lba: u64) -> RequestInfo {
+pub(crate) fn write(id: u64, lba: u64) -> RequestInfo {
     RequestInfo::command(2, id, 0, 0, WRITE_10)
         .with_lba(lba, 8)
         .with_data(DataDirection::Write, 4096)
@@ -1208,178 +1207,6 @@ fn trace_lines_parse_and_cover_the_events() {
         first,
         r#"{"t_us":0,"ev":"request","queue":2,"id":0,"kind":"cmd","target":0,"lun":0,"op":"read-10","opcode":40,"lba":0,"blocks":8,"dir":"read"}"#
     );
-}
-
-// ---- control socket ----
-
-fn shared(text: &str) -> Arc<Mutex<FaultEngine>> {
-    Arc::new(Mutex::new(engine(text)))
-}
-
-fn reply(e: &Mutex<FaultEngine>, line: &str) -> serde_json::Value {
-    let v = handle_line(e, line);
-    assert!(v.is_object() && v["ok"].is_boolean(), "{line} -> {v}");
-    v
-}
-
-#[test]
-fn control_commands() {
-    let e = shared("seed = 3\n[[fault]]\nname = \"irq\"\nkind = \"drop-interrupt\"\nevery = 2\n");
-    let v = reply(&e, r#"{"cmd":"list"}"#);
-    assert_eq!(v["ok"], true);
-    assert_eq!(v["seed"], 3);
-    assert_eq!(v["faults"][0]["id"], 1);
-    assert_eq!(
-        v["faults"][0]["fault"],
-        serde_json::json!({"kind":"drop-interrupt","name":"irq","every":2})
-    );
-
-    let v = reply(
-        &e,
-        r#"{"cmd":"add","fault":{"kind":"lose","opcode":"write-10","times":1}}"#,
-    );
-    assert_eq!((v["ok"].clone(), v["id"].clone()), (true.into(), 2.into()));
-    assert_eq!(
-        e.lock().unwrap().on_request(&write(1, 0), ms(0)).completion,
-        Completion::Lose
-    );
-
-    assert_eq!(reply(&e, r#"{"cmd":"disable","id":1}"#)["ok"], true);
-    assert!(
-        !e.lock()
-            .unwrap()
-            .on_request(&read(2, 0), ms(0))
-            .drop_interrupt
-    );
-    assert!(
-        !e.lock()
-            .unwrap()
-            .on_request(&read(3, 0), ms(0))
-            .drop_interrupt
-    );
-    assert_eq!(reply(&e, r#"{"cmd":"enable","id":1}"#)["ok"], true);
-    assert_eq!(reply(&e, r#"{"cmd":"remove","id":2}"#)["ok"], true);
-    assert_eq!(
-        reply(&e, r#"{"cmd":"list"}"#)["faults"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
-
-    assert_eq!(reply(&e, r#"{"cmd":"seed","seed":77}"#)["ok"], true);
-    assert_eq!(e.lock().unwrap().seed(), 77);
-
-    let v = reply(&e, r#"{"cmd":"stats"}"#);
-    assert_eq!(v["stats"]["commands"], 3);
-    assert_eq!(v["stats"]["fired"]["lose"], 1);
-    assert_eq!(v["stats"]["fired"]["drop-interrupt"], 0);
-
-    let v = reply(
-        &e,
-        r#"{"cmd":"fire-event","event":"param-change","target":1,"asc":42,"ascq":9}"#,
-    );
-    assert_eq!(v["ok"], true);
-    assert_eq!(
-        e.lock().unwrap().on_tick(ms(1)),
-        vec![TickAction::PostEvent(VirtioEvent::ParamChange {
-            target: 1,
-            lun: 0,
-            asc: 42,
-            ascq: 9
-        })]
-    );
-    assert_eq!(reply(&e, r#"{"cmd":"flush-trace"}"#)["ok"], true);
-}
-
-#[test]
-fn control_rejects_bad_requests_with_an_error_reply() {
-    let e = shared("");
-    for line in [
-        "not json",
-        "[1,2]",
-        r#"{"cmd":"warp"}"#,
-        r#"{"nocmd":1}"#,
-        r#"{"cmd":7}"#,
-        r#"{"cmd":"list","extra":1}"#,
-        r#"{"cmd":"remove","id":99}"#,
-        r#"{"cmd":"remove","id":-1}"#,
-        r#"{"cmd":"enable"}"#,
-        r#"{"cmd":"seed","seed":"x"}"#,
-        r#"{"cmd":"add","fault":{"kind":"lose","probability":2.0}}"#,
-        r#"{"cmd":"add","fault":{"kind":"lose","bogus":1}}"#,
-        r#"{"cmd":"add","fault":{"kind":"corrupt"}}"#,
-        r#"{"cmd":"add","fault":"lose"}"#,
-        r#"{"cmd":"fire-event","event":"meteor"}"#,
-        r#"{"cmd":"fire-event","event":"events-missed","reason":"rescan"}"#,
-    ] {
-        let v = reply(&e, line);
-        assert_eq!(v["ok"], false, "{line}");
-        assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()), "{line}");
-    }
-    assert_eq!(e.lock().unwrap().faults().count(), 0);
-}
-
-#[test]
-fn control_socket_is_0600_and_survives_a_bad_line() {
-    use std::io::{BufRead, BufReader};
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    use std::os::unix::net::UnixStream;
-
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ctl.sock");
-    // A stale socket from an earlier run is replaced.
-    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-    let e = shared("[[fault]]\nkind = \"lose\"\n");
-    let server = ControlServer::start(&path, e.clone()).unwrap();
-    let meta = std::fs::metadata(&path).unwrap();
-    assert!(meta.file_type().is_socket());
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    // Nothing but the socket is left in the directory.
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-
-    let stream = UnixStream::connect(&path).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut w = stream.try_clone().unwrap();
-    let mut r = BufReader::new(stream);
-    let mut roundtrip = |line: &str| {
-        w.write_all(line.as_bytes()).unwrap();
-        let mut out = String::new();
-        r.read_line(&mut out).unwrap();
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()
-    };
-    let bad = roundtrip("{\"cmd\":\n");
-    assert_eq!(bad["ok"], false);
-    let good = roundtrip("{\"cmd\":\"list\"}\n");
-    assert_eq!(good["ok"], true);
-    assert_eq!(good["faults"][0]["kind"], "lose");
-    let long = format!("{}\n", "x".repeat(super::control::MAX_LINE * 3 + 10));
-    assert_eq!(roundtrip(&long)["ok"], false);
-    let add = roundtrip("{\"cmd\":\"add\",\"fault\":{\"kind\":\"drop-interrupt\"}}\n");
-    assert_eq!(add["id"], 2);
-    assert_eq!(roundtrip("{\"cmd\":\"stats\"}\n")["ok"], true);
-    assert_eq!(e.lock().unwrap().faults().count(), 2);
-
-    drop(server);
-    assert!(!path.exists(), "the socket file is removed on drop");
-
-    // A path held by something that is not a socket is refused.
-    let file = dir.path().join("plain");
-    std::fs::write(&file, b"").unwrap();
-    assert!(matches!(
-        ControlServer::start(&file, e.clone()),
-        Err(super::control::ControlError::NotASocket(_))
-    ));
-    // A live server's socket is not taken over.
-    let live = dir.path().join("live.sock");
-    let first = ControlServer::start(&live, e.clone()).unwrap();
-    assert!(matches!(
-        ControlServer::start(&live, e),
-        Err(super::control::ControlError::InUse(_))
-    ));
-    drop(first);
 }
 
 #[test]
