@@ -90,6 +90,13 @@ impl Rule {
             fired: 0,
         }
     }
+
+    /// Evaluates the trigger for one opportunity (a match, or a scheduled moment),
+    /// counting it and, if it fires, the firing.
+    fn fires(&mut self, state: u32, seed: u64, now: Duration) -> bool {
+        let (seen, fired) = (&mut self.seen, &mut self.fired);
+        trigger_fires(&self.spec.trigger, self.id, seen, fired, state, seed, now)
+    }
 }
 
 /// One fault as `list` shows it.
@@ -319,15 +326,7 @@ impl FaultEngine {
             if !rule.spec.enabled || rule.time_driven || !rule.spec.matcher.matches(req) {
                 continue;
             }
-            if !trigger_fires(
-                &rule.spec.trigger,
-                rule.id,
-                &mut rule.seen,
-                &mut rule.fired,
-                self.state,
-                self.seed,
-                now,
-            ) {
+            if !rule.fires(self.state, self.seed, now) {
                 continue;
             }
             // blkdebug: state changes take effect after the whole request was looked at.

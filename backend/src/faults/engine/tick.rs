@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use super::record::emit;
-use super::trigger::trigger_fires;
 use super::{FaultEngine, TickAction};
 use crate::faults::plan::{FaultAction, FaultKind};
 use crate::faults::trace::TraceEvent;
@@ -61,15 +60,7 @@ impl FaultEngine {
                     u64::try_from(step).unwrap_or(u64::MAX),
                 ))
             });
-            if !trigger_fires(
-                &rule.spec.trigger,
-                rule.id,
-                &mut rule.seen,
-                &mut rule.fired,
-                self.state,
-                self.seed,
-                now,
-            ) {
+            if !rule.fires(self.state, self.seed, now) {
                 continue;
             }
             if let Some(s) = rule.spec.trigger.set_state {
