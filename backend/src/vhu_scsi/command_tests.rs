@@ -14,6 +14,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::*;
 use crate::scsi::sense::{sense_key, status, SenseFormat};
 use crate::scsi::{opcode, CmdOutcome, Lun, LunAddress, LunSpec, Target, COMMANDS};
+use crate::virtio::*;
 
 const MEM_SIZE: usize = 0x100_0000;
 const HDR_ADDR: u64 = 0x10_0000;

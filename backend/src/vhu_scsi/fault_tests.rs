@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vhost_user_backend::VringT;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, Le64};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -19,7 +20,8 @@ use super::tests::{
 };
 use super::*;
 use crate::faults::{FaultEngine, FaultSpec, Plan, Trace};
-use crate::scsi::opcode;
+use crate::scsi::{opcode, LunAddress};
+use crate::virtio::*;
 
 const RING: u16 = 64;
 /// Queues of a rig with two request queues: worker 0 has 0, 1 and 2; worker 1 has 3.
@@ -243,7 +245,7 @@ impl Rig {
 
     /// What the worker serving queue `q` does on a kick of it.
     fn kick(&self, q: usize) {
-        let thread = faulty::thread_of(q);
+        let thread = fault_path::thread_of(q);
         let local = if thread == 0 { q } else { 0 };
         assert!(q < FIRST_REQUEST_QUEUE + usize::from(self.request_queues));
         self.backend
@@ -738,7 +740,7 @@ fn event_is_posted_in_a_driver_buffer_and_missed_ones_are_flagged() {
 
 #[test]
 fn param_change_event_carries_asc_and_ascq() {
-    let ev = faulty::event_wire(
+    let ev = super::events::event_wire(
         &crate::faults::VirtioEvent::ParamChange {
             target: 0,
             lun: 0,
@@ -1071,20 +1073,29 @@ fn cdb_blocks_cover_every_read_and_write_size() {
         c
     };
     assert_eq!(
-        faulty::cdb_blocks(&cdb(&[0x08, 0x1f, 0xff, 0xfe, 0])),
+        fault_path::command::cdb_blocks(&cdb(&[0x08, 0x1f, 0xff, 0xfe, 0])),
         Some((0x1f_fffe, 256))
     );
-    assert_eq!(faulty::cdb_blocks(&cdb(&read10(7, 3))), Some((7, 3)));
     assert_eq!(
-        faulty::cdb_blocks(&cdb(&[0xaa, 0, 0, 0, 1, 0, 0, 0, 0, 9, 0, 0])),
+        fault_path::command::cdb_blocks(&cdb(&read10(7, 3))),
+        Some((7, 3))
+    );
+    assert_eq!(
+        fault_path::command::cdb_blocks(&cdb(&[0xaa, 0, 0, 0, 1, 0, 0, 0, 0, 9, 0, 0])),
         Some((256, 9))
     );
     let mut r16 = [0u8; 16];
     r16[0] = 0x88;
     r16[2..10].copy_from_slice(&(1u64 << 40).to_be_bytes());
     r16[10..14].copy_from_slice(&8u32.to_be_bytes());
-    assert_eq!(faulty::cdb_blocks(&cdb(&r16)), Some((1 << 40, 8)));
-    assert_eq!(faulty::cdb_blocks(&cdb(&[opcode::INQUIRY])), None);
+    assert_eq!(
+        fault_path::command::cdb_blocks(&cdb(&r16)),
+        Some((1 << 40, 8))
+    );
+    assert_eq!(
+        fault_path::command::cdb_blocks(&cdb(&[opcode::INQUIRY])),
+        None
+    );
 }
 
 #[test]

@@ -7,9 +7,10 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
+use super::control_queue::serve_control;
 use super::{
-    serve_command, serve_control, Chain, Disposition, GuestMemory, SignalBatch,
-    VhostUserScsiBackend, VhuScsiError, CONTROL_QUEUE,
+    serve_command, Chain, Disposition, GuestMemory, SignalBatch, VhostUserScsiBackend,
+    VhuScsiError, CONTROL_QUEUE,
 };
 
 /// What serves the chains of one queue's vring during

@@ -7,6 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::{Arc, Once};
 
+use vhost_user_backend::VringT;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -14,8 +15,10 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryM
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
+use crate::faults::SignalOutcome;
 use crate::scsi::sense::{sense_key, status};
-use crate::scsi::{opcode, Lun, Target, BLOCK_SIZE};
+use crate::scsi::{opcode, Lun, LunAddress, Target, BLOCK_SIZE};
+use crate::virtio::*;
 
 const MEM_SIZE: usize = 0x100_0000;
 const HDR_ADDR: u64 = 0x10_0000;

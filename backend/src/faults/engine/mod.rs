@@ -4,10 +4,10 @@
 //! stream)`, so a fault's decisions depend only on the seed and the order of the requests
 //! it matches, never on other faults or on threads.
 //!
-//! [`request`] says what a request is and which faults match it, [`decision`] what the
-//! engine decides, [`trigger`] and [`draw`] when a fault fires and how much, [`tick`] what
-//! the clock drives, [`record`] what the request path reports back (counters and trace),
-//! and [`screen`] what a worker knows without the engine's lock.
+//! `request` says what a request is and which faults match it, `decision` what the
+//! engine decides, `trigger` and `draw` when a fault fires and how much, `tick` what
+//! the clock drives, `record` what the request path reports back (counters and trace),
+//! and `screen` what a worker knows without the engine's lock.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;

@@ -2,8 +2,8 @@
 //! all validated into one [`Plan`]. Parsing is pure (no I/O) so that it can be fuzzed.
 //!
 //! The schema is documented in `docs/fault-plan.md` at the top of the repository. The plan
-//! as written is [`raw`], the validated form [`spec`]; [`validate`] turns one into the
-//! other, [`shorthand`] reads `--fault`, and [`errors`] says where a plan went wrong.
+//! as written is `raw`, the validated form `spec`; `validate` turns one into the
+//! other, `shorthand` reads `--fault`, and `errors` says where a plan went wrong.
 
 use std::path::Path;
 
