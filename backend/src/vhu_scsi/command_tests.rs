@@ -8,6 +8,7 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::tests::Rng;
 use super::*;
 use crate::scsi::sense::sense_key;
 use crate::scsi::tests::{assert_check, assert_good, cdb10, TUR};
@@ -274,22 +275,6 @@ fn zero_copy_buffers_cross_descriptors() {
         b.writable.map(|w| crate::scsi::DataIn::remaining(&w)).ok(),
         Some(32)
     );
-}
-
-/// splitmix64: fixed seed, so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[test]
