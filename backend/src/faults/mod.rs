@@ -1,6 +1,6 @@
 //! The fault engine: a plan of faults (file, `--fault` shorthand, presets), deterministic
 //! decisions per request and per tick, and a JSON-lines trace; the control socket
-//! ([`crate::control`]) changes the plan while the device runs. The request path calls
+//! (`control`) changes the plan while the device runs. The request path calls
 //! [`FaultEngine::on_request`] for each request and [`FaultEngine::on_tick`] from its
 //! timer; it reports what it did with the `record_*` methods so that the trace shows
 //! signals, completions and resets.
