@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io;
+use std::mem::offset_of;
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 
@@ -164,8 +165,8 @@ pub struct VirtioScsiConfig {
 }
 
 /// Offsets of the driver-writable fields of [`VirtioScsiConfig`].
-pub const VIRTIO_SCSI_CONFIG_SENSE_SIZE: usize = 20;
-pub const VIRTIO_SCSI_CONFIG_CDB_SIZE: usize = 24;
+pub const VIRTIO_SCSI_CONFIG_SENSE_SIZE: usize = offset_of!(VirtioScsiConfig, sense_size);
+pub const VIRTIO_SCSI_CONFIG_CDB_SIZE: usize = offset_of!(VirtioScsiConfig, cdb_size);
 
 /// `struct virtio_scsi_event`.
 #[repr(C, packed)]
