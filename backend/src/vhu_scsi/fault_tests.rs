@@ -19,6 +19,7 @@ use super::tests::{
     cmd_header, fixture, lun, read10, take_warnings, tmf, write10, Fixture, RESP_LEN,
 };
 use super::*;
+use crate::faults::tests::SharedBuf;
 use crate::faults::{FaultEngine, FaultSpec, Plan, Trace};
 use crate::scsi::{opcode, LunAddress};
 use crate::virtio::*;
@@ -37,20 +38,6 @@ fn avail_ring(q: usize) -> u64 {
 }
 fn used_ring(q: usize) -> u64 {
     desc_table(q) + 0x8000
-}
-
-/// A `Write` shared with the test, so the trace can be read back.
-#[derive(Clone, Default)]
-struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 struct Rig {
