@@ -1,9 +1,17 @@
 //! flakyhba's vhost-user-scsi backend: an emulated SCSI HBA that will misbehave on purpose.
 //!
-//! Layers, kept apart: [`args`] (CLI), [`vhu_scsi`] (vhost-user glue), [`virtio`] (wire
-//! format), [`scsi`] (the target, which knows nothing about virtio).
+//! Layers, each using only those below it:
+//! - [`args`]: the command line, validated into a config.
+//! - [`control`]: the device's control plane, a socket that changes the fault plan and
+//!   adds, removes and resizes LUs while the device runs.
+//! - [`vhu_scsi`]: the vhost-user glue: queues, workers, completions and interrupts; it
+//!   asks the fault engine about each request.
+//! - [`faults`]: the fault plan, the engine's decisions and the trace.
+//! - [`virtio`]: the virtio-scsi wire format and the guest buffers of a request.
+//! - [`scsi`]: the SCSI target, which knows nothing about virtio.
 
 pub mod args;
+pub mod control;
 pub mod faults;
 pub mod scsi;
 pub mod vhu_scsi;

@@ -14,9 +14,8 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use flakyhba_backend::args::{Args, Config, ConfigError};
-use flakyhba_backend::faults::{
-    ControlError, ControlServer, Epoch, FaultEngine, Plan, Trace, TraceError, PLAN_ERROR_EXIT_CODE,
-};
+use flakyhba_backend::control::{ControlError, ControlServer};
+use flakyhba_backend::faults::{Epoch, FaultEngine, Plan, Trace, TraceError, PLAN_ERROR_EXIT_CODE};
 use flakyhba_backend::scsi::{Lun, ScsiError, Target};
 use flakyhba_backend::vhu_scsi::{FaultContext, VhostUserScsiBackend, VhuScsiError};
 

@@ -4,9 +4,11 @@
 
 use std::fs::File;
 use std::io;
+use std::mem::offset_of;
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 
+use virtio_bindings::virtio_scsi;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::Bitmap;
@@ -17,37 +19,49 @@ use vm_memory::{
 
 use crate::scsi::{DataError, DataIn, DataOut};
 
-/// Feature bits (5.6.3).
-pub const VIRTIO_SCSI_F_INOUT: u64 = 0;
-pub const VIRTIO_SCSI_F_HOTPLUG: u64 = 1;
-pub const VIRTIO_SCSI_F_CHANGE: u64 = 2;
+/// Takes each named constant of virtio-bindings (Linux's uapi header, where all are `u32`)
+/// with the type of the field or the use it has here; every value fits that type.
+macro_rules! from_bindings {
+    ($ty:ty: $($name:ident),+ $(,)?) => {
+        $(
+            #[doc = concat!("`", stringify!($name), "` of virtio-bindings.")]
+            pub const $name: $ty = virtio_scsi::$name as $ty;
+        )+
+    };
+}
 
-/// The config space's defaults (5.6.4). The driver may write another `cdb_size` (the
-/// request header then has a CDB area of that size); `sense_size` stays 96 here.
-pub const VIRTIO_SCSI_CDB_SIZE: usize = 32;
-pub const VIRTIO_SCSI_SENSE_SIZE: usize = 96;
+// Feature bits (5.6.3): bit numbers in the u64 feature word.
+from_bindings!(u64: VIRTIO_SCSI_F_INOUT, VIRTIO_SCSI_F_HOTPLUG, VIRTIO_SCSI_F_CHANGE);
+
+// The config space's defaults (5.6.4). The driver may write another `cdb_size` (the
+// request header then has a CDB area of that size); `sense_size` stays 96 here.
+from_bindings!(usize: VIRTIO_SCSI_CDB_SIZE, VIRTIO_SCSI_SENSE_SIZE);
 /// `cdb_size` values the device accepts: below 256, as QEMU's virtio-scsi.
 pub const VIRTIO_SCSI_MAX_CDB_SIZE: usize = 255;
 
-/// Request queue response codes (5.6.6.1).
-pub const VIRTIO_SCSI_S_OK: u8 = 0;
-pub const VIRTIO_SCSI_S_OVERRUN: u8 = 1;
-pub const VIRTIO_SCSI_S_ABORTED: u8 = 2;
-pub const VIRTIO_SCSI_S_BAD_TARGET: u8 = 3;
-pub const VIRTIO_SCSI_S_RESET: u8 = 4;
-pub const VIRTIO_SCSI_S_BUSY: u8 = 5;
-pub const VIRTIO_SCSI_S_TRANSPORT_FAILURE: u8 = 6;
-pub const VIRTIO_SCSI_S_TARGET_FAILURE: u8 = 7;
-pub const VIRTIO_SCSI_S_NEXUS_FAILURE: u8 = 8;
-pub const VIRTIO_SCSI_S_FAILURE: u8 = 9;
-/// Control queue response codes (5.6.6.2).
-pub const VIRTIO_SCSI_S_FUNCTION_COMPLETE: u8 = 0;
-pub const VIRTIO_SCSI_S_FUNCTION_SUCCEEDED: u8 = 10;
-pub const VIRTIO_SCSI_S_FUNCTION_REJECTED: u8 = 11;
-pub const VIRTIO_SCSI_S_INCORRECT_LUN: u8 = 12;
+// Response codes of the request queue (5.6.6.1) and the control queue (5.6.6.2): the
+// `response` byte of every response.
+from_bindings!(
+    u8: VIRTIO_SCSI_S_OK,
+    VIRTIO_SCSI_S_OVERRUN,
+    VIRTIO_SCSI_S_ABORTED,
+    VIRTIO_SCSI_S_BAD_TARGET,
+    VIRTIO_SCSI_S_RESET,
+    VIRTIO_SCSI_S_BUSY,
+    VIRTIO_SCSI_S_TRANSPORT_FAILURE,
+    VIRTIO_SCSI_S_TARGET_FAILURE,
+    VIRTIO_SCSI_S_NEXUS_FAILURE,
+    VIRTIO_SCSI_S_FAILURE,
+    VIRTIO_SCSI_S_FUNCTION_SUCCEEDED,
+    VIRTIO_SCSI_S_FUNCTION_REJECTED,
+    VIRTIO_SCSI_S_INCORRECT_LUN,
+);
+/// The spec's FUNCTION COMPLETE (5.6.6.2), which Linux's header and so virtio-bindings
+/// lack: the TMF response that shares VIRTIO_SCSI_S_OK's value.
+pub const VIRTIO_SCSI_S_FUNCTION_COMPLETE: u8 = VIRTIO_SCSI_S_OK;
 
 // Control request types, TMF subtypes, event types and TRANSPORT_RESET reasons (5.6.6.2,
-// 5.6.6.3): the same `u32` values as Linux's uapi header, so take them from it.
+// 5.6.6.3): `u32` fields on the wire, as in the bindings.
 pub use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_EVT_RESET_HARD, VIRTIO_SCSI_EVT_RESET_REMOVED, VIRTIO_SCSI_EVT_RESET_RESCAN,
     VIRTIO_SCSI_T_AN_QUERY, VIRTIO_SCSI_T_AN_SUBSCRIBE, VIRTIO_SCSI_T_ASYNC_NOTIFY,
@@ -151,8 +165,8 @@ pub struct VirtioScsiConfig {
 }
 
 /// Offsets of the driver-writable fields of [`VirtioScsiConfig`].
-pub const VIRTIO_SCSI_CONFIG_SENSE_SIZE: usize = 20;
-pub const VIRTIO_SCSI_CONFIG_CDB_SIZE: usize = 24;
+pub const VIRTIO_SCSI_CONFIG_SENSE_SIZE: usize = offset_of!(VirtioScsiConfig, sense_size);
+pub const VIRTIO_SCSI_CONFIG_CDB_SIZE: usize = offset_of!(VirtioScsiConfig, cdb_size);
 
 /// `struct virtio_scsi_event`.
 #[repr(C, packed)]
@@ -213,6 +227,53 @@ pub fn encode_lun(addr: ScsiAddress) -> [u8; 8] {
     [1, addr.target, hi, lo, 0, 0, 0, 0]
 }
 
+/// Why one direction of a chain (its readable or its writable descriptors) cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DescriptorError {
+    #[error("descriptor {addr:#x}+{len} outside guest memory")]
+    OutsideGuestMemory { addr: u64, len: usize },
+    #[error("descriptor chain length overflows")]
+    LengthOverflows,
+}
+
+/// A malformed request chain: the driver's mistake, which the device answers with
+/// VIRTIO_SCSI_S_FAILURE where a response fits (used length 0 where none does) and logs
+/// once, with this text.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("device-readable descriptor after a device-writable one")]
+    ReadableAfterWritable,
+    #[error("readable descriptor outside guest memory: {0}")]
+    ReadableOutsideGuestMemory(DescriptorError),
+    /// As [`ChainError::ReadableOutsideGuestMemory`], found by virtio-queue's `Reader`.
+    #[error("readable descriptor outside guest memory: {0}")]
+    ReaderOutsideGuestMemory(virtio_queue::Error),
+    #[error("writable descriptor outside guest memory, no response possible")]
+    WritableOutsideGuestMemory,
+    #[error("no writable response descriptor")]
+    NoResponseDescriptor,
+    #[error("short request header: {0} bytes")]
+    ShortHeader(usize),
+    #[error("CDB area extends beyond the readable header ({readable} of {header} bytes)")]
+    CdbBeyondHeader { readable: usize, header: usize },
+    #[error("cannot read request header: {0:?}")]
+    UnreadableHeader(DataError),
+    #[error("both data-out and data-in buffers without VIRTIO_SCSI_F_INOUT")]
+    BothDataDirections,
+    #[error("data-out buffer of {available} bytes for a {needed}-byte transfer")]
+    DataOutTooSmall { available: usize, needed: u64 },
+    #[error("guest buffer access failed: {0}")]
+    BufferAccess(String),
+    #[error("short control header: {0} bytes")]
+    ShortControlHeader(usize),
+    #[error("short TMF request")]
+    ShortTmfRequest,
+    #[error("short AN request")]
+    ShortAnRequest,
+    #[error("unknown control request type {0}")]
+    UnknownControlType(u32),
+}
+
 /// A guest buffer made of one direction of a request chain's descriptors: the readable
 /// ones (up to the first writable one) or the writable ones. The descriptors are walked
 /// as data moves, so no list of them is built: a request allocates nothing for its data,
@@ -264,17 +325,19 @@ where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
     /// The device-readable descriptors of `chain`, up to the first writable one.
-    pub fn readable(mem: &'m GuestMemoryMmap, chain: DescriptorChain<M>) -> io::Result<Self> {
-        ChainBuffers::scan(mem, chain)
-            .readable
-            .map_err(io::Error::other)
+    pub fn readable(
+        mem: &'m GuestMemoryMmap,
+        chain: DescriptorChain<M>,
+    ) -> Result<Self, DescriptorError> {
+        ChainBuffers::scan(mem, chain).readable
     }
 
     /// The device-writable descriptors of `chain`.
-    pub fn writable(mem: &'m GuestMemoryMmap, chain: DescriptorChain<M>) -> io::Result<Self> {
-        ChainBuffers::scan(mem, chain)
-            .writable
-            .map_err(io::Error::other)
+    pub fn writable(
+        mem: &'m GuestMemoryMmap,
+        chain: DescriptorChain<M>,
+    ) -> Result<Self, DescriptorError> {
+        ChainBuffers::scan(mem, chain).writable
     }
 
     /// A buffer of `total` bytes that starts in `first`, the first descriptor of its
@@ -461,9 +524,9 @@ where
 {
     /// The device-readable descriptors up to the first writable one; `Err` says which one
     /// lies outside guest memory.
-    pub readable: Result<GuestBuffer<'m, M>, String>,
+    pub readable: Result<GuestBuffer<'m, M>, DescriptorError>,
     /// The device-writable descriptors; `Err` says which one lies outside guest memory.
-    pub writable: Result<GuestBuffer<'m, M>, String>,
+    pub writable: Result<GuestBuffer<'m, M>, DescriptorError>,
     /// A readable descriptor follows a writable one (2.7.4.2 forbids it).
     pub readable_after_writable: bool,
     /// Bytes of every readable descriptor, wherever it is in the chain; `None` when one of
@@ -476,7 +539,7 @@ struct Direction<M> {
     /// The first descriptor and the chain just after it.
     start: Option<(Descriptor, DescriptorChain<M>)>,
     total: usize,
-    error: Option<String>,
+    error: Option<DescriptorError>,
 }
 
 impl<M> Direction<M> {
@@ -501,16 +564,16 @@ impl<M> Direction<M> {
         }
         let len = desc.len() as usize;
         if !mem.check_range(desc.addr(), len) {
-            self.error = Some(format!(
-                "descriptor {:#x}+{len} outside guest memory",
-                desc.addr().0
-            ));
+            self.error = Some(DescriptorError::OutsideGuestMemory {
+                addr: desc.addr().0,
+                len,
+            });
             return;
         }
         match self.total.checked_add(len) {
             Some(t) => self.total = t,
             None => {
-                self.error = Some("descriptor chain length overflows".into());
+                self.error = Some(DescriptorError::LengthOverflows);
                 return;
             }
         }

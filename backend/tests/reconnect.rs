@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::VhostBackend;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -98,8 +100,6 @@ impl Backend {
 /// Negotiates features as QEMU starts to, and returns the queue count.
 fn negotiate(frontend: &mut Frontend) -> u64 {
     let features = frontend.get_features().unwrap();
-    const VIRTIO_F_VERSION_1: u64 = 32;
-    const VIRTIO_RING_F_EVENT_IDX: u64 = 29;
     assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0);
     assert_ne!(features & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
     frontend.set_owner().unwrap();

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flakyhba_backend::args::{Args, Config};
-use flakyhba_backend::faults::control::handle_line_with_target;
+use flakyhba_backend::control::handle_line_with_target;
 use flakyhba_backend::faults::{
     DataDirection, FaultEngine, FaultSpec, Plan, RequestInfo, SignalOutcome, TickAction, TmfKind,
 };

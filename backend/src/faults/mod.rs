@@ -1,20 +1,19 @@
 //! The fault engine: a plan of faults (file, `--fault` shorthand, presets), deterministic
-//! decisions per request and per tick, a control socket to change the plan while running,
-//! and a JSON-lines trace. The request path calls [`FaultEngine::on_request`] for each
-//! request and [`FaultEngine::on_tick`] from its timer; it reports what it did with the
-//! `record_*` methods so that the trace shows signals, completions and resets.
+//! decisions per request and per tick, and a JSON-lines trace; the control socket
+//! (`control`) changes the plan while the device runs. The request path calls
+//! [`FaultEngine::on_request`] for each request and [`FaultEngine::on_tick`] from its
+//! timer; it reports what it did with the `record_*` methods so that the trace shows
+//! signals, completions and resets.
 
 pub mod cli;
-pub mod control;
 pub mod engine;
 pub mod plan;
 pub mod presets;
 pub mod trace;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
-pub use control::{ControlError, ControlServer};
 pub use engine::{
     CommandScreen, CommandShape, Completion, Corruption, EngineError, Epoch, FaultEngine,
     KindCounts, RequestDecision, RequestInfo, RequestKind, SignalOutcome, Stats, TickAction,

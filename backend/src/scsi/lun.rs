@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use super::sense::{Sense, SenseFormat};
@@ -28,7 +29,8 @@ pub struct LunAddress {
     pub lun: u16,
 }
 
-/// Everything needed to open a LU; `args` builds it from `--lun`.
+/// Everything needed to open a LU, as `--lun` and the control socket's `add-lun` give it
+/// (its [`FromStr`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LunSpec {
     pub backing: Backing,
@@ -58,6 +60,98 @@ impl LunSpec {
             ..Self::file(PathBuf::new(), false)
         }
     }
+}
+
+/// A LU description that is not `[T:L=]PATH[,ro][,block-size=N][,sense=F]`; each names
+/// the text as given.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LunSpecError {
+    #[error("--lun {0:?}: unknown option after ',' (ro, rw, block-size=512|4096, sense=fixed|descriptor)")]
+    UnknownOption(String),
+    #[error("--lun {0:?}: empty path")]
+    EmptyPath(String),
+    #[error("--lun {0:?}: bad T:L= address (target 0-255, LUN 0-16383)")]
+    BadAddress(String),
+    #[error("--lun {0:?}: bad mem:SIZE (a byte count with an optional K, M, G or T suffix)")]
+    BadMemorySize(String),
+    #[error("--lun {0:?}: block-size must be 512 or 4096")]
+    BadBlockSize(String),
+}
+
+impl FromStr for LunSpec {
+    type Err = LunSpecError;
+
+    /// `[T:L=]PATH[,ro|rw][,block-size=512|4096][,sense=fixed|descriptor]`; PATH is a
+    /// file or block device, or `mem:SIZE` for a RAM disk.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |f: fn(String) -> LunSpecError| f(text.to_owned());
+        let mut parts = text.split(',');
+        let first = parts.next().unwrap_or_default();
+        // `T:L=` only when the part before '=' is two numbers, so paths with '=' still work.
+        let (address, path) = match first.split_once('=') {
+            Some((addr, path)) if is_address(addr) => (
+                Some(parse_address(addr).ok_or_else(|| err(LunSpecError::BadAddress))?),
+                path,
+            ),
+            _ => (None, first),
+        };
+        if path.is_empty() {
+            return Err(err(LunSpecError::EmptyPath));
+        }
+        let mut spec = LunSpec {
+            address,
+            ..LunSpec::file(path, false)
+        };
+        for opt in parts {
+            match opt.split_once('=') {
+                None if opt == "ro" => spec.read_only = true,
+                None if opt == "rw" => spec.read_only = false,
+                Some(("block-size", v)) => {
+                    spec.block_size = match v {
+                        "512" => 512,
+                        "4096" => 4096,
+                        _ => return Err(err(LunSpecError::BadBlockSize)),
+                    }
+                }
+                Some(("sense", "fixed")) => spec.sense_format = SenseFormat::Fixed,
+                Some(("sense", "descriptor")) => spec.sense_format = SenseFormat::Descriptor,
+                _ => return Err(err(LunSpecError::UnknownOption)),
+            }
+        }
+        if let Some(size) = path.strip_prefix("mem:") {
+            let bytes = parse_size(size).ok_or_else(|| err(LunSpecError::BadMemorySize))?;
+            spec.backing = Backing::Memory(bytes);
+        }
+        Ok(spec)
+    }
+}
+
+/// `T:L` with two numbers: the form of an address, valid or not.
+fn is_address(s: &str) -> bool {
+    s.split_once(':').is_some_and(|(t, l)| {
+        !t.is_empty() && !l.is_empty() && (t.bytes().chain(l.bytes())).all(|b| b.is_ascii_digit())
+    })
+}
+
+/// `T:L` with a target below 256 and a LUN in the flat space.
+fn parse_address(s: &str) -> Option<LunAddress> {
+    let (t, l) = s.split_once(':')?;
+    let target = t.parse::<u8>().ok()?;
+    let lun = l.parse::<u16>().ok()?;
+    (usize::from(lun) < super::MAX_LUNS).then_some(LunAddress { target, lun })
+}
+
+/// `64M`, `1G`, `4096`: binary multiples.
+fn parse_size(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        b'T' | b't' => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1u64 << shift).filter(|&b| b > 0)
 }
 
 /// Pending unit attention conditions, one bit each, reported highest first (SPC-4 5.14).
@@ -319,5 +413,46 @@ impl Lun {
     /// Size in bytes of the backing, as the LU sees it now.
     pub(super) fn backing_len(&self) -> std::io::Result<u64> {
         file_size(&self.file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lun_address_memory_block_size_and_sense() {
+        assert_eq!(
+            "1:3=mem:64M,block-size=4096,sense=descriptor".parse::<LunSpec>(),
+            Ok(LunSpec {
+                backing: Backing::Memory(64 << 20),
+                read_only: false,
+                block_size: 4096,
+                address: Some(LunAddress { target: 1, lun: 3 }),
+                sense_format: SenseFormat::Descriptor,
+            })
+        );
+        // '=' in a path that is not T:L stays part of the path.
+        assert_eq!(
+            "dir/x=y.img,ro".parse::<LunSpec>(),
+            Ok(LunSpec::file("dir/x=y.img", true))
+        );
+        for (bad, e) in [
+            (
+                "a,block-size=1024",
+                LunSpecError::BadBlockSize as fn(String) -> LunSpecError,
+            ),
+            ("mem:12Q", LunSpecError::BadMemorySize),
+            ("mem:0", LunSpecError::BadMemorySize),
+            ("0:16384=a", LunSpecError::BadAddress),
+            ("256:0=a", LunSpecError::BadAddress),
+            ("a,sense=weird", LunSpecError::UnknownOption),
+            ("0:1=", LunSpecError::EmptyPath),
+        ] {
+            assert_eq!(bad.parse::<LunSpec>(), Err(e(bad.to_owned())), "{bad}");
+        }
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use self::lun::{memory_serial, ua};
-pub use self::lun::{Backing, Lun, LunAddress, LunSpec, BLOCK_SIZE};
+pub use self::lun::{Backing, Lun, LunAddress, LunSpec, LunSpecError, BLOCK_SIZE};
 use self::sense::{status, Sense, SenseFormat};
 
 /// Flat-space LUNs are 14 bits wide (SAM-5 4.7.7).
@@ -672,46 +672,4 @@ fn be_u64(cdb: &[u8], at: usize) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn command_table_has_no_duplicates_and_usage_matches_cdb_length() {
-        for (i, a) in COMMANDS.iter().enumerate() {
-            assert_eq!(a.usage[0], a.opcode, "{}", a.name);
-            let len = match a.opcode >> 5 {
-                0 => 6,
-                1 | 2 => 10,
-                4 => 16,
-                5 => 12,
-                _ => 0,
-            };
-            assert_eq!(a.usage.len(), len, "{}", a.name);
-            for b in &COMMANDS[i + 1..] {
-                assert!(
-                    (a.opcode, a.service_action) != (b.opcode, b.service_action),
-                    "{} twice",
-                    a.name
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn lookup_distinguishes_opcode_and_service_action() {
-        assert_eq!(lookup(&[0x42]).map(|c| c.name), Ok("UNMAP"));
-        assert_eq!(
-            lookup(&[0x9e, 0x10]).map(|c| c.name),
-            Ok("READ CAPACITY(16)")
-        );
-        assert_eq!(
-            lookup(&[0x9e, 0x11]).err(),
-            Some(Sense::INVALID_FIELD_IN_CDB)
-        );
-        assert_eq!(
-            lookup(&[0x7f]).err(),
-            Some(Sense::INVALID_COMMAND_OPERATION_CODE)
-        );
-        assert!(has_service_actions(0xa3) && !has_service_actions(0x28));
-    }
-}
+pub(crate) mod tests;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vhost_user_backend::VringT;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, Le64};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -18,8 +19,10 @@ use super::tests::{
     cmd_header, fixture, lun, read10, take_warnings, tmf, write10, Fixture, RESP_LEN,
 };
 use super::*;
+use crate::faults::tests::SharedBuf;
 use crate::faults::{FaultEngine, FaultSpec, Plan, Trace};
-use crate::scsi::opcode;
+use crate::scsi::{opcode, LunAddress};
+use crate::virtio::*;
 
 const RING: u16 = 64;
 /// Queues of a rig with two request queues: worker 0 has 0, 1 and 2; worker 1 has 3.
@@ -35,20 +38,6 @@ fn avail_ring(q: usize) -> u64 {
 }
 fn used_ring(q: usize) -> u64 {
     desc_table(q) + 0x8000
-}
-
-/// A `Write` shared with the test, so the trace can be read back.
-#[derive(Clone, Default)]
-struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 struct Rig {
@@ -243,7 +232,7 @@ impl Rig {
 
     /// What the worker serving queue `q` does on a kick of it.
     fn kick(&self, q: usize) {
-        let thread = faulty::thread_of(q);
+        let thread = fault_path::thread_of(q);
         let local = if thread == 0 { q } else { 0 };
         assert!(q < FIRST_REQUEST_QUEUE + usize::from(self.request_queues));
         self.backend
@@ -325,6 +314,29 @@ impl Rig {
 
     fn stats(&self) -> crate::faults::Stats {
         *lock(&self.backend.faults.engine).stats()
+    }
+}
+
+impl Rig {
+    /// Gives the device one 16-byte event buffer; returns (head, address).
+    fn event_buffer(&self) -> (u16, u64) {
+        let buf = self.buf();
+        self.f
+            .mem
+            .write_slice(&[0xee; 16], GuestAddress(buf))
+            .unwrap();
+        (self.post(EVENT_QUEUE, &[(buf, 16, true)]), buf)
+    }
+
+    fn event_at(&self, buf: u64) -> VirtioScsiEvent {
+        self.f.mem.read_obj(GuestAddress(buf)).unwrap()
+    }
+
+    /// Serves a command posted with `command` and returns its response.
+    fn run(&self, lun: [u8; 8], cdb: &[u8], id: u64, data_in: u32) -> (Posted, VirtioScsiCmdResp) {
+        let p = self.command(lun, cdb, id, data_in);
+        self.kick(FIRST_REQUEST_QUEUE);
+        (p, self.resp(p))
     }
 }
 
@@ -423,208 +435,6 @@ fn delay_completes_only_when_the_timer_fires() {
 }
 
 #[test]
-fn lost_request_is_aborted_before_the_abort_task_answer() {
-    let r = rig(&["lose:opcode=read-10"], 0);
-    let lost = r.command(lun(0), &read10(0, 1), 42, 512);
-    let other = r.tur(43);
-    r.kick(FIRST_REQUEST_QUEUE);
-    assert_eq!(
-        r.used(FIRST_REQUEST_QUEUE),
-        vec![(u32::from(other.head), RESP_LEN)]
-    );
-    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 1);
-    // Neither a timer nor time ends a lost request.
-    r.timer();
-    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 1);
-
-    // ABORT TASK of another tag finds nothing and leaves it.
-    let miss = r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK, lun(0), 99);
-    r.kick(CONTROL_QUEUE);
-    assert_eq!(r.tmf_resp(miss), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
-    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 1);
-
-    let abort = r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK, lun(0), 42);
-    r.kick(CONTROL_QUEUE);
-    assert_eq!(r.tmf_resp(abort), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
-    assert_eq!(r.resp(lost).response, VIRTIO_SCSI_S_ABORTED);
-    assert_eq!(
-        r.used(FIRST_REQUEST_QUEUE)[1],
-        (u32::from(lost.head), RESP_LEN)
-    );
-    assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 1);
-    assert_eq!(r.used(CONTROL_QUEUE).len(), 2);
-    let t = r.trace();
-    let aborted = position(
-        &t,
-        &[
-            ("ev", "complete".into()),
-            ("id", 42.into()),
-            ("response", "aborted".into()),
-        ],
-    );
-    let answered = position(&t, &[("ev", "tmf-end".into()), ("id", 42.into())]);
-    assert!(aborted < answered, "effects before the TMF completes");
-    assert_eq!(t[answered]["response"], "function-complete");
-    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 0);
-}
-
-#[test]
-fn lu_reset_ends_lost_requests_of_that_lu_with_reset() {
-    let r = rig(&["lose"], 0);
-    let a = r.tur(1);
-    let b = r.tur(2);
-    let other_lu = r.command(lun(1), &[opcode::TEST_UNIT_READY], 3, 0);
-    r.kick(FIRST_REQUEST_QUEUE);
-    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty());
-    let reset = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
-    r.kick(CONTROL_QUEUE);
-    assert_eq!(r.tmf_resp(reset), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
-    assert_eq!(r.resp(a).response, VIRTIO_SCSI_S_RESET);
-    assert_eq!(r.resp(b).response, VIRTIO_SCSI_S_RESET);
-    assert_eq!(r.used(FIRST_REQUEST_QUEUE).len(), 2);
-    assert_eq!(
-        r.backend.inflight_len(FIRST_REQUEST_QUEUE),
-        1,
-        "LUN 1 untouched"
-    );
-    let lu0 = crate::scsi::LunAddress { target: 0, lun: 0 };
-    assert!(r.f.target.unit_attention_pending(lu0), "29/03 next");
-    // I_T nexus reset takes the rest.
-    r.tmf(VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET, lun(0), 0);
-    r.kick(CONTROL_QUEUE);
-    assert_eq!(r.resp(other_lu).response, VIRTIO_SCSI_S_RESET);
-    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 0);
-}
-
-#[test]
-fn query_task_sees_a_held_task() {
-    let r = rig(&["lose:opcode=test-unit-ready"], 0);
-    r.tur(9);
-    r.kick(FIRST_REQUEST_QUEUE);
-    let q = r.tmf(VIRTIO_SCSI_T_TMF_QUERY_TASK, lun(0), 9);
-    let none = r.tmf(VIRTIO_SCSI_T_TMF_QUERY_TASK, lun(0), 10);
-    r.kick(CONTROL_QUEUE);
-    assert_eq!(r.tmf_resp(q), VIRTIO_SCSI_S_FUNCTION_SUCCEEDED);
-    assert_eq!(r.tmf_resp(none), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
-}
-
-#[test]
-fn slow_tmf_answers_late_and_new_commands_get_busy() {
-    let r = rig(&["slow-tmf:tmf=lu-reset,duration_ms=40"], 0);
-    let reset = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
-    r.kick(CONTROL_QUEUE);
-    assert!(r.used(CONTROL_QUEUE).is_empty(), "not answered yet");
-    assert_eq!(r.tmf_resp(reset), 0xee);
-    let busy = r.tur(5);
-    let other = r.command(lun(1), &[opcode::TEST_UNIT_READY], 6, 0);
-    r.kick(FIRST_REQUEST_QUEUE);
-    assert_eq!(r.resp(busy).response, VIRTIO_SCSI_S_OK);
-    assert_eq!(r.resp(busy).status, 0x08, "BUSY while the LU reset runs");
-    assert_eq!(r.resp(other).status, 0, "another LU is not affected");
-    assert!(r.timer_fires_within(Duration::from_secs(5)));
-    r.timer();
-    assert_eq!(r.tmf_resp(reset), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
-    assert_eq!(r.used(CONTROL_QUEUE).len(), 1);
-    assert_eq!(r.signals(CONTROL_QUEUE), 1);
-    assert_eq!(r.stats().busy_during_slow_tmf, 1);
-    // After the TMF, commands run again.
-    let after = r.tur(7);
-    r.kick(FIRST_REQUEST_QUEUE);
-    assert_ne!(r.resp(after).status, 0x08);
-}
-
-#[test]
-fn slow_tmf_can_hold_new_commands_until_it_ends() {
-    let r = rig(
-        &["slow-tmf:tmf=lu-reset,duration_ms=30,new_commands=hold"],
-        0,
-    );
-    let reset = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
-    r.kick(CONTROL_QUEUE);
-    let held = r.tur(5);
-    r.kick(FIRST_REQUEST_QUEUE);
-    assert!(r.used(FIRST_REQUEST_QUEUE).is_empty(), "held");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while r.used(FIRST_REQUEST_QUEUE).is_empty() && Instant::now() < deadline {
-        assert!(r.timer_fires_within(Duration::from_secs(5)));
-        r.timer();
-    }
-    assert_eq!(r.tmf_resp(reset), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
-    assert_eq!(r.resp(held).response, VIRTIO_SCSI_S_OK);
-    assert_eq!(r.stats().held_during_slow_tmf, 1);
-}
-
-#[test]
-fn hung_tmf_is_never_answered_until_device_reset() {
-    let r = rig(&["hang-tmf:tmf=lu-reset", "lose:opcode=test-unit-ready"], 0);
-    r.tur(1);
-    r.kick(FIRST_REQUEST_QUEUE);
-    let reset = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
-    r.kick(CONTROL_QUEUE);
-    r.timer();
-    assert!(r.used(CONTROL_QUEUE).is_empty());
-    assert_eq!(r.tmf_resp(reset), 0xee);
-    assert!(
-        r.used(FIRST_REQUEST_QUEUE).is_empty(),
-        "a hung reset aborts nothing"
-    );
-    assert_eq!(r.backend.inflight_len(CONTROL_QUEUE), 1);
-
-    r.backend.reset_device();
-    assert_eq!(r.backend.inflight_len(CONTROL_QUEUE), 0);
-    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 0);
-    assert!(r.used(CONTROL_QUEUE).is_empty(), "dropped, not answered");
-    assert_eq!(r.trace_events("device-reset").len(), 1);
-    assert_eq!(r.stats().device_resets, 1);
-}
-
-#[test]
-fn tmf_without_room_for_its_answer_is_completed_empty_and_not_executed() {
-    // As without faults: a hung LU reset with no response buffer is neither held nor done.
-    let r = rig(&["hang-tmf:tmf=lu-reset"], 0);
-    take_warnings();
-    let hdr = r.buf();
-    let req = tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0));
-    r.f.mem.write_obj(req, GuestAddress(hdr)).unwrap();
-    let head = r.post(CONTROL_QUEUE, &[(hdr, 24, false)]);
-    r.kick(CONTROL_QUEUE);
-    assert_eq!(r.used(CONTROL_QUEUE), vec![(u32::from(head), 0)]);
-    assert_eq!(r.backend.inflight_len(CONTROL_QUEUE), 0);
-    assert_eq!(take_warnings().len(), 1);
-    assert!(!r
-        .f
-        .target
-        .unit_attention_pending(crate::scsi::LunAddress { target: 0, lun: 0 }));
-    assert!(
-        r.trace_events("tmf-start").is_empty(),
-        "the engine never saw it"
-    );
-}
-
-#[test]
-fn fail_tmf_answers_rejected_or_failure_and_does_nothing() {
-    let r = rig(
-        &[
-            "fail-tmf:tmf=abort-task",
-            "fail-tmf:tmf=lu-reset,response=failed",
-            "lose:opcode=test-unit-ready",
-        ],
-        0,
-    );
-    r.tur(4);
-    r.kick(FIRST_REQUEST_QUEUE);
-    let abort = r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK, lun(0), 4);
-    let reset = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0), 0);
-    r.kick(CONTROL_QUEUE);
-    assert_eq!(r.tmf_resp(abort), VIRTIO_SCSI_S_FUNCTION_REJECTED);
-    assert_eq!(r.tmf_resp(reset), VIRTIO_SCSI_S_FAILURE);
-    assert_eq!(r.backend.inflight_len(FIRST_REQUEST_QUEUE), 1, "still lost");
-    let ends = r.trace_events("tmf-end");
-    assert_eq!(ends[0]["response"], "function-rejected");
-    assert_eq!(ends[1]["response"], "failure");
-}
-
-#[test]
 fn spurious_interrupt_signals_with_no_used_entry() {
     let r = rig(&["spurious-interrupt:at_ms=1,burst=3"], 0);
     // The worker learns its vrings on its first event.
@@ -698,61 +508,6 @@ fn corrupt_flips_read_data() {
 }
 
 #[test]
-fn event_is_posted_in_a_driver_buffer_and_missed_ones_are_flagged() {
-    let r = rig(&["event:event=param-change,at_ms=1"], 0);
-    r.kick(EVENT_QUEUE);
-    // No buffer yet: the event is missed.
-    assert!(r.timer_fires_within(Duration::from_secs(5)));
-    r.timer();
-    assert!(r.used(EVENT_QUEUE).is_empty());
-    assert_eq!(r.stats().events_posted, 0);
-
-    let buf = r.buf();
-    let head = r.post(EVENT_QUEUE, &[(buf, 16, true)]);
-    r.kick(EVENT_QUEUE);
-    assert!(r.used(EVENT_QUEUE).is_empty(), "buffers wait for an event");
-    let now = r.backend.faults.epoch.now();
-    r.backend
-        .post_event(
-            crate::faults::VirtioEvent::TransportReset {
-                target: 0,
-                lun: 1,
-                reason: crate::faults::ResetReason::Rescan,
-            },
-            now,
-        )
-        .unwrap();
-    assert_eq!(r.used(EVENT_QUEUE), vec![(u32::from(head), 16)]);
-    let ev: VirtioScsiEvent = r.f.mem.read_obj(GuestAddress(buf)).unwrap();
-    assert_eq!(
-        u32::from(ev.event),
-        VIRTIO_SCSI_T_TRANSPORT_RESET | VIRTIO_SCSI_T_EVENTS_MISSED
-    );
-    assert_eq!(u32::from(ev.reason), VIRTIO_SCSI_EVT_RESET_RESCAN);
-    assert_eq!(ev.lun, lun(1));
-    assert_eq!(r.signals(EVENT_QUEUE), 1);
-    let posted = r.trace_events("event");
-    assert_eq!(posted.len(), 1);
-    assert_eq!(posted[0]["event"], "transport-reset");
-}
-
-#[test]
-fn param_change_event_carries_asc_and_ascq() {
-    let ev = faulty::event_wire(
-        &crate::faults::VirtioEvent::ParamChange {
-            target: 0,
-            lun: 0,
-            asc: 0x2a,
-            ascq: 0x09,
-        },
-        false,
-    );
-    assert_eq!(u32::from(ev.event), VIRTIO_SCSI_T_PARAM_CHANGE);
-    assert_eq!(u32::from(ev.reason), 0x092a);
-    assert_eq!(ev.as_slice().len(), 16);
-}
-
-#[test]
 fn stopping_a_vring_drops_what_it_holds() {
     let r = rig(&["lose"], 0);
     r.tur(1);
@@ -803,36 +558,6 @@ fn timer_fd_is_registered_above_the_queue_ids() {
     assert!(r.backend.timer_fd(0).is_some());
     let plain = VhostUserScsiBackend::new(r.f.target.clone(), 1);
     assert!(plain.timer_fd(0).is_none(), "no engine, no timer");
-}
-
-#[test]
-fn abort_task_reaches_a_request_queue_of_another_worker() {
-    let plan = Plan {
-        faults: vec![FaultSpec::from_shorthand("lose:queue=3", false).unwrap()],
-        ..Plan::default()
-    };
-    let r = rig_with_queues(plan, 2);
-    let q3 = FIRST_REQUEST_QUEUE + 1;
-    let lost = r.command_on(q3, lun(0), &[opcode::TEST_UNIT_READY], 77, 0);
-    let fine = r.tur(78);
-    r.kick(q3);
-    r.kick(FIRST_REQUEST_QUEUE);
-    assert_eq!(
-        r.resp(fine).response,
-        VIRTIO_SCSI_S_OK,
-        "queue 2 is not matched"
-    );
-    assert!(r.used(q3).is_empty());
-    assert_eq!(r.backend.inflight_len(q3), 1);
-
-    // The control queue is worker 0's; the lost request sits on worker 1's queue.
-    let abort = r.tmf(VIRTIO_SCSI_T_TMF_ABORT_TASK, lun(0), 77);
-    r.kick(CONTROL_QUEUE);
-    assert_eq!(r.resp(lost).response, VIRTIO_SCSI_S_ABORTED);
-    assert_eq!(r.used(q3), vec![(u32::from(lost.head), RESP_LEN)]);
-    assert_eq!(r.signals(q3), 1, "queue 3's own interrupt");
-    assert_eq!(r.tmf_resp(abort), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
-    assert_eq!(r.backend.inflight_len(q3), 0);
 }
 
 /// The rig without its trace: completions are batched, one interrupt decision per pass.
@@ -1071,20 +796,29 @@ fn cdb_blocks_cover_every_read_and_write_size() {
         c
     };
     assert_eq!(
-        faulty::cdb_blocks(&cdb(&[0x08, 0x1f, 0xff, 0xfe, 0])),
+        fault_path::command::cdb_blocks(&cdb(&[0x08, 0x1f, 0xff, 0xfe, 0])),
         Some((0x1f_fffe, 256))
     );
-    assert_eq!(faulty::cdb_blocks(&cdb(&read10(7, 3))), Some((7, 3)));
     assert_eq!(
-        faulty::cdb_blocks(&cdb(&[0xaa, 0, 0, 0, 1, 0, 0, 0, 0, 9, 0, 0])),
+        fault_path::command::cdb_blocks(&cdb(&read10(7, 3))),
+        Some((7, 3))
+    );
+    assert_eq!(
+        fault_path::command::cdb_blocks(&cdb(&[0xaa, 0, 0, 0, 1, 0, 0, 0, 0, 9, 0, 0])),
         Some((256, 9))
     );
     let mut r16 = [0u8; 16];
     r16[0] = 0x88;
     r16[2..10].copy_from_slice(&(1u64 << 40).to_be_bytes());
     r16[10..14].copy_from_slice(&8u32.to_be_bytes());
-    assert_eq!(faulty::cdb_blocks(&cdb(&r16)), Some((1 << 40, 8)));
-    assert_eq!(faulty::cdb_blocks(&cdb(&[opcode::INQUIRY])), None);
+    assert_eq!(
+        fault_path::command::cdb_blocks(&cdb(&r16)),
+        Some((1 << 40, 8))
+    );
+    assert_eq!(
+        fault_path::command::cdb_blocks(&cdb(&[opcode::INQUIRY])),
+        None
+    );
 }
 
 #[test]
@@ -1100,265 +834,6 @@ fn device_reset_drops_a_delayed_request_for_good() {
     assert_eq!(r.signals(FIRST_REQUEST_QUEUE), 0);
     assert!(r.trace_events("complete").is_empty());
     assert_eq!(r.trace_events("device-reset").len(), 1);
-}
-
-// ---- LU hot-plug and capacity events (issue 3 part 3) ----
-
-/// The driver acknowledged hot-plug and capacity-change events.
-const HOTPLUG_AND_CHANGE: u64 = 1 << VIRTIO_SCSI_F_HOTPLUG | 1 << VIRTIO_SCSI_F_CHANGE;
-
-impl Rig {
-    /// Gives the device one 16-byte event buffer; returns (head, address).
-    fn event_buffer(&self) -> (u16, u64) {
-        let buf = self.buf();
-        self.f
-            .mem
-            .write_slice(&[0xee; 16], GuestAddress(buf))
-            .unwrap();
-        (self.post(EVENT_QUEUE, &[(buf, 16, true)]), buf)
-    }
-
-    fn event_at(&self, buf: u64) -> VirtioScsiEvent {
-        self.f.mem.read_obj(GuestAddress(buf)).unwrap()
-    }
-
-    /// Serves a command posted with `command` and returns its response.
-    fn run(&self, lun: [u8; 8], cdb: &[u8], id: u64, data_in: u32) -> (Posted, VirtioScsiCmdResp) {
-        let p = self.command(lun, cdb, id, data_in);
-        self.kick(FIRST_REQUEST_QUEUE);
-        (p, self.resp(p))
-    }
-}
-
-/// A 64-block file-backed LU spec at `t:l` (the file lives as long as the returned handle).
-fn extra_lu(t: u8, l: u16) -> (tempfile::NamedTempFile, crate::scsi::Lun) {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(&[7u8; 64 * 512]).unwrap();
-    f.flush().unwrap();
-    let mut spec = crate::scsi::LunSpec::file(f.path(), false);
-    spec.address = Some(LunAddress { target: t, lun: l });
-    let lu = crate::scsi::Lun::open_spec(&spec).unwrap();
-    (f, lu)
-}
-
-#[test]
-fn hot_added_lu_is_announced_as_transport_reset_rescan_and_answers_inquiry() {
-    let r = rig(&[], 0);
-    r.backend.acked_features(HOTPLUG_AND_CHANGE);
-    let inquiry = [opcode::INQUIRY, 0, 0, 0, 96, 0];
-    let (_, before) = r.run(lun(2), &inquiry, 1, 96);
-    assert_eq!(before.response, VIRTIO_SCSI_S_BAD_TARGET);
-
-    let (head, buf) = r.event_buffer();
-    r.kick(EVENT_QUEUE);
-    assert!(r.used(EVENT_QUEUE).is_empty(), "no change, no event");
-    let (_file, lu) = extra_lu(0, 2);
-    r.f.target.add_lu(lu).unwrap();
-    // The new buffer's kick finds the change.
-    r.kick(EVENT_QUEUE);
-    assert_eq!(r.used(EVENT_QUEUE), vec![(u32::from(head), 16)]);
-    let ev = r.event_at(buf);
-    assert_eq!(u32::from(ev.event), VIRTIO_SCSI_T_TRANSPORT_RESET);
-    assert_eq!(u32::from(ev.reason), VIRTIO_SCSI_EVT_RESET_RESCAN);
-    // Flat space addressing (5.6.6.1): 0x40 | LUN >> 8, then LUN & 0xff.
-    assert_eq!(ev.lun, [1, 0, 0x40, 2, 0, 0, 0, 0]);
-    assert_eq!(r.signals(EVENT_QUEUE), 1);
-
-    let (p, resp) = r.run(lun(2), &inquiry, 2, 96);
-    assert_eq!((resp.response, resp.status), (VIRTIO_SCSI_S_OK, 0));
-    let pdt: u8 = r.f.mem.read_obj(GuestAddress(p.data_in)).unwrap();
-    assert_eq!(pdt, 0x00, "peripheral qualifier 0, direct-access device");
-    // Hot-added: the first other command reports POWER ON like a fresh LU.
-    let (_, tur) = r.run(lun(2), &[opcode::TEST_UNIT_READY], 3, 0);
-    assert_eq!((tur.sense[2] & 0xf, tur.sense[12]), (6, 0x29));
-    let posted = r.trace_events("event");
-    assert_eq!(posted.len(), 1);
-    assert_eq!(posted[0]["event"], "transport-reset");
-}
-
-#[test]
-fn hot_removed_lu_is_announced_as_removed_and_then_is_bad_target() {
-    let r = rig(&[], 0);
-    r.backend.acked_features(HOTPLUG_AND_CHANGE);
-    let (_, ok) = r.run(lun(1), &[opcode::TEST_UNIT_READY], 1, 0);
-    assert_eq!((ok.response, ok.status), (VIRTIO_SCSI_S_OK, 0));
-    // The worker learns its vrings on its first event; the timer path posts the event.
-    let (head, buf) = r.event_buffer();
-    r.f.target
-        .remove_lu(LunAddress { target: 0, lun: 1 })
-        .unwrap();
-    r.timer();
-    assert_eq!(r.used(EVENT_QUEUE), vec![(u32::from(head), 16)]);
-    let ev = r.event_at(buf);
-    assert_eq!(u32::from(ev.event), VIRTIO_SCSI_T_TRANSPORT_RESET);
-    assert_eq!(u32::from(ev.reason), VIRTIO_SCSI_EVT_RESET_REMOVED);
-    assert_eq!(ev.lun, lun(1));
-
-    let (_, gone) = r.run(lun(1), &[opcode::TEST_UNIT_READY], 2, 0);
-    assert_eq!(gone.response, VIRTIO_SCSI_S_BAD_TARGET);
-    let t = r.tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(1), 3);
-    r.kick(CONTROL_QUEUE);
-    assert_eq!(r.tmf_resp(t), VIRTIO_SCSI_S_BAD_TARGET);
-    // LUN 0 still works.
-    let (_, lu0) = r.run(lun(0), &[opcode::TEST_UNIT_READY], 4, 0);
-    assert_eq!((lu0.response, lu0.status), (VIRTIO_SCSI_S_OK, 0));
-}
-
-#[test]
-fn resize_is_announced_as_param_change_2a_09_with_the_unit_attention() {
-    let r = rig(&[], 0);
-    r.backend.acked_features(HOTPLUG_AND_CHANGE);
-    let (head, buf) = r.event_buffer();
-    r.kick(EVENT_QUEUE);
-    r.f.target
-        .set_capacity(LunAddress { target: 0, lun: 0 }, 128)
-        .unwrap();
-    r.timer();
-    assert_eq!(r.used(EVENT_QUEUE), vec![(u32::from(head), 16)]);
-    let ev = r.event_at(buf);
-    assert_eq!(u32::from(ev.event), VIRTIO_SCSI_T_PARAM_CHANGE);
-    // Linux: asc = reason & 255, ascq = (reason >> 8) & 255.
-    let reason = u32::from(ev.reason);
-    assert_eq!((reason & 0xff, reason >> 8 & 0xff), (0x2a, 0x09));
-    assert_eq!(ev.lun, lun(0));
-
-    let (_, ua) = r.run(lun(0), &[opcode::TEST_UNIT_READY], 1, 0);
-    assert_eq!(ua.status, 0x02);
-    assert_eq!(
-        (ua.sense[2] & 0xf, ua.sense[12], ua.sense[13]),
-        (6, 0x2a, 0x09)
-    );
-    let cap = [opcode::READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    let (p, resp) = r.run(lun(0), &cap, 2, 8);
-    assert_eq!((resp.response, resp.status), (VIRTIO_SCSI_S_OK, 0));
-    let last: [u8; 4] = r.f.mem.read_obj(GuestAddress(p.data_in)).unwrap();
-    assert_eq!(u32::from_be_bytes(last), 127);
-}
-
-#[test]
-fn rescan_finding_a_grown_file_is_announced_as_param_change() {
-    let r = rig(&[], 0);
-    r.backend.acked_features(HOTPLUG_AND_CHANGE);
-    let (_, buf) = r.event_buffer();
-    r.kick(EVENT_QUEUE);
-    let (changed, failed) = r.f.target.rescan();
-    assert!(changed.is_empty() && failed.is_empty());
-    r.f.files[1].as_file().set_len(96 * 512).unwrap();
-    let (changed, failed) = r.f.target.rescan();
-    assert_eq!(changed, vec![LunAddress { target: 0, lun: 1 }]);
-    assert!(failed.is_empty());
-    r.timer();
-    let ev = r.event_at(buf);
-    assert_eq!(u32::from(ev.event), VIRTIO_SCSI_T_PARAM_CHANGE);
-    assert_eq!(ev.lun, lun(1));
-    assert_eq!(u32::from(ev.reason), 0x092a);
-}
-
-#[test]
-fn lu_changes_without_the_features_post_no_event_but_keep_the_unit_attention() {
-    let r = rig(&[], 0);
-    // Only CHANGE: hot-plug events stay with the device, capacity events go out.
-    r.backend.acked_features(1 << VIRTIO_SCSI_F_CHANGE);
-    let (head, buf) = r.event_buffer();
-    r.kick(EVENT_QUEUE);
-    let (_file, lu) = extra_lu(0, 3);
-    r.f.target.add_lu(lu).unwrap();
-    r.timer();
-    assert!(r.used(EVENT_QUEUE).is_empty(), "HOTPLUG not acked");
-    r.f.target
-        .set_capacity(LunAddress { target: 0, lun: 3 }, 32)
-        .unwrap();
-    r.timer();
-    assert_eq!(r.used(EVENT_QUEUE), vec![(u32::from(head), 16)]);
-    assert_eq!(u32::from(r.event_at(buf).event), VIRTIO_SCSI_T_PARAM_CHANGE);
-
-    r.backend.acked_features(0);
-    r.event_buffer();
-    r.f.target
-        .set_capacity(LunAddress { target: 0, lun: 0 }, 16)
-        .unwrap();
-    r.kick(EVENT_QUEUE);
-    assert_eq!(r.used(EVENT_QUEUE).len(), 1, "CHANGE not acked");
-    let (_, ua) = r.run(lun(0), &[opcode::TEST_UNIT_READY], 1, 0);
-    assert_eq!((ua.sense[12], ua.sense[13]), (0x2a, 0x09));
-}
-
-#[test]
-fn lu_change_without_an_event_buffer_sets_events_missed() {
-    let r = rig(&[], 0);
-    r.backend.acked_features(HOTPLUG_AND_CHANGE);
-    r.kick(EVENT_QUEUE);
-    r.f.target
-        .remove_lu(LunAddress { target: 0, lun: 1 })
-        .unwrap();
-    r.timer();
-    assert!(r.used(EVENT_QUEUE).is_empty());
-    let (_, buf) = r.event_buffer();
-    let (_file, lu) = extra_lu(0, 1);
-    r.f.target.add_lu(lu).unwrap();
-    r.kick(EVENT_QUEUE);
-    let ev = r.event_at(buf);
-    assert_eq!(
-        u32::from(ev.event),
-        VIRTIO_SCSI_T_TRANSPORT_RESET | VIRTIO_SCSI_T_EVENTS_MISSED
-    );
-    assert_eq!(u32::from(ev.reason), VIRTIO_SCSI_EVT_RESET_RESCAN);
-}
-
-#[test]
-fn lu_change_events_need_no_fault_engine() {
-    let f = fixture();
-    let backend = VhostUserScsiBackend::new(f.target.clone(), 1);
-    let atomic = GuestMemoryAtomic::new(f.mem.clone());
-    backend.update_memory(atomic.clone()).unwrap();
-    backend.acked_features(HOTPLUG_AND_CHANGE);
-    let vrings: Vec<VringRwLock> = (0..3)
-        .map(|q| {
-            let v = VringRwLock::new(atomic.clone(), RING).unwrap();
-            v.set_queue_info(desc_table(q), avail_ring(q), used_ring(q))
-                .unwrap();
-            v.set_queue_size(RING);
-            v.set_queue_ready(true);
-            v.set_enabled(true);
-            v
-        })
-        .collect();
-    // One event buffer at slot 0 of the event queue.
-    let buf = BUF_BASE;
-    let at = desc_table(EVENT_QUEUE);
-    f.mem.write_obj(buf, GuestAddress(at)).unwrap();
-    f.mem.write_obj(16u32, GuestAddress(at + 8)).unwrap();
-    f.mem
-        .write_obj(VRING_DESC_F_WRITE as u16, GuestAddress(at + 12))
-        .unwrap();
-    f.mem
-        .write_obj(0u16, GuestAddress(avail_ring(EVENT_QUEUE) + 4))
-        .unwrap();
-    f.mem
-        .write_obj(1u16, GuestAddress(avail_ring(EVENT_QUEUE) + 2))
-        .unwrap();
-    f.target
-        .remove_lu(LunAddress { target: 0, lun: 0 })
-        .unwrap();
-    backend
-        .handle_event(EVENT_QUEUE as u16, EventSet::IN, &vrings, 0)
-        .unwrap();
-    let ev: VirtioScsiEvent = f.mem.read_obj(GuestAddress(buf)).unwrap();
-    assert_eq!(u32::from(ev.event), VIRTIO_SCSI_T_TRANSPORT_RESET);
-    assert_eq!(u32::from(ev.reason), VIRTIO_SCSI_EVT_RESET_REMOVED);
-}
-
-#[test]
-fn power_on_drops_changes_nobody_announced() {
-    let r = rig(&[], 0);
-    r.backend.acked_features(HOTPLUG_AND_CHANGE);
-    r.f.target
-        .remove_lu(LunAddress { target: 0, lun: 1 })
-        .unwrap();
-    r.f.target.power_on();
-    r.event_buffer();
-    r.kick(EVENT_QUEUE);
-    assert!(r.used(EVENT_QUEUE).is_empty());
 }
 
 #[test]
@@ -1398,5 +873,7 @@ fn idle_engine_without_trace_skips_describing_commands_but_counts_them() {
 
 mod bad_input;
 mod events;
+mod hotplug;
 mod screen;
 mod tmf;
+mod tmf_faults;

@@ -7,6 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::{Arc, Once};
 
+use vhost_user_backend::VringT;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -14,8 +15,10 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryM
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
+use crate::faults::SignalOutcome;
 use crate::scsi::sense::{sense_key, status};
-use crate::scsi::{opcode, Lun, Target, BLOCK_SIZE};
+use crate::scsi::{opcode, Lun, LunAddress, Target, BLOCK_SIZE};
+use crate::virtio::*;
 
 const MEM_SIZE: usize = 0x100_0000;
 const HDR_ADDR: u64 = 0x10_0000;
@@ -220,6 +223,53 @@ fn rw16(op: u8, lba: u64, blocks: u32) -> [u8; 16] {
     c[2..10].copy_from_slice(&lba.to_be_bytes());
     c[10..14].copy_from_slice(&blocks.to_be_bytes());
     c
+}
+
+fn control(f: &Fixture, req_bytes: &[u8], resp_len: u32) -> (u32, Vec<u8>) {
+    f.mem
+        .write_slice(req_bytes, GuestAddress(HDR_ADDR))
+        .unwrap();
+    f.mem
+        .write_slice(&[0xee; 8], GuestAddress(RESP_ADDR))
+        .unwrap();
+    let vq = MockSplitQueue::new(&f.mem, 16);
+    let chain = vq
+        .build_desc_chain(&[
+            desc(HDR_ADDR, req_bytes.len() as u32, false),
+            desc(RESP_ADDR, resp_len, true),
+        ])
+        .unwrap();
+    let used = process_control_chain(&f.target, &f.mem, chain);
+    let mut resp = vec![0u8; resp_len as usize];
+    f.mem
+        .read_slice(&mut resp, GuestAddress(RESP_ADDR))
+        .unwrap();
+    (used, resp)
+}
+
+pub(super) fn tmf(subtype: u32, lun: [u8; 8]) -> VirtioScsiCtrlTmfReq {
+    VirtioScsiCtrlTmfReq {
+        type_: Le32::from(VIRTIO_SCSI_T_TMF),
+        subtype: Le32::from(subtype),
+        lun,
+        id: Default::default(),
+    }
+}
+
+/// splitmix64: a fixed-seed generator so a failure replays.
+pub(super) struct Rng(pub(super) u64);
+
+impl Rng {
+    pub(super) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub(super) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }
 
 // ---- SCSI commands through the request queue ----
@@ -563,552 +613,7 @@ fn data_out_shorter_than_write_is_failure() {
     assert_eq!(f.file_block(0, 0), vec![0; 512], "nothing written");
 }
 
-// ---- control queue ----
-
-fn control(f: &Fixture, req_bytes: &[u8], resp_len: u32) -> (u32, Vec<u8>) {
-    f.mem
-        .write_slice(req_bytes, GuestAddress(HDR_ADDR))
-        .unwrap();
-    f.mem
-        .write_slice(&[0xee; 8], GuestAddress(RESP_ADDR))
-        .unwrap();
-    let vq = MockSplitQueue::new(&f.mem, 16);
-    let chain = vq
-        .build_desc_chain(&[
-            desc(HDR_ADDR, req_bytes.len() as u32, false),
-            desc(RESP_ADDR, resp_len, true),
-        ])
-        .unwrap();
-    let used = process_control_chain(&f.target, &f.mem, chain);
-    let mut resp = vec![0u8; resp_len as usize];
-    f.mem
-        .read_slice(&mut resp, GuestAddress(RESP_ADDR))
-        .unwrap();
-    (used, resp)
-}
-
-pub(super) fn tmf(subtype: u32, lun: [u8; 8]) -> VirtioScsiCtrlTmfReq {
-    VirtioScsiCtrlTmfReq {
-        type_: Le32::from(VIRTIO_SCSI_T_TMF),
-        subtype: Le32::from(subtype),
-        lun,
-        id: Default::default(),
-    }
-}
-
-#[test]
-fn tmf_resets_and_aborts_complete() {
-    let f = fixture();
-    let tur = [opcode::TEST_UNIT_READY, 0, 0, 0, 0, 0];
-    // Sent to LUN 1: the unit attention (29/ascq) the next command to LUN 1 and to LUN 0
-    // gets, if any. Nothing is held without faults, so aborts and queries find nothing.
-    for (sub, lu1, lu0) in [
-        (VIRTIO_SCSI_T_TMF_ABORT_TASK, None, None),
-        (VIRTIO_SCSI_T_TMF_ABORT_TASK_SET, None, None),
-        (VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET, None, None),
-        (VIRTIO_SCSI_T_TMF_QUERY_TASK, None, None),
-        (VIRTIO_SCSI_T_TMF_QUERY_TASK_SET, None, None),
-        (VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, Some(0x03), None),
-        (VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET, Some(0x07), Some(0x07)),
-    ] {
-        let (used, resp) = control(&f, tmf(sub, lun(1)).as_slice(), 1);
-        assert_eq!(
-            (used, resp[0]),
-            (1, VIRTIO_SCSI_S_FUNCTION_COMPLETE),
-            "subtype {sub}"
-        );
-        for (l, ua) in [(1, lu1), (0, lu0)] {
-            let d = f.command(lun(l), &tur, &[], 0);
-            match ua {
-                Some(ascq) => assert_check(&d, sense_key::UNIT_ATTENTION, 0x29, ascq),
-                None => assert_good(&d),
-            }
-            // Reported once.
-            assert_good(&f.command(lun(l), &tur, &[], 0));
-        }
-    }
-    assert!(take_warnings().is_empty());
-}
-
-#[test]
-fn tmf_to_absent_lu_is_bad_target() {
-    let f = fixture();
-    let (used, resp) = control(
-        &f,
-        tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(9)).as_slice(),
-        1,
-    );
-    assert_eq!((used, resp[0]), (1, VIRTIO_SCSI_S_BAD_TARGET));
-}
-
-#[test]
-fn tmf_unknown_subtype_is_rejected() {
-    let f = fixture();
-    let (used, resp) = control(&f, tmf(99, lun(0)).as_slice(), 1);
-    assert_eq!((used, resp[0]), (1, VIRTIO_SCSI_S_FUNCTION_REJECTED));
-    let (_, resp) = control(&f, tmf(VIRTIO_SCSI_T_TMF_CLEAR_ACA, lun(0)).as_slice(), 1);
-    assert_eq!(resp[0], VIRTIO_SCSI_S_FUNCTION_REJECTED);
-}
-
-#[test]
-fn an_query_reports_no_events() {
-    let f = fixture();
-    for type_ in [VIRTIO_SCSI_T_AN_QUERY, VIRTIO_SCSI_T_AN_SUBSCRIBE] {
-        let req = VirtioScsiCtrlAnReq {
-            type_: Le32::from(type_),
-            lun: lun(0),
-            event_requested: Le32::from(0xff),
-        };
-        let (used, resp) = control(&f, req.as_slice(), 5);
-        assert_eq!(used, 5);
-        assert_eq!(&resp[..4], &[0, 0, 0, 0], "event_actual");
-        assert_eq!(resp[4], VIRTIO_SCSI_S_OK);
-    }
-}
-
-#[test]
-fn unknown_control_type_is_failure() {
-    let f = fixture();
-    let (used, resp) = control(&f, &[7, 0, 0, 0, 0, 0, 0, 0], 1);
-    assert_eq!((used, resp[0]), (1, VIRTIO_SCSI_S_FAILURE));
-    assert_one_warning();
-}
-
-#[test]
-fn short_tmf_is_failure() {
-    let f = fixture();
-    let (used, resp) = control(&f, &tmf(0, lun(0)).as_slice()[..12], 1);
-    assert_eq!((used, resp[0]), (1, VIRTIO_SCSI_S_FAILURE));
-    assert_one_warning();
-}
-
-#[test]
-fn control_request_without_room_for_an_answer_is_not_executed() {
-    // Found by the request fuzz target: an unknown TMF subtype without a response buffer
-    // logged twice, and a LU reset without one was done although it cannot be answered.
-    let f = fixture();
-    let addr = LunAddress { target: 0, lun: 0 };
-    let reset = tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0));
-    let (used, _) = control(&f, reset.as_slice(), 0);
-    assert_eq!(used, 0, "zero-length response buffer");
-    assert_one_warning();
-    assert!(!f.target.unit_attention_pending(addr), "the reset was done");
-    let (used, _) = control(&f, tmf(99, lun(0)).as_slice(), 0);
-    assert_eq!(used, 0);
-    assert_one_warning();
-    // No writable descriptor at all, and one outside guest memory.
-    f.mem
-        .write_slice(reset.as_slice(), GuestAddress(HDR_ADDR))
-        .unwrap();
-    for tail in [None, Some(desc(MEM_SIZE as u64 + 0x1000, 1, true))] {
-        let vq = MockSplitQueue::new(&f.mem, 16);
-        let mut descs = vec![desc(HDR_ADDR, 24, false)];
-        descs.extend(tail);
-        let chain = vq.build_desc_chain(&descs).unwrap();
-        assert_eq!(process_control_chain(&f.target, &f.mem, chain), 0);
-        assert_one_warning();
-    }
-    assert!(!f.target.unit_attention_pending(addr));
-}
-
-// ---- queue level: completion and the interrupt decision ----
-
-struct QueueRig {
-    backend: VhostUserScsiBackend,
-    vring: VringRwLock,
-    call: EventFd,
-}
-
-const Q_SIZE: u16 = 16;
-/// MockSplitQueue places its used ring over the avail ring's tail and `used_event`
-/// (it adds the ring length in entries, not bytes), so the rig uses its own used ring.
-const USED_RING: u64 = 0x8000;
-
-fn used_idx(f: &Fixture) -> u16 {
-    f.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap()
-}
-
-/// (id, len) of used element `n`.
-fn used_elem(f: &Fixture, n: u64) -> (u32, u32) {
-    let at = USED_RING + 4 + 8 * n;
-    (
-        f.mem.read_obj(GuestAddress(at)).unwrap(),
-        f.mem.read_obj(GuestAddress(at + 4)).unwrap(),
-    )
-}
-
-fn rig(f: &Fixture, vq: &MockSplitQueue<GuestMemoryMmap>, event_idx: bool) -> QueueRig {
-    let atomic = GuestMemoryAtomic::new(f.mem.clone());
-    let backend = VhostUserScsiBackend::new(f.target.clone(), 1);
-    backend.update_memory(atomic.clone()).unwrap();
-    backend.set_event_idx(event_idx);
-    let vring = VringRwLock::new(atomic, Q_SIZE).unwrap();
-    vring
-        .set_queue_info(vq.desc_table_addr().0, vq.avail_addr().0, USED_RING)
-        .unwrap();
-    vring.set_queue_size(Q_SIZE);
-    vring.set_queue_event_idx(event_idx);
-    vring.set_queue_ready(true);
-    vring.set_enabled(true);
-    let call = EventFd::new(EFD_NONBLOCK).unwrap();
-    let fd = call.try_clone().unwrap().into_raw_fd();
-    // SAFETY: `fd` is a fresh duplicate that nothing else owns.
-    vring.set_call(Some(unsafe { File::from_raw_fd(fd) }));
-    QueueRig {
-        backend,
-        vring,
-        call,
-    }
-}
-
-impl QueueRig {
-    /// One kick: the request queue's handler runs once.
-    fn serve(&self) {
-        self.backend
-            .process_queue(FIRST_REQUEST_QUEUE, &self.vring)
-            .unwrap();
-    }
-}
-
-/// Writes the driver's `used_event` (EVENT_IDX), which follows the avail ring.
-fn set_used_event(f: &Fixture, vq: &MockSplitQueue<GuestMemoryMmap>, index: u16) {
-    let at = vq.avail_addr().0 + 4 + 2 * u64::from(Q_SIZE);
-    f.mem.write_obj(index, GuestAddress(at)).unwrap();
-}
-
-/// Posts a TEST UNIT READY chain on the mock queue.
-fn post_tur(f: &Fixture, vq: &MockSplitQueue<GuestMemoryMmap>) {
-    f.mem
-        .write_obj(
-            cmd_header(lun(0), &[opcode::TEST_UNIT_READY]),
-            GuestAddress(HDR_ADDR),
-        )
-        .unwrap();
-    vq.build_desc_chain(&[desc(HDR_ADDR, 51, false), desc(RESP_ADDR, RESP_LEN, true)])
-        .unwrap();
-}
-
-#[test]
-fn request_queue_completes_and_signals() {
-    let f = fixture();
-    let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
-    let r = rig(&f, &vq, false);
-    post_tur(&f, &vq);
-    r.serve();
-    assert_eq!(used_idx(&f), 1);
-    assert_eq!(used_elem(&f, 0), (0, RESP_LEN));
-    assert_eq!(r.call.read().unwrap(), 1, "one interrupt");
-    assert_eq!(f.response_byte(), VIRTIO_SCSI_S_OK);
-}
-
-#[test]
-fn event_idx_suppresses_unwanted_interrupts() {
-    let f = fixture();
-    let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
-    let r = rig(&f, &vq, true);
-    // used_event (after the avail ring) far ahead: the driver wants no interrupt yet.
-    set_used_event(&f, &vq, 10);
-    post_tur(&f, &vq);
-    r.serve();
-    assert_eq!(used_idx(&f), 1, "completed");
-    assert!(
-        r.call.read().is_err(),
-        "no interrupt: the call eventfd is empty"
-    );
-
-    // used_event = 1: the driver asks for an interrupt after the second completion.
-    set_used_event(&f, &vq, 1);
-    post_tur(&f, &vq);
-    r.serve();
-    assert_eq!(used_idx(&f), 2);
-    assert_eq!(r.call.read().unwrap(), 1);
-}
-
-#[test]
-fn avail_index_more_than_a_ring_ahead_does_not_hang_the_worker() {
-    // Found by the request fuzz target: with EVENT_IDX, every pop failed while
-    // enable_notification kept reporting chains, and the worker spun forever.
-    let f = fixture();
-    let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
-    let r = rig(&f, &vq, true);
-    post_tur(&f, &vq);
-    let avail_idx = GuestAddress(vq.avail_addr().0 + 2);
-    f.mem.write_obj(Q_SIZE + 5, avail_idx).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let result = r.backend.process_queue(FIRST_REQUEST_QUEUE, &r.vring);
-        tx.send((result.is_ok(), take_warnings().len(), r)).unwrap();
-    });
-    let (ok, warnings, r) = rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("the queue handler returns");
-    assert!(ok);
-    assert_eq!(warnings, 1, "one warning for the broken ring");
-    assert_eq!(used_idx(&f), 0);
-    // The driver repairs its index: the next kick serves the chain.
-    f.mem.write_obj(1u16, avail_idx).unwrap();
-    r.serve();
-    assert_eq!(used_idx(&f), 1);
-    assert_eq!(f.response_byte(), VIRTIO_SCSI_S_OK);
-}
-
-#[test]
-fn one_pass_signals_once_for_all_its_completions() {
-    let f = fixture();
-    let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
-    let r = rig(&f, &vq, false);
-    for _ in 0..3 {
-        post_tur(&f, &vq);
-    }
-    r.serve();
-    assert_eq!(used_idx(&f), 3);
-    assert_eq!(r.call.read().unwrap(), 1, "one eventfd write for the pass");
-
-    // EVENT_IDX: the driver wants the interrupt of the second of three completions; the
-    // decision at the end of the pass sees it in its window.
-    let f = fixture();
-    let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
-    let r = rig(&f, &vq, true);
-    set_used_event(&f, &vq, 1);
-    for _ in 0..3 {
-        post_tur(&f, &vq);
-    }
-    r.serve();
-    assert_eq!(used_idx(&f), 3);
-    assert_eq!(r.call.read().unwrap(), 1);
-}
-
-#[test]
-fn a_long_batch_is_signalled_every_max_unsignalled_completions() {
-    let f = fixture();
-    let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
-    let r = rig(&f, &vq, false);
-    let mut batch = SignalBatch::new(false);
-    let mut sent = 0;
-    let n = 2 * MAX_UNSIGNALLED + 5;
-    for i in 0..n {
-        if let Some(outcome) = batch.complete(&r.vring, i % Q_SIZE, 0).unwrap() {
-            assert_eq!(outcome, SignalOutcome::Sent);
-            sent += 1;
-        }
-    }
-    assert_eq!(sent, 2, "two full batches decided on the way");
-    assert_eq!(batch.flush(&r.vring).unwrap(), Some(SignalOutcome::Sent));
-    assert_eq!(batch.flush(&r.vring).unwrap(), None, "nothing left");
-    assert_eq!(r.call.read().unwrap(), 3);
-}
-
-#[test]
-fn with_event_idx_completions_are_decided_at_once_until_one_is_signalled() {
-    let f = fixture();
-    let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
-    let r = rig(&f, &vq, true);
-    let mut batch = SignalBatch::new(true);
-    // The driver asks for an interrupt at the first used entry: the first completion is
-    // signalled at once, the rest of the pass waits for its end.
-    assert_eq!(
-        batch.complete(&r.vring, 0, 0).unwrap(),
-        Some(SignalOutcome::Sent)
-    );
-    for i in 1..5 {
-        assert_eq!(batch.complete(&r.vring, i, 0).unwrap(), None, "{i}");
-    }
-    assert!(
-        batch.flush(&r.vring).unwrap().is_some(),
-        "decided at the end"
-    );
-    assert_eq!(r.call.read().unwrap(), 1, "the driver had not caught up");
-    // A new pass decides its first completion at once again.
-    assert!(batch.complete(&r.vring, 5, 0).unwrap().is_some());
-}
-
-#[test]
-fn event_queue_keeps_its_buffers() {
-    let f = fixture();
-    let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
-    let r = rig(&f, &vq, false);
-    vq.build_desc_chain(&[desc(RESP_ADDR, 16, true)]).unwrap();
-    r.backend.process_queue(EVENT_QUEUE, &r.vring).unwrap();
-    assert_eq!(used_idx(&f), 0);
-    assert_eq!(r.vring.queue_next_avail(), 0, "buffer not consumed");
-    assert!(r.call.read().is_err());
-}
-
-#[test]
-fn control_queue_answers_through_the_queue() {
-    let f = fixture();
-    let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
-    let r = rig(&f, &vq, false);
-    f.mem
-        .write_obj(
-            tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0)),
-            GuestAddress(HDR_ADDR),
-        )
-        .unwrap();
-    vq.build_desc_chain(&[desc(HDR_ADDR, 24, false), desc(RESP_ADDR, 1, true)])
-        .unwrap();
-    r.backend.process_queue(CONTROL_QUEUE, &r.vring).unwrap();
-    assert_eq!(used_idx(&f), 1);
-    assert_eq!(used_elem(&f, 0), (0, 1));
-    assert_eq!(f.response_byte(), VIRTIO_SCSI_S_FUNCTION_COMPLETE);
-    assert_eq!(r.call.read().unwrap(), 1);
-}
-
-#[test]
-fn queues_map_to_workers() {
-    let f = fixture();
-    let b = VhostUserScsiBackend::new(f.target.clone(), 3);
-    assert_eq!(b.num_queues(), 5);
-    assert_eq!(b.queues_per_thread(), vec![0b111, 0b1000, 0b10000]);
-    assert_eq!(queue_of(0b111, 2), Some(2));
-    assert_eq!(queue_of(0b1000, 0), Some(3));
-    assert_eq!(queue_of(0b1000, 1), None);
-}
-
-#[test]
-fn features_include_what_qemu_offers() {
-    let f = fixture();
-    let b = VhostUserScsiBackend::new(f.target.clone(), 1);
-    let feat = b.features();
-    for bit in [
-        u64::from(VIRTIO_F_VERSION_1),
-        u64::from(VIRTIO_RING_F_EVENT_IDX),
-        u64::from(VIRTIO_RING_F_INDIRECT_DESC),
-        VIRTIO_SCSI_F_HOTPLUG,
-        VIRTIO_SCSI_F_CHANGE,
-    ] {
-        assert_ne!(feat & (1 << bit), 0, "feature bit {bit}");
-    }
-    assert_eq!(feat & (1 << VIRTIO_SCSI_F_INOUT), 0);
-}
-
-// ---- random chains: guest input never panics the device ----
-
-/// splitmix64: a fixed-seed generator so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-#[test]
-fn random_chains_never_panic_and_stay_in_bounds() {
-    let f = fixture();
-    let mut rng = Rng(0x5eed);
-    let ops = [
-        opcode::TEST_UNIT_READY,
-        opcode::REQUEST_SENSE,
-        opcode::INQUIRY,
-        opcode::READ_CAPACITY_10,
-        opcode::READ_10,
-        opcode::WRITE_10,
-        opcode::READ_16,
-        opcode::WRITE_16,
-        opcode::SERVICE_ACTION_IN_16,
-        opcode::REPORT_LUNS,
-        0x7f,
-        0xff,
-    ];
-    for _ in 0..3000 {
-        // A header with a plausible opcode, small LBAs and lengths most of the time.
-        let mut hdr = [0u8; 64];
-        hdr.iter_mut().for_each(|b| *b = rng.next() as u8);
-        hdr[0] = 1;
-        hdr[1] = u8::from(rng.below(8) == 0);
-        hdr[2] = [0x40, 0x00, 0x40, 0x7f][rng.below(4) as usize];
-        hdr[3] = u8::from(rng.below(8) == 0) + u8::from(rng.below(2) == 0);
-        hdr[19] = ops[rng.below(ops.len() as u64) as usize];
-        if rng.below(2) == 0 {
-            hdr[20..36].fill(0);
-            hdr[19 + 8] = rng.below(4) as u8; // READ(10)/WRITE(10) length
-            hdr[19 + 13] = rng.below(4) as u8; // READ(16)/WRITE(16) length
-        }
-        f.mem.write_slice(&hdr, GuestAddress(HDR_ADDR)).unwrap();
-        let control_hdr = [
-            rng.below(4) as u8,
-            0,
-            0,
-            0,
-            rng.below(9) as u8,
-            0,
-            0,
-            0,
-            1,
-            0,
-            0x40,
-            rng.below(3) as u8,
-        ];
-
-        let mut descs = Vec::new();
-        let mut writable_len = 0u64;
-        let mut push =
-            |descs: &mut Vec<RawDescriptor>, rng: &mut Rng, addr: u64, len: u32, w: bool| {
-                // Now and then an address at or past the end of guest memory.
-                let addr = match rng.below(16) {
-                    0 => MEM_SIZE as u64 - rng.below(256),
-                    1 => u64::MAX - rng.below(4096),
-                    _ => addr,
-                };
-                if w {
-                    writable_len += u64::from(len);
-                }
-                descs.push(desc(addr, len, w));
-            };
-        if rng.below(4) != 0 {
-            // Mostly well formed: header, data-out?, response, data-in?
-            let hdr_len = if rng.below(8) == 0 {
-                rng.below(60) as u32
-            } else {
-                51
-            };
-            push(&mut descs, &mut rng, HDR_ADDR, hdr_len, false);
-            let dir = rng.below(3);
-            if dir == 1 {
-                let len = rng.below(4096) as u32;
-                push(&mut descs, &mut rng, OUT_ADDR, len, false);
-            }
-            let resp_len = if rng.below(8) == 0 {
-                rng.below(200) as u32
-            } else {
-                RESP_LEN
-            };
-            push(&mut descs, &mut rng, RESP_ADDR, resp_len, true);
-            if dir == 2 {
-                let len = rng.below(4096) as u32;
-                push(&mut descs, &mut rng, IN_ADDR, len, true);
-            }
-        } else {
-            for i in 0..1 + rng.below(5) {
-                let addr = [HDR_ADDR, OUT_ADDR, RESP_ADDR, IN_ADDR][rng.below(4) as usize];
-                let len = rng.below(4096) as u32;
-                let w = i > 0 && rng.below(2) == 0;
-                push(&mut descs, &mut rng, addr, len, w);
-            }
-        }
-        let used = f.run_descs(&descs);
-        assert!(
-            u64::from(used) <= writable_len,
-            "used {used} > writable {writable_len}"
-        );
-
-        f.mem
-            .write_slice(&control_hdr, GuestAddress(HDR_ADDR))
-            .unwrap();
-        let vq = MockSplitQueue::new(&f.mem, 16);
-        let chain = vq.build_desc_chain(&descs).unwrap();
-        let used = process_control_chain(&f.target, &f.mem, chain);
-        assert!(u64::from(used) <= writable_len);
-    }
-    take_warnings();
-}
-
 pub(super) mod bad_input;
+mod control_queue;
+mod queue;
+mod random_chains;

@@ -114,3 +114,58 @@ fn a_fired_event_with_no_frontend_is_traced_lost() {
     assert_eq!(records[1]["detail"], "0x2a/0x09");
     assert_eq!(records[1]["reason"], "no-frontend");
 }
+
+#[test]
+fn event_is_posted_in_a_driver_buffer_and_missed_ones_are_flagged() {
+    let r = rig(&["event:event=param-change,at_ms=1"], 0);
+    r.kick(EVENT_QUEUE);
+    // No buffer yet: the event is missed.
+    assert!(r.timer_fires_within(Duration::from_secs(5)));
+    r.timer();
+    assert!(r.used(EVENT_QUEUE).is_empty());
+    assert_eq!(r.stats().events_posted, 0);
+
+    let buf = r.buf();
+    let head = r.post(EVENT_QUEUE, &[(buf, 16, true)]);
+    r.kick(EVENT_QUEUE);
+    assert!(r.used(EVENT_QUEUE).is_empty(), "buffers wait for an event");
+    let now = r.backend.faults.epoch.now();
+    r.backend
+        .post_event(
+            crate::faults::VirtioEvent::TransportReset {
+                target: 0,
+                lun: 1,
+                reason: crate::faults::ResetReason::Rescan,
+            },
+            now,
+        )
+        .unwrap();
+    assert_eq!(r.used(EVENT_QUEUE), vec![(u32::from(head), 16)]);
+    let ev: VirtioScsiEvent = r.f.mem.read_obj(GuestAddress(buf)).unwrap();
+    assert_eq!(
+        u32::from(ev.event),
+        VIRTIO_SCSI_T_TRANSPORT_RESET | VIRTIO_SCSI_T_EVENTS_MISSED
+    );
+    assert_eq!(u32::from(ev.reason), VIRTIO_SCSI_EVT_RESET_RESCAN);
+    assert_eq!(ev.lun, lun(1));
+    assert_eq!(r.signals(EVENT_QUEUE), 1);
+    let posted = r.trace_events("event");
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0]["event"], "transport-reset");
+}
+
+#[test]
+fn param_change_event_carries_asc_and_ascq() {
+    let ev = crate::vhu_scsi::events::event_wire(
+        &crate::faults::VirtioEvent::ParamChange {
+            target: 0,
+            lun: 0,
+            asc: 0x2a,
+            ascq: 0x09,
+        },
+        false,
+    );
+    assert_eq!(u32::from(ev.event), VIRTIO_SCSI_T_PARAM_CHANGE);
+    assert_eq!(u32::from(ev.reason), 0x092a);
+    assert_eq!(ev.as_slice().len(), 16);
+}

@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::faults::control::handle_line;
+use crate::control::handle_line;
 use crate::faults::Stats;
 
 /// A rig whose device is served by the fault path with `engine` (which has no trace), or
