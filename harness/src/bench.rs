@@ -16,10 +16,10 @@ use serde::Serialize;
 use crate::frontend::load::{run_load, LoadResult, LoadSpec, Pattern};
 use crate::frontend::scsi::ScsiAddress;
 use crate::frontend::{FrontendConfig, FrontendError, ScsiFrontend};
-use crate::listen::{wait_listening, ListenError};
-use crate::process::{ChildGuard, ProcessError, Stdout};
-use crate::rundir::{RunDir, RunDirError};
-use crate::signals;
+use crate::launch::listen::{wait_listening, ListenError};
+use crate::launch::process::{ChildGuard, ProcessError, Stdout};
+use crate::launch::rundir::{RunDir, RunDirError};
+use crate::launch::signals;
 
 /// How long a backend may take to listen.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);

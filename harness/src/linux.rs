@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::accel::Accel;
-use crate::listen::{self, ListenError};
-use crate::process::{stop_and_collect, ChildGuard, Leftovers, ProcessError, Stdout};
-use crate::qemu::{self, Guest, LinuxBoot, QemuConfig};
-use crate::rundir::{RunDir, RunDirError};
-use crate::serial::{Serial, SerialError, SerialLine};
-use crate::signals;
+use crate::launch::accel::Accel;
+use crate::launch::listen::{self, ListenError};
+use crate::launch::process::{stop_and_collect, ChildGuard, Leftovers, ProcessError, Stdout};
+use crate::launch::qemu::{self, Guest, LinuxBoot, QemuConfig};
+use crate::launch::rundir::{RunDir, RunDirError};
+use crate::launch::serial::{Serial, SerialError, SerialLine};
+use crate::launch::signals;
 use crate::smoke::find_program;
 
 pub mod bench;

@@ -3,10 +3,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use flakyhba_harness::accel::AccelChoice;
+use flakyhba_harness::launch::accel::AccelChoice;
+use flakyhba_harness::launch::signals::{self, EXIT_INTERRUPTED};
 use flakyhba_harness::linux::{self, run_linux, LinuxOptions};
 use flakyhba_harness::matrix_cli::{self, BinaryArgs, MatrixArgs, RunScenario, ScenarioArgs};
-use flakyhba_harness::signals::{self, EXIT_INTERRUPTED};
 use flakyhba_harness::smoke::{run_smoke, SmokeOptions};
 use guest_miniport::contract::GuestArgs;
 

@@ -15,17 +15,17 @@ use std::time::{Duration, Instant};
 use guest_miniport::contract::{GuestArgs, REPORT_EVENT_KEY};
 use serde_json::{json, Value};
 
-use crate::accel::Accel;
 use crate::expect::{self, Judged, Metrics};
 use crate::judge::{check_image, MAX_BLOCK_SIZE};
-use crate::listen::{self, ListenError};
+use crate::launch::accel::Accel;
+use crate::launch::listen::{self, ListenError};
+use crate::launch::process::{self, ChildGuard, ProcessError, Stdout};
+use crate::launch::qemu::{self, QemuConfig};
+use crate::launch::rundir::{RunDir, DISK_BYTES};
+use crate::launch::serial::{Serial, SerialError, SerialLine};
+use crate::launch::signals;
 use crate::metrics::{self, GuestTimeline, Trace};
-use crate::process::{self, ChildGuard, ProcessError, Stdout};
-use crate::qemu::{self, QemuConfig};
-use crate::rundir::{RunDir, DISK_BYTES};
 use crate::scenario::{implicit_expectations, Scenario, Variant};
-use crate::serial::{Serial, SerialError, SerialLine};
-use crate::signals;
 use crate::timeline;
 
 /// How long QEMU's output may trail its exit, and the backend may take to flush.
@@ -42,7 +42,7 @@ pub enum RunError {
     #[error("could not prepare {0}: {1}")]
     CouldNotPrepare(PathBuf, std::io::Error),
     #[error(transparent)]
-    RunDir(#[from] crate::rundir::RunDirError),
+    RunDir(#[from] crate::launch::rundir::RunDirError),
     #[error("{0}")]
     BadGuestArgs(String),
     #[error("could not start the backend: {0}")]

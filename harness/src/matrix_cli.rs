@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::accel::{self, AccelChoice};
+use crate::launch::accel::{self, AccelChoice};
+use crate::launch::signals::{self, EXIT_INTERRUPTED};
 use crate::matrix::{self, Binaries, MatrixOptions, Planned};
 use crate::report;
 use crate::scenario;
-use crate::signals::{self, EXIT_INTERRUPTED};
 
 const KVM_DEVICE: &str = "/dev/kvm";
 

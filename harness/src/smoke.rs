@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use guest_miniport::contract::{GuestArgs, Workload};
 
-use crate::accel::{self, Accel, AccelChoice};
 use crate::judge::{self, Expectation, JudgeError, Verdict};
-use crate::listen::{self, ListenError};
-use crate::process::{stop_and_collect, ChildGuard, ProcessError, Stdout};
-use crate::qemu::{self, QemuConfig};
-use crate::rundir::{RunDir, RunDirError, DISK_BYTES};
-use crate::serial::{Serial, SerialError};
-use crate::signals;
+use crate::launch::accel::{self, Accel, AccelChoice};
+use crate::launch::listen::{self, ListenError};
+use crate::launch::process::{stop_and_collect, ChildGuard, ProcessError, Stdout};
+use crate::launch::qemu::{self, QemuConfig};
+use crate::launch::rundir::{RunDir, RunDirError, DISK_BYTES};
+use crate::launch::serial::{Serial, SerialError};
+use crate::launch::signals;
 
 /// How long QEMU's output may trail its exit.
 const SERIAL_DRAIN: Duration = Duration::from_secs(2);

@@ -19,10 +19,10 @@ use serde_json::Value;
 
 use super::{check_inputs, Boot, LinuxError, LinuxFailure, LinuxOptions, StepResult, ACCEL};
 use crate::bench::prepare_image;
-use crate::qemu::{self, Guest, LinuxBoot, QemuConfig};
-use crate::rundir::RunDir;
-use crate::serial::SerialLine;
-use crate::signals;
+use crate::launch::qemu::{self, Guest, LinuxBoot, QemuConfig};
+use crate::launch::rundir::RunDir;
+use crate::launch::serial::SerialLine;
+use crate::launch::signals;
 
 /// The marker of a fio result line: `FLAKYHBA-FIO <job> <fio's JSON on one line>`.
 pub const FIO_MARKER: &str = "FLAKYHBA-FIO ";

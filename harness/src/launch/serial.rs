@@ -10,8 +10,8 @@ use std::time::Instant;
 use guest_miniport::contract::REPORT_RESULT_KEY;
 use serde_json::{Map, Value};
 
-use crate::process::POLL_INTERVAL;
-use crate::signals;
+use super::process::POLL_INTERVAL;
+use super::signals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use guest_miniport::contract::{GuestArgs, DEBUG_EXIT_PORT};
 
-use crate::accel::Accel;
+use super::accel::Accel;
 
 /// Guest RAM of the flakyhba image; `-m` and the memfd backend size must be the same.
 pub const GUEST_MEMORY_MIB: u32 = 256;

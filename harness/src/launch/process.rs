@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::signals;
+use super::signals;
 
 /// How often wait loops look at the child and at the signal flag.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
@@ -224,7 +224,7 @@ pub struct Leftovers {
 pub fn stop_and_collect(
     backend: &mut Option<ChildGuard>,
     qemu: &mut Option<ChildGuard>,
-    serial: &mut Option<crate::serial::Serial>,
+    serial: &mut Option<super::serial::Serial>,
 ) -> Leftovers {
     for guard in [&mut *backend, &mut *qemu].into_iter().flatten() {
         if let Err(e) = guard.kill() {

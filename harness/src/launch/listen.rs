@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::process::{ChildGuard, ProcessError, POLL_INTERVAL};
-use crate::signals;
+use super::process::{ChildGuard, ProcessError, POLL_INTERVAL};
+use super::signals;
 
 /// `__SO_ACCEPTCON` in the Flags column: the socket is listening.
 pub const SO_ACCEPTCON: u32 = 0x0001_0000;
@@ -187,7 +187,7 @@ Num       RefCount Protocol Flags    Type St Inode Path
             "backend",
             command,
             &dir.join("b.log"),
-            crate::process::Stdout::Log,
+            crate::launch::process::Stdout::Log,
         )
         .unwrap()
     }

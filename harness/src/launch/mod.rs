@@ -1,0 +1,12 @@
+//! Starting and supervising a boot's processes: the backend and QEMU under kill-on-drop
+//! guards, the readiness of the backend's socket, the guest's serial port, the QEMU
+//! command line and accelerator, the run directory, and the signals that end a run
+//! early. Nothing here knows scenarios, benches or the Linux guest.
+
+pub mod accel;
+pub mod listen;
+pub mod process;
+pub mod qemu;
+pub mod rundir;
+pub mod serial;
+pub mod signals;
