@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use crate::launch::accel::Accel;
+use crate::launch::binaries::{find_qemu, require, SetupError};
 use crate::launch::listen::{self, ListenError};
 use crate::launch::process::{stop_and_collect, ChildGuard, Leftovers, ProcessError, Stdout};
 use crate::launch::qemu::{self, Guest, LinuxBoot, QemuConfig};
 use crate::launch::rundir::{RunDir, RunDirError};
 use crate::launch::serial::{Serial, SerialError, SerialLine};
 use crate::launch::signals;
-use crate::smoke::find_program;
 
 pub mod bench;
 
@@ -76,14 +76,8 @@ const HELD_STEPS: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinuxError {
-    #[error("{what} {path} is missing; build it with `{build}`")]
-    MissingArtifact {
-        what: &'static str,
-        path: PathBuf,
-        build: String,
-    },
-    #[error("QEMU {0} not found; install qemu-system-x86 (`make setup` does)")]
-    QemuNotFound(PathBuf),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     #[error(transparent)]
     RunDir(#[from] RunDirError),
     #[error("could not start the backend: {0}")]
@@ -547,27 +541,16 @@ pub fn run_linux(opts: &LinuxOptions) -> Result<LinuxReport, Box<LinuxFailure>> 
 
 /// The kernel, the initramfs and the QEMU program, or what is missing.
 pub(crate) fn check_inputs(opts: &LinuxOptions) -> Result<(PathBuf, PathBuf, PathBuf), LinuxError> {
-    if !opts.backend.is_file() {
-        return Err(LinuxError::MissingArtifact {
-            what: "backend",
-            path: opts.backend.clone(),
-            build: "cargo build --release -p flakyhba-backend".into(),
-        });
-    }
+    require(
+        "backend",
+        &opts.backend,
+        "cargo build --release -p flakyhba-backend",
+    )?;
     let kernel = opts.guest_dir.join(KERNEL_FILE);
     let initrd = opts.guest_dir.join(INITRD_FILE);
-    for (what, path) in [("Linux kernel", &kernel), ("Linux initramfs", &initrd)] {
-        if !path.is_file() {
-            return Err(LinuxError::MissingArtifact {
-                what,
-                path: path.clone(),
-                build: opts.build_command.clone(),
-            });
-        }
-    }
-    let qemu =
-        find_program(&opts.qemu).ok_or_else(|| LinuxError::QemuNotFound(opts.qemu.clone()))?;
-    Ok((kernel, initrd, qemu))
+    require("Linux kernel", &kernel, &opts.build_command)?;
+    require("Linux initramfs", &initrd, &opts.build_command)?;
+    Ok((kernel, initrd, find_qemu(&opts.qemu)?))
 }
 
 fn linux(run: &mut Run, opts: &LinuxOptions, start: Instant) -> Result<LinuxReport, LinuxError> {

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use crate::expect::{self, Judged, Metrics};
 use crate::judge::{check_image, MAX_BLOCK_SIZE};
 use crate::launch::accel::Accel;
+use crate::launch::binaries::Binaries;
 use crate::launch::listen::{self, ListenError};
 use crate::launch::process::{self, ChildGuard, ProcessError, Stdout};
 use crate::launch::qemu::{self, QemuConfig};
@@ -70,14 +71,6 @@ impl RunError {
     }
 }
 
-/// The programs a run needs.
-#[derive(Clone, Debug)]
-pub struct Binaries {
-    pub backend: PathBuf,
-    pub image: PathBuf,
-    pub qemu: PathBuf,
-}
-
 #[derive(Clone, Debug)]
 pub struct MatrixOptions {
     pub bins: Binaries,
@@ -96,15 +89,7 @@ pub struct MatrixOptions {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error("{what} {path} is missing; build it with `{build}`")]
-    MissingBinary {
-        what: &'static str,
-        path: PathBuf,
-        build: &'static str,
-    },
-    #[error("QEMU {0} not found; install qemu-system-x86 (`make setup` does)")]
-    QemuNotFound(PathBuf),
+pub enum SelectError {
     #[error("--{flag} {name}: no such scenario (known: {known})")]
     UnknownScenario {
         flag: &'static str,
@@ -115,37 +100,13 @@ pub enum SetupError {
     NothingToRun,
 }
 
-/// The binaries, with QEMU looked up on PATH; a missing one names its build command.
-pub fn check_binaries(bins: &Binaries) -> Result<Binaries, SetupError> {
-    if !bins.backend.is_file() {
-        return Err(SetupError::MissingBinary {
-            what: "backend",
-            path: bins.backend.clone(),
-            build: "make build` or `cargo build --release -p flakyhba-backend",
-        });
-    }
-    if !bins.image.is_file() {
-        return Err(SetupError::MissingBinary {
-            what: "guest image",
-            path: bins.image.clone(),
-            build: "make build` or `cargo build --release -p flakyhba-guest --target x86_64-unknown-none",
-        });
-    }
-    let qemu = crate::smoke::find_program(&bins.qemu)
-        .ok_or_else(|| SetupError::QemuNotFound(bins.qemu.clone()))?;
-    Ok(Binaries {
-        qemu,
-        ..bins.clone()
-    })
-}
-
 /// The scenarios `--only` (all when empty) and `--skip` leave; a name that matches no
 /// scenario is an error, so a typo never shrinks the matrix silently.
 pub fn select(
     all: Vec<Scenario>,
     only: &[String],
     skip: &[String],
-) -> Result<Vec<Scenario>, SetupError> {
+) -> Result<Vec<Scenario>, SelectError> {
     let known = || {
         all.iter()
             .map(|s| s.name.as_str())
@@ -154,7 +115,7 @@ pub fn select(
     };
     for (flag, names) in [("only", only), ("skip", skip)] {
         if let Some(name) = names.iter().find(|n| !all.iter().any(|s| &s.name == *n)) {
-            return Err(SetupError::UnknownScenario {
+            return Err(SelectError::UnknownScenario {
                 flag,
                 name: name.clone(),
                 known: known(),
@@ -167,7 +128,7 @@ pub fn select(
         .filter(|s| !skip.contains(&s.name))
         .collect();
     if chosen.is_empty() {
-        return Err(SetupError::NothingToRun);
+        return Err(SelectError::NothingToRun);
     }
     Ok(chosen)
 }
@@ -1017,7 +978,7 @@ mod tests {
         );
         assert!(matches!(
             select(all(), &["a".into()], &["a".into()]),
-            Err(SetupError::NothingToRun)
+            Err(SelectError::NothingToRun)
         ));
     }
 

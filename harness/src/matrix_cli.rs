@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::launch::accel::{self, AccelChoice};
+use crate::launch::binaries::{check_binaries, Binaries};
 use crate::launch::signals::{self, EXIT_INTERRUPTED};
-use crate::matrix::{self, Binaries, MatrixOptions, Planned};
+use crate::matrix::{self, MatrixOptions, Planned};
 use crate::report;
 use crate::scenario;
 
@@ -143,7 +144,7 @@ struct Common {
 
 /// The runner's options and the scenario directory; the message when they are wrong.
 fn options(c: Common, root: &Path) -> Result<(MatrixOptions, PathBuf), String> {
-    let bins = matrix::check_binaries(&binaries(c.bins, root)).map_err(|e| e.to_string())?;
+    let bins = check_binaries(&binaries(c.bins, root)).map_err(|e| e.to_string())?;
     let (accel, why) = accel::choose(c.accel, Path::new(KVM_DEVICE));
     println!("accel: {accel} ({why})");
     let mut guest = c.guest;

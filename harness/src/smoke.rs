@@ -10,6 +10,7 @@ use guest_miniport::contract::{GuestArgs, Workload};
 
 use crate::judge::{self, Expectation, JudgeError, Verdict};
 use crate::launch::accel::{self, Accel, AccelChoice};
+use crate::launch::binaries::{self, Binaries, SetupError};
 use crate::launch::listen::{self, ListenError};
 use crate::launch::process::{stop_and_collect, ChildGuard, ProcessError, Stdout};
 use crate::launch::qemu::{self, QemuConfig};
@@ -25,7 +26,7 @@ const KVM_DEVICE: &str = "/dev/kvm";
 pub enum RunError {
     /// A binary or QEMU is missing (the same check as the scenario runs').
     #[error(transparent)]
-    Setup(#[from] crate::matrix::SetupError),
+    Setup(#[from] SetupError),
     #[error(transparent)]
     RunDir(#[from] RunDirError),
     #[error("could not start the backend: {0}")]
@@ -159,17 +160,6 @@ fn on_off(b: bool) -> &'static str {
     }
 }
 
-/// `program` as given when it has a slash, else its first match on PATH.
-pub fn find_program(program: &Path) -> Option<PathBuf> {
-    if program.components().count() > 1 {
-        return program.is_file().then(|| program.to_owned());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
 /// The children and the directory of one run. Field order is drop order: the backend
 /// is stopped before QEMU (architecture.md), and the directory goes last.
 struct Run {
@@ -225,12 +215,12 @@ pub fn run_smoke(opts: &SmokeOptions) -> Result<SmokeReport, Box<RunFailure>> {
 }
 
 fn check_binaries(opts: &SmokeOptions) -> Result<PathBuf, RunError> {
-    let bins = crate::matrix::Binaries {
+    let bins = Binaries {
         backend: opts.backend.clone(),
         image: opts.image.clone(),
         qemu: opts.qemu.clone(),
     };
-    Ok(crate::matrix::check_binaries(&bins)?.qemu)
+    Ok(binaries::check_binaries(&bins)?.qemu)
 }
 
 fn smoke(run: &mut Run, opts: &SmokeOptions) -> Result<SmokeReport, RunError> {
@@ -376,16 +366,5 @@ mod tests {
             report.to_string(),
             "smoke irq=on accel=kvm: PASS boot-to-result 0.31 s (guest 0.12 s), 64 blocks verified in image"
         );
-    }
-
-    #[test]
-    fn programs_are_found_on_path_or_by_their_path() {
-        assert!(find_program(Path::new("sh")).is_some());
-        assert_eq!(
-            find_program(Path::new("/bin/sh")),
-            Some(PathBuf::from("/bin/sh"))
-        );
-        assert_eq!(find_program(Path::new("no-such-program-flakyhba")), None);
-        assert_eq!(find_program(Path::new("./no/such")), None);
     }
 }

@@ -4,6 +4,7 @@
 //! early. Nothing here knows scenarios, benches or the Linux guest.
 
 pub mod accel;
+pub mod binaries;
 pub mod listen;
 pub mod process;
 pub mod qemu;
