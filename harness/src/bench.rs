@@ -5,7 +5,6 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +17,7 @@ use crate::frontend::scsi::ScsiAddress;
 use crate::frontend::{FrontendConfig, FrontendError, ScsiFrontend};
 use crate::launch::listen::{wait_listening, ListenError};
 use crate::launch::process::{ChildGuard, ProcessError, Stdout};
-use crate::launch::rundir::{RunDir, RunDirError};
+use crate::launch::rundir::{prepare_image, RunDir, RunDirError};
 use crate::launch::signals;
 
 /// How long a backend may take to listen.
@@ -38,8 +37,6 @@ pub enum BenchError {
     Process(#[from] ProcessError),
     #[error(transparent)]
     Listen(#[from] ListenError),
-    #[error("could not prepare image {0}: {1}")]
-    CouldNotPrepareImage(PathBuf, std::io::Error),
     #[error("could not read image {0}: {1}")]
     CouldNotReadImage(PathBuf, std::io::Error),
     #[error("could not write {0}: {1}")]
@@ -350,30 +347,6 @@ fn cases(peer: bool, d: Duration) -> Vec<CaseDef> {
         load: load(4, 32, 4096, Random, 100, d),
     });
     v
-}
-
-/// Fills `path` with `bytes` of non-zero data unless it already has that many, so reads
-/// hit real page-cache pages, never holes.
-pub fn prepare_image(path: &Path, bytes: u64) -> Result<(), BenchError> {
-    let err = |e| BenchError::CouldNotPrepareImage(path.to_owned(), e);
-    if std::fs::metadata(path)
-        .map(|m| m.len() >= bytes)
-        .unwrap_or(false)
-    {
-        return Ok(());
-    }
-    let mut f = File::create(path).map_err(err)?;
-    let mut chunk = vec![0u8; 1 << 20];
-    for (i, b) in chunk.iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(31).wrapping_add(7);
-    }
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        f.write_all(&chunk[..n]).map_err(err)?;
-        left -= n as u64;
-    }
-    f.sync_all().map_err(err)
 }
 
 /// The host's own sequential read bandwidth of `path` in MiB/s (1 MiB preads, wrapping),

@@ -4,20 +4,17 @@
 //! off; the harness judges every step itself rather than trusting the guest's summary.
 
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
 use crate::launch::accel::Accel;
-use crate::launch::binaries::{find_qemu, require, SetupError};
-use crate::launch::listen::{self, ListenError};
-use crate::launch::process::{stop_and_collect, ChildGuard, Leftovers, ProcessError, Stdout};
+use crate::launch::binaries::{find_qemu, require};
+use crate::launch::boot::{backend_command, run_in_dir, Boot, RunError, RunFailure};
 use crate::launch::qemu::{self, Guest, LinuxBoot, QemuConfig};
-use crate::launch::rundir::{RunDir, RunDirError};
-use crate::launch::serial::{Serial, SerialError, SerialLine};
+use crate::launch::rundir::RunDir;
+use crate::launch::serial::SerialLine;
 use crate::launch::signals;
 
 pub mod bench;
@@ -41,6 +38,8 @@ pub const HELD_SCSI_TIMEOUT_S: u32 = 5;
 pub const HELD_LBA: u64 = 409_600;
 /// A stock kernel hangs under this machine's nested KVM; TCG always works.
 pub const ACCEL: Accel = Accel::Tcg;
+/// What errors call the guest.
+pub(crate) const GUEST: &str = "Linux guest";
 
 /// Steps every run must show with rc=0, in the order /init runs them.
 const BASE_STEPS: &[&str] = &[
@@ -73,50 +72,6 @@ const HELD_STEPS: &[&str] = &[
     "reset-answered",
     "held-after-turs",
 ];
-
-#[derive(Debug, thiserror::Error)]
-pub enum LinuxError {
-    #[error(transparent)]
-    Setup(#[from] SetupError),
-    #[error(transparent)]
-    RunDir(#[from] RunDirError),
-    #[error("could not start the backend: {0}")]
-    CouldNotStartBackend(ProcessError),
-    #[error("the backend never became ready: {0}")]
-    BackendNotReady(ListenError),
-    #[error("could not start QEMU: {0}")]
-    CouldNotStartQemu(ProcessError),
-    #[error("no result from the Linux guest after {secs:.1} s: {source}")]
-    NoResult { secs: f64, source: SerialError },
-    #[error("QEMU did not exit after the guest's result")]
-    QemuDidNotExit,
-    #[error("could not stop a child: {0}")]
-    CouldNotStop(ProcessError),
-    #[error("FAIL: {0}")]
-    Judged(#[from] LinuxJudgeError),
-    #[error("FAIL: {0}")]
-    BenchJudged(#[from] bench::BenchJudgeError),
-    #[error("could not prepare the bench image: {0}")]
-    BenchImage(String),
-    #[error("interrupted by a signal")]
-    Interrupted,
-}
-
-impl LinuxError {
-    fn from_listen(e: ListenError) -> LinuxError {
-        match e {
-            ListenError::Process(ProcessError::Interrupted) => LinuxError::Interrupted,
-            e => LinuxError::BackendNotReady(e),
-        }
-    }
-
-    fn from_wait(e: ProcessError) -> LinuxError {
-        match e {
-            ProcessError::Interrupted => LinuxError::Interrupted,
-            e => LinuxError::CouldNotStop(e),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum LinuxJudgeError {
@@ -350,197 +305,29 @@ impl fmt::Display for LinuxReport {
     }
 }
 
-/// A failed run with everything needed to see why.
-#[derive(Debug)]
-pub struct LinuxFailure {
-    pub error: LinuxError,
-    pub wall: Duration,
-    pub qemu_command: Option<String>,
-    pub serial: String,
-    pub backend_log: Option<String>,
-    pub qemu_log: Option<String>,
-    pub kept_dir: Option<PathBuf>,
-}
-
-impl LinuxFailure {
-    pub fn interrupted(&self) -> bool {
-        matches!(self.error, LinuxError::Interrupted)
-    }
-}
-
-impl fmt::Display for LinuxFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} (wall {:.1} s)", self.error, self.wall.as_secs_f64())?;
-        if let Some(cmd) = &self.qemu_command {
-            writeln!(f, "--- QEMU command line\n{cmd}")?;
-            writeln!(f, "--- serial output\n{}", self.serial)?;
-        }
-        if let Some(log) = &self.qemu_log {
-            writeln!(f, "--- QEMU log\n{log}")?;
-        }
-        if let Some(log) = &self.backend_log {
-            writeln!(f, "--- backend log\n{log}")?;
-        }
-        if let Some(dir) = &self.kept_dir {
-            writeln!(f, "--- logs kept in {}", dir.display())?;
-        }
-        Ok(())
-    }
-}
-
-/// One boot's processes: the backend (when it is ours), QEMU and its serial port. Field
-/// order is drop order: backend before QEMU (architecture.md).
-#[derive(Default)]
-pub(crate) struct Boot {
-    backend: Option<ChildGuard>,
-    qemu: Option<ChildGuard>,
-    serial: Option<Serial>,
-    qemu_command: Option<String>,
-}
-
-impl Boot {
-    /// Starts the backend and waits until it listens on `socket`.
-    pub(crate) fn start_backend(
-        &mut self,
-        command: Command,
-        log: &Path,
-        socket: &Path,
-        deadline: Instant,
-    ) -> Result<&mut ChildGuard, LinuxError> {
-        let backend = self.backend.insert(
-            ChildGuard::spawn("backend", command, log, Stdout::Log)
-                .map_err(LinuxError::CouldNotStartBackend)?,
-        );
-        listen::wait_listening(backend, socket, deadline).map_err(LinuxError::from_listen)?;
-        Ok(backend)
-    }
-
-    /// Boots `command` (QEMU) with its serial port logged to `serial_log`, waits for the
-    /// result line and for QEMU to exit, then stops the backend. `spawned` sees QEMU as
-    /// soon as it runs. Returns QEMU's exit code; [`Boot::lines`] has what the guest said.
-    pub(crate) fn run_guest(
-        &mut self,
-        command: Command,
-        serial_log: PathBuf,
-        qemu_log: &Path,
-        deadline: Instant,
-        spawned: impl FnOnce(&ChildGuard),
-    ) -> Result<Option<i32>, LinuxError> {
-        let start = Instant::now();
-        self.qemu_command = Some(qemu::command_line(&command));
-        if signals::interrupted() {
-            return Err(LinuxError::Interrupted);
-        }
-        let serial_file = File::create(&serial_log).map_err(|e| {
-            LinuxError::CouldNotStartQemu(ProcessError::CouldNotCreateLog(serial_log, e))
-        })?;
-        let qemu = self.qemu.insert(
-            ChildGuard::spawn("qemu", command, qemu_log, Stdout::Piped)
-                .map_err(LinuxError::CouldNotStartQemu)?,
-        );
-        spawned(qemu);
-        let port = qemu.take_stdout().expect("spawned with a piped stdout");
-        let serial = self.serial.insert(Serial::start(port, serial_file));
-        match serial.wait_for("the result line", |l| l.result().is_some(), deadline) {
-            // A guest that died without a result: the judge says which step it reached.
-            Ok(_) | Err(SerialError::ClosedBefore(_)) => {}
-            Err(SerialError::Interrupted) => return Err(LinuxError::Interrupted),
-            Err(source) => {
-                return Err(LinuxError::NoResult {
-                    secs: start.elapsed().as_secs_f64(),
-                    source,
-                })
-            }
-        }
-        let status = qemu
-            .wait_until(deadline)
-            .map_err(LinuxError::from_wait)?
-            .ok_or(LinuxError::QemuDidNotExit)?;
-        match serial.wait_for_close(deadline.min(Instant::now() + Duration::from_secs(2))) {
-            Ok(()) => {}
-            Err(SerialError::Interrupted) => return Err(LinuxError::Interrupted),
-            Err(e) => log::warn!("serial port still open after QEMU exited: {e}"),
-        }
-        if let Some(backend) = &mut self.backend {
-            backend.kill().map_err(LinuxError::CouldNotStop)?;
-        }
-        Ok(status.code())
-    }
-
-    /// The guest's serial lines so far.
-    pub(crate) fn lines(&self) -> &[SerialLine] {
-        self.serial.as_ref().map_or(&[], Serial::lines)
-    }
-
-    /// What a failed boot left behind, its processes stopped.
-    pub(crate) fn failure(
-        mut self,
-        error: LinuxError,
-        wall: Duration,
-        dir: &RunDir,
-    ) -> LinuxFailure {
-        let left = stop_and_collect(&mut self.backend, &mut self.qemu, &mut self.serial);
-        LinuxFailure::new(error, wall, self.qemu_command.clone(), left, dir)
-    }
-}
-
-/// Field order is drop order: the processes before the directory.
-struct Run {
-    boot: Boot,
-    dir: RunDir,
-}
-
-impl LinuxFailure {
-    /// A failed boot with what it left behind.
-    pub(crate) fn new(
-        error: LinuxError,
-        wall: Duration,
-        qemu_command: Option<String>,
-        left: Leftovers,
-        dir: &RunDir,
-    ) -> LinuxFailure {
-        LinuxFailure {
-            error,
-            wall,
-            qemu_command,
-            serial: left.serial,
-            backend_log: left.backend_log,
-            qemu_log: left.qemu_log,
-            kept_dir: dir.is_kept().then(|| dir.path().to_owned()),
-        }
-    }
-}
-
 /// Runs the Linux scenario once.
-pub fn run_linux(opts: &LinuxOptions) -> Result<LinuxReport, Box<LinuxFailure>> {
+pub fn run_linux(opts: &LinuxOptions) -> Result<LinuxReport, Box<RunFailure>> {
     let start = Instant::now();
-    let dir = match opts.keep.as_deref() {
-        Some(keep) => RunDir::kept(keep),
-        None => RunDir::temporary(),
-    };
-    let dir = dir.map_err(|e| {
-        Box::new(LinuxFailure {
-            error: e.into(),
-            wall: start.elapsed(),
-            qemu_command: None,
-            serial: String::new(),
-            backend_log: None,
-            qemu_log: None,
-            kept_dir: None,
-        })
-    })?;
-    let mut run = Run {
-        boot: Boot::default(),
-        dir,
-    };
-    match linux(&mut run, opts, start) {
-        Ok(report) => Ok(report),
-        Err(e) => Err(Box::new(run.boot.failure(e, start.elapsed(), &run.dir))),
-    }
+    run_in_dir(opts.keep.as_deref(), GUEST, |boot, dir| {
+        linux(boot, dir, opts, start)
+    })
+    .map_err(|failure| Box::new(failure.with_wall(start.elapsed())))
+}
+
+/// The stock kernel and initramfs with `append` on `queues` CPUs and request queues.
+pub(crate) fn linux_guest(kernel: PathBuf, initrd: PathBuf, append: String, queues: u16) -> Guest {
+    Guest::Linux(LinuxBoot {
+        kernel,
+        initrd,
+        append,
+        memory_mib: LINUX_MEMORY_MIB,
+        cpus: queues,
+        num_queues: queues,
+    })
 }
 
 /// The kernel, the initramfs and the QEMU program, or what is missing.
-pub(crate) fn check_inputs(opts: &LinuxOptions) -> Result<(PathBuf, PathBuf, PathBuf), LinuxError> {
+pub(crate) fn check_inputs(opts: &LinuxOptions) -> Result<(PathBuf, PathBuf, PathBuf), RunError> {
     require(
         "backend",
         &opts.backend,
@@ -553,28 +340,25 @@ pub(crate) fn check_inputs(opts: &LinuxOptions) -> Result<(PathBuf, PathBuf, Pat
     Ok((kernel, initrd, find_qemu(&opts.qemu)?))
 }
 
-fn linux(run: &mut Run, opts: &LinuxOptions, start: Instant) -> Result<LinuxReport, LinuxError> {
+fn linux(
+    boot: &mut Boot,
+    dir: &RunDir,
+    opts: &LinuxOptions,
+    start: Instant,
+) -> Result<LinuxReport, RunError> {
     let deadline = start + opts.timeout;
     let (kernel, initrd, qemu_program) = check_inputs(opts)?;
     let expect = opts.expectation();
     println!("accel: {ACCEL} (a stock Linux kernel hangs under the nested KVM)");
 
-    let disk = run.dir.create_disk(LINUX_DISK_BYTES)?;
-    let socket = run.dir.socket_path()?;
-    let mut command = Command::new(&opts.backend);
-    command
-        .arg("--socket-path")
-        .arg(&socket)
-        .arg("--lun")
-        .arg(&disk)
-        .arg("--num-queues")
-        .arg(opts.queues.to_string());
+    let disk = dir.create_disk(LINUX_DISK_BYTES)?;
+    let socket = dir.socket_path()?;
+    let mut command = backend_command(&opts.backend, &socket, [&disk]);
+    command.arg("--num-queues").arg(opts.queues.to_string());
     if let Some(fault) = expect.backend_fault() {
         command.arg("--fault").arg(fault);
     }
-    let backend =
-        run.boot
-            .start_backend(command, &run.dir.log_path("backend"), &socket, deadline)?;
+    let backend = boot.start_backend(command, &dir.log_path("backend"), &socket, deadline)?;
     println!(
         "backend: pid {} listening on {} with {} request queues{}",
         backend.pid(),
@@ -585,31 +369,12 @@ fn linux(run: &mut Run, opts: &LinuxOptions, start: Instant) -> Result<LinuxRepo
             .map_or_else(String::new, |f| format!(", --fault {f}"))
     );
 
-    let config = QemuConfig {
-        qemu: qemu_program,
-        socket,
-        guest: Guest::Linux(LinuxBoot {
-            kernel,
-            initrd,
-            append: expect.kernel_command_line(),
-            memory_mib: LINUX_MEMORY_MIB,
-            cpus: opts.queues,
-            num_queues: opts.queues,
-        }),
-        accel: ACCEL,
-        bios: qemu::default_bios(),
-    };
-    println!("qemu: {}", config.command_line());
-    let code = run.boot.run_guest(
-        config.command(),
-        run.dir.log_path("serial"),
-        &run.dir.log_path("qemu"),
-        deadline,
-        |qemu| println!("qemu: pid {}", qemu.pid()),
-    )?;
-    let verdict = judge_linux(run.boot.lines(), code, &expect)?;
+    let guest = linux_guest(kernel, initrd, expect.kernel_command_line(), opts.queues);
+    let config = QemuConfig::new(qemu_program, socket, guest, ACCEL);
+    let exit = boot.run_guest(&config, dir, deadline)?;
+    let verdict = judge_linux(boot.lines(), exit.code(), &expect).map_err(RunError::fail)?;
     if signals::interrupted() {
-        return Err(LinuxError::Interrupted);
+        return Err(RunError::Interrupted);
     }
     Ok(LinuxReport {
         queues: opts.queues,

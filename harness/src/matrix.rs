@@ -7,7 +7,6 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,57 +18,22 @@ use crate::expect::{self, Judged, Metrics};
 use crate::judge::{check_image, MAX_BLOCK_SIZE};
 use crate::launch::accel::Accel;
 use crate::launch::binaries::Binaries;
-use crate::launch::listen::{self, ListenError};
-use crate::launch::process::{self, ChildGuard, ProcessError, Stdout};
+use crate::launch::boot::{backend_command, Boot, End, RunError};
+use crate::launch::process;
 use crate::launch::qemu::{self, QemuConfig};
 use crate::launch::rundir::{RunDir, DISK_BYTES};
-use crate::launch::serial::{Serial, SerialError, SerialLine};
+use crate::launch::serial::SerialLine;
 use crate::launch::signals;
 use crate::metrics::{self, GuestTimeline, Trace};
 use crate::scenario::{implicit_expectations, Scenario, Variant};
 use crate::timeline;
 
-/// How long QEMU's output may trail its exit, and the backend may take to flush.
-const DRAIN: Duration = Duration::from_secs(2);
 /// Lines of each log shown when a run fails.
 const TAIL_LINES: usize = 30;
 /// The budget for a scenario that is not slow by design; measured, not asserted.
 pub const SHORT_RUN_BUDGET: Duration = Duration::from_secs(2);
 /// Key figures shown per run.
 const KEY_FIGURES: usize = 3;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("could not prepare {0}: {1}")]
-    CouldNotPrepare(PathBuf, std::io::Error),
-    #[error(transparent)]
-    RunDir(#[from] crate::launch::rundir::RunDirError),
-    #[error("{0}")]
-    BadGuestArgs(String),
-    #[error("could not start the backend: {0}")]
-    CouldNotStartBackend(ProcessError),
-    #[error("the backend never became ready: {0}")]
-    BackendNotReady(ListenError),
-    #[error("could not start QEMU: {0}")]
-    CouldNotStartQemu(ProcessError),
-    #[error("could not stop a child: {0}")]
-    CouldNotStop(ProcessError),
-    #[error(transparent)]
-    Metrics(#[from] metrics::MetricsError),
-    #[error("could not check the disk image {0}: {1}")]
-    CouldNotCheckImage(PathBuf, std::io::Error),
-    #[error("interrupted by a signal")]
-    Interrupted,
-}
-
-impl RunError {
-    fn from_process(e: ProcessError, wrap: fn(ProcessError) -> RunError) -> RunError {
-        match e {
-            ProcessError::Interrupted => RunError::Interrupted,
-            e => wrap(e),
-        }
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct MatrixOptions {
@@ -340,22 +304,6 @@ fn compact(value: Option<&Value>) -> String {
     }
 }
 
-/// Children of one run. Field order is drop order: the backend is stopped before QEMU.
-struct Children {
-    backend: Option<ChildGuard>,
-    qemu: Option<ChildGuard>,
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for guard in [&mut self.backend, &mut self.qemu].into_iter().flatten() {
-            if let Err(e) = guard.kill() {
-                log::warn!("{e}");
-            }
-        }
-    }
-}
-
 /// The run's disk image, removed on drop (the run ended, failed or was interrupted)
 /// unless kept.
 struct Disk {
@@ -422,24 +370,21 @@ fn execute(
     let sockets = RunDir::temporary()?;
     let socket = sockets.socket_path()?;
     let trace_path = dir.join("trace.jsonl");
-    let mut command = Command::new(&opts.bins.backend);
-    command.arg("--socket-path").arg(&socket);
     let backend_spec = &variant.backend;
-    let disk = if backend_spec.luns.is_empty() {
+    let (mut command, disk) = if backend_spec.luns.is_empty() {
         let disk = dir.join("disk.img");
         File::create(&disk)
             .and_then(|f| f.set_len(DISK_BYTES))
             .map_err(|e| RunError::CouldNotPrepare(disk.clone(), e))?;
-        command.arg("--lun").arg(&disk);
-        Some(Disk {
+        let command = backend_command(&opts.bins.backend, &socket, [&disk]);
+        let disk = Disk {
             path: disk,
             keep: opts.keep_image,
-        })
+        };
+        (command, Some(disk))
     } else {
-        for lun in &backend_spec.luns {
-            command.arg("--lun").arg(lun);
-        }
-        None
+        let command = backend_command(&opts.bins.backend, &socket, &backend_spec.luns);
+        (command, None)
     };
     command.arg("--trace").arg(&trace_path);
     if let Some(plan) = &backend_spec.plan {
@@ -459,93 +404,36 @@ fn execute(
         &format!("{}\n", qemu::command_line(&command)),
     )?;
 
-    let mut children = Children {
-        backend: None,
-        qemu: None,
+    let mut boot = Boot::new("guest");
+    boot.start_backend(command, &dir.join("backend.log"), &socket, deadline)?;
+    let guest = qemu::Guest::Image {
+        image: opts.bins.image.clone(),
+        args,
     };
-    let backend = children.backend.insert(
-        ChildGuard::spawn("backend", command, &dir.join("backend.log"), Stdout::Log)
-            .map_err(|e| RunError::from_process(e, RunError::CouldNotStartBackend))?,
-    );
-    listen::wait_listening(backend, &socket, deadline).map_err(|e| match e {
-        ListenError::Process(ProcessError::Interrupted) => RunError::Interrupted,
-        e => RunError::BackendNotReady(e),
-    })?;
-
-    let config = QemuConfig {
-        qemu: opts.bins.qemu.clone(),
-        socket,
-        guest: qemu::Guest::Image {
-            image: opts.bins.image.clone(),
-            args,
-        },
-        accel: opts.accel,
-        bios: qemu::default_bios(),
-    };
+    let config = QemuConfig::new(opts.bins.qemu.clone(), socket, guest, opts.accel);
     let command_line = config.command_line();
     write_file(&dir.join("qemu-command.txt"), &format!("{command_line}\n"))?;
     partial.qemu_command = Some(command_line);
-    if signals::interrupted() {
-        return Err(RunError::Interrupted);
-    }
-    let serial_path = dir.join("serial.log");
-    let serial_log = File::create(&serial_path).map_err(|e| {
-        RunError::CouldNotStartQemu(ProcessError::CouldNotCreateLog(serial_path.clone(), e))
-    })?;
-    let qemu = children.qemu.insert(
-        ChildGuard::spawn(
-            "qemu",
-            config.command(),
-            &dir.join("qemu.log"),
-            Stdout::Piped,
-        )
-        .map_err(|e| RunError::from_process(e, RunError::CouldNotStartQemu))?,
-    );
-    let mut serial = Serial::start(qemu.take_stdout().expect("piped"), serial_log);
-
-    let mut timed_out = false;
-    match serial.wait_for("the result line", |l| l.result().is_some(), deadline) {
-        Ok(_) | Err(SerialError::ClosedBefore(_)) => {}
-        Err(SerialError::Interrupted) => return Err(RunError::Interrupted),
-        Err(SerialError::TimedOut(_)) => timed_out = true,
-    }
-    let status = if timed_out {
-        None
-    } else {
-        match qemu.wait_until(deadline) {
-            Ok(s) => s,
-            Err(ProcessError::Interrupted) => return Err(RunError::Interrupted),
-            Err(e) => return Err(RunError::CouldNotStop(e)),
-        }
-    };
-    if status.is_none() {
-        // Past the deadline: the guest hung, or never exited after its result.
-        timed_out = true;
-        qemu.kill().map_err(RunError::CouldNotStop)?;
-    }
-    match serial.wait_for_close(Instant::now() + DRAIN) {
-        Ok(()) => {}
-        Err(SerialError::Interrupted) => return Err(RunError::Interrupted),
-        Err(e) => log::warn!("serial port still open after QEMU exited: {e}"),
-    }
-    // The guest is gone. SIGTERM makes the backend flush its trace.
-    if let Some(b) = &mut children.backend {
-        b.terminate(DRAIN).map_err(RunError::CouldNotStop)?;
-    }
+    boot.start_qemu(
+        config.command(),
+        &dir.join("serial.log"),
+        &dir.join("qemu.log"),
+    )?;
+    let exit = boot.wait_guest(deadline, End::Traced)?;
     let wall = start.elapsed();
 
     let m = &mut partial.metrics;
     m.insert("run.wall_ms".into(), metrics::ms(wall.as_micros() as u64));
-    m.insert("run.timed_out".into(), Value::Bool(timed_out));
+    m.insert("run.timed_out".into(), Value::Bool(exit.timed_out));
     m.insert("run.accel".into(), Value::from(opts.accel.qemu_name()));
-    if let Some(code) = status.and_then(|s| s.code()) {
+    if let Some(code) = exit.code() {
         m.insert("run.qemu_exit".into(), Value::from(code));
     }
-    let result = serial.result().cloned();
+    let result = boot.result().cloned();
     if let Some(r) = &result {
         m.extend(metrics::guest_metrics(r));
     }
-    let timeline = serial.lines().iter().find_map(|l| match l {
+    let timeline = boot.lines().iter().find_map(|l| match l {
         SerialLine::Report(map) if map.contains_key(REPORT_EVENT_KEY) => {
             GuestTimeline::from_line(map)
         }
@@ -561,7 +449,8 @@ fn execute(
         .and_then(Value::as_u64);
     partial.timeline = timeline.zip(first_guest);
 
-    partial.trace = Trace::read(&trace_path)?;
+    partial.trace = Trace::read(&trace_path)
+        .map_err(|e| RunError::CouldNotReadTrace(trace_path.display().to_string(), e))?;
     partial
         .metrics
         .extend(metrics::trace_metrics(&partial.trace));
@@ -589,7 +478,6 @@ fn execute(
                 .extend(metrics::image_metrics(&check, expected));
         }
     }
-    drop(sockets);
     Ok(())
 }
 

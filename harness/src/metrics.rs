@@ -16,12 +16,6 @@ use crate::judge::ImageCheck;
 /// First request queue: 0 is the control queue, 1 the event queue.
 pub const FIRST_REQUEST_QUEUE: u16 = 2;
 
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error("could not read the trace {0}: {1}")]
-    CouldNotReadTrace(String, std::io::Error),
-}
-
 /// A parsed trace; lines that are not records are kept for the report.
 #[derive(Debug, Default)]
 pub struct Trace {
@@ -46,14 +40,11 @@ impl Trace {
     }
 
     /// A missing file is an empty trace (the backend never started, or wrote nothing).
-    pub fn read(path: &Path) -> Result<Trace, MetricsError> {
+    pub fn read(path: &Path) -> std::io::Result<Trace> {
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(Trace::parse(&text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Trace::default()),
-            Err(e) => Err(MetricsError::CouldNotReadTrace(
-                path.display().to_string(),
-                e,
-            )),
+            Err(e) => Err(e),
         }
     }
 

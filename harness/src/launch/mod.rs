@@ -5,6 +5,7 @@
 
 pub mod accel;
 pub mod binaries;
+pub mod boot;
 pub mod listen;
 pub mod process;
 pub mod qemu;

@@ -210,39 +210,6 @@ pub fn read_log(path: &Path) -> String {
     }
 }
 
-/// What a failed guest boot leaves to show: the serial transcript and both children's
-/// logs.
-#[derive(Debug, Default)]
-pub struct Leftovers {
-    pub serial: String,
-    pub backend_log: Option<String>,
-    pub qemu_log: Option<String>,
-}
-
-/// Stops a boot's children, the backend first (architecture.md), drains what QEMU wrote
-/// before it died (its pipe is closed now), and collects the logs.
-pub fn stop_and_collect(
-    backend: &mut Option<ChildGuard>,
-    qemu: &mut Option<ChildGuard>,
-    serial: &mut Option<super::serial::Serial>,
-) -> Leftovers {
-    for guard in [&mut *backend, &mut *qemu].into_iter().flatten() {
-        if let Err(e) = guard.kill() {
-            log::warn!("{e}");
-        }
-    }
-    if let Some(serial) = serial.as_mut() {
-        let _ = serial.wait_for_close(Instant::now() + Duration::from_millis(200));
-    }
-    Leftovers {
-        serial: serial
-            .as_ref()
-            .map_or_else(String::new, |s| s.transcript().to_owned()),
-        backend_log: backend.as_ref().map(ChildGuard::read_log),
-        qemu_log: qemu.as_ref().map(ChildGuard::read_log),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,7 +71,7 @@ pub fn default_bios() -> Option<PathBuf> {
 }
 
 /// QEMU's option parser splits on ','; a literal comma in a value is written ",,".
-fn option_value(path: &Path) -> OsString {
+pub fn option_value(path: &Path) -> OsString {
     let bytes = path.as_os_str().as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     for &b in bytes {
@@ -90,6 +90,18 @@ fn with_value(prefix: &str, path: &Path) -> OsString {
 }
 
 impl QemuConfig {
+    /// `guest` on `accel`, its device served at `socket`, booted by qboot when it is
+    /// installed.
+    pub fn new(qemu: PathBuf, socket: PathBuf, guest: Guest, accel: Accel) -> QemuConfig {
+        QemuConfig {
+            qemu,
+            socket,
+            guest,
+            accel,
+            bios: default_bios(),
+        }
+    }
+
     /// The arguments after the program name. Never `-cpu host`/`max`: they abort under
     /// nested KVM; the default CPU model boots PVH fine.
     pub fn args(&self) -> Vec<OsString> {

@@ -2,6 +2,7 @@
 //! run failed or was interrupted) unless the user asked to keep it.
 
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;
@@ -20,6 +21,8 @@ pub enum RunDirError {
     CouldNotCreateDir(PathBuf, std::io::Error),
     #[error("could not create disk image {0}: {1}")]
     CouldNotCreateDisk(PathBuf, std::io::Error),
+    #[error("could not prepare image {0}: {1}")]
+    CouldNotPrepareImage(PathBuf, std::io::Error),
     #[error("socket path {0} is longer than {MAX_SOCKET_PATH} bytes; use a shorter TMPDIR or --keep DIR")]
     SocketPathTooLong(PathBuf),
 }
@@ -94,6 +97,14 @@ impl RunDir {
         Ok(RunDir { path, keep: true })
     }
 
+    /// `keep` when given ([`RunDir::kept`]), else a temporary directory.
+    pub fn kept_or_temporary(keep: Option<&Path>) -> Result<RunDir, RunDirError> {
+        match keep {
+            Some(keep) => RunDir::kept(keep),
+            None => RunDir::temporary(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -124,6 +135,30 @@ impl RunDir {
             .map_err(|e| RunDirError::CouldNotCreateDisk(path.clone(), e))?;
         Ok(path)
     }
+}
+
+/// Fills `path` with `bytes` of non-zero data unless it already has that many, so reads
+/// hit real page-cache pages, never holes.
+pub fn prepare_image(path: &Path, bytes: u64) -> Result<(), RunDirError> {
+    let err = |e| RunDirError::CouldNotPrepareImage(path.to_owned(), e);
+    if std::fs::metadata(path)
+        .map(|m| m.len() >= bytes)
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    let mut f = File::create(path).map_err(err)?;
+    let mut chunk = vec![0u8; 1 << 20];
+    for (i, b) in chunk.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(7);
+    }
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).map_err(err)?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(err)
 }
 
 impl Drop for RunDir {

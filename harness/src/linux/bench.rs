@@ -9,7 +9,6 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,10 +16,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{check_inputs, Boot, LinuxError, LinuxFailure, LinuxOptions, StepResult, ACCEL};
-use crate::bench::prepare_image;
-use crate::launch::qemu::{self, Guest, LinuxBoot, QemuConfig};
-use crate::launch::rundir::RunDir;
+use super::{check_inputs, linux_guest, LinuxOptions, StepResult, ACCEL, GUEST};
+use crate::launch::boot::{backend_command, Boot, End, RunError, RunFailure};
+use crate::launch::qemu::{self, option_value, QemuConfig};
+use crate::launch::rundir::{prepare_image, RunDir};
 use crate::launch::serial::SerialLine;
 use crate::launch::signals;
 
@@ -187,18 +186,6 @@ pub fn kernel_command_line(queues: u16, runtime_s: u32) -> String {
     )
 }
 
-/// QEMU's option parser splits on ','; a literal comma in a value is written ",,".
-fn option_value(path: &Path) -> OsString {
-    let mut out = Vec::new();
-    for &b in path.as_os_str().as_bytes() {
-        out.push(b);
-        if b == b',' {
-            out.push(b',');
-        }
-    }
-    OsString::from(std::ffi::OsStr::from_bytes(&out))
-}
-
 /// The vhost-user command line with the vhost-user-scsi device (and its chardev) replaced
 /// by QEMU's own virtio-scsi controller and a scsi-hd on `image` (`-drive` with
 /// `drive_options`): everything else (machine,
@@ -340,36 +327,23 @@ fn boot(
     dir: &RunDir,
     device: Device,
     round: u32,
-) -> Result<(String, Vec<(String, FioFigures)>), LinuxError> {
+) -> Result<(String, Vec<(String, FioFigures)>), RunError> {
     let start = Instant::now();
     let deadline = start + opts.boot_timeout;
     let name = |what: &str| format!("{}-{}-{what}", device.log_name(), round + 1);
     let socket = dir.socket_path()?;
-    let config = QemuConfig {
-        qemu: inputs.qemu.clone(),
-        socket: socket.clone(),
-        guest: Guest::Linux(LinuxBoot {
-            kernel: inputs.kernel.clone(),
-            initrd: inputs.initrd.clone(),
-            append: kernel_command_line(opts.queues, opts.runtime_s),
-            memory_mib: super::LINUX_MEMORY_MIB,
-            cpus: opts.queues,
-            num_queues: opts.queues,
-        }),
-        accel: ACCEL,
-        bios: qemu::default_bios(),
-    };
+    let guest = linux_guest(
+        inputs.kernel.clone(),
+        inputs.initrd.clone(),
+        kernel_command_line(opts.queues, opts.runtime_s),
+        opts.queues,
+    );
+    let config = QemuConfig::new(inputs.qemu.clone(), socket.clone(), guest, ACCEL);
     let args = match device {
         Device::Ours => {
             let _ = std::fs::remove_file(&socket);
-            let mut command = Command::new(&opts.backend);
-            command
-                .arg("--socket-path")
-                .arg(&socket)
-                .arg("--lun")
-                .arg(&inputs.image)
-                .arg("--num-queues")
-                .arg(opts.queues.to_string());
+            let mut command = backend_command(&opts.backend, &socket, [&inputs.image]);
+            command.arg("--num-queues").arg(opts.queues.to_string());
             b.start_backend(command, &dir.log_path(&name("backend")), &socket, deadline)?;
             config.args()
         }
@@ -386,15 +360,14 @@ fn boot(
         device.label(),
         qemu::command_line(&command)
     );
-    let code = b.run_guest(
+    b.start_qemu(
         command,
-        dir.log_path(&name("serial")),
+        &dir.log_path(&name("serial")),
         &dir.log_path(&name("qemu")),
-        deadline,
-        |_| {},
     )?;
+    let exit = b.wait_guest(deadline, End::Strict)?;
     let _ = std::fs::remove_file(&socket);
-    Ok(judge_bench(b.lines(), code)?)
+    judge_bench(b.lines(), exit.code()).map_err(RunError::fail)
 }
 
 fn median(sorted: &[f64]) -> f64 {
@@ -470,19 +443,9 @@ fn summarize(runs: &[JobRun]) -> (Vec<JobSummary>, Vec<JobRatio>) {
 }
 
 /// Runs every round: our backend, then QEMU's device, on the same image.
-pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box<LinuxFailure>> {
+pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box<RunFailure>> {
     let start = Instant::now();
-    let early = |error: LinuxError| {
-        Box::new(LinuxFailure {
-            error,
-            wall: start.elapsed(),
-            qemu_command: None,
-            serial: String::new(),
-            backend_log: None,
-            qemu_log: None,
-            kept_dir: None,
-        })
-    };
+    let early = |error: RunError| Box::new(RunFailure::new(error).with_wall(start.elapsed()));
     let check = LinuxOptions {
         queues: opts.queues,
         scsi_timeout_s: None,
@@ -495,13 +458,9 @@ pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box
         build_command: opts.build_command.clone(),
     };
     let (kernel, initrd, qemu) = check_inputs(&check).map_err(early)?;
-    let dir = match opts.keep.as_deref() {
-        Some(keep) => RunDir::kept(keep),
-        None => RunDir::temporary(),
-    }
-    .map_err(|e| early(e.into()))?;
+    let dir = RunDir::kept_or_temporary(opts.keep.as_deref()).map_err(|e| early(e.into()))?;
     let image = dir.path().join("bench.img");
-    prepare_image(&image, IMAGE_BYTES).map_err(|e| early(LinuxError::BenchImage(e.to_string())))?;
+    prepare_image(&image, IMAGE_BYTES).map_err(|e| early(e.into()))?;
     let inputs = Inputs {
         kernel,
         initrd,
@@ -512,7 +471,7 @@ pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box
     let mut guest_kernel = String::new();
     for round in 0..opts.repeats {
         for device in [Device::Ours, Device::QemuVirtioScsi] {
-            let mut b = Boot::default();
+            let mut b = Boot::new(GUEST);
             let boot_start = Instant::now();
             match boot(&mut b, opts, &inputs, &dir, device, round) {
                 Ok((kernel, figures)) => {
@@ -537,10 +496,10 @@ pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box
                         });
                     }
                 }
-                Err(e) => return Err(Box::new(b.failure(e, start.elapsed(), &dir))),
+                Err(e) => return Err(Box::new(b.failure(e, &dir).with_wall(start.elapsed()))),
             }
             if signals::interrupted() {
-                return Err(early(LinuxError::Interrupted));
+                return Err(early(RunError::Interrupted));
             }
         }
     }
@@ -704,6 +663,7 @@ pub fn write_json(r: &LinuxBenchReport, path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launch::qemu::{Guest, LinuxBoot};
 
     /// fio 3.33's JSON, cut to what is read.
     const FIO: &str = r#"{"fio version":"fio-3.33","jobs":[{"jobname":"randread","error":0,
