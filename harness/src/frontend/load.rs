@@ -252,7 +252,7 @@ fn describe_failure(q: &ScsiQueue, c: &Completion, write: bool, lba: u64, blocks
     let mut resp = [0u8; CMD_RESP_LEN as usize];
     q.read_response(c.slot, &mut resp);
     let sense_len = (c.cmd_sense_len() as usize).min(resp.len() - 12);
-    let sense = &resp[12..12 + sense_len];
+    let sense = &resp[scsi::RESP_SENSE..scsi::RESP_SENSE + sense_len];
     let (key, asc, ascq) = match sense.first().map(|b| b & 0x7f) {
         Some(0x72 | 0x73) if sense.len() >= 4 => (sense[1] & 0xf, sense[2], sense[3]),
         Some(0x70 | 0x71) if sense.len() >= 14 => (sense[2] & 0xf, sense[12], sense[13]),

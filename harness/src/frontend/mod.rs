@@ -14,18 +14,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use self::memory::{Layout, SharedMemory};
 use self::queue::{Completion, DataDir, QueuePlan, ScsiQueue};
 use self::scsi::ScsiAddress;
 
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// Feature masks (the bindings give bit numbers).
+const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
+const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 /// VHOST_USER_F_PROTOCOL_FEATURES: rings start disabled until SET_VRING_ENABLE.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
 /// Virtqueue 0 is the control queue, 1 the event queue, 2.. the request queues.
 pub const CONTROL_QUEUE: u16 = 0;
@@ -71,7 +74,7 @@ pub enum FrontendError {
     #[error("{what}: response {response}, status {status:#x}")]
     CommandFailed {
         what: &'static str,
-        response: u8,
+        response: u32,
         status: u8,
     },
 }
@@ -148,17 +151,17 @@ impl ScsiFrontend {
         let mut conn = Frontend::from_stream(stream, 64);
 
         let offered = conn.get_features().map_err(vhost("GET_FEATURES"))?;
-        if offered & VIRTIO_F_VERSION_1 == 0 {
+        if offered & VERSION_1 == 0 {
             return Err(FrontendError::MissingFeature("VIRTIO_F_VERSION_1"));
         }
-        if offered & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
+        if offered & PROTOCOL_FEATURES == 0 {
             return Err(FrontendError::MissingFeature(
                 "VHOST_USER_F_PROTOCOL_FEATURES",
             ));
         }
-        let mut features = VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
-        if config.event_idx && offered & VIRTIO_RING_F_EVENT_IDX != 0 {
-            features |= VIRTIO_RING_F_EVENT_IDX;
+        let mut features = VERSION_1 | PROTOCOL_FEATURES;
+        if config.event_idx && offered & EVENT_IDX != 0 {
+            features |= EVENT_IDX;
         }
         conn.set_owner().map_err(vhost("SET_OWNER"))?;
         let proto = conn
@@ -201,7 +204,7 @@ impl ScsiFrontend {
             })
             .collect();
         let mem = Arc::new(SharedMemory::new(layout.size())?);
-        let event_idx = features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let event_idx = features & EVENT_IDX != 0;
         let control = ScsiQueue::new(mem.clone(), control_plan, event_idx)?;
         let event = ScsiQueue::new(mem.clone(), event_plan, event_idx)?;
         let requests = request_plans
@@ -313,7 +316,7 @@ impl ScsiFrontend {
     }
 
     pub fn event_idx(&self) -> bool {
-        self.features & VIRTIO_RING_F_EVENT_IDX != 0
+        self.features & EVENT_IDX != 0
     }
 
     pub fn features(&self) -> u64 {

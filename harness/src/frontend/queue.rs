@@ -9,7 +9,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::memory::{Layout, SharedMemory};
 use super::ring::{RingAddrs, SplitRing, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
-use super::FrontendError;
+use super::{scsi, FrontendError};
 
 /// Room for a request header (cmd 51 bytes, TMF 24) and its response (cmd 108, TMF 1).
 const REQ_AREA: u64 = 128;
@@ -32,29 +32,34 @@ pub struct Completion {
     pub slot: u16,
     /// Bytes the device says it wrote.
     pub written: u32,
-    /// The first bytes of the response: for a command `VirtioScsiCmdResp` (sense_len,
+    /// The response up to the sense data: for a command `virtio_scsi_cmd_resp` (sense_len,
     /// resid, status_qualifier, status, response); for a TMF the response byte at 0.
-    pub head: [u8; 12],
+    pub head: [u8; scsi::RESP_SENSE],
 }
 
 impl Completion {
     /// virtio-scsi `response` of a command.
-    pub fn cmd_response(&self) -> u8 {
-        self.head[11]
+    pub fn cmd_response(&self) -> u32 {
+        u32::from(self.head[scsi::RESP_RESPONSE])
     }
     /// SCSI status of a command.
     pub fn cmd_status(&self) -> u8 {
-        self.head[10]
+        self.head[scsi::RESP_STATUS]
     }
     pub fn cmd_resid(&self) -> u32 {
-        u32::from_le_bytes([self.head[4], self.head[5], self.head[6], self.head[7]])
+        self.le32_at(scsi::RESP_RESID)
     }
     pub fn cmd_sense_len(&self) -> u32 {
-        u32::from_le_bytes([self.head[0], self.head[1], self.head[2], self.head[3]])
+        self.le32_at(scsi::RESP_SENSE_LEN)
     }
     /// virtio-scsi `response` of a TMF.
-    pub fn tmf_response(&self) -> u8 {
-        self.head[0]
+    pub fn tmf_response(&self) -> u32 {
+        u32::from(self.head[0])
+    }
+
+    fn le32_at(&self, at: usize) -> u32 {
+        let bytes = self.head[at..at + 4].try_into().expect("4 bytes");
+        u32::from_le_bytes(bytes)
     }
 }
 
@@ -333,7 +338,7 @@ impl ScsiQueue {
         let resp = s.resp;
         let n = (s.resp_len as usize).min(12);
         self.outstanding -= 1;
-        let mut head = [0u8; 12];
+        let mut head = [0u8; scsi::RESP_SENSE];
         self.mem.read(resp, &mut head[..n]);
         Ok(Some(Completion {
             slot,

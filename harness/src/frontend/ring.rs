@@ -1,27 +1,23 @@
 //! The driver side of a split virtqueue (virtio 1.x, 2.7) over the shared memfd.
 
+use std::mem::size_of;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::sync::Arc;
 
+use virtio_bindings::virtio_ring::{
+    vring_desc, vring_used_elem, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
+
 use super::memory::{Layout, SharedMemory};
 
-pub const VIRTQ_DESC_F_NEXT: u16 = 1;
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// The bindings' flags, as wide as the ring's 16-bit flags fields.
+pub const VIRTQ_DESC_F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+pub const VIRTQ_DESC_F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
 /// used.flags: the device asks not to be kicked (only meaningful without EVENT_IDX).
-const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
+const VIRTQ_USED_F_NO_NOTIFY: u16 = VRING_USED_F_NO_NOTIFY as u16;
 
-const DESC_SIZE: u64 = 16;
-const USED_ELEM_SIZE: u64 = 8;
-
-/// `struct virtq_desc`, as written into the descriptor table.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct VirtqDesc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
-}
+const DESC_SIZE: u64 = size_of::<vring_desc>() as u64;
+const USED_ELEM_SIZE: u64 = size_of::<vring_used_elem>() as u64;
 
 /// Guest addresses of one ring's three parts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,8 +89,8 @@ impl SplitRing {
     pub fn set_desc(&mut self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
         assert!(index < self.size, "descriptor {index} beyond ring size");
         let gpa = self.addrs.desc + DESC_SIZE * u64::from(index);
-        let ptr = self.mem.ptr(gpa, DESC_SIZE as usize).cast::<VirtqDesc>();
-        let desc = VirtqDesc {
+        let ptr = self.mem.ptr(gpa, DESC_SIZE as usize).cast::<vring_desc>();
+        let desc = vring_desc {
             addr: addr.to_le(),
             len: len.to_le(),
             flags: flags.to_le(),

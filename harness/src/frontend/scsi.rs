@@ -1,34 +1,44 @@
-//! virtio-scsi request headers and the few CDBs the frontend sends (wire layout as in
-//! backend/src/virtio.rs: cdb_size 32, sense_size 96).
+//! virtio-scsi request headers and the few CDBs the frontend sends. The wire format is
+//! Linux's (virtio_bindings, cdb_size 32, sense_size 96); opcodes and status codes are the
+//! backend's SCSI target's.
 
-pub const VIRTIO_SCSI_CDB_SIZE: usize = 32;
-pub const VIRTIO_SCSI_SENSE_SIZE: usize = 96;
+use std::mem::{offset_of, size_of};
+
+use virtio_bindings::virtio_scsi::{
+    virtio_scsi_cmd_req, virtio_scsi_cmd_resp, virtio_scsi_ctrl_tmf_req, virtio_scsi_ctrl_tmf_resp,
+};
+
+pub use flakyhba_backend::scsi::opcode::{
+    READ_10, READ_16, SAI_READ_CAPACITY_16, SERVICE_ACTION_IN_16, TEST_UNIT_READY, WRITE_10,
+    WRITE_16,
+};
+pub use flakyhba_backend::scsi::sense::status::{
+    CHECK_CONDITION as SAM_STAT_CHECK_CONDITION, GOOD as SAM_STAT_GOOD,
+};
+/// The spec's FUNCTION_COMPLETE (0): Linux's header, and so the bindings, call it S_OK.
+pub use virtio_bindings::virtio_scsi::VIRTIO_SCSI_S_OK as VIRTIO_SCSI_S_FUNCTION_COMPLETE;
+pub use virtio_bindings::virtio_scsi::{
+    VIRTIO_SCSI_S_ABORTED, VIRTIO_SCSI_S_FUNCTION_SUCCEEDED, VIRTIO_SCSI_S_OK, VIRTIO_SCSI_T_TMF,
+    VIRTIO_SCSI_T_TMF_ABORT_TASK, VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET,
+};
+
 /// `struct virtio_scsi_req_cmd`, device-readable part.
-pub const CMD_REQ_LEN: usize = 8 + 8 + 3 + VIRTIO_SCSI_CDB_SIZE;
+pub const CMD_REQ_LEN: usize = size_of::<virtio_scsi_cmd_req>();
 /// `struct virtio_scsi_req_cmd`, device-writable part.
-pub const CMD_RESP_LEN: u32 = 4 + 4 + 2 + 1 + 1 + VIRTIO_SCSI_SENSE_SIZE as u32;
+pub const CMD_RESP_LEN: u32 = size_of::<virtio_scsi_cmd_resp>() as u32;
 /// `struct virtio_scsi_ctrl_tmf`: type, subtype, lun, id.
-pub const TMF_REQ_LEN: usize = 4 + 4 + 8 + 8;
-pub const TMF_RESP_LEN: u32 = 1;
+pub const TMF_REQ_LEN: usize = size_of::<virtio_scsi_ctrl_tmf_req>();
+pub const TMF_RESP_LEN: u32 = size_of::<virtio_scsi_ctrl_tmf_resp>() as u32;
 
-pub const VIRTIO_SCSI_S_OK: u8 = 0;
-pub const VIRTIO_SCSI_S_ABORTED: u8 = 2;
-pub const VIRTIO_SCSI_S_FUNCTION_COMPLETE: u8 = 0;
-pub const VIRTIO_SCSI_S_FUNCTION_SUCCEEDED: u8 = 10;
-pub const VIRTIO_SCSI_T_TMF: u32 = 0;
-pub const VIRTIO_SCSI_T_TMF_ABORT_TASK: u32 = 0;
-pub const VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET: u32 = 5;
+/// Where the fields of a command's response are.
+pub const RESP_SENSE_LEN: usize = offset_of!(virtio_scsi_cmd_resp, sense_len);
+pub const RESP_RESID: usize = offset_of!(virtio_scsi_cmd_resp, resid);
+pub const RESP_STATUS: usize = offset_of!(virtio_scsi_cmd_resp, status);
+pub const RESP_RESPONSE: usize = offset_of!(virtio_scsi_cmd_resp, response);
+pub const RESP_SENSE: usize = offset_of!(virtio_scsi_cmd_resp, sense);
 
-pub const SAM_STAT_GOOD: u8 = 0;
-pub const SAM_STAT_CHECK_CONDITION: u8 = 2;
-
-pub const READ_10: u8 = 0x28;
-pub const WRITE_10: u8 = 0x2a;
-pub const READ_16: u8 = 0x88;
-pub const WRITE_16: u8 = 0x8a;
-pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
-pub const SAI_READ_CAPACITY_16: u8 = 0x10;
-pub const TEST_UNIT_READY: u8 = 0x00;
+const REQ_TAG: usize = offset_of!(virtio_scsi_cmd_req, tag);
+const REQ_CDB: usize = offset_of!(virtio_scsi_cmd_req, cdb);
 
 /// A LUN address in the virtio-scsi single-level format: 1, target, 0x40|lun>>8, lun.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,26 +58,28 @@ impl ScsiAddress {
 /// A `virtio_scsi_req_cmd` header with tag `id` and `cdb` (zero-padded to 32 bytes).
 pub fn cmd_req(addr: ScsiAddress, id: u64, cdb: &[u8]) -> [u8; CMD_REQ_LEN] {
     let mut r = [0u8; CMD_REQ_LEN];
-    r[0..8].copy_from_slice(&addr.encode());
-    r[8..16].copy_from_slice(&id.to_le_bytes());
+    r[..REQ_TAG].copy_from_slice(&addr.encode());
+    r[REQ_TAG..REQ_TAG + 8].copy_from_slice(&id.to_le_bytes());
     // task_attr SIMPLE (0), prio 0, crn 0.
-    r[19..19 + cdb.len()].copy_from_slice(cdb);
+    r[REQ_CDB..REQ_CDB + cdb.len()].copy_from_slice(cdb);
     r
 }
 
 /// Rewrites the tag and CDB of a header built by `cmd_req`, in place (no allocation).
 pub fn set_cmd(req: &mut [u8; CMD_REQ_LEN], id: u64, cdb: &[u8; 16]) {
-    req[8..16].copy_from_slice(&id.to_le_bytes());
-    req[19..35].copy_from_slice(cdb);
+    req[REQ_TAG..REQ_TAG + 8].copy_from_slice(&id.to_le_bytes());
+    req[REQ_CDB..REQ_CDB + cdb.len()].copy_from_slice(cdb);
 }
 
 /// A `virtio_scsi_ctrl_tmf` request.
 pub fn tmf_req(subtype: u32, addr: ScsiAddress, id: u64) -> [u8; TMF_REQ_LEN] {
+    let at = |field: usize, len: usize| field..field + len;
     let mut r = [0u8; TMF_REQ_LEN];
-    r[0..4].copy_from_slice(&VIRTIO_SCSI_T_TMF.to_le_bytes());
-    r[4..8].copy_from_slice(&subtype.to_le_bytes());
-    r[8..16].copy_from_slice(&addr.encode());
-    r[16..24].copy_from_slice(&id.to_le_bytes());
+    r[at(offset_of!(virtio_scsi_ctrl_tmf_req, type_), 4)]
+        .copy_from_slice(&VIRTIO_SCSI_T_TMF.to_le_bytes());
+    r[at(offset_of!(virtio_scsi_ctrl_tmf_req, subtype), 4)].copy_from_slice(&subtype.to_le_bytes());
+    r[at(offset_of!(virtio_scsi_ctrl_tmf_req, lun), 8)].copy_from_slice(&addr.encode());
+    r[at(offset_of!(virtio_scsi_ctrl_tmf_req, tag), 8)].copy_from_slice(&id.to_le_bytes());
     r
 }
 
