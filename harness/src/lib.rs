@@ -3,7 +3,6 @@
 
 pub mod bench;
 pub mod expect;
-pub mod frontend;
 pub mod judge;
 pub mod launch;
 pub mod linux;
