@@ -7,7 +7,7 @@ use flakyhba_harness::launch::accel::AccelChoice;
 use flakyhba_harness::launch::signals::{self, EXIT_INTERRUPTED};
 use flakyhba_harness::linux::{self, run_linux, LinuxOptions};
 use flakyhba_harness::matrix_cli::{self, BinaryArgs, MatrixArgs, RunScenario, ScenarioArgs};
-use flakyhba_harness::smoke::{run_smoke, SmokeOptions};
+use flakyhba_harness::scenario::smoke::{run_smoke, SmokeOptions};
 use guest_miniport::contract::GuestArgs;
 
 /// Starts the flakyhba backend and QEMU with the guest image, runs a scenario and

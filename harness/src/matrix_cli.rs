@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use crate::launch::accel::{self, AccelChoice};
 use crate::launch::binaries::{check_binaries, Binaries};
 use crate::launch::signals::{self, EXIT_INTERRUPTED};
-use crate::matrix::{self, MatrixOptions, Planned};
-use crate::report;
-use crate::scenario;
+use crate::scenario::file;
+use crate::scenario::matrix::{self, MatrixOptions, Planned};
+use crate::scenario::report;
 
 const KVM_DEVICE: &str = "/dev/kvm";
 
@@ -189,7 +189,7 @@ pub fn run_scenario(args: RunScenario, root: &Path) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
-    match scenario::find(&dir, &args.name_or_file) {
+    match file::find(&dir, &args.name_or_file) {
         Ok(s) => run_runs(&matrix::plan(&[s], 1), &opts, None, None),
         Err(e) => fail(e),
     }
@@ -211,7 +211,7 @@ pub fn run_matrix(args: MatrixArgs, root: &Path) -> ExitCode {
     };
     opts.repeat = args.repeat;
     opts.jobs = args.jobs as usize;
-    let selected = scenario::load_dir(&dir)
+    let selected = file::load_dir(&dir)
         .map_err(|e| e.to_string())
         .and_then(|all| matrix::select(all, &args.only, &args.skip).map_err(|e| e.to_string()));
     match selected {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use guest_miniport::contract::{GuestArgs, Workload};
 
-use crate::judge::{self, Expectation, Verdict};
+use super::judge::{self, Expectation, Verdict};
 use crate::launch::accel::{self, Accel, AccelChoice};
 use crate::launch::binaries::{check_binaries, Binaries};
 use crate::launch::boot::{backend_command, run_in_dir, Boot, RunError, RunFailure};

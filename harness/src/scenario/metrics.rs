@@ -1,7 +1,7 @@
 //! The metrics of a scenario run, by path: `guest.*` from the guest's result line,
 //! `trace.*` from the backend's trace, `image.*` from the harness's own look at the disk
 //! image, `args.*` from the guest arguments and `run.*` from the harness. Expectations
-//! (crate::expect) are judged on them; docs/scenarios.md lists every name.
+//! (scenario::expect) are judged on them; docs/scenarios.md lists every name.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -10,8 +10,8 @@ use flakyhba_backend::faults::trace::{parse_line, TraceEvent, TraceRecord};
 use guest_miniport::contract::{timeline_fields as tf, GuestArgs};
 use serde_json::{Map, Number, Value};
 
-use crate::expect::Metrics;
-use crate::judge::ImageCheck;
+use super::expect::Metrics;
+use super::judge::ImageCheck;
 
 /// First request queue: 0 is the control queue, 1 the event queue.
 pub const FIRST_REQUEST_QUEUE: u16 = 2;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::matrix::RunRecord;
+use super::matrix::RunRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use flakyhba_backend::faults::trace::TraceEvent;
 use plotters::prelude::*;
 
-use crate::metrics::{GuestTimeline, Trace, FIRST_REQUEST_QUEUE};
+use super::metrics::{GuestTimeline, Trace, FIRST_REQUEST_QUEUE};
 
 const WIDTH: u32 = 1280;
 const ROW_PX: u32 = 16;

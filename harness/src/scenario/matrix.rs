@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 use guest_miniport::contract::{GuestArgs, REPORT_EVENT_KEY};
 use serde_json::{json, Value};
 
-use crate::expect::{self, Judged, Metrics};
-use crate::judge::{check_image, MAX_BLOCK_SIZE};
+use super::expect::{self, Judged, Metrics};
+use super::file::{implicit_expectations, Scenario, Variant};
+use super::judge::{check_image, MAX_BLOCK_SIZE};
+use super::metrics::{self, GuestTimeline, Trace};
+use super::timeline;
 use crate::launch::accel::Accel;
 use crate::launch::binaries::Binaries;
 use crate::launch::boot::{backend_command, Boot, End, RunError};
@@ -24,9 +27,6 @@ use crate::launch::qemu::{self, QemuConfig};
 use crate::launch::rundir::{RunDir, DISK_BYTES};
 use crate::launch::serial::SerialLine;
 use crate::launch::signals;
-use crate::metrics::{self, GuestTimeline, Trace};
-use crate::scenario::{implicit_expectations, Scenario, Variant};
-use crate::timeline;
 
 /// Lines of each log shown when a run fails.
 const TAIL_LINES: usize = 30;
@@ -708,7 +708,7 @@ pub fn summary(records: &[RunRecord], wall: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::expect::Expectation;
+    use crate::scenario::expect::Expectation;
 
     fn scenario(negative: bool) -> Scenario {
         let text = format!(
@@ -892,7 +892,7 @@ mod tests {
     fn junit_has_one_testcase_per_run_with_escaped_failures() {
         let good = record(false, passing_metrics());
         let bad = record(true, passing_metrics());
-        let xml = crate::report::junit(&[good, bad], Duration::from_secs(1));
+        let xml = crate::scenario::report::junit(&[good, bad], Duration::from_secs(1));
         assert!(
             xml.contains(r#"<testsuite name="flakyhba.matrix" tests="2" failures="1""#),
             "{xml}"
@@ -909,7 +909,7 @@ mod tests {
         );
         assert_eq!(xml.matches("<testcase ").count(), 2);
         assert_eq!(xml.matches("</testcase>").count(), 1);
-        let json = crate::report::json(&[record(false, passing_metrics())]);
+        let json = crate::scenario::report::json(&[record(false, passing_metrics())]);
         assert_eq!(json[0]["name"], "drop-all");
         assert_eq!(json[0]["metrics"]["guest.completed_by_poll"], 3);
     }

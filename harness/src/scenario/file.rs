@@ -14,7 +14,7 @@ use guest_miniport::contract::{qemu_status_for, ArgError, GuestArgs, EXIT_PASS};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::expect::Expectation;
+use super::expect::Expectation;
 
 /// Harness deadline of a run when the file gives none.
 pub const DEFAULT_TIMEOUT_S: f64 = 20.0;
