@@ -9,8 +9,10 @@ use crate::launch::accel::{self, AccelChoice};
 use crate::launch::binaries::{check_binaries, Binaries};
 use crate::launch::signals::{self, EXIT_INTERRUPTED};
 use crate::scenario::file;
-use crate::scenario::matrix::{self, MatrixOptions, Planned};
-use crate::scenario::report;
+use crate::scenario::matrix::plan::{plan, select, Planned};
+use crate::scenario::matrix::record::summary;
+use crate::scenario::matrix::report;
+use crate::scenario::matrix::{self, MatrixOptions};
 
 const KVM_DEVICE: &str = "/dev/kvm";
 
@@ -190,7 +192,7 @@ pub fn run_scenario(args: RunScenario, root: &Path) -> ExitCode {
         Err(e) => return fail(e),
     };
     match file::find(&dir, &args.name_or_file) {
-        Ok(s) => run_runs(&matrix::plan(&[s], 1), &opts, None, None),
+        Ok(s) => run_runs(&plan(&[s], 1), &opts, None, None),
         Err(e) => fail(e),
     }
 }
@@ -213,10 +215,10 @@ pub fn run_matrix(args: MatrixArgs, root: &Path) -> ExitCode {
     opts.jobs = args.jobs as usize;
     let selected = file::load_dir(&dir)
         .map_err(|e| e.to_string())
-        .and_then(|all| matrix::select(all, &args.only, &args.skip).map_err(|e| e.to_string()));
+        .and_then(|all| select(all, &args.only, &args.skip).map_err(|e| e.to_string()));
     match selected {
         Ok(selected) => run_runs(
-            &matrix::plan(&selected, opts.repeat),
+            &plan(&selected, opts.repeat),
             &opts,
             args.junit.as_deref(),
             args.json.as_deref(),
@@ -246,7 +248,7 @@ fn run_runs(
         return ExitCode::from(EXIT_INTERRUPTED as u8);
     }
     println!();
-    print!("{}", matrix::summary(&records, wall));
+    print!("{}", summary(&records, wall));
     let mut ok = records.iter().all(|r| r.passed());
     if let Some(path) = junit {
         if let Err(e) = report::write(path, &report::junit(&records, wall)) {

@@ -11,7 +11,7 @@ use guest_miniport::contract::{timeline_fields as tf, GuestArgs};
 use serde_json::{Map, Number, Value};
 
 use super::expect::Metrics;
-use super::judge::ImageCheck;
+use super::image::ImageCheck;
 
 /// First request queue: 0 is the control queue, 1 the event queue.
 pub const FIRST_REQUEST_QUEUE: u16 = 2;

@@ -4,9 +4,8 @@
 
 pub mod expect;
 pub mod file;
-pub mod judge;
+pub mod image;
 pub mod matrix;
 pub mod metrics;
-pub mod report;
 pub mod smoke;
 pub mod timeline;

@@ -3,13 +3,13 @@
 //! pattern at every LBA the guest claims to have written.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek};
 
-use guest_miniport::contract::{check_pattern, qemu_status_for, result_fields as f, EXIT_PASS};
+use guest_miniport::contract::{qemu_status_for, result_fields as f, EXIT_PASS};
 use serde_json::{Map, Value};
 
-/// Largest block size the judge accepts; SCSI disks use 512..=4096.
-pub const MAX_BLOCK_SIZE: u64 = 64 * 1024;
+use crate::scenario::image::{check_image, MAX_BLOCK_SIZE};
+
 /// How many bad LBAs an error lists.
 const SHOWN_BAD_LBAS: usize = 8;
 
@@ -51,9 +51,9 @@ pub enum JudgeError {
     CouldNotReadImage(std::io::Error),
 }
 
-/// What the harness asked the guest for.
+/// What the harness asked the smoke guest for; the result line's echoes must match.
 #[derive(Clone, Copy, Debug)]
-pub struct Expectation {
+pub struct SmokeParams {
     pub seed: u64,
     pub blocks: u32,
     pub irq: bool,
@@ -98,65 +98,13 @@ fn echo<T: PartialEq + ToString>(
     }
 }
 
-/// What the harness found in the disk image at the LBAs a guest reported.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ImageCheck {
-    pub image_bytes: u64,
-    /// LBAs (each counted once) holding the pattern.
-    pub verified: usize,
-    /// LBAs (each counted once) lacking it, in the order reported.
-    pub bad: Vec<u64>,
-    /// LBAs whose block lies beyond the end of the image.
-    pub outside: Vec<u64>,
-    /// LBAs reported more than once (checked once).
-    pub duplicates: Vec<u64>,
-}
-
-/// Reads block `lba` of `block_size` bytes at every LBA of `lbas` and checks
-/// [`check_pattern`] for `seed`. Only I/O errors are errors; what the blocks hold is
-/// the result.
-pub fn check_image(
-    image: &mut (impl Read + Seek),
-    seed: u64,
-    block_size: u64,
-    lbas: &[u64],
-) -> std::io::Result<ImageCheck> {
-    let mut check = ImageCheck {
-        image_bytes: image.seek(SeekFrom::End(0))?,
-        ..ImageCheck::default()
-    };
-    let mut block = vec![0u8; block_size.min(MAX_BLOCK_SIZE) as usize];
-    let mut seen = BTreeSet::new();
-    for &lba in lbas {
-        if !seen.insert(lba) {
-            check.duplicates.push(lba);
-            continue;
-        }
-        let Some(offset) = lba.checked_mul(block_size).filter(|o| {
-            o.checked_add(block_size)
-                .is_some_and(|end| end <= check.image_bytes)
-        }) else {
-            check.outside.push(lba);
-            continue;
-        };
-        image.seek(SeekFrom::Start(offset))?;
-        image.read_exact(&mut block)?;
-        if check_pattern(seed, lba, &block) {
-            check.verified += 1;
-        } else {
-            check.bad.push(lba);
-        }
-    }
-    Ok(check)
-}
-
 /// Judges a smoke run. `qemu_exit` is QEMU's exit code (None: killed by a signal),
 /// `result` the guest's last result line, `image` the disk image after the run.
 pub fn judge_smoke(
     qemu_exit: Option<i32>,
     result: Option<&Map<String, Value>>,
     image: &mut (impl Read + Seek),
-    expect: Expectation,
+    expect: SmokeParams,
 ) -> Result<Verdict, JudgeError> {
     let result = result.ok_or_else(|| JudgeError::NoResult(exit_text(qemu_exit)))?;
     let outcome = match result.get(f::RESULT) {
@@ -291,8 +239,8 @@ mod tests {
     const BS: u64 = 512;
     const PASS: Option<i32> = Some(qemu_status_for(EXIT_PASS));
 
-    fn expect(irq: bool) -> Expectation {
-        Expectation {
+    fn expect(irq: bool) -> SmokeParams {
+        SmokeParams {
             seed: 5,
             blocks: 4,
             irq,

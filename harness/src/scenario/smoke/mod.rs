@@ -1,5 +1,7 @@
 //! One smoke run: backend, then QEMU with the guest image, then the verdict.
 
+pub mod verdict;
+
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -7,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use guest_miniport::contract::{GuestArgs, Workload};
 
-use super::judge::{self, Expectation, Verdict};
+use self::verdict::{judge_smoke, SmokeParams, Verdict};
 use crate::launch::accel::{self, Accel, AccelChoice};
 use crate::launch::binaries::{check_binaries, Binaries};
 use crate::launch::boot::{backend_command, run_in_dir, Boot, RunError, RunFailure};
@@ -123,11 +125,11 @@ fn smoke(boot: &mut Boot, dir: &RunDir, opts: &SmokeOptions) -> Result<SmokeRepo
     let exit = boot.run_guest(&config, dir, deadline)?;
 
     let mut image = File::open(&disk).map_err(|e| RunError::CouldNotOpenImage(disk.clone(), e))?;
-    let verdict = judge::judge_smoke(
+    let verdict = judge_smoke(
         exit.code(),
         boot.result(),
         &mut image,
-        Expectation {
+        SmokeParams {
             seed: opts.seed,
             blocks: opts.blocks,
             irq: opts.irq,

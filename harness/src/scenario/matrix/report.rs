@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::matrix::RunRecord;
+use super::record::RunRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
