@@ -109,48 +109,75 @@ fn count(m: &mut Metrics, key: String) {
 
 /// Every `trace.*` metric.
 pub fn trace_metrics(trace: &Trace) -> Metrics {
-    let records = &trace.records;
-    let mut m = Metrics::new();
-    let first_request = records
-        .iter()
-        .position(|r| matches!(r.event, TraceEvent::Request { .. }));
-    // Device resets when QEMU connects come before the first request; the one when it
-    // disconnects comes after the last record of anything else.
-    let last_other = records
-        .iter()
-        .rposition(|r| !matches!(r.event, TraceEvent::DeviceReset {}));
-    let mut requests = 0u64;
-    let mut completions = 0u64;
-    let mut signals = 0u64;
-    let mut suppressed_fault = BTreeSet::new();
-    let mut suppressed_fault_count = 0u64;
-    let mut suppressed_event_idx = BTreeSet::new();
-    let mut suppressed_event_idx_count = 0u64;
-    let mut spurious = 0u64;
-    let mut device_resets = 0u64;
-    let mut device_resets_total = 0u64;
-    let mut tmfs = 0u64;
-    let mut tmf_open: HashMap<(u16, u64), (String, u64)> = HashMap::new();
-    let mut tmf_spans: BTreeMap<String, (u64, Span)> = BTreeMap::new();
-    let mut faults: BTreeMap<String, FaultStats> = BTreeMap::new();
-    let mut shadowed = 0u64;
-    let mut events = 0u64;
-    let mut events_lost = 0u64;
-    let mut pending: HashMap<(u16, u64), Pending> = HashMap::new();
-    let mut latency = Span::default();
-    for (i, r) in records.iter().enumerate() {
+    let mut tally = Tally::new(&trace.records);
+    for (i, r) in trace.records.iter().enumerate() {
+        tally.add(i, r);
+    }
+    tally.into_metrics(trace)
+}
+
+/// Suppressed signals of one reason: how many, and the request ids they were for.
+#[derive(Default)]
+struct Suppressed {
+    count: u64,
+    ids: BTreeSet<u64>,
+}
+
+/// What [`trace_metrics`] counts, record by record.
+#[derive(Default)]
+struct Tally {
+    /// The counts kept by name as they come (responses, statuses, events).
+    m: Metrics,
+    /// Index of the first `request` record.
+    first_request: Option<usize>,
+    /// Index of the last record that is not a device reset.
+    last_other: Option<usize>,
+    requests: u64,
+    completions: u64,
+    signals: u64,
+    suppressed_fault: Suppressed,
+    suppressed_event_idx: Suppressed,
+    spurious: u64,
+    device_resets: u64,
+    device_resets_total: u64,
+    tmfs: u64,
+    tmf_open: HashMap<(u16, u64), (String, u64)>,
+    tmf_spans: BTreeMap<String, (u64, Span)>,
+    faults: BTreeMap<String, FaultStats>,
+    shadowed: u64,
+    events: u64,
+    events_lost: u64,
+    pending: HashMap<(u16, u64), Pending>,
+    latency: Span,
+}
+
+impl Tally {
+    fn new(records: &[TraceRecord<'_>]) -> Tally {
+        Tally {
+            first_request: records
+                .iter()
+                .position(|r| matches!(r.event, TraceEvent::Request { .. })),
+            // Device resets when QEMU connects come before the first request; the one when
+            // it disconnects comes after the last record of anything else.
+            last_other: records
+                .iter()
+                .rposition(|r| !matches!(r.event, TraceEvent::DeviceReset {})),
+            ..Tally::default()
+        }
+    }
+
+    /// Record `i` of the trace.
+    fn add(&mut self, i: usize, r: &TraceRecord<'_>) {
         match &r.event {
             TraceEvent::Request { queue, id, lba, .. } => {
-                requests += 1;
+                self.requests += 1;
                 if *queue >= FIRST_REQUEST_QUEUE {
-                    pending.insert(
-                        (*queue, *id),
-                        Pending {
-                            t_us: r.t_us,
-                            lba: *lba,
-                            faults: Vec::new(),
-                        },
-                    );
+                    let p = Pending {
+                        t_us: r.t_us,
+                        lba: *lba,
+                        faults: Vec::new(),
+                    };
+                    self.pending.insert((*queue, *id), p);
                 }
             }
             TraceEvent::Complete {
@@ -159,148 +186,150 @@ pub fn trace_metrics(trace: &Trace) -> Metrics {
                 response,
                 status,
                 ..
-            } => {
-                completions += 1;
-                count(&mut m, format!("trace.responses.{response}"));
-                if let Some(s) = status {
-                    count(&mut m, format!("trace.status.{s}"));
-                }
-                if let Some(p) = pending.remove(&(*queue, *id)) {
-                    let us = r.t_us.saturating_sub(p.t_us);
-                    latency.add(us);
-                    for kind in p.faults {
-                        faults.entry(kind).or_default().latency.add(us);
-                    }
-                }
-            }
+            } => self.complete(r.t_us, (*queue, *id), response, *status),
             TraceEvent::Fault {
                 queue,
                 id,
                 kind,
-                shadowed: was_shadowed,
+                shadowed,
                 ..
-            } => {
-                if *was_shadowed {
-                    shadowed += 1;
-                    continue;
-                }
-                let stats = faults.entry(kind.to_string()).or_default();
-                stats.fired += 1;
-                if let (Some(q @ FIRST_REQUEST_QUEUE..), Some(id)) = (*queue, *id) {
-                    stats.ids.insert(id);
-                    if let Some(p) = pending.get_mut(&(q, id)) {
-                        stats.lbas.extend(p.lba);
-                        p.faults.push(kind.to_string());
-                    }
-                }
-            }
-            TraceEvent::Signal { .. } => signals += 1,
+            } => self.fault(*queue, *id, kind, *shadowed),
+            TraceEvent::Signal { .. } => self.signals += 1,
             TraceEvent::SignalSuppressed { queue, id, reason } => {
-                let (n, ids) = match reason.as_ref() {
-                    "fault" => (&mut suppressed_fault_count, &mut suppressed_fault),
-                    _ => (&mut suppressed_event_idx_count, &mut suppressed_event_idx),
+                let s = match reason.as_ref() {
+                    "fault" => &mut self.suppressed_fault,
+                    _ => &mut self.suppressed_event_idx,
                 };
-                *n += 1;
+                s.count += 1;
                 if let (FIRST_REQUEST_QUEUE.., Some(id)) = (*queue, *id) {
-                    ids.insert(id);
+                    s.ids.insert(id);
                 }
             }
-            TraceEvent::SpuriousSignal { count, .. } => spurious += u64::from(*count),
+            TraceEvent::SpuriousSignal { count, .. } => self.spurious += u64::from(*count),
             TraceEvent::TmfStart { queue, id, tmf, .. } => {
-                tmfs += 1;
-                tmf_spans.entry(tmf.to_string()).or_default().0 += 1;
-                tmf_open.insert((*queue, *id), (tmf.to_string(), r.t_us));
+                self.tmfs += 1;
+                self.tmf_spans.entry(tmf.to_string()).or_default().0 += 1;
+                self.tmf_open
+                    .insert((*queue, *id), (tmf.to_string(), r.t_us));
             }
             TraceEvent::TmfEnd {
                 queue,
                 id,
                 response,
             } => {
-                count(&mut m, format!("trace.tmf_responses.{response}"));
-                if let Some((tmf, start)) = tmf_open.remove(&(*queue, *id)) {
-                    tmf_spans
-                        .entry(tmf)
-                        .or_default()
-                        .1
-                        .add(r.t_us.saturating_sub(start));
+                count(&mut self.m, format!("trace.tmf_responses.{response}"));
+                if let Some((tmf, start)) = self.tmf_open.remove(&(*queue, *id)) {
+                    let span = &mut self.tmf_spans.entry(tmf).or_default().1;
+                    span.add(r.t_us.saturating_sub(start));
                 }
             }
             TraceEvent::DeviceReset {} => {
-                device_resets_total += 1;
-                if first_request.is_some_and(|f| i > f) && last_other.is_some_and(|l| i < l) {
-                    device_resets += 1;
+                self.device_resets_total += 1;
+                let during_run = self.first_request.is_some_and(|f| i > f)
+                    && self.last_other.is_some_and(|l| i < l);
+                if during_run {
+                    self.device_resets += 1;
                 }
             }
             TraceEvent::Event { event, .. } => {
-                events += 1;
-                count(&mut m, format!("trace.events.{event}"));
+                self.events += 1;
+                count(&mut self.m, format!("trace.events.{event}"));
             }
             TraceEvent::EventLost { event, reason, .. } => {
-                events_lost += 1;
-                count(&mut m, format!("trace.events_lost.{event}"));
-                count(&mut m, format!("trace.events_lost_reason.{reason}"));
+                self.events_lost += 1;
+                count(&mut self.m, format!("trace.events_lost.{event}"));
+                count(&mut self.m, format!("trace.events_lost_reason.{reason}"));
             }
         }
     }
-    let put = |m: &mut Metrics, k: &str, v: Value| {
-        m.insert(format!("trace.{k}"), v);
-    };
-    put(&mut m, "records", Value::from(records.len()));
-    put(&mut m, "bad_lines", Value::from(trace.bad_lines.len()));
-    put(&mut m, "requests", Value::from(requests));
-    put(&mut m, "completions", Value::from(completions));
-    put(&mut m, "uncompleted", Value::from(pending.len()));
-    put(&mut m, "signals", Value::from(signals));
-    put(
-        &mut m,
-        "signals_suppressed_fault",
-        Value::from(suppressed_fault_count),
-    );
-    put(
-        &mut m,
-        "signals_suppressed_event_idx",
-        Value::from(suppressed_event_idx_count),
-    );
-    put(&mut m, "suppressed_fault_ids", set(&suppressed_fault));
-    put(
-        &mut m,
-        "suppressed_event_idx_ids",
-        set(&suppressed_event_idx),
-    );
-    put(&mut m, "spurious_signals", Value::from(spurious));
-    put(&mut m, "device_resets", Value::from(device_resets));
-    put(
-        &mut m,
-        "device_resets_total",
-        Value::from(device_resets_total),
-    );
-    put(&mut m, "tmfs", Value::from(tmfs));
-    put(&mut m, "tmf_unanswered", Value::from(tmf_open.len()));
-    for (tmf, (started, span)) in &tmf_spans {
-        put(&mut m, &format!("tmf.{tmf}.count"), Value::from(*started));
-        let open = tmf_open.values().filter(|(t, _)| t == tmf).count();
-        put(&mut m, &format!("tmf.{tmf}.unanswered"), Value::from(open));
-        span.insert(&mut m, &format!("trace.tmf.{tmf}."));
+
+    fn complete(&mut self, t_us: u64, key: (u16, u64), response: &str, status: Option<u8>) {
+        self.completions += 1;
+        count(&mut self.m, format!("trace.responses.{response}"));
+        if let Some(s) = status {
+            count(&mut self.m, format!("trace.status.{s}"));
+        }
+        if let Some(p) = self.pending.remove(&key) {
+            let us = t_us.saturating_sub(p.t_us);
+            self.latency.add(us);
+            for kind in p.faults {
+                self.faults.entry(kind).or_default().latency.add(us);
+            }
+        }
     }
-    for (kind, stats) in &faults {
-        put(&mut m, &format!("faults.{kind}"), Value::from(stats.fired));
-        put(&mut m, &format!("faults.{kind}.ids"), set(&stats.ids));
-        put(&mut m, &format!("faults.{kind}.lbas"), set(&stats.lbas));
-        stats
-            .latency
-            .insert(&mut m, &format!("trace.faults.{kind}.latency_"));
+
+    fn fault(&mut self, queue: Option<u16>, id: Option<u64>, kind: &str, shadowed: bool) {
+        if shadowed {
+            self.shadowed += 1;
+            return;
+        }
+        let stats = self.faults.entry(kind.to_string()).or_default();
+        stats.fired += 1;
+        if let (Some(q @ FIRST_REQUEST_QUEUE..), Some(id)) = (queue, id) {
+            stats.ids.insert(id);
+            if let Some(p) = self.pending.get_mut(&(q, id)) {
+                stats.lbas.extend(p.lba);
+                p.faults.push(kind.to_string());
+            }
+        }
     }
-    put(&mut m, "faults_shadowed", Value::from(shadowed));
-    put(&mut m, "events", Value::from(events));
-    put(&mut m, "events_lost", Value::from(events_lost));
-    latency.insert(&mut m, "trace.latency_");
-    if let Some(f) = first_request {
-        let first = records[f].t_us;
-        put(&mut m, "first_request_us", Value::from(first));
-        let last = records.last().map_or(first, |r| r.t_us);
-        put(&mut m, "duration_ms", ms(last.saturating_sub(first)));
+
+    fn into_metrics(self, trace: &Trace) -> Metrics {
+        let records = &trace.records;
+        let mut m = self.m;
+        let put = |m: &mut Metrics, k: &str, v: Value| {
+            m.insert(format!("trace.{k}"), v);
+        };
+        put(&mut m, "records", Value::from(records.len()));
+        put(&mut m, "bad_lines", Value::from(trace.bad_lines.len()));
+        put(&mut m, "requests", Value::from(self.requests));
+        put(&mut m, "completions", Value::from(self.completions));
+        put(&mut m, "uncompleted", Value::from(self.pending.len()));
+        put(&mut m, "signals", Value::from(self.signals));
+        let (fault, event_idx) = (&self.suppressed_fault, &self.suppressed_event_idx);
+        put(&mut m, "signals_suppressed_fault", Value::from(fault.count));
+        put(
+            &mut m,
+            "signals_suppressed_event_idx",
+            Value::from(event_idx.count),
+        );
+        put(&mut m, "suppressed_fault_ids", set(&fault.ids));
+        put(&mut m, "suppressed_event_idx_ids", set(&event_idx.ids));
+        put(&mut m, "spurious_signals", Value::from(self.spurious));
+        put(&mut m, "device_resets", Value::from(self.device_resets));
+        put(
+            &mut m,
+            "device_resets_total",
+            Value::from(self.device_resets_total),
+        );
+        put(&mut m, "tmfs", Value::from(self.tmfs));
+        put(&mut m, "tmf_unanswered", Value::from(self.tmf_open.len()));
+        for (tmf, (started, span)) in &self.tmf_spans {
+            put(&mut m, &format!("tmf.{tmf}.count"), Value::from(*started));
+            let open = self.tmf_open.values().filter(|(t, _)| t == tmf).count();
+            put(&mut m, &format!("tmf.{tmf}.unanswered"), Value::from(open));
+            span.insert(&mut m, &format!("trace.tmf.{tmf}."));
+        }
+        for (kind, stats) in &self.faults {
+            put(&mut m, &format!("faults.{kind}"), Value::from(stats.fired));
+            put(&mut m, &format!("faults.{kind}.ids"), set(&stats.ids));
+            put(&mut m, &format!("faults.{kind}.lbas"), set(&stats.lbas));
+            stats
+                .latency
+                .insert(&mut m, &format!("trace.faults.{kind}.latency_"));
+        }
+        put(&mut m, "faults_shadowed", Value::from(self.shadowed));
+        put(&mut m, "events", Value::from(self.events));
+        put(&mut m, "events_lost", Value::from(self.events_lost));
+        self.latency.insert(&mut m, "trace.latency_");
+        if let Some(f) = self.first_request {
+            let first = records[f].t_us;
+            put(&mut m, "first_request_us", Value::from(first));
+            let last = records.last().map_or(first, |r| r.t_us);
+            put(&mut m, "duration_ms", ms(last.saturating_sub(first)));
+        }
+        m
     }
-    m
 }
 
 /// `guest.FIELD` for every field of the result line; an object's fields also as

@@ -107,6 +107,28 @@ pub fn judge_smoke(
     expect: SmokeParams,
 ) -> Result<Verdict, JudgeError> {
     let result = result.ok_or_else(|| JudgeError::NoResult(exit_text(qemu_exit)))?;
+    check_outcome(result, qemu_exit)?;
+    check_echoes(result, expect)?;
+    let (block_size, lbas) = written_blocks(result, expect)?;
+    check_violations(result)?;
+    let completed_by_interrupt = u64_field(result, f::COMPLETED_BY_INTERRUPT)?;
+    let completed_by_poll = u64_field(result, f::COMPLETED_BY_POLL)?;
+    // irq=off: the miniport asked for no interrupts, so none may complete a request.
+    if let (false, Some(n @ 1..)) = (expect.irq, completed_by_interrupt) {
+        return Err(JudgeError::InterruptWithIrqOff(n));
+    }
+    check_image_holds(image, expect.seed, block_size, &lbas)?;
+    Ok(Verdict {
+        blocks_verified: lbas.len(),
+        block_size,
+        guest_elapsed_us: u64_field(result, f::ELAPSED_US)?,
+        completed_by_interrupt,
+        completed_by_poll,
+    })
+}
+
+/// The guest says pass, and QEMU's exit status says so too.
+fn check_outcome(result: &Map<String, Value>, qemu_exit: Option<i32>) -> Result<(), JudgeError> {
     let outcome = match result.get(f::RESULT) {
         Some(Value::String(s)) => s.as_str(),
         other => {
@@ -133,8 +155,11 @@ pub fn judge_smoke(
             want,
         });
     }
+    Ok(())
+}
 
-    // The echoes are optional in the contract, but when present they must match.
+/// The echoes are optional in the contract, but when present they must match.
+fn check_echoes(result: &Map<String, Value>, expect: SmokeParams) -> Result<(), JudgeError> {
     echo(f::SEED, u64_field(result, f::SEED)?, expect.seed)?;
     let irq = match result.get(f::IRQ) {
         None => None,
@@ -146,8 +171,14 @@ pub fn judge_smoke(
             })
         }
     };
-    echo(f::IRQ, irq, expect.irq)?;
+    echo(f::IRQ, irq, expect.irq)
+}
 
+/// The block size and the LBAs the guest says it wrote: as many as asked for, each once.
+fn written_blocks(
+    result: &Map<String, Value>,
+    expect: SmokeParams,
+) -> Result<(u64, Vec<u64>), JudgeError> {
     let block_size =
         u64_field(result, f::BLOCK_SIZE)?.ok_or(JudgeError::MissingField(f::BLOCK_SIZE))?;
     if block_size == 0 || block_size > MAX_BLOCK_SIZE {
@@ -184,8 +215,11 @@ pub fn judge_smoke(
     if let Some(&dup) = lbas.iter().find(|&&lba| !seen.insert(lba)) {
         return Err(JudgeError::DuplicateLba(dup));
     }
+    Ok((block_size, lbas))
+}
 
-    // The port's rule checker (miniport-rules.md) must have found nothing.
+/// The port's rule checker (miniport-rules.md) must have found nothing.
+fn check_violations(result: &Map<String, Value>) -> Result<(), JudgeError> {
     let violations =
         u64_field(result, f::VIOLATIONS)?.ok_or(JudgeError::MissingField(f::VIOLATIONS))?;
     if violations != 0 {
@@ -197,16 +231,18 @@ pub fn judge_smoke(
             list,
         });
     }
+    Ok(())
+}
 
-    let completed_by_interrupt = u64_field(result, f::COMPLETED_BY_INTERRUPT)?;
-    let completed_by_poll = u64_field(result, f::COMPLETED_BY_POLL)?;
-    // irq=off: the miniport asked for no interrupts, so none may complete a request.
-    if let (false, Some(n @ 1..)) = (expect.irq, completed_by_interrupt) {
-        return Err(JudgeError::InterruptWithIrqOff(n));
-    }
-
-    let check = check_image(image, expect.seed, block_size, &lbas)
-        .map_err(JudgeError::CouldNotReadImage)?;
+/// The harness's own look: every LBA holds the pattern of `seed`, inside the image.
+fn check_image_holds(
+    image: &mut (impl Read + Seek),
+    seed: u64,
+    block_size: u64,
+    lbas: &[u64],
+) -> Result<(), JudgeError> {
+    let check =
+        check_image(image, seed, block_size, lbas).map_err(JudgeError::CouldNotReadImage)?;
     if let Some(&lba) = check.outside.first() {
         return Err(JudgeError::LbaOutsideImage {
             lba,
@@ -220,13 +256,7 @@ pub fn judge_smoke(
             shown: check.bad.into_iter().take(SHOWN_BAD_LBAS).collect(),
         });
     }
-    Ok(Verdict {
-        blocks_verified: lbas.len(),
-        block_size,
-        guest_elapsed_us: u64_field(result, f::ELAPSED_US)?,
-        completed_by_interrupt,
-        completed_by_poll,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
