@@ -2,7 +2,7 @@
 //! judges them and reports.
 
 pub mod bench;
+pub mod cli;
 pub mod launch;
 pub mod linux;
-pub mod matrix_cli;
 pub mod scenario;

@@ -458,68 +458,10 @@ pub fn render_table(r: &LinuxBenchReport) -> String {
     t
 }
 
-/// `flakyhba-harness bench-linux`.
-#[derive(clap::Args, Debug)]
-pub struct LinuxBenchArgs {
-    /// Request queues of both devices; the guest gets as many CPUs and fio as many jobs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
-    pub queues: u16,
-    /// Seconds of each fio job (after a 2 s ramp).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
-    pub runtime: u32,
-    /// Boots per device (the devices alternate; median, min and max are reported).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
-    pub repeats: u32,
-    /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
-    #[arg(long)]
-    pub backend: Option<PathBuf>,
-    /// Output directory of linux-guest/build.sh [default: $FLAKYHBA_LINUX_GUEST, else target/linux-guest]
-    #[arg(long)]
-    pub guest_dir: Option<PathBuf>,
-    /// QEMU binary, a path or a name looked up on PATH.
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    pub qemu: PathBuf,
-    /// `-drive` options of QEMU's built-in device (cache=none: O_DIRECT, no host page
-    /// cache, as the comparison is usually quoted; our backend reads through it).
-    #[arg(long, default_value = QEMU_DRIVE_OPTIONS)]
-    pub qemu_drive: String,
-    /// Deadline of each boot in seconds; on expiry everything is killed.
-    #[arg(long, default_value_t = 300)]
-    pub boot_timeout: u64,
-    /// Keep the run directory (logs, image) in DIR instead of a removed temp dir.
-    #[arg(long, value_name = "DIR")]
-    pub keep: Option<PathBuf>,
-    /// Also write the results as JSON to FILE.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-}
-
-impl LinuxBenchArgs {
-    /// The options, with the backend and guest directory the caller resolved.
-    pub fn options(
-        &self,
-        backend: PathBuf,
-        guest_dir: PathBuf,
-        build_command: String,
-    ) -> LinuxBenchOptions {
-        LinuxBenchOptions {
-            queues: self.queues,
-            runtime_s: self.runtime,
-            repeats: self.repeats,
-            backend,
-            guest_dir,
-            qemu: self.qemu.clone(),
-            qemu_drive: self.qemu_drive.clone(),
-            // Boot and module loading take some 20 s under TCG; fio's ramps and runs add
-            // the rest.
-            boot_timeout: Duration::from_secs(
-                self.boot_timeout
-                    .max(90 + u64::from(self.runtime + 5) * JOBS.len() as u64),
-            ),
-            keep: self.keep.clone(),
-            build_command,
-        }
-    }
+/// The deadline of each boot: `asked_s`, but long enough for the jobs of `runtime_s`.
+pub fn boot_timeout(asked_s: u64, runtime_s: u32) -> Duration {
+    // Boot and module loading take some 20 s under TCG; fio's ramps and runs add the rest.
+    Duration::from_secs(asked_s.max(90 + u64::from(runtime_s + 5) * JOBS.len() as u64))
 }
 
 pub fn write_json(r: &LinuxBenchReport, path: &Path) -> std::io::Result<()> {

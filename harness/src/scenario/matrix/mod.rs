@@ -6,6 +6,7 @@
 //! negative control passes only when it shows its own failure and does not meet the
 //! positive run's expectations.
 
+pub mod console;
 pub mod execute;
 pub mod plan;
 pub mod record;
