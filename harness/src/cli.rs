@@ -64,6 +64,19 @@ pub struct LinuxArgs {
     /// resets the LU, which must end the read, and I/O must carry on.
     #[arg(long)]
     pub held_read: bool,
+    #[command(flatten)]
+    pub guest: LinuxGuestArgs,
+    /// Overall deadline of the run in seconds; on expiry everything is killed.
+    #[arg(long, default_value_t = 300.0, value_parser = parse_seconds)]
+    pub timeout: f64,
+    /// Keep the run directory (logs, disk image) in DIR instead of a removed temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}
+
+/// What `linux` and `bench-linux` boot the stock Linux guest with.
+#[derive(clap::Args, Debug)]
+pub struct LinuxGuestArgs {
     /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
     #[arg(long)]
     pub backend: Option<PathBuf>,
@@ -73,12 +86,6 @@ pub struct LinuxArgs {
     /// QEMU binary, a path or a name looked up on PATH.
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
-    /// Overall deadline of the run in seconds; on expiry everything is killed.
-    #[arg(long, default_value_t = 300.0, value_parser = parse_seconds)]
-    pub timeout: f64,
-    /// Keep the run directory (logs, disk image) in DIR instead of a removed temp dir.
-    #[arg(long, value_name = "DIR")]
-    pub keep: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,15 +286,8 @@ pub struct LinuxBenchArgs {
     /// Boots per device (the devices alternate; median, min and max are reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub repeats: u32,
-    /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
-    #[arg(long)]
-    pub backend: Option<PathBuf>,
-    /// Output directory of linux-guest/build.sh [default: $FLAKYHBA_LINUX_GUEST, else target/linux-guest]
-    #[arg(long)]
-    pub guest_dir: Option<PathBuf>,
-    /// QEMU binary, a path or a name looked up on PATH.
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    pub qemu: PathBuf,
+    #[command(flatten)]
+    pub guest: LinuxGuestArgs,
     /// `-drive` options of QEMU's built-in device (cache=none: O_DIRECT, no host page
     /// cache, as the comparison is usually quoted; our backend reads through it).
     #[arg(long, default_value = QEMU_DRIVE_OPTIONS)]
@@ -488,14 +488,14 @@ impl MatrixArgs {
 
 impl LinuxArgs {
     pub fn options(self) -> LinuxOptions {
-        let (guest_dir, build_command) = linux_guest_dir(self.guest_dir);
+        let (guest_dir, build_command) = linux_guest_dir(self.guest.guest_dir);
         LinuxOptions {
             queues: self.queues,
             scsi_timeout_s: self.scsi_timeout,
             held_read: self.held_read,
-            backend: backend(self.backend),
+            backend: backend(self.guest.backend),
             guest_dir,
-            qemu: self.qemu,
+            qemu: self.guest.qemu,
             timeout: Duration::from_secs_f64(self.timeout),
             keep: self.keep,
             build_command,
@@ -505,14 +505,14 @@ impl LinuxArgs {
 
 impl LinuxBenchArgs {
     pub fn options(&self) -> LinuxBenchOptions {
-        let (guest_dir, build_command) = linux_guest_dir(self.guest_dir.clone());
+        let (guest_dir, build_command) = linux_guest_dir(self.guest.guest_dir.clone());
         LinuxBenchOptions {
             queues: self.queues,
             runtime_s: self.runtime,
             repeats: self.repeats,
-            backend: backend(self.backend.clone()),
+            backend: backend(self.guest.backend.clone()),
             guest_dir,
-            qemu: self.qemu.clone(),
+            qemu: self.guest.qemu.clone(),
             qemu_drive: self.qemu_drive.clone(),
             boot_timeout: linux_bench::boot_timeout(self.boot_timeout, self.runtime),
             keep: self.keep.clone(),
