@@ -1,5 +1,11 @@
 //! flakyhba-harness: starts the backend and QEMU with the guest image, runs scenarios,
 //! judges them and reports.
+//!
+//! Rooms, each importing only from `launch`: [`launch`] (a boot's processes and their
+//! supervision), [`scenario`] (scenario files, expectations, metrics, judging, the smoke
+//! run, the matrix and its reports), [`bench`] (the host-side vhost-user frontend and
+//! `make bench`) and [`linux`] (the stock Linux guest and bench-linux). [`cli`] sits on
+//! top: the command line and the options it gives each room.
 
 pub mod bench;
 pub mod cli;
