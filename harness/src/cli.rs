@@ -12,14 +12,13 @@ use crate::bench::frontend::FrontendError;
 use crate::bench::socket::LoadOptions;
 use crate::bench::suite::SuiteOptions;
 use crate::bench::BenchError;
-use crate::launch::accel::{self, AccelChoice};
+use crate::launch::accel::{self, AccelChoice, KVM_DEVICE};
 use crate::launch::binaries::{check_binaries, Binaries};
 use crate::linux::bench::{self as linux_bench, LinuxBenchOptions, QEMU_DRIVE_OPTIONS};
 use crate::linux::{self, LinuxOptions};
 use crate::scenario::matrix::MatrixOptions;
 use crate::scenario::smoke::SmokeOptions;
 
-const KVM_DEVICE: &str = "/dev/kvm";
 /// The built-in scenario of `run` that needs no scenario file.
 pub const SMOKE: &str = "smoke";
 

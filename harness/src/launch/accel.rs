@@ -6,6 +6,9 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
+/// The KVM device the accelerator is probed on.
+pub const KVM_DEVICE: &str = "/dev/kvm";
+
 /// `_IO(KVMIO, 0x00)` and `_IO(KVMIO, 0x01)` from linux/kvm.h (KVMIO = 0xAE).
 const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
 const KVM_CREATE_VM: libc::c_ulong = 0xAE01;

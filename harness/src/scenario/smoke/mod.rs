@@ -10,14 +10,12 @@ use std::time::{Duration, Instant};
 use guest_miniport::contract::{GuestArgs, Workload};
 
 use self::verdict::{judge_smoke, SmokeParams, Verdict};
-use crate::launch::accel::{self, Accel, AccelChoice};
+use crate::launch::accel::{self, Accel, AccelChoice, KVM_DEVICE};
 use crate::launch::binaries::{check_binaries, Binaries};
 use crate::launch::boot::{backend_command, run_in_dir, Boot, RunError, RunFailure};
 use crate::launch::qemu::{self, QemuConfig};
 use crate::launch::rundir::{RunDir, DISK_BYTES};
 use crate::launch::signals;
-
-const KVM_DEVICE: &str = "/dev/kvm";
 
 #[derive(Clone, Debug)]
 pub struct SmokeOptions {
