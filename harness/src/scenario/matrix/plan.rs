@@ -58,7 +58,7 @@ pub struct Planned {
 }
 
 impl Planned {
-    /// The directory name: NAME[-negative][-rK].
+    /// The directory name: `NAME[-negative][-rK]`.
     pub fn dir_name(&self) -> String {
         let mut name = self.scenario.name.clone();
         if self.negative {
