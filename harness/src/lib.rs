@@ -3,7 +3,7 @@
 //!
 //! Rooms, each importing only from `launch`: [`launch`] (a boot's processes and their
 //! supervision), [`scenario`] (scenario files, expectations, metrics, judging, the smoke
-//! run, the matrix and its reports), [`bench`] (the host-side vhost-user frontend and
+//! run, the matrix and its reports), [`bench`](mod@bench) (the host-side vhost-user frontend and
 //! `make bench`) and [`linux`] (the stock Linux guest and bench-linux). [`cli`] sits on
 //! top: the command line and the options it gives each room.
 
