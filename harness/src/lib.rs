@@ -1,22 +1,14 @@
 //! flakyhba-harness: starts the backend and QEMU with the guest image, runs scenarios,
 //! judges them and reports.
+//!
+//! Rooms, each importing only from `launch`: [`launch`] (a boot's processes and their
+//! supervision), [`scenario`] (scenario files, expectations, metrics, judging, the smoke
+//! run, the matrix and its reports), [`bench`](mod@bench) (the host-side vhost-user frontend and
+//! `make bench`) and [`linux`] (the stock Linux guest and bench-linux). [`cli`] sits on
+//! top: the command line and the options it gives each room.
 
-pub mod accel;
 pub mod bench;
-pub mod expect;
-pub mod frontend;
-pub mod judge;
+pub mod cli;
+pub mod launch;
 pub mod linux;
-pub mod listen;
-pub mod matrix;
-pub mod matrix_cli;
-pub mod metrics;
-pub mod process;
-pub mod qemu;
-pub mod report;
-pub mod rundir;
 pub mod scenario;
-pub mod serial;
-pub mod signals;
-pub mod smoke;
-pub mod timeline;

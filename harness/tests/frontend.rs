@@ -12,13 +12,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flakyhba_harness::frontend::load::{run_load, LoadSpec, Pattern};
-use flakyhba_harness::frontend::queue::{Completion, DataDir, ScsiQueue};
-use flakyhba_harness::frontend::scsi::{self, ScsiAddress};
-use flakyhba_harness::frontend::{check_good, wait_for_slot, FrontendConfig, ScsiFrontend};
-use flakyhba_harness::listen::wait_listening;
-use flakyhba_harness::process::{ChildGuard, Stdout};
-use flakyhba_harness::rundir::RunDir;
+use flakyhba_harness::bench::frontend::load::{run_load, LoadSpec, Pattern};
+use flakyhba_harness::bench::frontend::queue::{Completion, DataDir, ScsiQueue};
+use flakyhba_harness::bench::frontend::scsi::{self, ScsiAddress};
+use flakyhba_harness::bench::frontend::{check_good, wait_for_slot, FrontendConfig, ScsiFrontend};
+use flakyhba_harness::launch::listen::wait_listening;
+use flakyhba_harness::launch::process::{ChildGuard, Stdout};
+use flakyhba_harness::launch::rundir::RunDir;
 
 const DISK_BYTES: u64 = 16 << 20;
 const T: Duration = Duration::from_secs(10);

@@ -9,25 +9,19 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::Value;
 
-use super::{check_inputs, Boot, LinuxError, LinuxFailure, LinuxOptions, StepResult, ACCEL};
-use crate::bench::prepare_image;
-use crate::qemu::{self, Guest, LinuxBoot, QemuConfig};
-use crate::rundir::RunDir;
-use crate::serial::SerialLine;
-use crate::signals;
+use super::fio::{judge_bench, FioFigures, JOBS};
+use super::{check_inputs, linux_guest, LinuxOptions, ACCEL, GUEST};
+use crate::launch::boot::{backend_command, Boot, End, RunError, RunFailure};
+use crate::launch::qemu::{self, option_value, QemuConfig};
+use crate::launch::rundir::{prepare_image, RunDir};
+use crate::launch::signals;
 
-/// The marker of a fio result line: `FLAKYHBA-FIO <job> <fio's JSON on one line>`.
-pub const FIO_MARKER: &str = "FLAKYHBA-FIO ";
-/// The fio jobs /init runs (fio `--rw` values), 4 KiB at iodepth 32 per queue.
-pub const JOBS: &[&str] = &["randread", "randwrite"];
 /// The image both devices serve: filled with data, so reads hit allocated blocks.
 pub const IMAGE_BYTES: u64 = 256 * 1024 * 1024;
 /// The built-in device's drive options, as the comparison is usually quoted.
@@ -75,59 +69,6 @@ pub struct LinuxBenchOptions {
     pub boot_timeout: Duration,
     pub keep: Option<PathBuf>,
     pub build_command: String,
-}
-
-/// fio's figures for one job, from its JSON (`jobs[0]`, group reporting).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct FioFigures {
-    pub iops: f64,
-    pub mib_s: f64,
-    pub ios: u64,
-    /// Submission to completion (fio's `lat_ns`).
-    pub lat_mean_us: f64,
-    /// Completion latency percentiles (fio's `clat_ns`, as fio prints them).
-    pub clat_p50_us: f64,
-    pub clat_p99_us: f64,
-    pub clat_p999_us: f64,
-    pub clat_max_us: f64,
-    /// Guest CPU of the fio job (user + system, percent of one CPU).
-    pub guest_cpu_percent: f64,
-}
-
-impl FioFigures {
-    /// The figures of `job` (a fio `--rw` value) from fio's JSON output.
-    pub fn from_fio_json(json: &Value, job: &str) -> Option<FioFigures> {
-        let j = json.get("jobs")?.get(0)?;
-        if j.get("error").and_then(Value::as_u64).unwrap_or(0) != 0 {
-            return None;
-        }
-        let side = j.get(if job.contains("write") {
-            "write"
-        } else {
-            "read"
-        })?;
-        let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
-        let us = |ns: f64| ns / 1000.0;
-        let clat = side.get("clat_ns")?;
-        let pct = |p: &str| {
-            clat.get("percentile")
-                .and_then(|m| m.get(p))
-                .and_then(Value::as_f64)
-                .map(us)
-        };
-        Some(FioFigures {
-            iops: f(side, "iops")?,
-            // fio's bw is KiB/s.
-            mib_s: f(side, "bw")? / 1024.0,
-            ios: side.get("total_ios").and_then(Value::as_u64).unwrap_or(0),
-            lat_mean_us: us(f(side.get("lat_ns")?, "mean")?),
-            clat_p50_us: pct("50.000000").unwrap_or(0.0),
-            clat_p99_us: pct("99.000000").unwrap_or(0.0),
-            clat_p999_us: pct("99.900000").unwrap_or(0.0),
-            clat_max_us: us(f(clat, "max").unwrap_or(0.0)),
-            guest_cpu_percent: f(j, "usr_cpu").unwrap_or(0.0) + f(j, "sys_cpu").unwrap_or(0.0),
-        })
-    }
 }
 
 /// One fio job of one boot.
@@ -187,18 +128,6 @@ pub fn kernel_command_line(queues: u16, runtime_s: u32) -> String {
     )
 }
 
-/// QEMU's option parser splits on ','; a literal comma in a value is written ",,".
-fn option_value(path: &Path) -> OsString {
-    let mut out = Vec::new();
-    for &b in path.as_os_str().as_bytes() {
-        out.push(b);
-        if b == b',' {
-            out.push(b',');
-        }
-    }
-    OsString::from(std::ffi::OsStr::from_bytes(&out))
-}
-
 /// The vhost-user command line with the vhost-user-scsi device (and its chardev) replaced
 /// by QEMU's own virtio-scsi controller and a scsi-hd on `image` (`-drive` with
 /// `drive_options`): everything else (machine,
@@ -249,81 +178,6 @@ pub fn builtin_args(
     replaced.then_some(out)
 }
 
-/// What one boot printed, judged: every step passed, the result says pass, QEMU exited 0
-/// and each job's JSON parsed.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum BenchJudgeError {
-    #[error("steps failed: {0}")]
-    Steps(String),
-    #[error("the guest printed no result line")]
-    NoResultLine,
-    #[error("the guest reports {0:?}")]
-    GuestFailed(String),
-    #[error("no fio result for {0}")]
-    NoFioResult(String),
-    #[error("QEMU exited with {0:?} instead of 0")]
-    QemuExit(Option<i32>),
-}
-
-/// The figures of every job, and the guest's kernel, or why the boot failed.
-pub fn judge_bench(
-    lines: &[SerialLine],
-    exit_code: Option<i32>,
-) -> Result<(String, Vec<(String, FioFigures)>), BenchJudgeError> {
-    let logs = || {
-        lines.iter().filter_map(|l| match l {
-            SerialLine::Log(t) => Some(t.as_str()),
-            SerialLine::Report(_) => None,
-        })
-    };
-    let steps: Vec<StepResult> = logs().filter_map(StepResult::parse).collect();
-    let mut bad: Vec<String> = steps
-        .iter()
-        .filter(|s| s.rc != 0)
-        .map(|s| format!("{} rc={}", s.name, s.rc))
-        .collect();
-    let required = ["modules", "find-disk", "fio-warmup"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain(JOBS.iter().map(|j| format!("fio-{j}")));
-    for name in required {
-        if !steps.iter().any(|s| s.name == name) {
-            bad.push(format!("{name} never ran"));
-        }
-    }
-    if !bad.is_empty() {
-        return Err(BenchJudgeError::Steps(bad.join(", ")));
-    }
-    let result = lines
-        .iter()
-        .rev()
-        .find_map(SerialLine::result)
-        .ok_or(BenchJudgeError::NoResultLine)?;
-    let verdict = result.get("result").and_then(Value::as_str).unwrap_or("");
-    if verdict != "pass" {
-        return Err(BenchJudgeError::GuestFailed(verdict.to_owned()));
-    }
-    if exit_code != Some(0) {
-        return Err(BenchJudgeError::QemuExit(exit_code));
-    }
-    let mut figures = Vec::new();
-    for job in JOBS {
-        let prefix = format!("{FIO_MARKER}{job} ");
-        let fig = logs()
-            .filter_map(|t| t.find(&prefix).map(|at| &t[at + prefix.len()..]))
-            .filter_map(|json| serde_json::from_str::<Value>(json).ok())
-            .find_map(|v| FioFigures::from_fio_json(&v, job))
-            .ok_or_else(|| BenchJudgeError::NoFioResult((*job).to_owned()))?;
-        figures.push(((*job).to_owned(), fig));
-    }
-    let kernel = result
-        .get("kernel")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    Ok((kernel, figures))
-}
-
 /// What a boot needs besides the options.
 struct Inputs {
     kernel: PathBuf,
@@ -340,36 +194,23 @@ fn boot(
     dir: &RunDir,
     device: Device,
     round: u32,
-) -> Result<(String, Vec<(String, FioFigures)>), LinuxError> {
+) -> Result<(String, Vec<(String, FioFigures)>), RunError> {
     let start = Instant::now();
     let deadline = start + opts.boot_timeout;
     let name = |what: &str| format!("{}-{}-{what}", device.log_name(), round + 1);
     let socket = dir.socket_path()?;
-    let config = QemuConfig {
-        qemu: inputs.qemu.clone(),
-        socket: socket.clone(),
-        guest: Guest::Linux(LinuxBoot {
-            kernel: inputs.kernel.clone(),
-            initrd: inputs.initrd.clone(),
-            append: kernel_command_line(opts.queues, opts.runtime_s),
-            memory_mib: super::LINUX_MEMORY_MIB,
-            cpus: opts.queues,
-            num_queues: opts.queues,
-        }),
-        accel: ACCEL,
-        bios: qemu::default_bios(),
-    };
+    let guest = linux_guest(
+        inputs.kernel.clone(),
+        inputs.initrd.clone(),
+        kernel_command_line(opts.queues, opts.runtime_s),
+        opts.queues,
+    );
+    let config = QemuConfig::new(inputs.qemu.clone(), socket.clone(), guest, ACCEL);
     let args = match device {
         Device::Ours => {
             let _ = std::fs::remove_file(&socket);
-            let mut command = Command::new(&opts.backend);
-            command
-                .arg("--socket-path")
-                .arg(&socket)
-                .arg("--lun")
-                .arg(&inputs.image)
-                .arg("--num-queues")
-                .arg(opts.queues.to_string());
+            let mut command = backend_command(&opts.backend, &socket, [&inputs.image]);
+            command.arg("--num-queues").arg(opts.queues.to_string());
             b.start_backend(command, &dir.log_path(&name("backend")), &socket, deadline)?;
             config.args()
         }
@@ -386,15 +227,14 @@ fn boot(
         device.label(),
         qemu::command_line(&command)
     );
-    let code = b.run_guest(
+    b.start_qemu(
         command,
-        dir.log_path(&name("serial")),
+        &dir.log_path(&name("serial")),
         &dir.log_path(&name("qemu")),
-        deadline,
-        |_| {},
     )?;
+    let exit = b.wait_guest(deadline, End::Strict)?;
     let _ = std::fs::remove_file(&socket);
-    Ok(judge_bench(b.lines(), code)?)
+    judge_bench(b.lines(), exit.code()).map_err(RunError::fail)
 }
 
 fn median(sorted: &[f64]) -> f64 {
@@ -470,19 +310,9 @@ fn summarize(runs: &[JobRun]) -> (Vec<JobSummary>, Vec<JobRatio>) {
 }
 
 /// Runs every round: our backend, then QEMU's device, on the same image.
-pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box<LinuxFailure>> {
+pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box<RunFailure>> {
     let start = Instant::now();
-    let early = |error: LinuxError| {
-        Box::new(LinuxFailure {
-            error,
-            wall: start.elapsed(),
-            qemu_command: None,
-            serial: String::new(),
-            backend_log: None,
-            qemu_log: None,
-            kept_dir: None,
-        })
-    };
+    let early = |error: RunError| Box::new(RunFailure::new(error).with_wall(start.elapsed()));
     let check = LinuxOptions {
         queues: opts.queues,
         scsi_timeout_s: None,
@@ -495,13 +325,9 @@ pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box
         build_command: opts.build_command.clone(),
     };
     let (kernel, initrd, qemu) = check_inputs(&check).map_err(early)?;
-    let dir = match opts.keep.as_deref() {
-        Some(keep) => RunDir::kept(keep),
-        None => RunDir::temporary(),
-    }
-    .map_err(|e| early(e.into()))?;
+    let dir = RunDir::kept_or_temporary(opts.keep.as_deref()).map_err(|e| early(e.into()))?;
     let image = dir.path().join("bench.img");
-    prepare_image(&image, IMAGE_BYTES).map_err(|e| early(LinuxError::BenchImage(e.to_string())))?;
+    prepare_image(&image, IMAGE_BYTES).map_err(|e| early(e.into()))?;
     let inputs = Inputs {
         kernel,
         initrd,
@@ -512,7 +338,7 @@ pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box
     let mut guest_kernel = String::new();
     for round in 0..opts.repeats {
         for device in [Device::Ours, Device::QemuVirtioScsi] {
-            let mut b = Boot::default();
+            let mut b = Boot::new(GUEST);
             let boot_start = Instant::now();
             match boot(&mut b, opts, &inputs, &dir, device, round) {
                 Ok((kernel, figures)) => {
@@ -537,10 +363,10 @@ pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box
                         });
                     }
                 }
-                Err(e) => return Err(Box::new(b.failure(e, start.elapsed(), &dir))),
+                Err(e) => return Err(Box::new(b.failure(e, &dir).with_wall(start.elapsed()))),
             }
             if signals::interrupted() {
-                return Err(early(LinuxError::Interrupted));
+                return Err(early(RunError::Interrupted));
             }
         }
     }
@@ -632,68 +458,10 @@ pub fn render_table(r: &LinuxBenchReport) -> String {
     t
 }
 
-/// `flakyhba-harness bench-linux`.
-#[derive(clap::Args, Debug)]
-pub struct LinuxBenchArgs {
-    /// Request queues of both devices; the guest gets as many CPUs and fio as many jobs.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
-    pub queues: u16,
-    /// Seconds of each fio job (after a 2 s ramp).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=600))]
-    pub runtime: u32,
-    /// Boots per device (the devices alternate; median, min and max are reported).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
-    pub repeats: u32,
-    /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
-    #[arg(long)]
-    pub backend: Option<PathBuf>,
-    /// Output directory of linux-guest/build.sh [default: $FLAKYHBA_LINUX_GUEST, else target/linux-guest]
-    #[arg(long)]
-    pub guest_dir: Option<PathBuf>,
-    /// QEMU binary, a path or a name looked up on PATH.
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    pub qemu: PathBuf,
-    /// `-drive` options of QEMU's built-in device (cache=none: O_DIRECT, no host page
-    /// cache, as the comparison is usually quoted; our backend reads through it).
-    #[arg(long, default_value = QEMU_DRIVE_OPTIONS)]
-    pub qemu_drive: String,
-    /// Deadline of each boot in seconds; on expiry everything is killed.
-    #[arg(long, default_value_t = 300)]
-    pub boot_timeout: u64,
-    /// Keep the run directory (logs, image) in DIR instead of a removed temp dir.
-    #[arg(long, value_name = "DIR")]
-    pub keep: Option<PathBuf>,
-    /// Also write the results as JSON to FILE.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-}
-
-impl LinuxBenchArgs {
-    /// The options, with the backend and guest directory the caller resolved.
-    pub fn options(
-        &self,
-        backend: PathBuf,
-        guest_dir: PathBuf,
-        build_command: String,
-    ) -> LinuxBenchOptions {
-        LinuxBenchOptions {
-            queues: self.queues,
-            runtime_s: self.runtime,
-            repeats: self.repeats,
-            backend,
-            guest_dir,
-            qemu: self.qemu.clone(),
-            qemu_drive: self.qemu_drive.clone(),
-            // Boot and module loading take some 20 s under TCG; fio's ramps and runs add
-            // the rest.
-            boot_timeout: Duration::from_secs(
-                self.boot_timeout
-                    .max(90 + u64::from(self.runtime + 5) * JOBS.len() as u64),
-            ),
-            keep: self.keep.clone(),
-            build_command,
-        }
-    }
+/// The deadline of each boot: `asked_s`, but long enough for the jobs of `runtime_s`.
+pub fn boot_timeout(asked_s: u64, runtime_s: u32) -> Duration {
+    // Boot and module loading take some 20 s under TCG; fio's ramps and runs add the rest.
+    Duration::from_secs(asked_s.max(90 + u64::from(runtime_s + 5) * JOBS.len() as u64))
 }
 
 pub fn write_json(r: &LinuxBenchReport, path: &Path) -> std::io::Result<()> {
@@ -704,79 +472,7 @@ pub fn write_json(r: &LinuxBenchReport, path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// fio 3.33's JSON, cut to what is read.
-    const FIO: &str = r#"{"fio version":"fio-3.33","jobs":[{"jobname":"randread","error":0,
-        "read":{"io_bytes":40960,"bw":1600,"iops":400.5,"total_ios":10,
-          "lat_ns":{"mean":80000.0},
-          "clat_ns":{"min":1,"max":900000,"mean":79000.0,
-            "percentile":{"50.000000":77824,"99.000000":150528,"99.900000":700416}}},
-        "write":{"io_bytes":0,"bw":0,"iops":0.0,"total_ios":0,"lat_ns":{"mean":0.0},
-          "clat_ns":{"min":0,"max":0,"mean":0.0}},
-        "usr_cpu":12.5,"sys_cpu":40.0}]}"#;
-
-    #[test]
-    fn fio_json_gives_the_figures_of_the_job() {
-        let v: Value = serde_json::from_str(FIO).unwrap();
-        let f = FioFigures::from_fio_json(&v, "randread").unwrap();
-        assert_eq!(f.iops, 400.5);
-        assert!((f.mib_s - 1600.0 / 1024.0).abs() < 1e-9);
-        assert_eq!(f.ios, 10);
-        assert_eq!(f.lat_mean_us, 80.0);
-        assert_eq!((f.clat_p50_us, f.clat_p99_us), (77.824, 150.528));
-        assert_eq!(f.clat_p999_us, 700.416);
-        assert_eq!(f.clat_max_us, 900.0);
-        assert_eq!(f.guest_cpu_percent, 52.5);
-        let w = FioFigures::from_fio_json(&v, "randwrite").unwrap();
-        assert_eq!((w.iops, w.clat_p99_us), (0.0, 0.0));
-        let failed: Value =
-            serde_json::from_str(&FIO.replace(r#""error":0"#, r#""error":5"#)).unwrap();
-        assert_eq!(FioFigures::from_fio_json(&failed, "randread"), None);
-    }
-
-    fn transcript(jobs: &[&str], result: &str) -> Vec<SerialLine> {
-        let mut v = vec![
-            SerialLine::parse("FLAKYHBA-STEP modules rc=0"),
-            SerialLine::parse("FLAKYHBA-STEP find-disk rc=0"),
-            SerialLine::parse("FLAKYHBA-STEP fio-warmup rc=0"),
-        ];
-        let one_line = FIO.replace('\n', "");
-        for job in jobs {
-            let json = one_line.replace("randread", job);
-            v.push(SerialLine::parse(&format!("FLAKYHBA-FIO {job} {json}")));
-            v.push(SerialLine::parse(&format!("FLAKYHBA-STEP fio-{job} rc=0")));
-        }
-        v.push(SerialLine::parse(result));
-        v
-    }
-
-    const PASS: &str =
-        r#"{"result":"pass","kernel":"6.1.0-57-amd64","queues":1,"steps":4,"failed":[]}"#;
-
-    #[test]
-    fn a_bench_boot_is_judged_and_parsed() {
-        let (kernel, figs) = judge_bench(&transcript(JOBS, PASS), Some(0)).unwrap();
-        assert_eq!(kernel, "6.1.0-57-amd64");
-        assert_eq!(figs.len(), JOBS.len());
-        assert_eq!(figs[0].0, "randread");
-        assert_eq!(figs[0].1.iops, 400.5);
-        assert_eq!(
-            judge_bench(&transcript(&["randread"], PASS), Some(0)),
-            Err(BenchJudgeError::Steps("fio-randwrite never ran".into()))
-        );
-        assert_eq!(
-            judge_bench(&transcript(JOBS, PASS), Some(1)),
-            Err(BenchJudgeError::QemuExit(Some(1)))
-        );
-        let mut lines = transcript(JOBS, PASS);
-        lines.retain(
-            |l| !matches!(l, SerialLine::Log(t) if t.starts_with("FLAKYHBA-FIO randwrite")),
-        );
-        assert_eq!(
-            judge_bench(&lines, Some(0)),
-            Err(BenchJudgeError::NoFioResult("randwrite".into()))
-        );
-    }
+    use crate::launch::qemu::{Guest, LinuxBoot};
 
     #[test]
     fn the_builtin_device_replaces_the_vhost_user_one_and_nothing_else() {
