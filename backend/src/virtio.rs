@@ -37,6 +37,12 @@ from_bindings!(u64: VIRTIO_SCSI_F_INOUT, VIRTIO_SCSI_F_HOTPLUG, VIRTIO_SCSI_F_CH
 // request header then has a CDB area of that size); `sense_size` stays 96 here.
 from_bindings!(usize: VIRTIO_SCSI_CDB_SIZE, VIRTIO_SCSI_SENSE_SIZE);
 /// `cdb_size` values the device accepts: below 256, as QEMU's virtio-scsi.
+/// Virtqueue indexes of a virtio-scsi device (virtio 1.2, 5.6.2): the control queue, the
+/// event queue, then the request queues. virtio-bindings has no names for them.
+pub const CONTROL_QUEUE: u16 = 0;
+pub const EVENT_QUEUE: u16 = 1;
+pub const FIRST_REQUEST_QUEUE: u16 = 2;
+
 pub const VIRTIO_SCSI_MAX_CDB_SIZE: usize = 255;
 
 // Response codes of the request queue (5.6.6.1) and the control queue (5.6.6.2): the

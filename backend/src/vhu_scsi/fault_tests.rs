@@ -19,6 +19,8 @@ use super::tests::{
     cmd_header, fixture, lun, read10, take_warnings, tmf, write10, Fixture, RESP_LEN,
 };
 use super::*;
+// The vring indexes, not the wire's u16 ones of crate::virtio.
+use super::{CONTROL_QUEUE, EVENT_QUEUE, FIRST_REQUEST_QUEUE};
 use crate::faults::tests::SharedBuf;
 use crate::faults::{FaultEngine, FaultSpec, Plan, Trace};
 use crate::scsi::{opcode, LunAddress};

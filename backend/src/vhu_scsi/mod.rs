@@ -26,7 +26,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::faults::{CommandScreen, Epoch, FaultEngine, Plan};
 use crate::scsi::Target;
 use crate::virtio::{
-    VirtioScsiConfig, VirtioScsiEvent, VIRTIO_SCSI_CDB_SIZE, VIRTIO_SCSI_CONFIG_CDB_SIZE,
+    self, VirtioScsiConfig, VirtioScsiEvent, VIRTIO_SCSI_CDB_SIZE, VIRTIO_SCSI_CONFIG_CDB_SIZE,
     VIRTIO_SCSI_CONFIG_SENSE_SIZE, VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG,
     VIRTIO_SCSI_MAX_CDB_SIZE, VIRTIO_SCSI_SENSE_SIZE,
 };
@@ -59,10 +59,10 @@ mod fault_tests;
 #[cfg(test)]
 mod tests;
 
-/// Queue 0 is the control queue, 1 the event queue, 2.. the request queues (5.6.2).
-pub const CONTROL_QUEUE: usize = 0;
-pub const EVENT_QUEUE: usize = 1;
-pub const FIRST_REQUEST_QUEUE: usize = 2;
+/// The wire's queue indexes ([`crate::virtio::CONTROL_QUEUE`] and on) as vring indexes.
+pub const CONTROL_QUEUE: usize = virtio::CONTROL_QUEUE as usize;
+pub const EVENT_QUEUE: usize = virtio::EVENT_QUEUE as usize;
+pub const FIRST_REQUEST_QUEUE: usize = virtio::FIRST_REQUEST_QUEUE as usize;
 /// queues_per_thread is a u64 mask per worker.
 pub const MAX_REQUEST_QUEUES: u16 = 62;
 pub const QUEUE_SIZE: usize = 1024;

@@ -15,6 +15,8 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryM
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
+// The vring indexes, not the wire's u16 ones of crate::virtio.
+use super::{CONTROL_QUEUE, EVENT_QUEUE, FIRST_REQUEST_QUEUE};
 use crate::faults::SignalOutcome;
 use crate::scsi::sense::{sense_key, status};
 use crate::scsi::{opcode, Lun, LunAddress, Target, BLOCK_SIZE};

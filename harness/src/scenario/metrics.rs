@@ -13,8 +13,7 @@ use serde_json::{Map, Number, Value};
 use super::expect::Metrics;
 use super::image::ImageCheck;
 
-/// First request queue: 0 is the control queue, 1 the event queue.
-pub const FIRST_REQUEST_QUEUE: u16 = 2;
+pub use flakyhba_backend::virtio::FIRST_REQUEST_QUEUE;
 
 /// A parsed trace; lines that are not records are kept for the report.
 #[derive(Debug, Default)]

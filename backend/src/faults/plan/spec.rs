@@ -230,9 +230,9 @@ pub enum QueueMatch {
 }
 
 impl QueueMatch {
-    pub const CONTROL: u16 = 0;
-    pub const EVENT: u16 = 1;
-    pub const FIRST_REQUEST: u16 = 2;
+    pub const CONTROL: u16 = crate::virtio::CONTROL_QUEUE;
+    pub const EVENT: u16 = crate::virtio::EVENT_QUEUE;
+    pub const FIRST_REQUEST: u16 = crate::virtio::FIRST_REQUEST_QUEUE;
 
     #[inline]
     pub fn matches(self, queue: u16) -> bool {

@@ -30,10 +30,7 @@ const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 /// VHOST_USER_F_PROTOCOL_FEATURES: rings start disabled until SET_VRING_ENABLE.
 const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
-/// Virtqueue 0 is the control queue, 1 the event queue, 2.. the request queues.
-pub const CONTROL_QUEUE: u16 = 0;
-pub const EVENT_QUEUE: u16 = 1;
-pub const FIRST_REQUEST_QUEUE: u16 = 2;
+pub use flakyhba_backend::virtio::{CONTROL_QUEUE, EVENT_QUEUE, FIRST_REQUEST_QUEUE};
 
 /// Requests the control queue keeps in flight at most (TMFs).
 const CONTROL_SLOTS: u16 = 8;
