@@ -99,7 +99,7 @@ impl Serial {
     }
 }
 
-/// The first handle with `guid`'s protocol, as `T`.
+/// `handle`'s interface of the protocol `guid`, as a `*mut T`.
 fn protocol<T>(bs: &BootServices, handle: Handle, guid: Guid) -> Option<*mut T> {
     let mut guid = guid;
     let mut interface: *mut c_void = ptr::null_mut();
@@ -108,8 +108,8 @@ fn protocol<T>(bs: &BootServices, handle: Handle, guid: Guid) -> Option<*mut T> 
     (!status.is_error() && !interface.is_null()).then_some(interface.cast())
 }
 
-/// Whether the device path has a SCSI node, as the backend's disk has and a partition of
-/// it or another disk does not.
+/// Whether the device path has a SCSI node: the backend's disk hangs off the virtio-scsi
+/// HBA (its partitions do too; `find_disk` tells them apart by LogicalPartition).
 ///
 /// # Safety
 ///
