@@ -1,6 +1,6 @@
 //! One boot: the backend, then QEMU with the guest's serial port, supervised until the
 //! guest's result and QEMU's exit. Every child sits under a kill-on-drop guard, and the
-//! backend goes before QEMU (architecture.md). A boot that fails leaves a [`RunFailure`]:
+//! backend goes before QEMU (ARCHITECTURE.md). A boot that fails leaves a [`RunFailure`]:
 //! the error, the QEMU command line and the logs.
 
 use std::ffi::OsStr;
@@ -195,7 +195,7 @@ pub fn backend_command<L: AsRef<OsStr>>(
 }
 
 /// The processes of one boot. Field order is drop order: the backend is killed before
-/// QEMU (architecture.md), and the serial port's reader goes last.
+/// QEMU (ARCHITECTURE.md), and the serial port's reader goes last.
 pub struct Boot {
     backend: Option<ChildGuard>,
     qemu: Option<ChildGuard>,
