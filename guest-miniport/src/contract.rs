@@ -12,6 +12,8 @@
 
 use core::fmt;
 
+pub use crate::platform::MAX_CPUS;
+
 /// The I/O port of QEMU's `isa-debug-exit` device (`iobase=0xf4,iosize=0x04`).
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Written to [`DEBUG_EXIT_PORT`] when the scenario passed. QEMU exits with `(v << 1) | 1`.
@@ -117,12 +119,33 @@ pub mod result_fields {
     pub const HW_START_IO_MAX_US: &str = "hw_start_io_max_us";
     pub const HW_START_IO_TOTAL_US: &str = "hw_start_io_total_us";
     pub const STALL_MAX_US: &str = "stall_max_us";
+    pub const CPUS: &str = "cpus";
+    /// Per-CPU routine calls: the key is the prefix followed by the CPU's number.
+    pub const INTERRUPTS_CPU: &str = "interrupts_cpu";
+    pub const TIMER_CALLS_CPU: &str = "timer_calls_cpu";
+    pub const START_IO_CALLS_CPU: &str = "start_io_calls_cpu";
+    pub const DEFERRED_CALLS_CPU: &str = "deferred_calls_cpu";
     /// Keys of each object in [`VIOLATION_LIST`].
     pub const VIOLATION_RULE: &str = "rule";
     pub const VIOLATION_ROUTINE: &str = "routine";
+    pub const VIOLATION_CPU: &str = "cpu";
     pub const VIOLATION_TIME_US: &str = "time_us";
     pub const VIOLATION_MESSAGE: &str = "message";
     pub const VIOLATION_VALUE: &str = "value";
+
+    /// Writes the key of per-CPU field `prefix` for `cpu` (`interrupts_cpu1`).
+    pub struct PerCpu(pub &'static str, pub usize);
+
+    impl core::fmt::Display for PerCpu {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(f, "{}{}", self.0, self.1)
+        }
+    }
+
+    /// The key of per-CPU field `prefix` for `cpu`.
+    pub const fn per_cpu(prefix: &'static str, cpu: usize) -> PerCpu {
+        PerCpu(prefix, cpu)
+    }
 }
 
 /// Most request ids the result line lists in `polled_ids`.
@@ -130,15 +153,27 @@ pub const MAX_REPORTED_IDS: usize = 256;
 
 /// The event line, sent just before the result line, that holds the guest's side of a
 /// scenario's timeline: `{"event":"timeline","polls":[[t_us,found],...],
-/// "resets":[[start_us,end_us],...],"truncated":bool}`. `polls` are HwTimer calls that
-/// polled the request queue (`found`: completions they found), `resets` the spans from
-/// HwResetBus to the end of the reset (TMF answered, or device re-initialized). Times
-/// are guest microseconds ([`result_fields::FIRST_REQUEST_US`] lines them up).
+/// "resets":[[start_us,end_us],...],"calls":[[t_us,us,routine,cpu],...],
+/// "truncated":bool}`. `polls` are HwTimer calls that polled the request queue
+/// (`found`: completions they found), `resets` the spans from HwResetBus to the end of
+/// the reset (TMF answered, or device re-initialized), `calls` the routine calls whose
+/// CPU the routing chooses (`routine` an index into [`timeline_fields::CALL_ROUTINES`],
+/// `cpu` the CPU that ran it). Times are guest microseconds
+/// ([`result_fields::FIRST_REQUEST_US`] lines them up).
 pub mod timeline_fields {
     pub const EVENT: &str = "timeline";
     pub const POLLS: &str = "polls";
     pub const RESETS: &str = "resets";
+    pub const CALLS: &str = "calls";
     pub const TRUNCATED: &str = "truncated";
+    /// The routines of `calls`, by index.
+    pub const CALL_ROUTINES: [&str; 5] = [
+        "HwInterrupt",
+        "HwTimer",
+        "HwResetBus",
+        "HwEnableInterruptsCallback",
+        "HwDisableInterruptsCallback",
+    ];
 }
 
 /// Most entries of each list in the timeline line.
@@ -243,6 +278,14 @@ pub struct GuestArgs {
     pub retries: u32,
     /// Guest time the workload may take before it gives up.
     pub deadline_ms: u32,
+    /// `cpus=`: the CPUs the guest runs the port on (QEMU's `-smp`), 1 to [`MAX_CPUS`].
+    pub cpus: u32,
+    /// The CPU every MSI-X message is addressed to: HwInterrupt and the deferred
+    /// callbacks it asks for run there. A CPU the guest does not have means its last.
+    pub irq_cpu: u32,
+    /// The CPU whose ticks run HwTimer (and the port's timeouts); as `irq_cpu`, the
+    /// last CPU when there are fewer. HwStartIo runs on CPU 0, which submits.
+    pub timer_cpu: u32,
 }
 
 impl Default for GuestArgs {
@@ -263,6 +306,9 @@ impl Default for GuestArgs {
             reset_after: 16,
             retries: 4,
             deadline_ms: 60_000,
+            cpus: 1,
+            irq_cpu: 1,
+            timer_cpu: 0,
         }
     }
 }
@@ -303,6 +349,15 @@ fn parse_positive<'a>(key: &'a str, value: &'a str) -> Result<u32, ArgError<'a>>
         0 => Err(ArgError::BadValue { key, value }),
         n => Ok(n),
     }
+}
+
+/// A CPU count (`min` 1) or a CPU number (`min` 0), below or at [`MAX_CPUS`].
+fn parse_cpu<'a>(key: &'a str, value: &'a str, min: u32) -> Result<u32, ArgError<'a>> {
+    let n: u32 = parse_num(key, value)?;
+    if n < min || n as usize > MAX_CPUS - 1 + min as usize {
+        return Err(ArgError::BadValue { key, value });
+    }
+    Ok(n)
 }
 
 fn parse_on_off<'a>(key: &'a str, value: &'a str) -> Result<bool, ArgError<'a>> {
@@ -353,6 +408,9 @@ impl GuestArgs {
                 "reset_after" => a.reset_after = parse_num(key, value)?,
                 "retries" => a.retries = parse_num(key, value)?,
                 "deadline_ms" => a.deadline_ms = parse_positive(key, value)?,
+                "cpus" => a.cpus = parse_cpu(key, value, 1)?,
+                "irq_cpu" => a.irq_cpu = parse_cpu(key, value, 0)?,
+                "timer_cpu" => a.timer_cpu = parse_cpu(key, value, 0)?,
                 _ => return Err(ArgError::UnknownKey(key)),
             }
         }
@@ -360,6 +418,13 @@ impl GuestArgs {
             return Err(ArgError::NothingCompletes);
         }
         Ok(a)
+    }
+
+    /// The CPU that `cpu` (`irq_cpu`, `timer_cpu`) means on a guest with `cpus`: itself,
+    /// or the last CPU when the guest has fewer. With one CPU everything runs on CPU 0.
+    pub const fn routed_cpu(&self, cpu: u32) -> usize {
+        let last = if self.cpus == 0 { 0 } else { self.cpus - 1 };
+        (if cpu < last { cpu } else { last }) as usize
     }
 }
 
@@ -369,7 +434,7 @@ impl fmt::Display for GuestArgs {
             f,
             "workload={} irq={} poll={} seed={} blocks={} qd={} tick_us={} watchdog_us={} \
              srb_timeout_ms={} tmf_timeout_ms={} hold_ms={} reset={} reset_after={} \
-             retries={} deadline_ms={}",
+             retries={} deadline_ms={} cpus={} irq_cpu={} timer_cpu={}",
             self.workload.name(),
             on_off(self.irq),
             on_off(self.poll),
@@ -385,6 +450,9 @@ impl fmt::Display for GuestArgs {
             self.reset_after,
             self.retries,
             self.deadline_ms,
+            self.cpus,
+            self.irq_cpu,
+            self.timer_cpu,
         )
     }
 }
@@ -474,6 +542,9 @@ mod tests {
             reset_after: 3,
             retries: 2,
             deadline_ms: 5000,
+            cpus: 2,
+            irq_cpu: 0,
+            timer_cpu: 1,
         };
         let line = args.to_string();
         assert_eq!(GuestArgs::parse(&line), Ok(args));
@@ -521,12 +592,42 @@ mod tests {
             assert_eq!(GuestArgs::parse(&line), bad(key, "0"), "{key}");
         }
         assert_eq!(GuestArgs::parse("reset=bus"), bad("reset", "bus"));
+        assert_eq!(GuestArgs::parse("cpus=0"), bad("cpus", "0"));
+        assert_eq!(GuestArgs::parse("cpus=9"), bad("cpus", "9"));
+        assert_eq!(GuestArgs::parse("irq_cpu=8"), bad("irq_cpu", "8"));
+        assert_eq!(GuestArgs::parse("timer_cpu=-1"), bad("timer_cpu", "-1"));
+        assert!(GuestArgs::parse("cpus=8 irq_cpu=7 timer_cpu=0").is_ok());
         assert_eq!(
             GuestArgs::parse("irq=off poll=off"),
             Err(ArgError::NothingCompletes)
         );
         // A zero hold or no retries are settings, not mistakes.
         assert!(GuestArgs::parse("hold_ms=0 retries=0 reset_after=0").is_ok());
+    }
+
+    #[test]
+    fn routing_past_the_last_cpu_means_the_last_cpu() {
+        let one = GuestArgs::default();
+        assert_eq!(
+            (one.routed_cpu(one.irq_cpu), one.routed_cpu(one.timer_cpu)),
+            (0, 0)
+        );
+        let two = GuestArgs {
+            cpus: 2,
+            ..GuestArgs::default()
+        };
+        assert_eq!(
+            (two.routed_cpu(two.irq_cpu), two.routed_cpu(two.timer_cpu)),
+            (1, 0)
+        );
+        assert_eq!(two.routed_cpu(5), 1);
+        assert_eq!(
+            std::format!(
+                "{}",
+                result_fields::per_cpu(result_fields::INTERRUPTS_CPU, 1)
+            ),
+            "interrupts_cpu1"
+        );
     }
 
     #[test]

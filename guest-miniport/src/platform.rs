@@ -2,9 +2,12 @@
 //! traits with the TSC, the LAPIC tick, port I/O and identity-mapped memory; host tests
 //! implement them with simulated, deterministic time and a simulated HBA.
 
-/// Events that arrived while the port waited. The image's interrupt handlers only record
-/// them; the port dispatches them (HwInterrupt, HwTimer) from its own loop, one at a time,
-/// so HwTimer and HwInterrupt never run at the same time (T5).
+/// Most CPUs a port runs on.
+pub const MAX_CPUS: usize = 8;
+
+/// Events that arrived on one CPU while its loop waited. The image's interrupt handlers
+/// only record them; the port dispatches them (HwInterrupt, HwTimer) from that CPU's
+/// loop, under the locks of its synchronization model (T5, T6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Events {
     /// Timer ticks since the last call (each one is `Platform::tick_us` long).
@@ -19,7 +22,15 @@ impl Events {
     }
 }
 
-/// Time, stalls and interrupt delivery.
+/// Work another CPU does with the events that arrive on it, for as long as
+/// [`Platform::with_secondaries`] lends it out. The port is one.
+pub trait CpuWork: Sync {
+    /// Dispatches one batch of events that arrived on `platform`'s CPU.
+    fn dispatch(&self, platform: &mut dyn Platform, events: Events);
+}
+
+/// Time, stalls and interrupt delivery, as one CPU sees them: a machine with several
+/// CPUs gives each its own `Platform`.
 pub trait Platform {
     /// Monotonic time in microseconds.
     fn now_us(&self) -> u64;
@@ -27,12 +38,13 @@ pub trait Platform {
     fn stall_us(&mut self, us: u32);
     /// Period of the timer tick in microseconds: the port's timer resolution (T2).
     fn tick_us(&self) -> u32;
-    /// Sleeps until at least one event is pending, then returns and clears them all.
+    /// Sleeps until at least one event is pending on this CPU, or another CPU woke it
+    /// ([`Platform::wake`]; the batch may then be empty), and returns and clears them.
     fn wait_for_events(&mut self) -> Events;
-    /// The MSI-X message (address, data) that makes the CPU deliver an interrupt which
+    /// The MSI-X message (address, data) that makes CPU `cpu` take an interrupt which its
     /// `wait_for_events` reports as bit `entry` of [`Events::vectors`]. `None` when the
-    /// platform cannot take MSI-X interrupts for that entry.
-    fn msi_message(&self, entry: u16) -> Option<(u64, u32)>;
+    /// platform cannot take MSI-X interrupts for that entry or has no such CPU.
+    fn msi_message(&self, entry: u16, cpu: usize) -> Option<(u64, u32)>;
     /// Interrupt control: masks the CPU's interrupts while a routine that Windows runs
     /// at DIRQL runs (HwInterrupt, HwTimer, HwStartIo, HwResetBus), so nothing
     /// pre-empts it and the time the port measures is the routine's own (I2, P4).
@@ -44,6 +56,20 @@ pub trait Platform {
     }
     /// Undoes [`Platform::disable_interrupts`].
     fn restore_interrupts(&mut self, _was_enabled: bool) {}
+    /// The CPU this platform runs on: 0 is the one that booted and runs the workload.
+    fn cpu(&self) -> usize {
+        0
+    }
+    /// CPUs the machine runs the port on.
+    fn cpus(&self) -> usize {
+        1
+    }
+    /// Makes CPU `cpu`'s `wait_for_events` return, so it looks at what another CPU did.
+    fn wake(&self, _cpu: usize) {}
+    /// Runs `body` on this CPU while every other CPU dispatches the events that arrive
+    /// on it into `work`; returns once `body` has and the others no longer use `work`.
+    /// A machine with one CPU just runs `body(self)`.
+    fn with_secondaries(&mut self, work: &dyn CpuWork, body: &mut dyn FnMut(&mut dyn Platform));
 }
 
 /// PCI configuration space (on the guest: mechanism #1, ports 0xCF8/0xCFC).

@@ -80,6 +80,33 @@ impl<'a> JsonLine<'a> {
         }
     }
 
+    /// A key made by a `Display` value (`interrupts_cpu1`), escaped.
+    fn key_display(&mut self, key: &dyn fmt::Display) {
+        if self.result.is_err() {
+            return;
+        }
+        if !self.first {
+            self.result = self.out.write_char(',');
+        }
+        self.first = false;
+        if self.result.is_ok() {
+            self.result = self
+                .out
+                .write_char('"')
+                .and_then(|_| write!(Escaper(&mut *self.out), "{key}"))
+                .and_then(|_| self.out.write_str("\":"));
+        }
+    }
+
+    /// A number under a key made by a `Display` value.
+    pub fn u64_keyed(&mut self, key: &dyn fmt::Display, value: u64) -> &mut Self {
+        self.key_display(key);
+        if self.result.is_ok() {
+            self.result = write!(self.out, "{value}");
+        }
+        self
+    }
+
     pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
         if self.result.is_ok() {
@@ -141,15 +168,31 @@ impl<'a> JsonLine<'a> {
         key: &str,
         values: &mut dyn Iterator<Item = (u64, u64)>,
     ) -> &mut Self {
+        self.u64_rows(key, &mut values.map(|(a, b)| [a, b]))
+    }
+
+    /// An array of `N`-number arrays: `[[a,b,...],...]`.
+    pub fn u64_rows<const N: usize>(
+        &mut self,
+        key: &str,
+        values: &mut dyn Iterator<Item = [u64; N]>,
+    ) -> &mut Self {
         self.key(key);
         if self.result.is_ok() {
             self.result = (|| {
                 self.out.write_char('[')?;
-                for (i, (a, b)) in values.enumerate() {
+                for (i, row) in values.enumerate() {
                     if i > 0 {
                         self.out.write_char(',')?;
                     }
-                    write!(self.out, "[{a},{b}]")?;
+                    self.out.write_char('[')?;
+                    for (j, v) in row.iter().enumerate() {
+                        if j > 0 {
+                            self.out.write_char(',')?;
+                        }
+                        write!(self.out, "{v}")?;
+                    }
+                    self.out.write_char(']')?;
                 }
                 self.out.write_char(']')
             })();
@@ -180,6 +223,7 @@ impl<'a> JsonLine<'a> {
                     write_json_str(self.out, rf::VIOLATION_ROUTINE)?;
                     self.out.write_char(':')?;
                     write_json_str(self.out, v.routine.name())?;
+                    write!(self.out, ",\"{}\":{}", rf::VIOLATION_CPU, v.cpu)?;
                     write!(self.out, ",\"{}\":{},", rf::VIOLATION_TIME_US, v.time_us)?;
                     write_json_str(self.out, rf::VIOLATION_MESSAGE)?;
                     self.out.write_char(':')?;
@@ -223,13 +267,16 @@ mod tests {
             .bool("ok", true)
             .u64_array("lbas", &mut [1u64, 2, 3].into_iter())
             .u64_pairs("polls", &mut [(5u64, 1u64), (15, 0)].into_iter())
+            .u64_rows("calls", &mut [[1u64, 2, 3], [4, 5, 6]].into_iter())
+            .u64_keyed(&format_args!("cpu{}", 1), 7)
             .display("reason", &format_args!("bad {}: \"{}\"", 1, "q\n"))
             .finish()
             .unwrap();
         assert_eq!(
             s,
             "{\"event\":\"inquiry\",\"vendor\":\"QEMU \\\"x\\\"\",\"n\":42,\"ok\":true,\
-             \"lbas\":[1,2,3],\"polls\":[[5,1],[15,0]],\"reason\":\"bad 1: \\\"q\\n\\\"\"}\n"
+             \"lbas\":[1,2,3],\"polls\":[[5,1],[15,0]],\"calls\":[[1,2,3],[4,5,6]],\
+             \"cpu1\":7,\"reason\":\"bad 1: \\\"q\\n\\\"\"}\n"
         );
         assert_eq!(s.matches('\n').count(), 1);
     }
@@ -241,6 +288,7 @@ mod tests {
             Violation {
                 rule: Rule::S1,
                 routine: Routine::Timer,
+                cpu: 1,
                 time_us: 1234,
                 message: "StallExecution \"long\"",
                 value: 5000,
@@ -248,6 +296,7 @@ mod tests {
             Violation {
                 rule: Rule::N4,
                 routine: Routine::StartIo,
+                cpu: 0,
                 time_us: 9,
                 message: "m",
                 value: 0,
@@ -263,9 +312,10 @@ mod tests {
         assert_eq!(
             j,
             serde_json::json!({"violations": 2, "violation_list": [
-                {"rule": "S1", "routine": "HwTimer", "time_us": 1234,
+                {"rule": "S1", "routine": "HwTimer", "cpu": 1, "time_us": 1234,
                  "message": "StallExecution \"long\"", "value": 5000},
-                {"rule": "N4", "routine": "HwStartIo", "time_us": 9, "message": "m", "value": 0}
+                {"rule": "N4", "routine": "HwStartIo", "cpu": 0, "time_us": 9, "message": "m",
+                 "value": 0}
             ]})
         );
     }

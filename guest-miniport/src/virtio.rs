@@ -69,7 +69,8 @@ const NOTIFY_CACHE: usize = 16;
 
 /// [`Transport`] over the function's BARs with volatile MMIO.
 pub struct PciTransport<'a> {
-    cfg: &'a dyn PciConfig,
+    /// Shared by the CPUs the transport's owner runs on.
+    cfg: &'a (dyn PciConfig + Sync),
     dev: VirtioScsiPci,
     common: usize,
     notify: usize,
@@ -84,7 +85,7 @@ impl<'a> PciTransport<'a> {
     /// # Safety
     /// The BARs of `dev` must be assigned, decoded, mapped at their physical addresses
     /// (identity-mapped, uncached) and used by nothing else for the life of the transport.
-    pub unsafe fn new(cfg: &'a dyn PciConfig, dev: &VirtioScsiPci) -> Self {
+    pub unsafe fn new(cfg: &'a (dyn PciConfig + Sync), dev: &VirtioScsiPci) -> Self {
         PciTransport {
             cfg,
             dev: *dev,

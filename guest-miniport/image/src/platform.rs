@@ -4,7 +4,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use guest_miniport::platform::{Dma, Events, PciConfig, Platform};
+use guest_miniport::platform::{CpuWork, Dma, Events, PciConfig, Platform};
 use x86_64::instructions::port::Port;
 
 use crate::interrupts::{MSI_VECTOR_BASE, MSI_VECTOR_COUNT};
@@ -44,8 +44,8 @@ impl Platform for GuestPlatform {
         interrupts::wait_for_events()
     }
 
-    fn msi_message(&self, entry: u16) -> Option<(u64, u32)> {
-        if entry >= u16::from(MSI_VECTOR_COUNT) {
+    fn msi_message(&self, entry: u16, cpu: usize) -> Option<(u64, u32)> {
+        if entry >= u16::from(MSI_VECTOR_COUNT) || cpu != 0 {
             return None;
         }
         // Destination: this CPU's APIC id (address bits 19:12), physical mode. Data:
@@ -65,6 +65,10 @@ impl Platform for GuestPlatform {
         if was_enabled {
             x86_64::instructions::interrupts::enable();
         }
+    }
+
+    fn with_secondaries(&mut self, _: &dyn CpuWork, body: &mut dyn FnMut(&mut dyn Platform)) {
+        body(self);
     }
 }
 

@@ -126,6 +126,28 @@ pub enum Routine {
 }
 
 impl Routine {
+    /// Every routine, in the order of their codes (`routine as u8`).
+    pub const ALL: [Routine; 9] = [
+        Routine::FindAdapter,
+        Routine::Initialize,
+        Routine::StartIo,
+        Routine::Interrupt,
+        Routine::Timer,
+        Routine::ResetBus,
+        Routine::EnableInterruptsCallback,
+        Routine::DisableInterruptsCallback,
+        Routine::Port,
+    ];
+
+    /// The routine whose code (`routine as u8`) is `code`; the port for an unknown one.
+    pub const fn from_code(code: u8) -> Routine {
+        if (code as usize) < Routine::ALL.len() {
+            Routine::ALL[code as usize]
+        } else {
+            Routine::Port
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Routine::FindAdapter => "HwFindAdapter",
@@ -151,6 +173,8 @@ impl Routine {
 pub struct Violation {
     pub rule: Rule,
     pub routine: Routine,
+    /// The CPU it happened on.
+    pub cpu: u8,
     pub time_us: u64,
     pub message: &'static str,
     /// A number the message refers to (an SRB tag, microseconds, a vector), or 0.
@@ -247,8 +271,7 @@ impl Checker {
         }
     }
 
-    /// Records a violation; it is also logged at once, so a guest that hangs later
-    /// still shows it.
+    /// Records a violation on CPU 0 (see [`Checker::record_on`]).
     pub fn record(
         &mut self,
         rule: Rule,
@@ -257,8 +280,22 @@ impl Checker {
         message: &'static str,
         value: u64,
     ) {
+        self.record_on(0, rule, routine, time_us, message, value);
+    }
+
+    /// Records a violation that happened on `cpu`; it is also logged at once, so a
+    /// guest that hangs later still shows it.
+    pub fn record_on(
+        &mut self,
+        cpu: usize,
+        rule: Rule,
+        routine: Routine,
+        time_us: u64,
+        message: &'static str,
+        value: u64,
+    ) {
         log::warn!(
-            "rule {} violated in {} at {time_us} us: {message} ({value})",
+            "rule {} violated in {} on CPU {cpu} at {time_us} us: {message} ({value})",
             rule.id(),
             routine.name()
         );
@@ -266,6 +303,7 @@ impl Checker {
             *slot = Some(Violation {
                 rule,
                 routine,
+                cpu: cpu as u8,
                 time_us,
                 message,
                 value,
@@ -280,8 +318,8 @@ impl Checker {
     }
 
     /// The violations kept, oldest first.
-    pub fn violations(&self) -> impl Iterator<Item = &Violation> + '_ {
-        self.kept.iter().flatten()
+    pub fn violations(&self) -> impl Iterator<Item = Violation> + '_ {
+        self.kept.iter().flatten().copied()
     }
 
     /// Whether `rule` was violated (among the kept violations).
@@ -293,12 +331,13 @@ impl Checker {
         self.times
     }
 
-    /// Accounts one StallExecution (S1, P4).
-    pub(crate) fn stall(&mut self, routine: Routine, now_us: u64, us: u32) {
+    /// Accounts one StallExecution on `cpu` (S1, P4).
+    pub(crate) fn stall(&mut self, cpu: usize, routine: Routine, now_us: u64, us: u32) {
         self.times.total_stall_us += u64::from(us);
         self.times.max_stall_us = self.times.max_stall_us.max(us);
         if us > self.config.max_stall_us && !routine.is_initialization() {
-            self.record(
+            self.record_on(
+                cpu,
                 Rule::S1,
                 routine,
                 now_us,
@@ -308,10 +347,11 @@ impl Checker {
         }
     }
 
-    /// Accounts one routine call of `us` microseconds, `stalled_us` of which were
-    /// StallExecution (I2, I3, P4).
+    /// Accounts one routine call on `cpu` of `us` microseconds, `stalled_us` of which
+    /// were StallExecution (I2, I3, P4).
     pub(crate) fn routine_done(
         &mut self,
+        cpu: usize,
         routine: Routine,
         end_us: u64,
         us: u64,
@@ -331,7 +371,8 @@ impl Checker {
         slot.add(us);
         if routine == Routine::Interrupt {
             if us > self.config.max_interrupt_us {
-                self.record(
+                self.record_on(
+                    cpu,
                     Rule::I2,
                     routine,
                     end_us,
@@ -340,7 +381,8 @@ impl Checker {
                 );
             }
             if stalled_us > self.config.max_interrupt_poll_us && !deferred {
-                self.record(
+                self.record_on(
+                    cpu,
                     Rule::I3,
                     routine,
                     end_us,
@@ -349,7 +391,8 @@ impl Checker {
                 );
             }
         } else if us > self.config.max_routine_us {
-            self.record(
+            self.record_on(
+                cpu,
                 Rule::P4,
                 routine,
                 end_us,

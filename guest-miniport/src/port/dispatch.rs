@@ -1,17 +1,20 @@
 //! Dispatch: building a port, running each miniport routine through one wrapper that
-//! measures and checks it (P4, I2, I3, N1, N4, T5), initialization, and the event loop
-//! that delivers interrupts (I1, I4), runs the deferred callbacks and HwTimer (T3).
+//! takes its locks and measures and checks it (P4, I2, I3, N1, N4, T5), initialization,
+//! and the dispatch of each CPU's events: interrupts (I1, I4), the deferred callbacks,
+//! and HwTimer on the timer's CPU (T3).
 
 use core::cell::Cell;
 
-use crate::platform::{Events, Platform};
+use crate::platform::{CpuWork, Events, Platform};
 
+use super::locks::Locks;
 #[cfg(test)]
 use super::Flaw;
 use super::{
-    handoff, AdapterCapabilities, Checker, DataBuffer, Miniport, Port, PortConfig, PortContext,
-    PortError, PortState, PortStats, Routine, Rule, ShadowTimer, Slot, SlotList, SlotState, Srb,
-    SrbStatus, TimerService, DEFAULT_SRB_TIMEOUT_US, MAX_CDB, MAX_LUS, MAX_SRBS, SENSE_BUFFER_LEN,
+    AdapterCapabilities, CallLog, Checker, DataBuffer, Miniport, Port, PortConfig, PortContext,
+    PortCore, PortError, PortState, PortStats, Routine, RoutineCall, Rule, Running, ShadowTimer,
+    Slot, SlotList, SlotState, Srb, SrbStatus, TimerService, DEFAULT_SRB_TIMEOUT_US, MAX_CDB,
+    MAX_LUS, MAX_SRBS, RUNNER_CPU, SENSE_BUFFER_LEN,
 };
 
 /// The deferred interrupt flow of CallEnableInterrupts / CallDisableInterrupts (I3, I4).
@@ -27,29 +30,24 @@ pub enum InterruptPhase {
     DisableRequested,
 }
 
-impl<M: Miniport> Port<M> {
-    /// A port whose timer resolution is `tick_us` (T2; the platform's tick), with the
-    /// default reset hold and checker limits.
-    pub fn new(miniport: M, tick_us: u32) -> Self {
-        Self::with_config(miniport, PortConfig::new(tick_us))
-    }
+const BLANK: Srb = Srb {
+    path: 0,
+    target: 0,
+    lun: 0,
+    cdb: [0; MAX_CDB],
+    cdb_len: 0,
+    data: DataBuffer::NONE,
+    srb_status: SrbStatus::Pending,
+    scsi_status: 0,
+    sense: [0; SENSE_BUFFER_LEN],
+    sense_len: 0,
+    data_transfer_length: 0,
+    tag: 0,
+    timeout_us: DEFAULT_SRB_TIMEOUT_US,
+};
 
-    pub fn with_config(miniport: M, config: PortConfig) -> Self {
-        const BLANK: Srb = Srb {
-            path: 0,
-            target: 0,
-            lun: 0,
-            cdb: [0; MAX_CDB],
-            cdb_len: 0,
-            data: DataBuffer::NONE,
-            srb_status: SrbStatus::Pending,
-            scsi_status: 0,
-            sense: [0; SENSE_BUFFER_LEN],
-            sense_len: 0,
-            data_transfer_length: 0,
-            tag: 0,
-            timeout_us: DEFAULT_SRB_TIMEOUT_US,
-        };
+impl PortState {
+    fn new(config: PortConfig) -> Self {
         const EMPTY: Slot = Slot {
             state: SlotState::Free,
             srb: BLANK,
@@ -57,58 +55,50 @@ impl<M: Miniport> Port<M> {
             timeout_flagged: false,
             retries: 0,
         };
-        Port {
-            miniport,
-            state: PortState {
-                slots: [EMPTY; MAX_SRBS],
-                queued: SlotList::new(),
-                completed: SlotList::new(),
-                lus: [None; MAX_LUS],
-                next_request: false,
-                timer: TimerService::new(config.tick_us),
-                shadow: ShadowTimer::new(config.tick_us),
-                caps: None,
-                has_timer: true,
-                active: 0,
-                next_tag: 1,
-                stats: PortStats::default(),
-                checker: Checker::new(config.checker),
-                config,
-                routine: Routine::Port,
-                routine_stall_us: 0,
-                routine_deferred: false,
-                phase: InterruptPhase::Normal,
-                held_vectors: 0,
-                own_vectors: 0,
-                owed_next: None,
-                owed_completed: false,
-                hold: None,
-                last_reset_us: 0,
-                bus_change: false,
-                t7_flagged: false,
-                stale_reads: Cell::new(0),
-                limbo: BLANK,
-                gate: handoff::RoutineGate::new(),
-                #[cfg(test)]
-                flaw: None,
-            },
+        PortState {
+            slots: [EMPTY; MAX_SRBS],
+            queued: SlotList::new(),
+            completed: SlotList::new(),
+            lus: [None; MAX_LUS],
+            next_request: false,
+            timer: TimerService::new(config.tick_us),
+            shadow: ShadowTimer::new(config.tick_us),
+            caps: None,
+            has_timer: true,
+            active: 0,
+            next_tag: 1,
+            stats: PortStats::default(),
+            checker: Checker::new(config.checker),
+            config,
+            phase: InterruptPhase::Normal,
+            phase_cpu: RUNNER_CPU,
+            held_vectors: 0,
+            own_vectors: 0,
+            owed_next: None,
+            owed_completed: false,
+            owing_start_io: false,
+            hold: None,
+            last_reset_us: 0,
+            bus_change: false,
+            t7_flagged: false,
+            limbo: BLANK,
+            calls: CallLog::new(),
+            #[cfg(test)]
+            flaw: None,
         }
     }
+}
 
-    /// Breaks the port on purpose (checker self-tests).
-    #[cfg(test)]
-    pub(crate) fn set_flaw(&mut self, flaw: Flaw) {
-        self.state.flaw = Some(flaw);
-        self.state.timer.flaw = Some(flaw);
-    }
-
-    /// Runs one miniport routine: measures it (P4, I2), checks what it left behind
-    /// (I3, N1, N4). Two clock reads per call, never per loop iteration inside it.
+impl PortCore {
+    /// Runs one miniport routine on the platform's CPU under the locks the miniport's
+    /// synchronization gives it; measures it (P4, I2) and checks what it left behind
+    /// (I3, N1, N4) and what it ran beside (T5). Two clock reads per call, never per
+    /// loop iteration inside it.
     pub(super) fn call<R>(
-        &mut self,
+        &self,
         platform: &mut dyn Platform,
         routine: Routine,
-        f: impl FnOnce(&mut M, &mut PortContext<'_>) -> R,
+        f: impl FnOnce(&mut PortContext<'_>) -> R,
     ) -> R {
         // Routines Windows runs at DIRQL run with the CPU's interrupts masked.
         let dirql = matches!(
@@ -116,50 +106,84 @@ impl<M: Miniport> Port<M> {
             Routine::Interrupt | Routine::Timer | Routine::StartIo | Routine::ResetBus
         );
         let was_enabled = dirql && platform.disable_interrupts();
+        let locks = Locks::for_routine(self.sync, routine);
+        #[cfg(test)]
+        let unlocked = self.flaw == Some(Flaw::NoInterruptLock) && routine == Routine::Timer;
+        #[cfg(not(test))]
+        let unlocked = false;
+        // The StartIo lock first, then the interrupt lock: the order everywhere.
+        let start_io_guard = locks.start_io.then(|| self.start_io_lock.lock());
+        let interrupt_guard = (locks.interrupt && !unlocked).then(|| self.interrupt_lock.lock());
+        let cpu = platform.cpu();
         let start = platform.now_us();
-        let st = &mut self.state;
-        if routine == Routine::Interrupt && st.phase == InterruptPhase::EnableCallback {
-            st.checker.record(
-                Rule::I4,
-                Routine::Port,
-                start,
-                "HwInterrupt called while HwEnableInterruptsCallback owns the HBA",
-                0,
-            );
+        let breaks_t5 = self.running.enter(cpu, routine, locks.interrupt);
+        {
+            let mut st = self.state.lock();
+            if routine == Routine::Interrupt && st.phase == InterruptPhase::EnableCallback {
+                st.checker.record_on(
+                    cpu,
+                    Rule::I4,
+                    Routine::Port,
+                    start,
+                    "HwInterrupt called while HwEnableInterruptsCallback owns the HBA",
+                    0,
+                );
+            }
+            if breaks_t5 {
+                st.checker.record_on(
+                    cpu,
+                    Rule::T5,
+                    Routine::Port,
+                    start,
+                    "HwTimer and HwInterrupt ran at the same time",
+                    cpu as u64,
+                );
+            }
+            if routine == Routine::StartIo {
+                st.owing_start_io = true;
+            }
         }
-        // T5: one routine at a time here; the gate is what a multi-channel port uses.
-        let overlap = st.gate.enter(routine);
-        if handoff::RoutineGate::breaks_t5(routine, overlap) {
-            st.checker.record(
-                Rule::T5,
-                Routine::Port,
-                start,
-                "HwTimer and HwInterrupt ran at the same time",
-                u64::from(overlap),
-            );
-        }
-        st.routine = routine;
-        st.routine_stall_us = 0;
-        st.routine_deferred = false;
         let mut ctx = PortContext {
             platform: &mut *platform,
-            state: &mut self.state,
+            core: self,
+            cpu,
+            routine,
+            interrupt_lock: locks.interrupt,
+            stall_us: 0,
+            deferred: false,
+            stale_reads: Cell::new(0),
         };
-        let r = f(&mut self.miniport, &mut ctx);
+        let r = f(&mut ctx);
+        let (stall_us, deferred, stale) = (ctx.stall_us, ctx.deferred, ctx.stale_reads.get());
         let end = platform.now_us();
         if dirql {
             platform.restore_interrupts(was_enabled);
         }
-        let st = &mut self.state;
-        st.checker.routine_done(
-            routine,
-            end,
-            end.saturating_sub(start),
-            st.routine_stall_us,
-            st.routine_deferred,
-        );
-        for _ in 0..st.stale_reads.replace(0) {
-            st.checker.record(
+        self.routine_done(cpu, routine, start, end, (stall_us, deferred, stale));
+        self.running.exit(cpu);
+        drop(interrupt_guard);
+        drop(start_io_guard);
+        r
+    }
+
+    /// What the checker looks at when a routine returns: its time (P4, I2, I3), stale
+    /// handles it read (N1), and whether an SRB completed without NextRequest (N4).
+    fn routine_done(
+        &self,
+        cpu: usize,
+        routine: Routine,
+        start: u64,
+        end: u64,
+        (stall_us, deferred, stale_reads): (u64, bool, u32),
+    ) {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let us = end.saturating_sub(start);
+        st.checker
+            .routine_done(cpu, routine, end, us, stall_us, deferred);
+        for _ in 0..stale_reads {
+            st.checker.record_on(
+                cpu,
                 Rule::N1,
                 routine,
                 end,
@@ -167,8 +191,14 @@ impl<M: Miniport> Port<M> {
                 0,
             );
         }
-        if st.owed_completed && st.owed_next.is_some() {
-            st.checker.record(
+        if routine == Routine::StartIo {
+            st.owing_start_io = false;
+        }
+        // N4 is judged once the HwStartIo that owes it returned: on another CPU the
+        // completion may come before its NextLuRequest.
+        if st.owed_completed && st.owed_next.is_some() && !st.owing_start_io {
+            st.checker.record_on(
+                cpu,
                 Rule::N4,
                 routine,
                 end,
@@ -178,62 +208,121 @@ impl<M: Miniport> Port<M> {
             st.owed_next = None;
             st.owed_completed = false;
         }
-        st.routine = Routine::Port;
-        st.gate.exit(routine);
-        r
+        st.stats.per_cpu[cpu].count(routine);
+        st.calls.push(RoutineCall {
+            start_us: start,
+            us: us.min(u64::from(u32::MAX)) as u32,
+            routine,
+            cpu: cpu as u8,
+        });
+    }
+}
+
+impl<M: Miniport> Port<M> {
+    /// A port whose timer resolution is `tick_us` (T2; the platform's tick), with the
+    /// default reset hold and checker limits.
+    pub fn new(miniport: M, tick_us: u32) -> Self {
+        Self::with_config(miniport, PortConfig::new(tick_us))
     }
 
-    /// HwFindAdapter then HwInitialize. The miniport is ready for its first request
-    /// afterwards.
+    pub fn with_config(miniport: M, config: PortConfig) -> Self {
+        let sync = miniport.synchronization();
+        Port {
+            miniport,
+            core: PortCore {
+                state: spin::Mutex::new(PortState::new(config)),
+                interrupt_lock: spin::Mutex::new(()),
+                start_io_lock: spin::Mutex::new(()),
+                running: Running::new(),
+                sync,
+                routing: config.routing,
+                #[cfg(test)]
+                flaw: None,
+            },
+        }
+    }
+
+    /// Breaks the port on purpose (checker self-tests).
+    #[cfg(test)]
+    pub(crate) fn set_flaw(&mut self, flaw: Flaw) {
+        let st = self.core.state.get_mut();
+        st.flaw = Some(flaw);
+        st.timer.flaw = Some(flaw);
+        self.core.flaw = Some(flaw);
+    }
+
+    /// Runs one miniport routine (see [`PortCore::call`]).
+    pub(super) fn call<R>(
+        &self,
+        platform: &mut dyn Platform,
+        routine: Routine,
+        f: impl FnOnce(&M, &mut PortContext<'_>) -> R,
+    ) -> R {
+        self.core
+            .call(platform, routine, |ctx| f(&self.miniport, ctx))
+    }
+
+    /// HwFindAdapter then HwInitialize, on the runner's CPU before any other CPU
+    /// dispatches. The miniport is ready for its first request afterwards.
     pub fn initialize(
-        &mut self,
+        &self,
         platform: &mut dyn Platform,
     ) -> Result<AdapterCapabilities, PortError<M::Error>> {
-        self.state.has_timer = self.miniport.has_timer();
+        let has_timer = self.miniport.has_timer();
+        self.core.state.lock().has_timer = has_timer;
         let caps = self
             .call(platform, Routine::FindAdapter, |m, ctx| m.find_adapter(ctx))
             .map_err(PortError::FindAdapter)?;
-        self.state.caps = Some(caps);
-        if !caps.interrupts && !self.state.has_timer {
-            let now = platform.now_us();
-            self.state.checker.record(
-                Rule::T7,
-                Routine::FindAdapter,
-                now,
-                "miniport without interrupts has no HwTimer to poll with",
-                0,
-            );
+        {
+            let mut st = self.core.state.lock();
+            st.caps = Some(caps);
+            if !caps.interrupts && !has_timer {
+                let now = platform.now_us();
+                st.checker.record_on(
+                    platform.cpu(),
+                    Rule::T7,
+                    Routine::FindAdapter,
+                    now,
+                    "miniport without interrupts has no HwTimer to poll with",
+                    0,
+                );
+            }
         }
         self.call(platform, Routine::Initialize, |m, ctx| m.initialize(ctx))
             .map_err(PortError::Initialize)?;
-        self.state.next_request = true;
+        self.core.state.lock().next_request = true;
         Ok(caps)
     }
 
     /// HwInterrupt for each vector in `vectors`, unless the enable callback holds them
     /// off (I4).
-    fn deliver(&mut self, platform: &mut dyn Platform, vectors: u32) {
+    fn deliver(&self, platform: &mut dyn Platform, vectors: u32) {
         let mut vectors = vectors;
         while vectors != 0 {
-            #[cfg(test)]
-            let hold_off = self.state.phase != InterruptPhase::Normal
-                && !self.state.flawed(Flaw::InterruptDuringEnableCallback);
-            #[cfg(not(test))]
-            let hold_off = self.state.phase != InterruptPhase::Normal;
-            if hold_off {
-                // I4: HwInterrupt waits until HwDisableInterruptsCallback ran.
-                self.state.held_vectors |= vectors;
-                return;
+            {
+                let mut st = self.core.state.lock();
+                #[cfg(test)]
+                let hold_off = st.phase != InterruptPhase::Normal
+                    && !st.flawed(Flaw::InterruptDuringEnableCallback);
+                #[cfg(not(test))]
+                let hold_off = st.phase != InterruptPhase::Normal;
+                if hold_off {
+                    // I4: HwInterrupt waits until HwDisableInterruptsCallback ran.
+                    st.held_vectors |= vectors;
+                    return;
+                }
+                st.stats.interrupts += 1;
             }
             let v = vectors.trailing_zeros() as u16;
             vectors &= vectors - 1;
-            self.state.stats.interrupts += 1;
             let claimed = self.call(platform, Routine::Interrupt, |m, ctx| m.interrupt(ctx, v));
+            let mut st = self.core.state.lock();
             if !claimed {
-                self.state.stats.interrupts_not_claimed += 1;
-            } else if self.state.own_vectors & (1 << v) == 0 {
+                st.stats.interrupts_not_claimed += 1;
+            } else if st.own_vectors & (1 << v) == 0 {
                 let now = platform.now_us();
-                self.state.checker.record(
+                st.checker.record_on(
+                    platform.cpu(),
                     Rule::I1,
                     Routine::Interrupt,
                     now,
@@ -244,68 +333,114 @@ impl<M: Miniport> Port<M> {
         }
     }
 
-    /// Runs the deferred callbacks the interrupt flow asks for (I3, I4).
-    fn run_deferred(&mut self, platform: &mut dyn Platform) {
-        if matches!(
-            self.state.phase,
-            InterruptPhase::EnableRequested | InterruptPhase::EnableCallback
-        ) {
-            self.state.phase = InterruptPhase::EnableCallback;
-            self.state.stats.enable_callbacks += 1;
+    /// Runs the deferred callbacks the interrupt flow asks for (I3, I4), on the CPU whose
+    /// HwInterrupt asked for them.
+    fn run_deferred(&self, platform: &mut dyn Platform) {
+        let cpu = platform.cpu();
+        let enable = {
+            let mut st = self.core.state.lock();
+            let due = st.phase_cpu == cpu
+                && matches!(
+                    st.phase,
+                    InterruptPhase::EnableRequested | InterruptPhase::EnableCallback
+                );
+            if due {
+                st.phase = InterruptPhase::EnableCallback;
+                st.stats.enable_callbacks += 1;
+            }
+            due
+        };
+        if enable {
             self.call(platform, Routine::EnableInterruptsCallback, |m, ctx| {
                 m.enable_interrupts_callback(ctx)
             });
         }
-        if self.state.phase == InterruptPhase::DisableRequested {
-            self.state.stats.disable_callbacks += 1;
+        let disable = {
+            let mut st = self.core.state.lock();
+            let due = st.phase_cpu == cpu && st.phase == InterruptPhase::DisableRequested;
+            if due {
+                st.stats.disable_callbacks += 1;
+            }
+            due
+        };
+        if disable {
             self.call(platform, Routine::DisableInterruptsCallback, |m, ctx| {
                 m.disable_interrupts_callback(ctx)
             });
-            self.state.phase = InterruptPhase::Normal;
-            let held = core::mem::take(&mut self.state.held_vectors);
+            let held = {
+                let mut st = self.core.state.lock();
+                st.phase = InterruptPhase::Normal;
+                core::mem::take(&mut st.held_vectors)
+            };
             self.deliver(platform, held);
         }
     }
 
-    /// Dispatches one batch of platform events: the timer's expiry first (from then on
-    /// the call is dispatched and RequestTimerCall(0) no longer stops it, T3), HwInterrupt
-    /// for each vector, the deferred interrupt callbacks, then HwTimer. One routine at a
-    /// time (T5).
-    pub fn dispatch(&mut self, platform: &mut dyn Platform, events: Events) {
+    /// Dispatches one batch of events that arrived on the platform's CPU. On the timer's
+    /// CPU the expiry comes first (from then on the call is dispatched and
+    /// RequestTimerCall(0) no longer stops it, T3), then HwInterrupt for each vector,
+    /// the deferred interrupt callbacks this CPU asked for, then HwTimer; on the runner's
+    /// CPU, HwStartIo for what can start. Another CPU wakes the runner's afterwards, so
+    /// it sees the completions.
+    pub fn dispatch(&self, platform: &mut dyn Platform, events: Events) {
+        let cpu = platform.cpu();
+        let ticks = if cpu == self.core.routing.timer_cpu {
+            events.ticks
+        } else {
+            0
+        };
         let mut fire = false;
-        if events.ticks > 0 {
-            self.state.shadow.ticks(events.ticks);
-            fire = self.state.timer.advance(events.ticks);
+        if ticks > 0 {
+            let mut st = self.core.state.lock();
+            st.shadow.ticks(ticks);
+            fire = st.timer.advance(ticks);
         }
         self.deliver(platform, events.vectors);
         self.run_deferred(platform);
         if fire {
-            self.state.stats.timer_calls += 1;
-            let now = platform.now_us();
-            self.state.shadow.fired(&mut self.state.checker, now);
+            {
+                let mut guard = self.core.state.lock();
+                let st = &mut *guard;
+                st.stats.timer_calls += 1;
+                let now = platform.now_us();
+                st.shadow.fired(&mut st.checker, cpu, now);
+            }
             self.call(platform, Routine::Timer, |m, ctx| m.timer(ctx));
         }
-        if events.ticks > 0 {
-            let now = platform.now_us();
-            self.state.shadow.end_dispatch(&mut self.state.checker, now);
+        if ticks > 0 {
+            {
+                let mut guard = self.core.state.lock();
+                let st = &mut *guard;
+                let now = platform.now_us();
+                st.shadow.end_dispatch(&mut st.checker, cpu, now);
+            }
             self.check_timeouts(platform);
             self.check_hold(platform);
         }
-        self.start_queued(platform);
+        if cpu == RUNNER_CPU {
+            self.start_queued(platform);
+        } else if !events.is_empty() {
+            platform.wake(RUNNER_CPU);
+        }
     }
 
     /// Passes queued SRBs to HwStartIo while the miniport is ready for them, without
     /// waiting for anything.
-    pub fn start_pending(&mut self, platform: &mut dyn Platform) {
+    pub fn start_pending(&self, platform: &mut dyn Platform) {
         self.start_queued(platform);
+    }
+
+    fn idle(&self) -> bool {
+        let st = self.core.state.lock();
+        st.active == 0 && st.queued.len == 0
     }
 
     /// Starts what can be started, then waits for one batch of events and dispatches
     /// it. Returns false without waiting when nothing is queued or outstanding and no
     /// timer is pending.
-    pub fn run_once(&mut self, platform: &mut dyn Platform) -> bool {
+    pub fn run_once(&self, platform: &mut dyn Platform) -> bool {
         self.start_queued(platform);
-        if self.state.active == 0 && self.state.queued.len == 0 && !self.state.timer.is_pending() {
+        if self.idle() && !self.core.state.lock().timer.is_pending() {
             return false;
         }
         let events = platform.wait_for_events();
@@ -316,13 +451,13 @@ impl<M: Miniport> Port<M> {
     /// Runs until no SRB is queued or outstanding, or until `deadline_us` of platform
     /// time.
     pub fn run_until_idle(
-        &mut self,
+        &self,
         platform: &mut dyn Platform,
         deadline_us: u64,
     ) -> Result<(), PortError<M::Error>> {
         loop {
             self.start_queued(platform);
-            if self.state.active == 0 && self.state.queued.len == 0 {
+            if self.idle() {
                 return Ok(());
             }
             if platform.now_us() >= deadline_us {
@@ -332,52 +467,11 @@ impl<M: Miniport> Port<M> {
             self.dispatch(platform, events);
         }
     }
+}
 
-    /// Whether the miniport sent BusChangeDetected since the last call.
-    pub fn take_bus_change(&mut self) -> bool {
-        core::mem::take(&mut self.state.bus_change)
-    }
-
-    /// SRBs queued or held by the miniport.
-    pub fn in_flight(&self) -> usize {
-        self.state.queued.len + usize::from(self.state.active)
-    }
-
-    pub fn active(&self) -> u16 {
-        self.state.active
-    }
-
-    pub fn stats(&self) -> PortStats {
-        self.state.stats
-    }
-
-    /// The rule checker: violations and routine times.
-    pub fn checker(&self) -> &Checker {
-        &self.state.checker
-    }
-
-    pub fn interrupt_phase(&self) -> InterruptPhase {
-        self.state.phase
-    }
-
-    /// Whether new requests are held after a reset (P2, N5).
-    pub fn in_reset_hold(&self) -> bool {
-        self.state.hold.is_some()
-    }
-
-    pub fn timer(&self) -> &TimerService {
-        &self.state.timer
-    }
-
-    pub fn capabilities(&self) -> Option<AdapterCapabilities> {
-        self.state.caps
-    }
-
-    pub fn miniport(&self) -> &M {
-        &self.miniport
-    }
-
-    pub fn miniport_mut(&mut self) -> &mut M {
-        &mut self.miniport
+/// The other CPUs dispatch their events into the port.
+impl<M: Miniport + Sync> CpuWork for Port<M> {
+    fn dispatch(&self, platform: &mut dyn Platform, events: Events) {
+        Port::dispatch(self, platform, events);
     }
 }

@@ -20,34 +20,44 @@ pub(super) struct Hold {
 impl<M: Miniport> Port<M> {
     /// Whether new requests are held now (P2, N5).
     pub(super) fn holding(&self) -> bool {
+        let st = self.core.state.lock();
         #[cfg(test)]
-        if self.state.flawed(Flaw::NoResetHold) {
+        if st.flawed(Flaw::NoResetHold) {
             return false;
         }
-        self.state.hold.is_some()
+        st.hold.is_some()
     }
 
     /// P1: SRBs past their timeout reset the bus. The checker's own view: an SRB past
     /// its timeout by more than a tick with no reset since is a port violation.
-    pub(super) fn check_timeouts(&mut self, platform: &mut dyn Platform) {
+    pub(super) fn check_timeouts(&self, platform: &mut dyn Platform) {
         let now = platform.now_us();
-        #[cfg(test)]
-        let broken = self.state.flawed(Flaw::NoTimeoutReset);
-        #[cfg(not(test))]
-        let broken = false;
-        if self.state.hold.is_none() && !broken {
-            let expired = self.state.slots.iter().find(|s| {
-                s.state == SlotState::Active
-                    && now.saturating_sub(s.started_us) > u64::from(s.srb.timeout_us)
-            });
-            if let Some(s) = expired {
-                let path = s.srb.path;
-                self.state.stats.srb_timeouts += 1;
-                self.reset_bus(platform, path);
+        let cpu = platform.cpu();
+        let expired = {
+            let st = self.core.state.lock();
+            #[cfg(test)]
+            let broken = st.flawed(Flaw::NoTimeoutReset);
+            #[cfg(not(test))]
+            let broken = false;
+            if st.hold.is_none() && !broken {
+                st.slots
+                    .iter()
+                    .find(|s| {
+                        s.state == SlotState::Active
+                            && now.saturating_sub(s.started_us) > u64::from(s.srb.timeout_us)
+                    })
+                    .map(|s| s.srb.path)
+            } else {
+                None
             }
+        };
+        if let Some(path) = expired {
+            self.core.state.lock().stats.srb_timeouts += 1;
+            self.reset_bus(platform, path);
         }
-        let grace = u64::from(self.state.config.tick_us);
-        let st = &mut self.state;
+        let mut guard = self.core.state.lock();
+        let st = &mut *guard;
+        let grace = u64::from(st.config.tick_us);
         for i in 0..MAX_SRBS {
             let s = &mut st.slots[i];
             let deadline = s.started_us + u64::from(s.srb.timeout_us) + grace;
@@ -59,7 +69,8 @@ impl<M: Miniport> Port<M> {
             {
                 s.timeout_flagged = true;
                 let tag = s.srb.tag;
-                st.checker.record(
+                st.checker.record_on(
+                    cpu,
                     Rule::P1,
                     Routine::Port,
                     now,
@@ -72,16 +83,17 @@ impl<M: Miniport> Port<M> {
 
     /// End of a reset hold: what the miniport still holds is a violation (P2 or N5);
     /// the port takes it back with SRB_STATUS_BUS_RESET.
-    pub(super) fn check_hold(&mut self, platform: &mut dyn Platform) {
-        let Some(hold) = self.state.hold else {
+    pub(super) fn check_hold(&self, platform: &mut dyn Platform) {
+        let now = platform.now_us();
+        let mut guard = self.core.state.lock();
+        let st = &mut *guard;
+        let Some(hold) = st.hold else {
             return;
         };
-        let now = platform.now_us();
         if now < hold.until_us {
             return;
         }
-        self.state.hold = None;
-        let st = &mut self.state;
+        st.hold = None;
         for i in 0..MAX_SRBS {
             if hold.slots & (1 << i) == 0 || st.slots[i].state != SlotState::Active {
                 continue;
@@ -92,30 +104,40 @@ impl<M: Miniport> Port<M> {
             } else {
                 "request still outstanding when the reset hold ended"
             };
-            st.checker
-                .record(hold.rule, Routine::Port, now, message, u64::from(tag));
+            st.checker.record_on(
+                platform.cpu(),
+                hold.rule,
+                Routine::Port,
+                now,
+                message,
+                u64::from(tag),
+            );
             st.slots[i].srb.srb_status = SrbStatus::BusReset;
             st.stats.reclaimed += 1;
             st.finish_slot(i as u8);
         }
-        self.state.next_request = true;
+        st.next_request = true;
     }
 
     /// HwResetBus on `path` (asked for by the caller, or after an SRB timeout, P1).
     /// Starts the reset hold: what is still active when it ends is a violation (P2).
-    pub fn reset_bus(&mut self, platform: &mut dyn Platform, path: u8) -> bool {
-        self.state.stats.bus_resets += 1;
+    pub fn reset_bus(&self, platform: &mut dyn Platform, path: u8) -> bool {
         let now = platform.now_us();
-        self.state.last_reset_us = now;
-        let slots = self.state.active_mask();
+        let slots = {
+            let mut st = self.core.state.lock();
+            st.stats.bus_resets += 1;
+            st.last_reset_us = now;
+            st.active_mask()
+        };
         let ok = self.call(platform, Routine::ResetBus, |m, ctx| m.reset_bus(ctx, path));
         // A ResetDetected from inside HwResetBus is part of this reset.
-        self.state.hold = Some(Hold {
-            until_us: now + u64::from(self.state.config.reset_hold_us),
+        let mut st = self.core.state.lock();
+        st.hold = Some(Hold {
+            until_us: now + u64::from(st.config.reset_hold_us),
             rule: Rule::P2,
-            slots: slots & self.state.active_mask(),
+            slots: slots & st.active_mask(),
         });
-        self.state.next_request = true;
+        st.next_request = true;
         ok
     }
 }

@@ -7,23 +7,29 @@
 //! - `notifications`: [`PortContext`], what a routine may do to the port.
 //! - `queue`: SRB slots, which SRB goes to HwStartIo next (N2, N3), polling (T7).
 //! - `dispatch`: [`Port`] itself: the wrapper every routine runs through, and the
-//!   event loop that delivers interrupts, deferred callbacks and HwTimer.
+//!   dispatch of each CPU's events: interrupts, deferred callbacks and HwTimer.
+//! - `locks`: which of the port's locks each routine runs under on several CPUs (T5,
+//!   T6), and [`InterruptShared`], what a miniport shares with HwInterrupt.
+//! - `cpus`: which CPU takes what ([`Routing`]), and what each one ran.
 //! - `hold`: SRB timeouts (P1) and the reset hold (P2, N5).
 //! - [`timer`]: the timer service (T1 to T4); [`checker`]: the rule checker;
 //!   [`handoff`]: the lock-free pieces of Storport's multi-channel mode (T5, T6).
 //!
-//! Every miniport routine runs through one wrapper that measures it (P4) and lets the
-//! checker see what the miniport did; the port's own duties (timer service, deferred
-//! interrupt callbacks, request timeouts and the reset hold) are checked by the same
-//! checker against an independent model, so a broken port is caught as well.
+//! Every miniport routine runs through one wrapper that takes its locks, measures it
+//! (P4) and lets the checker see what the miniport did; the port's own duties (timer
+//! service, deferred interrupt callbacks, request timeouts and the reset hold) are
+//! checked by the same checker against an independent model, so a broken port is
+//! caught as well. The port is shared by every CPU: its own state sits behind one lock
+//! that is never held while a miniport routine runs.
 
-use core::cell::Cell;
 use core::fmt;
 
 pub mod checker;
+mod cpus;
 mod dispatch;
 pub mod handoff;
 mod hold;
+mod locks;
 mod miniport;
 #[cfg(test)]
 mod multichannel_tests;
@@ -40,10 +46,16 @@ pub use checker::{Checker, CheckerConfig, Routine, RoutineTimes, Rule, Violation
 use timer::ShadowTimer;
 pub use timer::TimerService;
 
+use cpus::CallLog;
+pub use cpus::{CpuStats, RoutineCall, Routing, RUNNER_CPU};
 pub use dispatch::InterruptPhase;
 use hold::Hold;
-pub use miniport::{AdapterCapabilities, Miniport, StartIo};
-pub use notifications::PortContext;
+pub use locks::InterruptShared;
+use locks::Running;
+pub use miniport::{
+    AdapterCapabilities, Miniport, Serial, SerialMiniport, StartIo, Synchronization,
+};
+pub use notifications::{PortContext, SrbMut, SrbRef};
 use queue::{LuState, Slot, SlotList, SlotState};
 pub use srb::{
     scsi_status, DataBuffer, DataDirection, LuAddress, Srb, SrbHandle, SrbStatus, Tag,
@@ -83,6 +95,8 @@ pub struct PortStats {
     pub bus_changes: u64,
     pub enable_callbacks: u64,
     pub disable_callbacks: u64,
+    /// What each CPU ran.
+    pub per_cpu: [CpuStats; crate::platform::MAX_CPUS],
 }
 
 /// Why the port refused or gave up.
@@ -123,6 +137,8 @@ pub struct PortConfig {
     /// port hands it back with that status.
     pub bus_reset_retries: u32,
     pub checker: CheckerConfig,
+    /// Which CPU takes the interrupts and the timer.
+    pub routing: Routing,
 }
 
 impl PortConfig {
@@ -132,6 +148,7 @@ impl PortConfig {
             reset_hold_us: DEFAULT_RESET_HOLD_US,
             bus_reset_retries: DEFAULT_BUS_RESET_RETRIES,
             checker: CheckerConfig::default(),
+            routing: Routing::default(),
         }
     }
 }
@@ -157,6 +174,8 @@ pub(crate) enum Flaw {
     NoTimeoutReset,
     /// P2: requests are started during the reset hold.
     NoResetHold,
+    /// T5: HwTimer (half duplex) runs without the interrupt lock.
+    NoInterruptLock,
 }
 
 /// The port's state that notifications act on.
@@ -176,11 +195,10 @@ pub struct PortState {
     stats: PortStats,
     checker: Checker,
     config: PortConfig,
-    /// The routine running now, and what it did so far.
-    routine: Routine,
-    routine_stall_us: u64,
-    routine_deferred: bool,
     phase: InterruptPhase,
+    /// The CPU whose HwInterrupt asked for CallEnableInterrupts: the deferred callbacks
+    /// run there (I3, I4).
+    phase_cpu: usize,
     /// Vectors that arrived while HwInterrupt was held off (I4).
     held_vectors: u32,
     /// MSI-X entries the miniport asked messages for: its own interrupts (I1).
@@ -188,23 +206,117 @@ pub struct PortState {
     /// N4: the SRB last accepted by HwStartIo, until NextRequest/NextLuRequest.
     owed_next: Option<u8>,
     owed_completed: bool,
+    /// The HwStartIo that owes it still runs: another CPU's completion is judged when
+    /// it returns.
+    owing_start_io: bool,
     hold: Option<Hold>,
     last_reset_us: u64,
     /// BusChangeDetected since the owner last looked.
     bus_change: bool,
     /// T7 reported for the current stretch without a pending HwTimer.
     t7_flagged: bool,
-    /// Reads through handles the port had already taken back (N1), counted by `srb()`.
-    stale_reads: Cell<u32>,
     /// What a stale handle reads and writes instead of another request's SRB.
     limbo: Srb,
-    gate: handoff::RoutineGate,
+    /// Which CPU ran which routine, for the timeline.
+    calls: CallLog,
     #[cfg(test)]
     flaw: Option<Flaw>,
 }
 
-/// A port driving one adapter through miniport `M`.
+/// What every CPU shares of a port, apart from the miniport: its state, behind a lock
+/// never held while a routine runs, and the locks routines run under.
+pub struct PortCore {
+    state: spin::Mutex<PortState>,
+    /// T5: HwInterrupt, HwTimer in half duplex, SynchronizeAccess.
+    interrupt_lock: spin::Mutex<()>,
+    /// HwStartIo (one channel), HwTimer, HwResetBus, the enable callback (T6).
+    start_io_lock: spin::Mutex<()>,
+    running: Running,
+    sync: Synchronization,
+    routing: Routing,
+    #[cfg(test)]
+    flaw: Option<Flaw>,
+}
+
+/// A port driving one adapter through miniport `M`, on one CPU or several: every
+/// method takes `&self`, so each CPU's loop can dispatch its own events.
 pub struct Port<M: Miniport> {
     miniport: M,
-    state: PortState,
+    core: PortCore,
+}
+
+impl<M: Miniport> Port<M> {
+    /// Whether the miniport sent BusChangeDetected since the last call.
+    pub fn take_bus_change(&self) -> bool {
+        core::mem::take(&mut self.core.state.lock().bus_change)
+    }
+
+    /// SRBs queued or held by the miniport.
+    pub fn in_flight(&self) -> usize {
+        let st = self.core.state.lock();
+        st.queued.len + usize::from(st.active)
+    }
+
+    pub fn active(&self) -> u16 {
+        self.core.state.lock().active
+    }
+
+    pub fn stats(&self) -> PortStats {
+        self.core.state.lock().stats
+    }
+
+    /// The rule checker as it stands: violations and routine times.
+    pub fn checker(&self) -> Checker {
+        self.core.state.lock().checker
+    }
+
+    pub fn interrupt_phase(&self) -> InterruptPhase {
+        self.core.state.lock().phase
+    }
+
+    /// Whether new requests are held after a reset (P2, N5).
+    pub fn in_reset_hold(&self) -> bool {
+        self.core.state.lock().hold.is_some()
+    }
+
+    /// The timer service as it stands.
+    pub fn timer(&self) -> TimerService {
+        self.core.state.lock().timer
+    }
+
+    pub fn capabilities(&self) -> Option<AdapterCapabilities> {
+        self.core.state.lock().caps
+    }
+
+    /// Which CPU takes what.
+    pub fn routing(&self) -> Routing {
+        self.core.routing
+    }
+
+    /// The calls of the routines whose CPU the routing chooses, in order, and how many
+    /// more there were than the log keeps.
+    pub fn with_calls<R>(&self, f: impl FnOnce(&[RoutineCall], u64) -> R) -> R {
+        let st = self.core.state.lock();
+        f(st.calls.calls(), st.calls.dropped())
+    }
+
+    /// [`Miniport::resetting`], asked holding the interrupt lock.
+    pub fn resetting(&self) -> bool {
+        let _lock = self.core.interrupt_lock.lock();
+        self.miniport.resetting()
+    }
+
+    /// [`Miniport::completions_waiting`], asked holding the interrupt lock.
+    pub fn completions_waiting(&self) -> u32 {
+        let _lock = self.core.interrupt_lock.lock();
+        self.miniport.completions_waiting()
+    }
+
+    pub fn miniport(&self) -> &M {
+        &self.miniport
+    }
+
+    pub fn miniport_mut(&mut self) -> &mut M {
+        &mut self.miniport
+    }
 }

@@ -142,156 +142,175 @@ impl PortState {
     }
 }
 
+impl PortState {
+    fn lu_queued(&self, lu: LuAddress) -> bool {
+        self.queued
+            .as_slice()
+            .iter()
+            .any(|&s| self.slots[usize::from(s)].srb.lu() == lu)
+    }
+
+    /// The position in the queue of the first SRB the miniport may take now.
+    fn next_startable(&self) -> Option<usize> {
+        let caps = self.caps?;
+        if self.active >= caps.max_outstanding {
+            return None;
+        }
+        #[cfg(test)]
+        let ignore_busy = self.flawed(Flaw::IgnoreLuBusy);
+        #[cfg(not(test))]
+        let ignore_busy = false;
+        self.queued.as_slice().iter().position(|&s| {
+            let lu = self.slots[usize::from(s)].srb.lu();
+            let Some(l) = self.lu_index(lu).and_then(|i| self.lus[i]) else {
+                return false;
+            };
+            // N2: NextRequest opens a target that is not busy. N3: NextLuRequest opens
+            // that LU up to its queue depth.
+            (self.next_request && (l.active == 0 || ignore_busy))
+                || (caps.tagged_queuing && l.ready && l.active < caps.queue_depth)
+        })
+    }
+
+    /// Takes the next startable SRB off the queue and makes it active: the handle for
+    /// HwStartIo, and its LU's index. Checks the port's own view of N2 and P2 first.
+    fn take_startable(&mut self, cpu: usize, now: u64) -> Option<(SrbHandle, Option<usize>)> {
+        let at = self.next_startable()?;
+        let slot = self.queued.remove(at);
+        let lu = self.slots[usize::from(slot)].srb.lu();
+        let li = self.lu_index(lu);
+        // The checker's own view of N2 and P2, independent of next_startable.
+        if let Some(l) = li.and_then(|i| self.lus[i]) {
+            let may_queue = self.caps.is_some_and(|c| c.tagged_queuing) && l.ready;
+            if l.active > 0 && !may_queue {
+                self.checker.record_on(
+                    cpu,
+                    Rule::N2,
+                    Routine::Port,
+                    now,
+                    "port sent a second request to a busy LU without tagged queuing",
+                    u64::from(lu.lun),
+                );
+            }
+        }
+        if self.hold.is_some() {
+            self.checker.record_on(
+                cpu,
+                Rule::P2,
+                Routine::Port,
+                now,
+                "port started a request during the reset hold",
+                0,
+            );
+        }
+        let s = &mut self.slots[usize::from(slot)];
+        s.state = SlotState::Active;
+        s.started_us = now;
+        let handle = SrbHandle {
+            slot,
+            tag: s.srb.tag,
+        };
+        self.next_request = false;
+        if let Some(l) = li.and_then(|i| self.lus[i].as_mut()) {
+            l.ready = false;
+            l.active += 1;
+        }
+        self.active += 1;
+        self.stats.start_io_calls += 1;
+        self.owed_next = Some(slot);
+        self.owed_completed = false;
+        Some((handle, li))
+    }
+
+    /// HwStartIo gave `handle` back: it goes to the front of the queue and waits for
+    /// the miniport's next NextRequest. False when the handle was already completed.
+    fn give_back(&mut self, cpu: usize, now: u64, handle: SrbHandle, li: Option<usize>) -> bool {
+        self.stats.start_io_busy += 1;
+        if self.owed_next == Some(handle.slot) {
+            self.owed_next = None;
+        }
+        if !self.owns(&handle) {
+            // Completed and handed back: N1's run-time residue.
+            self.checker.record_on(
+                cpu,
+                Rule::N1,
+                Routine::StartIo,
+                now,
+                "HwStartIo gave back an SRB it had completed",
+                u64::from(handle.tag),
+            );
+            return false;
+        }
+        self.slots[usize::from(handle.slot)].state = SlotState::Queued;
+        self.queued.push_front(handle.slot);
+        if let Some(l) = li.and_then(|i| self.lus[i].as_mut()) {
+            l.active -= 1;
+        }
+        self.active -= 1;
+        // Wait for the miniport's next NextRequest before trying again.
+        self.next_request = false;
+        true
+    }
+}
+
 impl<M: Miniport> Port<M> {
     /// Queues `srb`; returns its tag. It is started when the miniport is ready.
-    pub fn submit(&mut self, mut srb: Srb) -> Result<Tag, PortError<M::Error>> {
-        if self.state.caps.is_none() {
+    pub fn submit(&self, mut srb: Srb) -> Result<Tag, PortError<M::Error>> {
+        let mut guard = self.core.state.lock();
+        let st = &mut *guard;
+        if st.caps.is_none() {
             return Err(PortError::NotInitialized);
         }
         let lu = srb.lu();
-        if self.state.lu_index(lu).is_none() {
-            let free = self
-                .state
+        if st.lu_index(lu).is_none() {
+            let free = st
                 .lus
                 .iter()
-                .position(|l| l.is_none_or(|l| l.active == 0 && !self.lu_queued(l.address)))
+                .position(|l| l.is_none_or(|l| l.active == 0 && !st.lu_queued(l.address)))
                 .ok_or(PortError::TooManyLus)?;
-            self.state.lus[free] = Some(LuState {
+            st.lus[free] = Some(LuState {
                 address: lu,
                 active: 0,
                 ready: false,
             });
         }
-        let slot = self
-            .state
+        let slot = st
             .slots
             .iter()
             .position(|s| s.state == SlotState::Free)
             .ok_or(PortError::QueueFull)?;
-        let tag = self.state.next_tag;
-        self.state.next_tag = self.state.next_tag.wrapping_add(1).max(1);
+        let tag = st.next_tag;
+        st.next_tag = st.next_tag.wrapping_add(1).max(1);
         srb.tag = tag;
         srb.srb_status = SrbStatus::Pending;
-        self.state.slots[slot] = Slot {
+        st.slots[slot] = Slot {
             state: SlotState::Queued,
             srb,
             started_us: 0,
             timeout_flagged: false,
             retries: 0,
         };
-        self.state.queued.push_back(slot as u8);
-        self.state.stats.submitted += 1;
+        st.queued.push_back(slot as u8);
+        st.stats.submitted += 1;
         Ok(tag)
     }
 
-    fn lu_queued(&self, lu: LuAddress) -> bool {
-        self.state
-            .queued
-            .as_slice()
-            .iter()
-            .any(|&s| self.state.slots[usize::from(s)].srb.lu() == lu)
-    }
-
-    /// The position in the queue of the first SRB the miniport may take now.
-    fn next_startable(&self) -> Option<usize> {
-        let st = &self.state;
-        let caps = st.caps?;
-        if st.active >= caps.max_outstanding {
-            return None;
-        }
-        #[cfg(test)]
-        let ignore_busy = st.flawed(Flaw::IgnoreLuBusy);
-        #[cfg(not(test))]
-        let ignore_busy = false;
-        st.queued.as_slice().iter().position(|&s| {
-            let lu = st.slots[usize::from(s)].srb.lu();
-            let Some(l) = st.lu_index(lu).and_then(|i| st.lus[i]) else {
-                return false;
-            };
-            // N2: NextRequest opens a target that is not busy. N3: NextLuRequest opens
-            // that LU up to its queue depth.
-            (st.next_request && (l.active == 0 || ignore_busy))
-                || (caps.tagged_queuing && l.ready && l.active < caps.queue_depth)
-        })
-    }
-
-    /// Passes queued SRBs to HwStartIo while the miniport is ready for them.
-    pub(super) fn start_queued(&mut self, platform: &mut dyn Platform) {
+    /// Passes queued SRBs to HwStartIo while the miniport is ready for them. The
+    /// port's state is unlocked while HwStartIo runs.
+    pub(super) fn start_queued(&self, platform: &mut dyn Platform) {
         if self.holding() {
             return;
         }
-        while let Some(at) = self.next_startable() {
-            let slot = self.state.queued.remove(at);
+        let cpu = platform.cpu();
+        loop {
             let now = platform.now_us();
-            let caps = self.state.caps;
-            let st = &mut self.state;
-            let lu = st.slots[usize::from(slot)].srb.lu();
-            let li = st.lu_index(lu);
-            // The checker's own view of N2 and P2, independent of next_startable.
-            if let Some(l) = li.and_then(|i| st.lus[i]) {
-                let may_queue = caps.is_some_and(|c| c.tagged_queuing) && l.ready;
-                if l.active > 0 && !may_queue {
-                    st.checker.record(
-                        Rule::N2,
-                        Routine::Port,
-                        now,
-                        "port sent a second request to a busy LU without tagged queuing",
-                        u64::from(lu.lun),
-                    );
-                }
-            }
-            if st.hold.is_some() {
-                st.checker.record(
-                    Rule::P2,
-                    Routine::Port,
-                    now,
-                    "port started a request during the reset hold",
-                    0,
-                );
-            }
-            let s = &mut st.slots[usize::from(slot)];
-            s.state = SlotState::Active;
-            s.started_us = now;
-            let handle = SrbHandle {
-                slot,
-                tag: s.srb.tag,
+            let Some((handle, li)) = self.core.state.lock().take_startable(cpu, now) else {
+                break;
             };
-            st.next_request = false;
-            if let Some(l) = li.and_then(|i| st.lus[i].as_mut()) {
-                l.ready = false;
-                l.active += 1;
-            }
-            st.active += 1;
-            st.stats.start_io_calls += 1;
-            st.owed_next = Some(slot);
-            st.owed_completed = false;
             match self.call(platform, Routine::StartIo, |m, ctx| m.start_io(ctx, handle)) {
                 StartIo::Accepted => {}
                 StartIo::Busy(handle) => {
-                    let st = &mut self.state;
-                    st.stats.start_io_busy += 1;
-                    if st.owed_next == Some(handle.slot) {
-                        st.owed_next = None;
-                    }
-                    if !st.owns(&handle) {
-                        // Completed and handed back: N1's run-time residue.
-                        st.checker.record(
-                            Rule::N1,
-                            Routine::StartIo,
-                            now,
-                            "HwStartIo gave back an SRB it had completed",
-                            u64::from(handle.tag),
-                        );
-                        break;
-                    }
-                    st.slots[usize::from(handle.slot)].state = SlotState::Queued;
-                    st.queued.push_front(handle.slot);
-                    if let Some(l) = li.and_then(|i| st.lus[i].as_mut()) {
-                        l.active -= 1;
-                    }
-                    st.active -= 1;
-                    // Wait for the miniport's next NextRequest before trying again.
-                    st.next_request = false;
+                    self.core.state.lock().give_back(cpu, now, handle, li);
                     break;
                 }
             }
@@ -300,14 +319,16 @@ impl<M: Miniport> Port<M> {
     }
 
     /// T7: a miniport without interrupts finds completions only from HwTimer.
-    pub(super) fn check_polling(&mut self, platform: &mut dyn Platform) {
-        let st = &mut self.state;
+    pub(super) fn check_polling(&self, platform: &mut dyn Platform) {
+        let mut guard = self.core.state.lock();
+        let st = &mut *guard;
         let polling = st.caps.is_some_and(|c| !c.interrupts);
         if polling && st.active > 0 && !st.timer.is_pending() {
             if !st.t7_flagged {
                 st.t7_flagged = true;
                 let now = platform.now_us();
-                st.checker.record(
+                st.checker.record_on(
+                    platform.cpu(),
                     Rule::T7,
                     Routine::Port,
                     now,
@@ -321,12 +342,13 @@ impl<M: Miniport> Port<M> {
     }
 
     /// Takes back the oldest completed SRB.
-    pub fn poll_completed(&mut self) -> Option<Srb> {
-        if self.state.completed.len == 0 {
+    pub fn poll_completed(&self) -> Option<Srb> {
+        let mut st = self.core.state.lock();
+        if st.completed.len == 0 {
             return None;
         }
-        let slot = self.state.completed.remove(0);
-        let s = &mut self.state.slots[usize::from(slot)];
+        let slot = st.completed.remove(0);
+        let s = &mut st.slots[usize::from(slot)];
         s.state = SlotState::Free;
         Some(s.srb)
     }

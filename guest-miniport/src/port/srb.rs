@@ -35,6 +35,13 @@ pub struct DataBuffer {
     pub direction: DataDirection,
 }
 
+// SAFETY: a DataBuffer only names memory; it never dereferences `ptr` itself. Every
+// access through it is an unsafe block of the SRB's owner that argues its own
+// exclusivity (no request using the buffer is outstanding), on whichever CPU it runs.
+unsafe impl Send for DataBuffer {}
+// SAFETY: as for Send: shared references to it only read the address.
+unsafe impl Sync for DataBuffer {}
+
 impl DataBuffer {
     pub const NONE: DataBuffer = DataBuffer {
         device_address: 0,

@@ -25,7 +25,7 @@ struct Recorder {
     bus_resets: u32,
 }
 
-impl Miniport for Recorder {
+impl SerialMiniport for Recorder {
     type Error = &'static str;
 
     fn find_adapter(
@@ -47,7 +47,7 @@ impl Miniport for Recorder {
     }
     fn start_io(&mut self, ctx: &mut PortContext<'_>, srb: SrbHandle) -> StartIo {
         self.started.push(srb.tag());
-        let s = ctx.srb(&srb);
+        let s = *ctx.srb(&srb);
         let (p, t, l) = (s.path, s.target, s.lun);
         self.held.push(srb);
         self.max_held = self.max_held.max(self.held.len());
@@ -83,14 +83,14 @@ impl Miniport for Recorder {
     }
 }
 
-fn new_port(m: Recorder) -> (Port<Recorder>, SimPlatform) {
+fn new_port(m: Recorder) -> (Port<Serial<Recorder>>, SimPlatform) {
     let mut p = SimPlatform(World::new(8, 10_000));
-    let mut port = Port::new(m, 10_000);
+    let port = Port::new(Serial::new(m), 10_000);
     port.initialize(&mut p).unwrap();
     (port, p)
 }
 
-fn run_all(port: &mut Port<Recorder>, p: &mut SimPlatform) {
+fn run_all(port: &mut Port<Serial<Recorder>>, p: &mut SimPlatform) {
     for _ in 0..1000 {
         if !port.run_once(p) {
             return;
@@ -106,7 +106,7 @@ fn t1_new_request_replaces_the_pending_one() {
         ..Recorder::default()
     });
     run_all(&mut port, &mut p);
-    assert_eq!(port.miniport().timer_at_us, [50_000]);
+    assert_eq!(port.miniport().lock().timer_at_us, [50_000]);
 }
 
 #[test]
@@ -119,12 +119,12 @@ fn t2_interval_is_rounded_up_to_the_tick() {
     });
     run_all(&mut port, &mut p);
     // 15 ms -> 2 ticks; 1 us -> 1 tick.
-    assert_eq!(port.miniport().timer_at_us, [20_000, 30_000]);
+    assert_eq!(port.miniport().lock().timer_at_us, [20_000, 30_000]);
 }
 
 #[test]
 fn t3_zero_interval_cancels() {
-    let (mut port, mut p) = new_port(Recorder {
+    let (port, mut p) = new_port(Recorder {
         init_timer_calls: std::vec![30_000, 0],
         ..Recorder::default()
     });
@@ -137,7 +137,7 @@ fn t3_zero_interval_cancels() {
             vectors: 0,
         },
     );
-    assert!(port.miniport().timer_at_us.is_empty());
+    assert!(port.miniport().lock().timer_at_us.is_empty());
 }
 
 #[test]
@@ -150,13 +150,13 @@ fn t4_hwtimer_runs_once_per_request_and_may_rearm() {
     });
     run_all(&mut port, &mut p);
     assert_eq!(
-        port.miniport().timer_at_us,
+        port.miniport().lock().timer_at_us,
         [10_000, 30_000, 50_000, 70_000]
     );
     assert_eq!(port.stats().timer_calls, 4);
 
     // Many ticks at once still make one call.
-    let (mut port, mut p) = new_port(Recorder {
+    let (port, mut p) = new_port(Recorder {
         init_timer_calls: std::vec![10_000],
         ..Recorder::default()
     });
@@ -174,7 +174,7 @@ fn t4_hwtimer_runs_once_per_request_and_may_rearm() {
             vectors: 0,
         },
     );
-    assert_eq!(port.miniport().timer_at_us.len(), 1);
+    assert_eq!(port.miniport().lock().timer_at_us.len(), 1);
 }
 
 fn srb(lun: u8) -> Srb {
@@ -189,7 +189,7 @@ fn n2_one_request_per_lu_without_tagged_queuing() {
     let c = port.submit(srb(0)).unwrap();
     let d = port.submit(srb(1)).unwrap();
     run_all(&mut port, &mut p);
-    let m = port.miniport();
+    let m = port.miniport().lock();
     // LU 0 is busy after `a`, so NextRequest lets `d` (LU 1) overtake.
     assert_eq!(m.started, [a, d, b, c]);
     assert_eq!(m.max_held, 2);
@@ -212,14 +212,14 @@ fn n3_next_lu_request_fills_the_queue_depth() {
     });
     let tags: Vec<Tag> = (0..7).map(|_| port.submit(srb(0)).unwrap()).collect();
     run_all(&mut port, &mut p);
-    assert_eq!(port.miniport().started, tags);
-    assert_eq!(port.miniport().max_held, 3);
+    assert_eq!(port.miniport().lock().started, tags);
+    assert_eq!(port.miniport().lock().max_held, 3);
     assert_eq!(port.stats().completed, 7);
 }
 
 #[test]
 fn submit_refuses_when_all_slots_are_taken() {
-    let (mut port, _p) = new_port(Recorder::default());
+    let (port, _p) = new_port(Recorder::default());
     for _ in 0..MAX_SRBS {
         port.submit(srb(0)).unwrap();
     }
@@ -229,7 +229,7 @@ fn submit_refuses_when_all_slots_are_taken() {
 #[test]
 fn stall_execution_is_accounted() {
     struct Staller;
-    impl Miniport for Staller {
+    impl SerialMiniport for Staller {
         type Error = &'static str;
         fn find_adapter(
             &mut self,
@@ -259,7 +259,7 @@ fn stall_execution_is_accounted() {
         }
     }
     let mut p = SimPlatform(World::new(8, 10_000));
-    let mut port = Port::new(Staller, 10_000);
+    let port = Port::new(Serial::new(Staller), 10_000);
     assert_eq!(port.initialize(&mut p), Err(PortError::Initialize("no")));
     let s = port.stats();
     assert_eq!(
@@ -283,7 +283,7 @@ fn srbs_completed_with_bus_reset_are_retried_by_the_port() {
     assert_eq!((s.tag, s.srb_status), (tag, SrbStatus::Success));
     assert!(port.poll_completed().is_none());
     assert_eq!(port.stats().bus_reset_retries, 2);
-    assert_eq!(port.miniport().started, [tag, tag, tag]);
+    assert_eq!(port.miniport().lock().started, [tag, tag, tag]);
 
     // Past the budget, the bus-reset status goes back to the owner.
     let budget = DEFAULT_BUS_RESET_RETRIES;
@@ -296,5 +296,5 @@ fn srbs_completed_with_bus_reset_are_retried_by_the_port() {
     let s = port.poll_completed().unwrap();
     assert_eq!((s.tag, s.srb_status), (tag, SrbStatus::BusReset));
     assert_eq!(port.stats().bus_reset_retries, u64::from(budget));
-    assert_eq!(port.miniport().started.len() as u32, budget + 1);
+    assert_eq!(port.miniport().lock().started.len() as u32, budget + 1);
 }

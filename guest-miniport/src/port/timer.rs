@@ -156,8 +156,8 @@ impl ShadowTimer {
         }
     }
 
-    /// The port called HwTimer.
-    pub(crate) fn fired(&mut self, checker: &mut Checker, now_us: u64) {
+    /// The port called HwTimer, on `cpu`.
+    pub(crate) fn fired(&mut self, checker: &mut Checker, cpu: usize, now_us: u64) {
         if self.owed {
             self.owed = false;
             self.last = LastOp::Fired;
@@ -178,17 +178,18 @@ impl ShadowTimer {
             ),
             None => (Rule::T4, "HwTimer ran again without a new RequestTimerCall"),
         };
-        checker.record(rule, Routine::Timer, now_us, message, self.now_tick);
+        checker.record_on(cpu, rule, Routine::Timer, now_us, message, self.now_tick);
     }
 
-    /// End of a dispatch: an expired request must have run HwTimer.
-    pub(crate) fn end_dispatch(&mut self, checker: &mut Checker, now_us: u64) {
+    /// End of a dispatch on `cpu`: an expired request must have run HwTimer.
+    pub(crate) fn end_dispatch(&mut self, checker: &mut Checker, cpu: usize, now_us: u64) {
         if !self.owed {
             return;
         }
         self.owed = false;
         if self.cancelled_after_dispatch {
-            checker.record(
+            checker.record_on(
+                cpu,
                 Rule::T3,
                 Routine::Port,
                 now_us,
@@ -196,7 +197,8 @@ impl ShadowTimer {
                 self.now_tick,
             );
         } else {
-            checker.record(
+            checker.record_on(
+                cpu,
                 Rule::T4,
                 Routine::Port,
                 now_us,

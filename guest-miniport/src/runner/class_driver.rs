@@ -85,7 +85,7 @@ pub(super) enum Disposition {
 }
 
 pub(super) struct Runner<'p, 'q, 'a, M: crate::port::Miniport<Error = VirtioScsiError>> {
-    pub(super) port: &'p mut Port<M>,
+    pub(super) port: &'p Port<M>,
     pub(super) platform: &'q mut dyn Platform,
     pub(super) deadline: u64,
     pub(super) args: &'a GuestArgs,
@@ -118,7 +118,7 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
         Failure::Timeout {
             op,
             in_flight: self.port.in_flight(),
-            waiting: self.port.miniport().completions_waiting(),
+            waiting: self.port.completions_waiting(),
         }
     }
 

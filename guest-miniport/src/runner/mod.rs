@@ -17,7 +17,7 @@ use core::fmt::Write;
 use crate::contract::{GuestArgs, ResetKind, Workload, MAX_REPORTED_IDS, MAX_TIMELINE_ENTRIES};
 use crate::pci::{self, BarAllocator};
 use crate::platform::{Dma, PciConfig, Platform};
-use crate::port::{CheckerConfig, Port, PortConfig, PortError, MAX_SRBS};
+use crate::port::{CheckerConfig, Port, PortConfig, PortError, Routing, MAX_SRBS};
 use crate::report::JsonLine;
 use crate::virtio::{PciTransport, Transport};
 use crate::virtio_scsi::{
@@ -52,8 +52,9 @@ pub use outcome::{Failure, Outcome};
 pub use report::Counters;
 use report::{report_failure, report_result, report_timeline};
 
-/// Entry point of the guest image. Returns the isa-debug-exit code.
-pub fn run<P: Platform, C: PciConfig, D: Dma>(
+/// Entry point of the guest image. Returns the isa-debug-exit code. The workload runs
+/// on this CPU while the platform's other CPUs dispatch their events into the port.
+pub fn run<P: Platform, C: PciConfig + Sync, D: Dma>(
     platform: &mut P,
     pci: &C,
     dma: &mut D,
@@ -88,7 +89,14 @@ pub fn run<P: Platform, C: PciConfig, D: Dma>(
     // SAFETY: find_virtio_scsi assigned and enabled the BARs inside PCI_MMIO_WINDOW,
     // which the image identity-maps uncached; nothing else touches this function.
     let transport = unsafe { PciTransport::new(pci, &dev) };
-    run_scenario(platform, transport, dma, &args, out)
+    scenario(
+        platform,
+        transport,
+        dma,
+        &args,
+        out,
+        &|port, platform, body| platform.with_secondaries(port, body),
+    )
 }
 
 /// The miniport's settings for the arguments of the kernel command line.
@@ -113,14 +121,54 @@ pub fn miniport_settings(a: &GuestArgs) -> VirtioScsiSettings {
 // The result and timeline lines list what the miniport keeps, no more and no less.
 const _: () = assert!(MAX_POLLED_IDS == MAX_REPORTED_IDS && MAX_POLLS == MAX_TIMELINE_ENTRIES);
 
-/// Brings up the port over `transport`, runs the workload of `args` and reports it.
-/// Returns the isa-debug-exit code. Host tests call this with a simulated device.
+/// Brings up the port over `transport`, runs the workload of `args` on one CPU and
+/// reports it. Returns the isa-debug-exit code. Host tests call this with a simulated
+/// device.
 pub fn run_scenario<T: Transport>(
     platform: &mut dyn Platform,
     transport: T,
     dma: &mut dyn Dma,
     args: &GuestArgs,
     out: &mut dyn Write,
+) -> u8 {
+    scenario(platform, transport, dma, args, out, &|_, platform, body| {
+        body(platform)
+    })
+}
+
+/// How the workload shares the port with the platform's other CPUs while it runs.
+type Share<'s, T> =
+    &'s dyn Fn(&Port<VirtioScsi<T>>, &mut dyn Platform, &mut dyn FnMut(&mut dyn Platform));
+
+/// The port's settings for `args`: timer resolution, reset hold, retries, the guest's
+/// I2 budget, and which CPU takes interrupts and the timer.
+fn port_config(platform: &dyn Platform, args: &GuestArgs) -> PortConfig {
+    // I2's budget is wall time. Under nested KVM a HwInterrupt that completes eight
+    // requests measures about 3 ms of host preemption and exits (under TCG: a few us),
+    // so the guest allows 10 ms; host tests of the port keep the documents' 1 ms.
+    PortConfig {
+        checker: CheckerConfig {
+            max_interrupt_us: GUEST_MAX_INTERRUPT_US,
+            ..CheckerConfig::default()
+        },
+        reset_hold_us: args.hold_ms.saturating_mul(1000),
+        bus_reset_retries: args.retries,
+        routing: Routing {
+            cpus: platform.cpus(),
+            interrupt_cpu: args.routed_cpu(args.irq_cpu).min(platform.cpus() - 1),
+            timer_cpu: args.routed_cpu(args.timer_cpu).min(platform.cpus() - 1),
+        },
+        ..PortConfig::new(platform.tick_us())
+    }
+}
+
+fn scenario<T: Transport>(
+    platform: &mut dyn Platform,
+    transport: T,
+    dma: &mut dyn Dma,
+    args: &GuestArgs,
+    out: &mut dyn Write,
+    share: Share<'_, T>,
 ) -> u8 {
     let miniport = match VirtioScsi::new(transport, dma, miniport_settings(args)) {
         Ok(m) => m,
@@ -129,19 +177,7 @@ pub fn run_scenario<T: Transport>(
             return report_failure(platform, out, Some(args), f);
         }
     };
-    // I2's budget is wall time. Under nested KVM a HwInterrupt that completes eight
-    // requests measures about 3 ms of host preemption and exits (under TCG: a few us),
-    // so the guest allows 10 ms; host tests of the port keep the documents' 1 ms.
-    let config = PortConfig {
-        checker: CheckerConfig {
-            max_interrupt_us: GUEST_MAX_INTERRUPT_US,
-            ..CheckerConfig::default()
-        },
-        reset_hold_us: args.hold_ms.saturating_mul(1000),
-        bus_reset_retries: args.retries,
-        ..PortConfig::new(platform.tick_us())
-    };
-    let mut port = Port::with_config(miniport, config);
+    let port = Port::with_config(miniport, port_config(platform, args));
     let mut outcome = Outcome::default();
     let result = match port.initialize(platform) {
         Ok(caps) => {
@@ -151,23 +187,28 @@ pub fn run_scenario<T: Transport>(
                 .u64("queue_depth", u64::from(caps.queue_depth))
                 .bool("irq", args.irq)
                 .bool("poll", args.poll)
+                .u64("cpus", platform.cpus() as u64)
                 .finish();
-            run_workload(&mut port, platform, dma, args, out, &mut outcome)
+            let mut result = Ok(());
+            share(&port, platform, &mut |platform| {
+                result = run_workload(&port, platform, dma, args, out, &mut outcome);
+            });
+            result
         }
         Err(e) => Err(Failure::Adapter(e)),
     };
     let checker = port.checker();
     outcome.violations = checker.count();
     for (kept, v) in outcome.violation_list.iter_mut().zip(checker.violations()) {
-        *kept = Some(*v);
+        *kept = Some(v);
     }
     outcome.times = checker.times();
-    report_timeline(out, port.miniport());
+    report_timeline(out, &port);
     report_result(platform, out, Some(args), &outcome, Some(&port), result)
 }
 
 fn run_workload<'a, M>(
-    port: &mut Port<M>,
+    port: &Port<M>,
     platform: &mut dyn Platform,
     dma: &mut dyn Dma,
     args: &GuestArgs,

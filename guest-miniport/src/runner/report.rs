@@ -8,24 +8,42 @@ use crate::contract::{
     result_fields as rf, smoke_lba, timeline_fields as tf, GuestArgs, EXIT_FAIL, EXIT_PASS,
 };
 use crate::platform::Platform;
-use crate::port::Port;
+use crate::port::{CpuStats, Port, Routine};
 use crate::report::JsonLine;
 use crate::virtio::Transport;
 use crate::virtio_scsi::VirtioScsi;
 
 use super::{Failure, Outcome, MAX_MEDIUM_ERROR_LBAS};
 
+/// The index of `routine` in [`tf::CALL_ROUTINES`].
+fn call_routine(routine: Routine) -> u64 {
+    let name = routine.name();
+    tf::CALL_ROUTINES
+        .iter()
+        .position(|&r| r == name)
+        .unwrap_or(tf::CALL_ROUTINES.len()) as u64
+}
+
 /// The guest's side of the timeline (contract::timeline_fields).
-pub(super) fn report_timeline<T: Transport>(out: &mut dyn Write, m: &VirtioScsi<T>) {
-    let t = m.trail();
-    let _ = JsonLine::event(out, tf::EVENT)
-        .u64_pairs(
-            tf::POLLS,
-            &mut t.polls().iter().map(|&(at, n)| (at, u64::from(n))),
-        )
-        .u64_pairs(tf::RESETS, &mut t.resets().iter().copied())
-        .bool(tf::TRUNCATED, t.truncated())
-        .finish();
+pub(super) fn report_timeline<T: Transport>(out: &mut dyn Write, port: &Port<VirtioScsi<T>>) {
+    let t = port.miniport().trail();
+    port.with_calls(|calls, dropped| {
+        let _ = JsonLine::event(out, tf::EVENT)
+            .u64_pairs(
+                tf::POLLS,
+                &mut t.polls().iter().map(|&(at, n)| (at, u64::from(n))),
+            )
+            .u64_pairs(tf::RESETS, &mut t.resets().iter().copied())
+            .u64_rows(
+                tf::CALLS,
+                &mut calls.iter().map(|c| {
+                    let routine = call_routine(c.routine);
+                    [c.start_us, u64::from(c.us), routine, u64::from(c.cpu)]
+                }),
+            )
+            .bool(tf::TRUNCATED, t.truncated() || dropped > 0)
+            .finish();
+    });
 }
 
 /// A failure before the port exists: the result line with what is known.
@@ -43,11 +61,23 @@ pub trait Counters {
     fn counters(&self, line: &mut JsonLine<'_>);
 }
 
+/// `cpus`, and the routine calls of each CPU.
+fn per_cpu(line: &mut JsonLine<'_>, cpus: usize, stats: &[CpuStats]) {
+    line.u64(rf::CPUS, cpus as u64);
+    for (cpu, s) in stats.iter().enumerate().take(cpus) {
+        line.u64_keyed(&rf::per_cpu(rf::INTERRUPTS_CPU, cpu), s.interrupts)
+            .u64_keyed(&rf::per_cpu(rf::TIMER_CALLS_CPU, cpu), s.timer_calls)
+            .u64_keyed(&rf::per_cpu(rf::START_IO_CALLS_CPU, cpu), s.start_io_calls)
+            .u64_keyed(&rf::per_cpu(rf::DEFERRED_CALLS_CPU, cpu), s.deferred_calls);
+    }
+}
+
 impl<T: Transport> Counters for Port<VirtioScsi<T>> {
     fn counters(&self, line: &mut JsonLine<'_>) {
         let ms = self.miniport().stats();
         let t = self.miniport().trail();
         let ps = self.stats();
+        per_cpu(line, self.routing().cpus, &ps.per_cpu);
         line.u64(rf::INTERRUPTS, ps.interrupts)
             .u64(rf::INTERRUPTS_NOT_CLAIMED, ps.interrupts_not_claimed)
             .u64(rf::TIMER_CALLS, ps.timer_calls)

@@ -1,8 +1,8 @@
 //! A fake PCI config space of bus 0 with BAR sizing semantics, holding a virtio-scsi
 //! function laid out as QEMU lays it out.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use crate::platform::PciConfig;
 use crate::wire::*;
@@ -20,7 +20,7 @@ struct FakeFunction {
 /// size mask.
 #[derive(Default)]
 pub struct FakePci {
-    functions: RefCell<HashMap<(u8, u8), FakeFunction>>,
+    functions: Mutex<HashMap<(u8, u8), FakeFunction>>,
 }
 
 impl FakePci {
@@ -63,7 +63,7 @@ impl FakePci {
         f.regs[0x98 / 4] = 0x11 | (3 << 16);
         f.regs[0x9c / 4] = 1;
         f.regs[0xa0 / 4] = 0x800 | 1;
-        pci.functions.borrow_mut().insert((device, 0), f);
+        pci.functions.lock().unwrap().insert((device, 0), f);
         pci
     }
 
@@ -76,13 +76,13 @@ impl FakePci {
         };
         f.regs[0] = u32::from(id) << 16 | u32::from(vendor);
         f.regs[3] = if multi { 0x0080_0000 } else { 0 };
-        self.functions.borrow_mut().insert((device, function), f);
+        self.functions.lock().unwrap().insert((device, function), f);
     }
 }
 
 impl PciConfig for FakePci {
     fn read32(&self, bus: u8, device: u8, function: u8, offset: u16) -> u32 {
-        let fns = self.functions.borrow();
+        let fns = self.functions.lock().unwrap();
         match fns.get(&(device, function)) {
             Some(f) if bus == 0 => f.regs[usize::from(offset / 4) % 64],
             _ => 0xffff_ffff,
@@ -90,7 +90,7 @@ impl PciConfig for FakePci {
     }
 
     fn write32(&self, bus: u8, device: u8, function: u8, offset: u16, value: u32) {
-        let mut fns = self.functions.borrow_mut();
+        let mut fns = self.functions.lock().unwrap();
         let Some(f) = fns.get_mut(&(device, function)) else {
             return;
         };

@@ -1,6 +1,6 @@
 //! Deterministic virtual time and interrupt delivery for the simulated machine.
 
-use crate::platform::{Events, Platform};
+use crate::platform::{CpuWork, Events, Platform};
 
 use super::device::{SharedWorld, MSI_BASE_VECTOR};
 
@@ -43,7 +43,10 @@ impl Platform for SimPlatform {
             vectors: core::mem::take(&mut w.pending_vectors),
         }
     }
-    fn msi_message(&self, entry: u16) -> Option<(u64, u32)> {
-        (entry < 32).then_some((0xfee0_0000, MSI_BASE_VECTOR + u32::from(entry)))
+    fn msi_message(&self, entry: u16, cpu: usize) -> Option<(u64, u32)> {
+        (entry < 32 && cpu == 0).then_some((0xfee0_0000, MSI_BASE_VECTOR + u32::from(entry)))
+    }
+    fn with_secondaries(&mut self, _: &dyn CpuWork, body: &mut dyn FnMut(&mut dyn Platform)) {
+        body(self);
     }
 }

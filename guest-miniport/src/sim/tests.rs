@@ -239,7 +239,7 @@ fn port_on(
 ) -> (Port<VirtioScsi<SimTransport>>, SimPlatform) {
     let mut p = SimPlatform(world.clone());
     let m = VirtioScsi::new(SimTransport(world.clone()), dma, config).unwrap();
-    let mut port = Port::with_config(
+    let port = Port::with_config(
         m,
         PortConfig {
             reset_hold_us: hold_us,
@@ -258,7 +258,7 @@ fn tur() -> Srb {
 fn a_completion_is_lost_only_after_a_whole_watchdog_period() {
     let world = World::new(64, 10_000);
     let mut dma = HostDma::default();
-    let (mut port, mut p) = port_on(&world, &mut dma, settings(true), 0);
+    let (port, mut p) = port_on(&world, &mut dma, settings(true), 0);
     world.borrow_mut().faults.drop_interrupts = true;
     port.submit(tur()).unwrap();
     port.run_once(&mut p);
@@ -348,7 +348,7 @@ fn reset_bus_sends_lu_resets_and_the_port_retries_the_aborted_requests() {
     let world = World::new(64, 10_000);
     world.borrow_mut().faults.hold_requests = true;
     let mut dma = HostDma::default();
-    let (mut port, mut p) = port_on(&world, &mut dma, settings(true), 50_000);
+    let (port, mut p) = port_on(&world, &mut dma, settings(true), 50_000);
     let a = port.submit(tur()).unwrap();
     let b = port.submit(tur()).unwrap();
     for _ in 0..5 {
@@ -404,7 +404,7 @@ fn a_nexus_reset_covers_the_target() {
         reset: ResetTmf::ItNexus,
         ..settings(true)
     };
-    let (mut port, mut p) = port_on(&world, &mut dma, config, 0);
+    let (port, mut p) = port_on(&world, &mut dma, config, 0);
     port.submit(tur()).unwrap();
     port.run_once(&mut p);
     world.borrow_mut().faults.hold_requests = false;
@@ -441,7 +441,7 @@ fn reset_with(tmf: SimTmf, poll: bool) -> AfterReset {
         tmf_timeout_us: 300_000,
         ..settings(true)
     };
-    let (mut port, mut p) = port_on(&world, &mut dma, config, 1_000_000);
+    let (port, mut p) = port_on(&world, &mut dma, config, 1_000_000);
     port.submit(tur()).unwrap();
     port.submit(tur()).unwrap();
     port.run_once(&mut p);
@@ -458,9 +458,7 @@ fn reset_with(tmf: SimTmf, poll: bool) -> AfterReset {
 
 #[test]
 fn hung_tmf_escalates_to_a_device_reset() {
-    let AfterReset {
-        mut port, world, ..
-    } = reset_with(SimTmf::Hang, true);
+    let AfterReset { port, world, .. } = reset_with(SimTmf::Hang, true);
     let s = port.miniport().stats();
     assert_eq!((s.tmfs_sent, s.tmfs_completed, s.tmf_timeouts), (1, 0, 1));
     assert_eq!(s.device_resets, 1);
@@ -481,7 +479,7 @@ fn hung_tmf_escalates_to_a_device_reset() {
 
 #[test]
 fn failed_tmf_escalates_to_a_device_reset() {
-    let mut port = reset_with(SimTmf::Answer(11), true).port;
+    let port = reset_with(SimTmf::Answer(11), true).port;
     let s = port.miniport().stats();
     assert_eq!((s.tmfs_failed, s.tmf_timeouts, s.device_resets), (1, 0, 1));
     assert_eq!(core::iter::from_fn(|| port.poll_completed()).count(), 2);
@@ -490,7 +488,7 @@ fn failed_tmf_escalates_to_a_device_reset() {
 
 #[test]
 fn slow_tmf_is_polled_by_the_timer_without_stalling() {
-    let mut port = reset_with(SimTmf::Slow(200_000), true).port;
+    let port = reset_with(SimTmf::Slow(200_000), true).port;
     let s = port.miniport().stats();
     assert_eq!(
         (s.tmfs_completed, s.tmf_timeouts, s.device_resets),
@@ -737,7 +735,7 @@ fn bench_reports_iops_and_latency_per_path() {
 fn spurious_interrupts_are_not_claimed() {
     let world = World::new(64, 10_000);
     let mut dma = HostDma::default();
-    let (mut port, mut p) = port_on(&world, &mut dma, settings(true), 0);
+    let (port, mut p) = port_on(&world, &mut dma, settings(true), 0);
     // Every vector the adapter has (config 0, control 1, event 2, request 3), with
     // nothing new anywhere.
     port.dispatch(
@@ -783,7 +781,7 @@ fn i1_intx_looks_at_each_isr_bit_on_its_own() {
         interrupts: InterruptMode::Intx,
         ..settings(true)
     };
-    let (mut port, mut p) = port_on(&world, &mut dma, config, 0);
+    let (port, mut p) = port_on(&world, &mut dma, config, 0);
     assert!(!world.borrow().msix_enabled);
     let line = Events {
         ticks: 0,

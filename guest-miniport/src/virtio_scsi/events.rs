@@ -7,9 +7,9 @@ use crate::port::PortContext;
 use crate::virtio::{Buffer, Transport};
 use crate::wire::*;
 
-use super::{VirtioScsi, EVENT_BUFFERS, NO_SLOT};
+use super::{Extension, EVENT_BUFFERS, NO_SLOT};
 
-impl<T: Transport> VirtioScsi<T> {
+impl<T: Transport> Extension<T> {
     pub(super) fn post_event_buffer(&mut self, i: u8) {
         let buf = Buffer {
             addr: self.event_addr + (usize::from(i) * EVENT_SIZE) as u64,

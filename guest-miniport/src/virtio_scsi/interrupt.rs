@@ -5,9 +5,9 @@ use crate::port::PortContext;
 use crate::virtio::Transport;
 use crate::wire::*;
 
-use super::{InterruptMode, Source, VirtioScsi};
+use super::{Extension, InterruptMode, Source};
 
-impl<T: Transport> VirtioScsi<T> {
+impl<T: Transport> Extension<T> {
     /// HwInterrupt for MSI-X table entry (or platform event) `vector`.
     pub(super) fn take_interrupt(&mut self, ctx: &mut PortContext<'_>, vector: u16) -> bool {
         match self.settings.interrupts {

@@ -17,7 +17,8 @@ use core::ptr::NonNull;
 use crate::platform::Dma;
 use crate::port::handoff::TimerArm;
 use crate::port::{
-    AdapterCapabilities, Miniport, PortContext, SrbHandle, StartIo, MAX_LUS, MAX_SRBS,
+    AdapterCapabilities, InterruptShared, Miniport, PortContext, SrbHandle, StartIo,
+    Synchronization, MAX_LUS, MAX_SRBS,
 };
 use crate::virtio::{SplitQueue, Transport, MAX_QUEUE_SIZE};
 use crate::wire::*;
@@ -174,8 +175,21 @@ enum Source {
     Poll,
 }
 
-/// The virtio-scsi miniport over transport `T`.
+/// The virtio-scsi miniport over transport `T`, as the port drives it: Storport's full
+/// duplex and multi-channel mode. Everything HwInterrupt touches is the [`Extension`],
+/// which every routine reaches through SynchronizeAccess, under the interrupt lock
+/// (T5); HwStartIo and HwTimer hand the timer over through [`TimerArm`] outside it
+/// (T6).
 pub struct VirtioScsi<T: Transport> {
+    ext: InterruptShared<Extension<T>>,
+    /// Whether a RequestTimerCall is pending: a compare-and-exchange hand-off, so
+    /// HwStartIo and HwTimer may run at the same time in multi-channel mode (T6).
+    timer_arm: TimerArm,
+}
+
+/// The miniport's state (Storport's device extension): the queues, the requests the
+/// device holds, the bus reset under way, and what the report needs.
+pub struct Extension<T: Transport> {
     transport: T,
     settings: VirtioScsiSettings,
     control: SplitQueue,
@@ -210,9 +224,9 @@ pub struct VirtioScsi<T: Transport> {
     /// The request queue's used index at the previous watchdog call: what lies before
     /// it went a whole interval without an interrupt.
     watch_mark: Option<u16>,
-    /// Whether a RequestTimerCall is pending: a compare-and-exchange hand-off, so
-    /// HwStartIo and HwTimer may run at the same time in multi-channel mode (T6).
-    timer_arm: TimerArm,
+    /// The interval of the RequestTimerCall a routine wants, if HwTimer is not armed
+    /// yet: the routine arms it through the [`TimerArm`] once out of the extension.
+    timer_wanted: Option<u32>,
     /// HwStartIo gave an SRB back; send NextRequest once there is room.
     refused: bool,
     /// Re-initialization after a device reset failed: the adapter is gone.
@@ -221,10 +235,15 @@ pub struct VirtioScsi<T: Transport> {
     trail: Trail,
 }
 
-impl<T: Transport> VirtioScsi<T> {
+// SAFETY: the extension's pointers are to DMA memory it was given for itself alone
+// (rings, command slots, event and TMF buffers); nothing about them is tied to a CPU,
+// and every access goes through `&mut self`, which the lock around it makes exclusive.
+unsafe impl<T: Transport + Send> Send for Extension<T> {}
+
+impl<T: Transport> Extension<T> {
     /// Allocates the rings and request memory from `dma`; the device is untouched until
     /// HwFindAdapter.
-    pub fn new(
+    fn new(
         transport: T,
         dma: &mut dyn Dma,
         settings: VirtioScsiSettings,
@@ -239,7 +258,7 @@ impl<T: Transport> VirtioScsi<T> {
         let (event_addr, event_ptr) = dma.alloc_pages(1).ok_or(VirtioScsiError::OutOfDmaMemory)?;
         let (tmf_addr, tmf_ptr) = dma.alloc_pages(1).ok_or(VirtioScsiError::OutOfDmaMemory)?;
         const NONE: Option<Request> = None;
-        Ok(VirtioScsi {
+        Ok(Extension {
             transport,
             settings,
             control,
@@ -266,7 +285,7 @@ impl<T: Transport> VirtioScsi<T> {
             config_vector: VIRTIO_MSI_NO_VECTOR,
             config_generation: 0,
             watch_mark: None,
-            timer_arm: TimerArm::default(),
+            timer_wanted: None,
             refused: false,
             dead: None,
             stats: VirtioScsiStats::default(),
@@ -274,34 +293,9 @@ impl<T: Transport> VirtioScsi<T> {
         })
     }
 
-    pub fn stats(&self) -> VirtioScsiStats {
-        self.stats
-    }
-
-    pub fn trail(&self) -> &Trail {
-        &self.trail
-    }
-
-    pub fn features(&self) -> u64 {
-        self.features
-    }
-
-    pub fn transport(&self) -> &T {
-        &self.transport
-    }
-
-    pub fn transport_mut(&mut self) -> &mut T {
-        &mut self.transport
-    }
-
     /// Requests the device holds.
-    pub fn outstanding(&self) -> usize {
+    fn outstanding(&self) -> usize {
         self.requests.iter().filter(|r| r.is_some()).count()
-    }
-
-    /// Why the adapter is gone, if re-initialization after a device reset failed.
-    pub fn dead(&self) -> Option<VirtioScsiError> {
-        self.dead
     }
 
     pub(super) fn kick(&mut self, q: u16) {
@@ -317,41 +311,120 @@ impl<T: Transport> VirtioScsi<T> {
     }
 }
 
+impl<T: Transport> VirtioScsi<T> {
+    /// Allocates the rings and request memory from `dma`; the device is untouched until
+    /// HwFindAdapter.
+    pub fn new(
+        transport: T,
+        dma: &mut dyn Dma,
+        settings: VirtioScsiSettings,
+    ) -> Result<Self, VirtioScsiError> {
+        Ok(VirtioScsi {
+            ext: InterruptShared::new(Extension::new(transport, dma, settings)?),
+            timer_arm: TimerArm::default(),
+        })
+    }
+
+    /// The miniport's counters. For the owner, when no routine runs.
+    pub fn stats(&self) -> VirtioScsiStats {
+        self.ext.lock().stats
+    }
+
+    /// What the miniport kept for the report. For the owner, when no routine runs.
+    pub fn trail(&self) -> TrailRef<'_, T> {
+        TrailRef(self.ext.lock())
+    }
+
+    pub fn features(&self) -> u64 {
+        self.ext.lock().features
+    }
+
+    /// Requests the device holds.
+    pub fn outstanding(&self) -> usize {
+        self.ext.lock().outstanding()
+    }
+
+    /// Why the adapter is gone, if re-initialization after a device reset failed.
+    pub fn dead(&self) -> Option<VirtioScsiError> {
+        self.ext.lock().dead
+    }
+
+    /// Runs `f` on the extension under the interrupt lock (SynchronizeAccess), then
+    /// arms HwTimer if `f` wanted it and no call is pending: the compare-and-exchange
+    /// of the hand-off with HwStartIo or HwTimer, outside the lock (T6).
+    fn synchronized<R>(
+        &self,
+        ctx: &mut PortContext<'_>,
+        f: impl FnOnce(&mut Extension<T>, &mut PortContext<'_>) -> R,
+    ) -> R {
+        let (r, wanted) = ctx.synchronize_access(&self.ext, |ctx, e| {
+            let r = f(e, ctx);
+            (r, e.timer_wanted.take())
+        });
+        if let Some(interval) = wanted {
+            if self.timer_arm.try_arm() {
+                ctx.request_timer_call(interval);
+            }
+        }
+        r
+    }
+}
+
+/// The trail of a [`VirtioScsi`], read while its extension stays locked.
+pub struct TrailRef<'a, T: Transport>(spin::MutexGuard<'a, Extension<T>>);
+
+impl<T: Transport> core::ops::Deref for TrailRef<'_, T> {
+    type Target = Trail;
+    fn deref(&self) -> &Trail {
+        &self.0.trail
+    }
+}
+
 impl<T: Transport> Miniport for VirtioScsi<T> {
     type Error = VirtioScsiError;
 
     fn find_adapter(
-        &mut self,
+        &self,
         ctx: &mut PortContext<'_>,
     ) -> Result<AdapterCapabilities, VirtioScsiError> {
-        self.probe(ctx)
+        self.synchronized(ctx, |e, ctx| e.probe(ctx))
     }
 
-    fn initialize(&mut self, ctx: &mut PortContext<'_>) -> Result<(), VirtioScsiError> {
-        self.bring_up(ctx)
+    fn initialize(&self, ctx: &mut PortContext<'_>) -> Result<(), VirtioScsiError> {
+        self.synchronized(ctx, |e, ctx| e.bring_up(ctx))
     }
 
     fn resetting(&self) -> bool {
-        self.reset != ResetPhase::Idle
+        self.ext.lock().reset != ResetPhase::Idle
     }
 
     fn completions_waiting(&self) -> u32 {
-        u32::from(self.request.used_pending())
+        u32::from(self.ext.lock().request.used_pending())
     }
 
-    fn start_io(&mut self, ctx: &mut PortContext<'_>, srb: SrbHandle) -> StartIo {
-        self.start_request(ctx, srb)
+    fn start_io(&self, ctx: &mut PortContext<'_>, srb: SrbHandle) -> StartIo {
+        self.synchronized(ctx, |e, ctx| e.start_request(ctx, srb))
     }
 
-    fn interrupt(&mut self, ctx: &mut PortContext<'_>, vector: u16) -> bool {
-        self.take_interrupt(ctx, vector)
+    fn interrupt(&self, ctx: &mut PortContext<'_>, vector: u16) -> bool {
+        self.synchronized(ctx, |e, ctx| e.take_interrupt(ctx, vector))
     }
 
-    fn timer(&mut self, ctx: &mut PortContext<'_>) {
-        self.timer_poll(ctx)
+    fn timer(&self, ctx: &mut PortContext<'_>) {
+        // T6: consumed before the poll, so work HwStartIo queues meanwhile is either
+        // found by this poll or arms a new call.
+        self.timer_arm.consume();
+        self.synchronized(ctx, |e, ctx| e.timer_poll(ctx))
     }
 
-    fn reset_bus(&mut self, ctx: &mut PortContext<'_>, _path: u8) -> bool {
-        self.start_bus_reset(ctx)
+    fn reset_bus(&self, ctx: &mut PortContext<'_>, _path: u8) -> bool {
+        self.synchronized(ctx, |e, ctx| e.start_bus_reset(ctx))
+    }
+
+    fn synchronization(&self) -> Synchronization {
+        Synchronization {
+            full_duplex: true,
+            multi_channel: true,
+        }
     }
 }

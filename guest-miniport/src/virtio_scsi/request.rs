@@ -10,10 +10,10 @@ use crate::wire::*;
 
 use super::trail::push;
 use super::{
-    Request, ResetPhase, Source, VirtioScsi, MAX_REQUESTS, NO_SLOT, RESP_OFFSET, SLOT_BYTES,
+    Extension, Request, ResetPhase, Source, MAX_REQUESTS, NO_SLOT, RESP_OFFSET, SLOT_BYTES,
 };
 
-impl<T: Transport> VirtioScsi<T> {
+impl<T: Transport> Extension<T> {
     /// HwStartIo: the command goes to the device at once, or the SRB is given back
     /// (N2) while there is no room.
     pub(super) fn start_request(&mut self, ctx: &mut PortContext<'_>, srb: SrbHandle) -> StartIo {
@@ -195,7 +195,7 @@ impl<T: Transport> VirtioScsi<T> {
         let status = hdr[10];
         let response = hdr[11];
         let sense_size = self.sense_size;
-        let s = ctx.srb_mut(&srb);
+        let mut s = ctx.srb_mut(&srb);
         s.scsi_status = status;
         s.data_transfer_length = s.data.len.saturating_sub(resid);
         let n = sense_len.min(sense_size).min(SENSE_BUFFER_LEN);
@@ -214,6 +214,7 @@ impl<T: Transport> VirtioScsi<T> {
             // the spec does not define.
             _ => SrbStatus::HbaError,
         };
+        drop(s);
         ctx.request_complete(srb);
     }
 

@@ -11,11 +11,11 @@ use crate::wire::*;
 
 use super::trail::push;
 use super::{
-    ResetPhase, ResetTmf, Source, VirtioScsi, VirtioScsiError, DEVICE_RESET_TIMEOUT_US, MAX_TMFS,
+    Extension, ResetPhase, ResetTmf, Source, VirtioScsiError, DEVICE_RESET_TIMEOUT_US, MAX_TMFS,
     NO_SLOT, TMF_RESP_OFFSET, TMF_SLOT_BYTES,
 };
 
-impl<T: Transport> VirtioScsi<T> {
+impl<T: Transport> Extension<T> {
     /// HwResetBus: sends the TMFs and returns; never waits for their answers (S1).
     pub(super) fn start_bus_reset(&mut self, ctx: &mut PortContext<'_>) -> bool {
         if self.dead.is_some() {

@@ -6,9 +6,9 @@ use crate::port::{AdapterCapabilities, PortContext};
 use crate::virtio::{Transport, MAX_QUEUE_SIZE};
 use crate::wire::*;
 
-use super::{InterruptMode, VirtioScsi, VirtioScsiError, EVENT_BUFFERS, MAX_REQUESTS, NO_SLOT};
+use super::{Extension, InterruptMode, VirtioScsiError, EVENT_BUFFERS, MAX_REQUESTS, NO_SLOT};
 
-impl<T: Transport> VirtioScsi<T> {
+impl<T: Transport> Extension<T> {
     /// HwFindAdapter: resets the device, negotiates, and reports what the request
     /// queue takes.
     pub(super) fn probe(

@@ -1,19 +1,17 @@
 //! HwTimer: the poll for TMF answers, device resets and events, the lost-interrupt
-//! watchdog (or, without interrupts, the poll of every completion, T7), and arming the
-//! next call through the hand-off with HwStartIo (T1, T4, T6).
+//! watchdog (or, without interrupts, the poll of every completion, T7), and asking for
+//! the next call, which the routine arms through the hand-off with HwStartIo (T1, T4,
+//! T6).
 
 use crate::port::PortContext;
 use crate::virtio::Transport;
 
 use super::trail::push;
-use super::{InterruptMode, ResetPhase, Source, VirtioScsi};
+use super::{Extension, InterruptMode, ResetPhase, Source};
 
-impl<T: Transport> VirtioScsi<T> {
+impl<T: Transport> Extension<T> {
     /// HwTimer: runs once per RequestTimerCall (T4) and re-arms while there is work.
     pub(super) fn timer_poll(&mut self, ctx: &mut PortContext<'_>) {
-        // T6: consumed before the poll, so work HwStartIo queues meanwhile is either
-        // found by this poll or arms a new call.
-        self.timer_arm.consume();
         self.drain_events(ctx);
         self.drain_control(ctx, Source::Poll);
         self.check_tmf_deadline(ctx);
@@ -45,14 +43,15 @@ impl<T: Transport> VirtioScsi<T> {
         found
     }
 
-    /// Arms HwTimer while there is something to poll for and it is not armed yet (T1:
-    /// a new request would replace, and so postpone, the pending one).
-    pub(super) fn arm_timer(&mut self, ctx: &mut PortContext<'_>) {
+    /// Asks for HwTimer while there is something to poll for. The routine arms it
+    /// through the hand-off once out of the extension, unless it is armed already (T1:
+    /// a new request would replace, and so postpone, the pending one; T6).
+    pub(super) fn arm_timer(&mut self, _ctx: &mut PortContext<'_>) {
         if !self.settings.poll {
             return;
         }
         let busy = self.outstanding() > 0 || self.reset != ResetPhase::Idle;
-        if busy && self.timer_arm.try_arm() {
+        if busy {
             let interval = if self.reset != ResetPhase::Idle
                 || self.settings.interrupts == InterruptMode::None
             {
@@ -61,7 +60,7 @@ impl<T: Transport> VirtioScsi<T> {
             } else {
                 self.settings.watchdog_interval_us
             };
-            ctx.request_timer_call(interval);
+            self.timer_wanted = Some(interval);
         }
     }
 }

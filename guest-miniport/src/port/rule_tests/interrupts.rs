@@ -84,7 +84,7 @@ fn i3_long_work_is_deferred_through_call_enable_interrupts() {
     port.submit(srb(0)).unwrap();
     port.run_once(&mut p);
     vector(&mut port, &mut p, 0);
-    let m = port.miniport();
+    let m = port.miniport().lock();
     assert_eq!((m.enable_at.len(), m.disable_at.len()), (1, 1));
     assert_eq!(port.stats().completed, 1);
     assert_eq!(port.interrupt_phase(), InterruptPhase::Normal);
@@ -118,9 +118,9 @@ fn i4_hwinterrupt_is_held_off_while_the_enable_callback_runs() {
     assert_eq!(port.interrupt_phase(), InterruptPhase::EnableCallback);
     // Interrupts arriving now are held until HwDisableInterruptsCallback ran.
     vector(&mut port, &mut p, 0);
-    assert_eq!(port.miniport().isr_at.len(), 1);
+    assert_eq!(port.miniport().lock().isr_at.len(), 1);
     vector(&mut port, &mut p, 0);
-    let m = port.miniport();
+    let m = port.miniport().lock();
     assert_eq!((m.enable_at.len(), m.disable_at.len()), (3, 1));
     // The held interrupt is delivered once the HBA's interrupts are back on.
     assert_eq!(m.isr_at.len(), 2);

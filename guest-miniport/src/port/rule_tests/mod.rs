@@ -106,7 +106,7 @@ impl Model {
     }
 }
 
-impl Miniport for Model {
+impl SerialMiniport for Model {
     type Error = &'static str;
 
     fn find_adapter(
@@ -250,39 +250,39 @@ impl Miniport for Model {
     }
 }
 
-fn port_with(m: Model, config: PortConfig) -> (Port<Model>, SimPlatform) {
+fn port_with(m: Model, config: PortConfig) -> (Port<Serial<Model>>, SimPlatform) {
     let world = World::new(8, config.tick_us);
     let mut m = m;
     m.world = Some(world.clone());
     let mut p = SimPlatform(world);
-    let mut port = Port::with_config(m, config);
+    let port = Port::with_config(Serial::new(m), config);
     port.initialize(&mut p).unwrap();
     (port, p)
 }
 
-fn port(m: Model) -> (Port<Model>, SimPlatform) {
+fn port(m: Model) -> (Port<Serial<Model>>, SimPlatform) {
     port_with(m, PortConfig::new(TICK))
 }
 
-fn flawed(m: Model, flaw: Flaw) -> (Port<Model>, SimPlatform) {
+fn flawed(m: Model, flaw: Flaw) -> (Port<Serial<Model>>, SimPlatform) {
     let world = World::new(8, TICK);
     let mut m = m;
     m.world = Some(world.clone());
     let mut p = SimPlatform(world);
-    let mut port = Port::new(m, TICK);
+    let mut port = Port::new(Serial::new(m), TICK);
     port.set_flaw(flaw);
     port.initialize(&mut p).unwrap();
     (port, p)
 }
 
-fn ticks(port: &mut Port<Model>, p: &mut SimPlatform, n: u32) {
+fn ticks(port: &mut Port<Serial<Model>>, p: &mut SimPlatform, n: u32) {
     for _ in 0..n {
         let e = p.wait_for_events();
         port.dispatch(p, e);
     }
 }
 
-fn vector(port: &mut Port<Model>, p: &mut SimPlatform, v: u32) {
+fn vector(port: &mut Port<Serial<Model>>, p: &mut SimPlatform, v: u32) {
     port.dispatch(
         p,
         Events {
@@ -296,12 +296,12 @@ fn srb(lun: u8) -> Srb {
     Srb::new(0, 0, lun, &[0; 6], DataBuffer::NONE)
 }
 
-fn assert_clean(port: &Port<Model>) {
+fn assert_clean(port: &Port<Serial<Model>>) {
     let v: Vec<_> = port.checker().violations().collect();
     assert_eq!(port.checker().count(), 0, "{v:?}");
 }
 
-fn assert_flags(port: &Port<Model>, rule: Rule) {
+fn assert_flags(port: &Port<Serial<Model>>, rule: Rule) {
     let v: Vec<_> = port.checker().violations().collect();
     assert!(
         port.checker().flagged(rule),
@@ -325,7 +325,7 @@ fn irq_model() -> Model {
     }
 }
 
-fn stale_model() -> (Port<Model>, SimPlatform) {
+fn stale_model() -> (Port<Serial<Model>>, SimPlatform) {
     port_with(
         Model {
             complete_in: CompleteIn::Never,

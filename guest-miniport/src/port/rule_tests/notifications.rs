@@ -8,7 +8,7 @@ use super::*;
 /// end of a reset hold; touching it is reported and reaches no other SRB.
 #[test]
 fn n1_completed_srb_is_out_of_the_miniports_reach() {
-    let (mut port, mut p) = port(Model {
+    let (port, mut p) = port(Model {
         poll_us: 10_000,
         ..Model::default()
     });
@@ -43,7 +43,7 @@ fn n1_mutant_touching_an_srb_the_port_took_back_is_flagged() {
 
 #[test]
 fn n2_one_request_per_lu_without_tagged_queuing() {
-    let (mut port, mut p) = port(Model {
+    let (port, mut p) = port(Model {
         poll_us: 10_000,
         ..Model::default()
     });
@@ -52,14 +52,14 @@ fn n2_one_request_per_lu_without_tagged_queuing() {
     let d = port.submit(srb(1)).unwrap();
     port.run_until_idle(&mut p, 1_000_000).unwrap();
     // LU 0 is busy after `a`, so NextRequest lets `d` (LU 1) overtake.
-    assert_eq!(port.miniport().started, [a, d, b]);
-    assert_eq!(port.miniport().max_held, 2);
+    assert_eq!(port.miniport().lock().started, [a, d, b]);
+    assert_eq!(port.miniport().lock().max_held, 2);
     assert_clean(&port);
 }
 
 #[test]
 fn n2_mutant_port_sending_to_a_busy_lu_is_flagged() {
-    let (mut port, mut p) = flawed(
+    let (port, mut p) = flawed(
         Model {
             poll_us: 10_000,
             ..Model::default()
@@ -74,7 +74,7 @@ fn n2_mutant_port_sending_to_a_busy_lu_is_flagged() {
 
 #[test]
 fn n3_next_lu_request_with_tagged_queuing_fills_the_queue_depth() {
-    let (mut port, mut p) = port(Model {
+    let (port, mut p) = port(Model {
         tagged: true,
         queue_depth: 3,
         next: Next::Lu,
@@ -83,14 +83,14 @@ fn n3_next_lu_request_with_tagged_queuing_fills_the_queue_depth() {
     });
     let tags: Vec<Tag> = (0..7).map(|_| port.submit(srb(0)).unwrap()).collect();
     port.run_until_idle(&mut p, 1_000_000).unwrap();
-    assert_eq!(port.miniport().started, tags);
-    assert_eq!(port.miniport().max_held, 3);
+    assert_eq!(port.miniport().lock().started, tags);
+    assert_eq!(port.miniport().lock().max_held, 3);
     assert_clean(&port);
 }
 
 #[test]
 fn n3_mutant_next_lu_request_without_tagged_queuing_is_flagged() {
-    let (mut port, mut p) = port(Model {
+    let (port, mut p) = port(Model {
         next: Next::Lu,
         poll_us: 10_000,
         ..Model::default()
@@ -98,14 +98,18 @@ fn n3_mutant_next_lu_request_without_tagged_queuing_is_flagged() {
     port.submit(srb(0)).unwrap();
     port.submit(srb(0)).unwrap();
     port.run_until_idle(&mut p, 1_000_000).unwrap();
-    assert_eq!(port.miniport().max_held, 1, "no second request to the LU");
+    assert_eq!(
+        port.miniport().lock().max_held,
+        1,
+        "no second request to the LU"
+    );
     assert_flags(&port, Rule::N3);
 }
 
 #[test]
 fn n4_next_request_and_request_complete_in_either_order() {
     for next in [Next::Before, Next::After] {
-        let (mut port, mut p) = port(Model {
+        let (port, mut p) = port(Model {
             complete_in: CompleteIn::StartIo,
             next,
             ..Model::default()
@@ -121,7 +125,7 @@ fn n4_next_request_and_request_complete_in_either_order() {
 
 #[test]
 fn n4_mutant_completing_without_next_request_is_flagged() {
-    let (mut port, mut p) = port(Model {
+    let (port, mut p) = port(Model {
         complete_in: CompleteIn::StartIo,
         next: Next::None,
         ..Model::default()
@@ -133,7 +137,7 @@ fn n4_mutant_completing_without_next_request_is_flagged() {
 
 #[test]
 fn n5_after_reset_detected_active_requests_are_still_completed() {
-    let (mut port, mut p) = port_with(
+    let (port, mut p) = port_with(
         Model {
             init_timer_calls: std::vec![10_000],
             reset_detected_in_timer: true,
@@ -174,7 +178,7 @@ fn n5_mutant_abandoning_active_requests_after_reset_detected_is_flagged() {
 fn n6_request_timer_call_runs_the_miniports_hwtimer() {
     let (mut port, mut p) = port(timer_model(&[10_000]));
     ticks(&mut port, &mut p, 2);
-    assert_eq!(port.miniport().timer_at.len(), 1);
+    assert_eq!(port.miniport().lock().timer_at.len(), 1);
     assert_eq!(port.stats().timer_requests, 1);
     assert_clean(&port);
 }
@@ -188,7 +192,7 @@ fn n6_mutant_request_timer_call_without_hwtimer_is_flagged() {
         ..Model::default()
     });
     ticks(&mut port, &mut p, 2);
-    assert!(port.miniport().timer_at.is_empty());
+    assert!(port.miniport().lock().timer_at.is_empty());
     assert_flags(&port, Rule::N6);
 }
 

@@ -25,7 +25,7 @@ fn p1_timed_out_srb_resets_the_bus() {
     let tag = port.submit(short_timeout_srb()).unwrap();
     port.run_once(&mut p);
     ticks(&mut port, &mut p, 5);
-    assert_eq!(port.miniport().resets, 1);
+    assert_eq!(port.miniport().lock().resets, 1);
     assert_eq!(port.stats().srb_timeouts, 1);
     let s = port.poll_completed().unwrap();
     assert_eq!((s.tag, s.srb_status), (tag, SrbStatus::BusReset));
@@ -38,13 +38,13 @@ fn p1_mutant_port_without_timeouts_is_flagged() {
     port.submit(short_timeout_srb()).unwrap();
     port.run_once(&mut p);
     ticks(&mut port, &mut p, 6);
-    assert_eq!(port.miniport().resets, 0);
+    assert_eq!(port.miniport().lock().resets, 0);
     assert_flags(&port, Rule::P1);
 }
 
 #[test]
 fn p2_new_requests_are_held_after_a_bus_reset() {
-    let (mut port, mut p) = port_with(
+    let (port, mut p) = port_with(
         Model {
             poll_us: 10_000,
             reset_completes: true,
@@ -56,7 +56,7 @@ fn p2_new_requests_are_held_after_a_bus_reset() {
     let t0 = p.now_us();
     port.submit(srb(0)).unwrap();
     port.run_until_idle(&mut p, 1_000_000).unwrap();
-    let started_at = port.miniport().timer_at[0] - 10_000;
+    let started_at = port.miniport().lock().timer_at[0] - 10_000;
     assert!(started_at >= t0 + 50_000, "started during the hold");
     assert_clean(&port);
 }
@@ -71,7 +71,7 @@ fn p2_mutant_reset_bus_leaving_requests_outstanding_is_flagged() {
     let s = port.poll_completed().unwrap();
     assert_eq!((s.tag, s.srb_status), (tag, SrbStatus::BusReset));
     // And a port that does not hold requests after the reset is flagged too.
-    let (mut port, mut p) = flawed(
+    let (port, mut p) = flawed(
         Model {
             poll_us: 10_000,
             reset_completes: true,
@@ -87,7 +87,7 @@ fn p2_mutant_reset_bus_leaving_requests_outstanding_is_flagged() {
 
 #[test]
 fn p3_each_srb_is_completed_once_with_a_valid_status() {
-    let (mut port, mut p) = port(Model {
+    let (port, mut p) = port(Model {
         poll_us: 10_000,
         ..Model::default()
     });
@@ -106,7 +106,7 @@ fn p3_each_srb_is_completed_once_with_a_valid_status() {
 
 #[test]
 fn p3_mutant_completing_with_pending_status_is_flagged() {
-    let (mut port, mut p) = port(Model {
+    let (port, mut p) = port(Model {
         complete_in: CompleteIn::StartIo,
         status: Some(SrbStatus::Pending),
         ..Model::default()

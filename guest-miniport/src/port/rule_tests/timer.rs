@@ -7,7 +7,7 @@ use super::*;
 fn t1_new_request_replaces_pending() {
     let (mut port, mut p) = port(timer_model(&[30_000, 50_000]));
     ticks(&mut port, &mut p, 8);
-    assert_eq!(port.miniport().timer_at, [50_000]);
+    assert_eq!(port.miniport().lock().timer_at, [50_000]);
     assert_clean(&port);
 }
 
@@ -15,7 +15,7 @@ fn t1_new_request_replaces_pending() {
 fn t1_mutant_port_keeping_the_first_request_is_flagged() {
     let (mut port, mut p) = flawed(timer_model(&[30_000, 50_000]), Flaw::KeepFirstTimerRequest);
     ticks(&mut port, &mut p, 8);
-    assert_eq!(port.miniport().timer_at, [30_000]);
+    assert_eq!(port.miniport().lock().timer_at, [30_000]);
     assert_flags(&port, Rule::T1);
 }
 
@@ -28,13 +28,13 @@ fn t2_interval_is_rounded_up_to_the_tick() {
     });
     ticks(&mut port, &mut p, 5);
     // 15 ms -> 2 ticks; 1 us -> 1 tick.
-    assert_eq!(port.miniport().timer_at, [20_000, 30_000]);
+    assert_eq!(port.miniport().lock().timer_at, [20_000, 30_000]);
     assert_clean(&port);
 
     // A finer tick is a port setting.
     let (mut port, mut p) = port_with(timer_model(&[1_500]), PortConfig::new(500));
     ticks(&mut port, &mut p, 5);
-    assert_eq!(port.miniport().timer_at, [1_500]);
+    assert_eq!(port.miniport().lock().timer_at, [1_500]);
     assert_eq!(port.timer().tick_us(), 500);
     assert_clean(&port);
 }
@@ -43,7 +43,7 @@ fn t2_interval_is_rounded_up_to_the_tick() {
 fn t2_mutant_port_truncating_the_interval_is_flagged() {
     let (mut port, mut p) = flawed(timer_model(&[15_000]), Flaw::TruncateTimerInterval);
     ticks(&mut port, &mut p, 3);
-    assert_eq!(port.miniport().timer_at, [10_000]);
+    assert_eq!(port.miniport().lock().timer_at, [10_000]);
     assert_flags(&port, Rule::T2);
 }
 
@@ -52,13 +52,13 @@ fn t3_zero_interval_cancels_unless_dispatched() {
     let (mut port, mut p) = port(timer_model(&[30_000, 0]));
     assert!(!port.timer().is_pending());
     ticks(&mut port, &mut p, 5);
-    assert!(port.miniport().timer_at.is_empty());
+    assert!(port.miniport().lock().timer_at.is_empty());
     assert_clean(&port);
 
     // Expired in this dispatch: RequestTimerCall(0) from HwInterrupt, which the port
     // runs before HwTimer, no longer stops it.
     struct CancelInIsr(Vec<u64>);
-    impl Miniport for CancelInIsr {
+    impl SerialMiniport for CancelInIsr {
         type Error = &'static str;
         fn find_adapter(
             &mut self,
@@ -91,7 +91,7 @@ fn t3_zero_interval_cancels_unless_dispatched() {
         }
     }
     let mut p = SimPlatform(World::new(8, TICK));
-    let mut port = Port::new(CancelInIsr(Vec::new()), TICK);
+    let port = Port::new(Serial::new(CancelInIsr(Vec::new())), TICK);
     port.initialize(&mut p).unwrap();
     port.dispatch(
         &mut p,
@@ -100,7 +100,7 @@ fn t3_zero_interval_cancels_unless_dispatched() {
             vectors: 1,
         },
     );
-    assert_eq!(port.miniport().0.len(), 1);
+    assert_eq!(port.miniport().lock().0.len(), 1);
     assert_eq!(port.checker().count(), 0);
 }
 
@@ -108,7 +108,7 @@ fn t3_zero_interval_cancels_unless_dispatched() {
 fn t3_mutant_port_ignoring_cancel_is_flagged() {
     let (mut port, mut p) = flawed(timer_model(&[30_000, 0]), Flaw::IgnoreTimerCancel);
     ticks(&mut port, &mut p, 5);
-    assert_eq!(port.miniport().timer_at, [30_000]);
+    assert_eq!(port.miniport().lock().timer_at, [30_000]);
     assert_flags(&port, Rule::T3);
 }
 
@@ -120,9 +120,12 @@ fn t4_hwtimer_runs_once_per_request_and_may_rearm() {
         ..Model::default()
     });
     ticks(&mut port, &mut p, 10);
-    assert_eq!(port.miniport().timer_at, [10_000, 30_000, 50_000, 70_000]);
+    assert_eq!(
+        port.miniport().lock().timer_at,
+        [10_000, 30_000, 50_000, 70_000]
+    );
     // Many ticks at once still make one call.
-    let (mut port, mut p) = port_with(timer_model(&[10_000]), PortConfig::new(TICK));
+    let (port, mut p) = port_with(timer_model(&[10_000]), PortConfig::new(TICK));
     port.dispatch(
         &mut p,
         Events {
@@ -137,7 +140,7 @@ fn t4_hwtimer_runs_once_per_request_and_may_rearm() {
             vectors: 0,
         },
     );
-    assert_eq!(port.miniport().timer_at.len(), 1);
+    assert_eq!(port.miniport().lock().timer_at.len(), 1);
     assert_clean(&port);
 }
 
@@ -145,7 +148,7 @@ fn t4_hwtimer_runs_once_per_request_and_may_rearm() {
 fn t4_mutant_port_not_consuming_the_request_is_flagged() {
     let (mut port, mut p) = flawed(timer_model(&[10_000]), Flaw::TimerNotConsumed);
     ticks(&mut port, &mut p, 3);
-    assert_eq!(port.miniport().timer_at.len(), 3);
+    assert_eq!(port.miniport().lock().timer_at.len(), 3);
     assert_flags(&port, Rule::T4);
 }
 
@@ -153,7 +156,7 @@ fn t4_mutant_port_not_consuming_the_request_is_flagged() {
 
 #[test]
 fn t7_polling_miniport_keeps_a_timer_pending() {
-    let (mut port, mut p) = port(Model {
+    let (port, mut p) = port(Model {
         poll_us: 10_000,
         ..Model::default()
     });
@@ -168,7 +171,7 @@ fn t7_polling_miniport_keeps_a_timer_pending() {
 #[test]
 fn t7_mutant_polling_miniport_without_a_timer_is_flagged() {
     // Never arms HwTimer while it holds requests: they would hang.
-    let (mut port, mut p) = port(Model::default());
+    let (port, mut p) = port(Model::default());
     port.submit(srb(0)).unwrap();
     port.run_once(&mut p);
     assert_flags(&port, Rule::T7);
