@@ -64,8 +64,16 @@ pub trait Platform {
     fn cpus(&self) -> usize {
         1
     }
-    /// Makes CPU `cpu`'s `wait_for_events` return, so it looks at what another CPU did.
+    /// Makes CPU `cpu`'s `wait_for_events` (or [`Platform::pause`]) return, so it looks
+    /// at what another CPU did.
     fn wake(&self, _cpu: usize) {}
+    /// Waits a moment for another CPU, giving this one back to the machine until an
+    /// interrupt or [`Platform::wake`] comes: called, with interrupts masked, while
+    /// another CPU holds a lock this one needs. An interrupt pending at the call ends the
+    /// pause at once; events that arrive meanwhile stay pending for `wait_for_events`.
+    fn pause(&mut self) {
+        core::hint::spin_loop();
+    }
     /// Runs `body` on this CPU while every other CPU dispatches the events that arrive
     /// on it into `work`; returns once `body` has and the others no longer use `work`.
     /// A machine with one CPU just runs `body(self)`.

@@ -1,8 +1,9 @@
 //! The local APIC (xAPIC, MMIO at 0xFEE0_0000) and the legacy 8259 PICs.
 //!
-//! The LAPIC gives the periodic tick (the port's timer resolution, T2) and receives the
-//! adapter's MSI-X messages. The 8259s are remapped off the exception vectors and masked:
-//! nothing in this image uses them.
+//! Each CPU has its own LAPIC at the same address. It gives the periodic tick (the
+//! port's timer resolution, T2), receives the adapter's MSI-X messages, and sends the
+//! IPIs that start the other CPUs, wake them and stop them. The 8259s are remapped off
+//! the exception vectors and masked: nothing in this image uses them.
 
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::Msr;
@@ -20,6 +21,8 @@ const REG_TPR: usize = 0x80;
 const REG_EOI: usize = 0xb0;
 const REG_SVR: usize = 0xf0;
 const REG_ESR: usize = 0x280;
+const REG_ICR_LOW: usize = 0x300;
+const REG_ICR_HIGH: usize = 0x310;
 const REG_LVT_TIMER: usize = 0x320;
 const REG_LVT_LINT0: usize = 0x350;
 const REG_LVT_LINT1: usize = 0x360;
@@ -29,6 +32,14 @@ const REG_TIMER_CURRENT: usize = 0x390;
 const REG_TIMER_DIVIDE: usize = 0x3e0;
 
 const SVR_ENABLE: u32 = 1 << 8;
+/// ICR: delivery modes, level, the send-pending bit and the all-but-self shorthand.
+const ICR_FIXED: u32 = 0b000 << 8;
+const ICR_NMI: u32 = 0b100 << 8;
+const ICR_INIT: u32 = 0b101 << 8;
+const ICR_STARTUP: u32 = 0b110 << 8;
+const ICR_ASSERT: u32 = 1 << 14;
+const ICR_SEND_PENDING: u32 = 1 << 12;
+const ICR_ALL_BUT_SELF: u32 = 0b11 << 18;
 const LVT_MASKED: u32 = 1 << 16;
 const LVT_TIMER_PERIODIC: u32 = 1 << 17;
 /// Divide configuration 0b0011: bus clock / 16. Keeps a 1 s tick inside 32 bits even
@@ -44,7 +55,7 @@ fn read(reg: usize) -> u32 {
 
 fn write(reg: usize, value: u32) {
     // SAFETY: as in `read`; writing these registers only affects interrupt delivery on
-    // this CPU, which this module owns.
+    // this CPU and the IPIs it sends, which this module owns.
     unsafe { core::ptr::write_volatile((LAPIC_BASE as usize + reg) as *mut u32, value) }
 }
 
@@ -144,8 +155,48 @@ pub fn calibration_count_elapsed() -> u64 {
 pub fn start_periodic_timer(period_us: u32, timer_hz: u64) -> u32 {
     let counts = (u128::from(period_us) * u128::from(timer_hz) / 1_000_000)
         .clamp(1, u128::from(u32::MAX)) as u32;
+    start_periodic_counts(counts);
+    counts
+}
+
+/// Starts this CPU's periodic tick with `counts` (every CPU's timer runs at the rate
+/// the boot CPU measured).
+pub fn start_periodic_counts(counts: u32) {
     write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_16);
     write(REG_LVT_TIMER, LVT_TIMER_PERIODIC | u32::from(TIMER_VECTOR));
     write(REG_TIMER_INITIAL, counts);
-    counts
+}
+
+/// Sends an IPI: `low` is the ICR's low word, `destination` the APIC id (ignored with
+/// a shorthand). Waits for the previous one to leave first.
+fn send(destination: u8, low: u32) {
+    while read(REG_ICR_LOW) & ICR_SEND_PENDING != 0 {
+        core::hint::spin_loop();
+    }
+    write(REG_ICR_HIGH, u32::from(destination) << 24);
+    // Writing the low word sends it.
+    write(REG_ICR_LOW, low);
+}
+
+/// INIT to every other CPU: they wait for a startup IPI afterwards.
+pub fn send_init_to_others() {
+    send(0, ICR_ALL_BUT_SELF | ICR_ASSERT | ICR_INIT);
+}
+
+/// Startup IPI to every other CPU: they start in real mode at page `vector`.
+pub fn send_startup_to_others(vector: u8) {
+    send(
+        0,
+        ICR_ALL_BUT_SELF | ICR_ASSERT | ICR_STARTUP | u32::from(vector),
+    );
+}
+
+/// A fixed interrupt `vector` to the CPU whose APIC id is `destination`.
+pub fn send_ipi(destination: u8, vector: u8) {
+    send(destination, ICR_ASSERT | ICR_FIXED | u32::from(vector));
+}
+
+/// An NMI to every other CPU: it arrives even where interrupts are masked.
+pub fn send_nmi_to_others() {
+    send(0, ICR_ALL_BUT_SELF | ICR_ASSERT | ICR_NMI);
 }

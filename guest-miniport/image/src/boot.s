@@ -3,10 +3,17 @@
 # paging off, interrupts off and %ebx = physical address of `struct hvm_start_info`.
 # This file goes from there to 64-bit mode and calls `rust_start(start_info)`.
 #
+# The other CPUs start in real mode at `ap_trampoline`, which smp.rs copies below 1 MiB;
+# it goes straight to 64-bit mode on the same page tables and GDT, and `ap_long_mode_entry`
+# gives each CPU its number and stack and calls `ap_rust_start(cpu)`.
+#
 # Constants come from Rust as `global_asm!` const operands:
 #   {UNCACHED_FIRST_PD}  first 2 MiB page of the uncached window (PCI MMIO, IOAPIC, LAPIC)
 #   {STACK_SIZE}         boot stack size in bytes
 #   {DMA_POOL_BYTES}     size of the DMA pool
+#   {MAX_CPUS}           CPUs the image can run (TSS slots, stacks)
+#   {AP_STACK_SIZE}      stack of each other CPU, its guard page included
+#   {DF_STACK_SIZE}      double-fault stack of each CPU
 
     .section .note.pvh, "a", @note
     .balign 4
@@ -88,6 +95,26 @@ pvh_start32:
     or $0x3, %eax
     mov %eax, boot_pd(,%ecx,8)
 
+    # The other CPUs' stacks fill one 2 MiB page of their own; it is split the same way,
+    # with the first 4 KiB page of each stack left out as its guard.
+    mov $ap_stacks, %ebx
+    xor %ecx, %ecx
+7:  mov %ecx, %eax
+    shl $12, %eax
+    add %ebx, %eax
+    test $({AP_STACK_SIZE} - 1), %eax
+    jz 8f                           # the bottom page of a stack: its guard
+    or $0x3, %eax
+    mov %eax, ap_stack_pt(,%ecx,8)
+8:  inc %ecx
+    cmp $512, %ecx
+    jb 7b
+    mov %ebx, %ecx
+    shr $21, %ecx
+    mov $ap_stack_pt, %eax
+    or $0x3, %eax
+    mov %eax, boot_pd(,%ecx,8)
+
     # CR4: PAE for long mode; OSFXSR and OSXMMEXCPT in case codegen uses SSE.
     mov %cr4, %eax
     or $((1 << 5) | (1 << 9) | (1 << 10)), %eax
@@ -125,16 +152,77 @@ long_mode_entry:
     hlt
     jmp 4b
 
+    # Another CPU, in 64-bit mode: its number is the next ticket, its stack the one of
+    # that number. A CPU past MAX_CPUS halts.
+    .global ap_long_mode_entry
+ap_long_mode_entry:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    mov $1, %eax
+    lock xaddl %eax, ap_next_cpu(%rip)
+    cmp ${MAX_CPUS}, %eax
+    jae 9f
+    mov %eax, %edi                  # ap_rust_start(cpu: u32)
+    lea 1(%rax), %rdx
+    imul ${AP_STACK_SIZE}, %rdx
+    lea ap_stacks(%rip), %rsp
+    add %rdx, %rsp                  # top of stack `cpu`, 16-byte aligned
+    xor %ebp, %ebp
+    call ap_rust_start
+9:  cli
+    hlt
+    jmp 9b
+
+    # The other CPUs' first instructions: smp.rs copies these bytes to a page below
+    # 1 MiB and sends its number as the startup vector, so CS is that page and IP 0.
+    # Real mode goes straight to 64-bit mode: PAE, the boot page tables, EFER.LME, then
+    # PE and PG together and a far jump to the 64-bit code segment.
+    .section .text.ap_trampoline, "ax", @progbits
+    .code16
+    .global ap_trampoline
+ap_trampoline:
+    cli
+    cld
+    mov %cs, %ax
+    mov %ax, %ds
+    lgdtl (ap_gdt_ptr - ap_trampoline)
+    mov %cr4, %eax
+    or $((1 << 5) | (1 << 9) | (1 << 10)), %eax
+    mov %eax, %cr4
+    mov $boot_pml4, %eax
+    mov %eax, %cr3
+    mov $0xc0000080, %ecx
+    rdmsr
+    or $(1 << 8), %eax
+    wrmsr
+    mov %cr0, %eax
+    and $~((1 << 2) | (1 << 29) | (1 << 30)), %eax
+    or $((1 << 31) | (1 << 16) | (1 << 5) | (1 << 1) | 1), %eax
+    mov %eax, %cr0
+    ljmpl $0x08, $ap_long_mode_entry
+    .balign 4
+ap_gdt_ptr:
+    .word boot_gdt_end - boot_gdt - 1
+    .long boot_gdt
+    .global ap_trampoline_end
+ap_trampoline_end:
+    .code64
+
     # Writable: ltr marks the TSS descriptor busy.
     .section .data.boot, "aw", @progbits
     .balign 16
+    .global boot_gdt
 boot_gdt:
     .quad 0                         # null
     .quad 0x00af9a000000ffff        # 0x08: 64-bit code, ring 0
     .quad 0x00cf92000000ffff        # 0x10: data
     .global boot_gdt_tss
 boot_gdt_tss:
-    .quad 0, 0                      # 0x18: 64-bit TSS, filled in by interrupts::init
+    .skip 16 * {MAX_CPUS}           # 0x18 + 16 * cpu: 64-bit TSS, filled in by interrupts
 boot_gdt_end:
     .balign 4
 boot_gdt_ptr:
@@ -146,6 +234,9 @@ boot_gdt_ptr:
     .global boot_tsc
 boot_tsc:
     .quad 0
+    # The next CPU number to hand out; the boot CPU is 0.
+ap_next_cpu:
+    .long 1
 
     .section .bss.boot, "aw", @nobits
     .balign 4096
@@ -157,6 +248,8 @@ boot_pdpt:
 boot_pd:
     .skip 4 * 4096
 boot_stack_pt:
+    .skip 4096
+ap_stack_pt:
     .skip 4096
 
 # Not zeroed at boot: touching every page costs ~0.4 ms each under nested KVM, and
@@ -176,6 +269,20 @@ boot_stack_top:
     .skip 16384
     .global double_fault_stack_top
 double_fault_stack_top:
+
+    # The other CPUs' stacks: one 2 MiB page, AP_STACK_SIZE each (CPU 0's is unused),
+    # the bottom 4 KiB of each unmapped as its guard. Their double-fault stacks follow.
+    .section .noinit.ap_stacks, "aw", @nobits
+    .balign 0x200000
+    .global ap_stacks
+ap_stacks:
+    .skip {MAX_CPUS} * {AP_STACK_SIZE}
+    .global ap_stacks_end
+ap_stacks_end:
+    .balign 16
+    .global ap_double_fault_stacks
+ap_double_fault_stacks:
+    .skip {MAX_CPUS} * {DF_STACK_SIZE}
 
     .section .noinit.dma, "aw", @nobits
     .balign 4096

@@ -1,15 +1,16 @@
 //! Entry from boot.s, bring-up order, and the ways a run ends (result code, failure,
 //! panic).
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
-use guest_miniport::contract::{result_fields, GuestArgs, DEBUG_EXIT_PORT, EXIT_FAIL};
+use guest_miniport::contract::{result_fields, GuestArgs, DEBUG_EXIT_PORT, EXIT_FAIL, MAX_CPUS};
 use guest_miniport::platform::PCI_MMIO_WINDOW;
 use guest_miniport::report::JsonLine;
 use x86_64::instructions::port::Port;
 
 use crate::platform::{BumpDma, GuestPlatform, PortPci};
 use crate::serial::{CrashSerial, Serial};
+use crate::smp::{self, AP_STACK_SIZE, DF_STACK_SIZE, TRAMPOLINE_PAGE};
 use crate::{apic, interrupts, platform, serial, start_info, time};
 
 /// Boot stack: the runner and the port keep their state on it. The smoke scenario peaks
@@ -22,11 +23,18 @@ const _: () = assert!(PCI_MMIO_WINDOW.start.is_multiple_of(2 << 20));
 const _: () = assert!(PCI_MMIO_WINDOW.end <= 1 << 32);
 const _: () = assert!(apic::LAPIC_BASE >= PCI_MMIO_WINDOW.start);
 
+// boot.s gives the other CPUs' stacks one 2 MiB page.
+const _: () = assert!(MAX_CPUS * AP_STACK_SIZE == 2 << 20);
+const _: () = assert!(TRAMPOLINE_PAGE < 1 << 20 && TRAMPOLINE_PAGE.is_multiple_of(4096));
+
 core::arch::global_asm!(
     include_str!("boot.s"),
     UNCACHED_FIRST_PD = const PCI_MMIO_WINDOW.start >> 21,
     STACK_SIZE = const STACK_SIZE,
     DMA_POOL_BYTES = const platform::DMA_POOL_BYTES,
+    MAX_CPUS = const MAX_CPUS,
+    AP_STACK_SIZE = const AP_STACK_SIZE,
+    DF_STACK_SIZE = const DF_STACK_SIZE,
     options(att_syntax)
 );
 core::arch::global_asm!(include_str!("isr.s"), options(att_syntax));
@@ -35,9 +43,10 @@ core::arch::global_asm!(include_str!("isr.s"), options(att_syntax));
 #[no_mangle]
 extern "C" fn rust_start(start_info_paddr: u32) -> ! {
     let rust_start_tsc = time::rdtsc();
+    smp::set_current(0);
     serial::init();
     serial::init_logger(log::LevelFilter::Info);
-    interrupts::init();
+    interrupts::init_cpu(0);
 
     let cmdline = match start_info::cmdline(start_info_paddr) {
         Ok(cmdline) => cmdline,
@@ -48,17 +57,18 @@ extern "C" fn rust_start(start_info_paddr: u32) -> ! {
     if let Err(e) = apic::init() {
         fail(format_args!("local APIC: {e}"));
     }
+    smp::mark_online(0);
     let calibration = time::calibrate();
     log::info!(
         "boot: 32-bit entry to Rust {} us, calibration done at {} us",
         time::tsc_to_us(rust_start_tsc.saturating_sub(time::boot_tsc_value())),
         time::now_us()
     );
-    // The runner parses and reports on the command line; here only the tick period is
-    // needed, and a bad line still gets the default tick so the runner can say why.
-    let tick_us = GuestArgs::parse(cmdline)
-        .map(|a| a.tick_us)
-        .unwrap_or(GuestArgs::default().tick_us);
+    // The runner parses and reports on the command line; here only the tick period and
+    // the CPUs are needed, and a bad line still gets the defaults so the runner can say
+    // why.
+    let args = GuestArgs::parse(cmdline).unwrap_or_default();
+    let tick_us = args.tick_us;
     let counts = apic::start_periodic_timer(tick_us, calibration.lapic_timer_hz);
     log::info!(
         "boot: cmdline {cmdline:?}, TSC {} kHz, LAPIC timer {} kHz ({}), tick {tick_us} us ({counts} counts)",
@@ -66,9 +76,26 @@ extern "C" fn rust_start(start_info_paddr: u32) -> ! {
         calibration.lapic_timer_hz / 1000,
         calibration.reference,
     );
+    let start = smp::Start {
+        cpus: args.cpus as usize,
+        tick_us,
+        timer_counts: counts,
+    };
+    let page_free = start_info::page_is_free(start_info_paddr, TRAMPOLINE_PAGE);
+    let smp_start = time::now_us();
+    if let Err(e) = smp::start_others(start, page_free) {
+        fail(format_args!("starting the other CPUs: {e}"));
+    }
+    if start.cpus > 1 {
+        log::info!(
+            "boot: {} CPUs up in {} us",
+            smp::online(),
+            time::now_us() - smp_start
+        );
+    }
     x86_64::instructions::interrupts::enable();
 
-    let mut platform = GuestPlatform::new(tick_us);
+    let mut platform = GuestPlatform::new(tick_us, 0);
     let pci = PortPci;
     let Some(mut dma) = BumpDma::take() else {
         fail(format_args!("DMA pool taken twice"));
@@ -77,14 +104,19 @@ extern "C" fn rust_start(start_info_paddr: u32) -> ! {
     exit(code)
 }
 
-/// Set by the first `fail`: a second one (a panic while reporting) exits at once
-/// instead of recursing.
-static FAILING: AtomicBool = AtomicBool::new(false);
+/// The CPU of the first `fail` (plus one; 0 for none): a second failure on that CPU (a
+/// panic while reporting) exits at once instead of recursing, one on another CPU halts.
+static FAILING_CPU: AtomicUsize = AtomicUsize::new(0);
 
-/// Reports a failure as the result line and exits.
+/// Reports a failure as the result line and exits. The other CPUs are stopped first, so
+/// the report has the serial port to itself.
 pub fn fail(reason: core::fmt::Arguments) -> ! {
-    if FAILING.swap(true, Ordering::Relaxed) {
-        exit(EXIT_FAIL);
+    x86_64::instructions::interrupts::disable();
+    let me = smp::current().index() + 1;
+    match FAILING_CPU.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => smp::halt_others(),
+        Err(cpu) if cpu == me => exit(EXIT_FAIL),
+        Err(_) => smp::park(),
     }
     let mut out = CrashSerial;
     out.fresh_line();

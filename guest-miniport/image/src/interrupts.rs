@@ -1,11 +1,12 @@
-//! IDT and interrupt dispatch. Handlers only record events in atomics and send the
-//! LAPIC EOI; the port picks the events up through `Platform::wait_for_events` and runs
-//! HwTimer / HwInterrupt from its own loop (T5). CPU exceptions end the run.
+//! IDT, TSS and interrupt dispatch. Handlers only record events in the CPU's own
+//! atomics (`smp::PerCpu`) and send the LAPIC EOI; each CPU's loop picks its events up
+//! through `Platform::wait_for_events` and the port runs HwTimer / HwInterrupt from
+//! there. CPU exceptions end the run; an NMI from a failing CPU halts this one.
 
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 
-use guest_miniport::platform::Events;
+use guest_miniport::platform::{Events, MAX_CPUS};
 use x86_64::instructions::interrupts;
 use x86_64::instructions::tables::{lidt, load_tss};
 use x86_64::registers::segmentation::SegmentSelector;
@@ -13,11 +14,14 @@ use x86_64::structures::tss::TaskStateSegment;
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 
-use crate::apic;
 use crate::serial::CrashSerial;
+use crate::smp::{self, DF_STACK_SIZE};
+use crate::{apic, smp::AP_STACK_SIZE};
 
 /// The periodic LAPIC tick.
 pub const TIMER_VECTOR: u8 = 0x30;
+/// Another CPU has something for this one's loop (`Platform::wake`).
+pub const WAKE_VECTOR: u8 = 0x31;
 /// MSI-X table entry `i` of the adapter is delivered as vector `MSI_VECTOR_BASE + i`.
 pub const MSI_VECTOR_BASE: u8 = 0x40;
 pub const MSI_VECTOR_COUNT: u8 = 32;
@@ -29,10 +33,9 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 const STUB_SIZE: u64 = 16;
 const KERNEL_CODE_SELECTOR: u16 = 0x08;
 
-static TICKS: AtomicU32 = AtomicU32::new(0);
-static MSI_PENDING: AtomicU32 = AtomicU32::new(0);
-
+/// CPU `cpu`'s TSS is at selector `TSS_SELECTOR + 16 * cpu` (boot.s).
 const TSS_SELECTOR: u16 = 0x18;
+const NMI_VECTOR: u64 = 2;
 const DOUBLE_FAULT_VECTOR: usize = 8;
 /// IST slot of the double-fault handler (1-based in the gate, 0-based in the TSS).
 const DOUBLE_FAULT_IST: u8 = 1;
@@ -40,12 +43,16 @@ const DOUBLE_FAULT_IST: u8 = 1;
 extern "C" {
     /// 256 entry stubs of `STUB_SIZE` bytes each (isr.s).
     static isr_stubs: u8;
-    /// The 16-byte TSS descriptor slot of the boot GDT (boot.s).
-    static mut boot_gdt_tss: [u64; 2];
-    /// Top of the double-fault stack (boot.s).
+    /// The 16-byte TSS descriptor slots of the boot GDT, one per CPU (boot.s).
+    static mut boot_gdt_tss: [[u64; 2]; MAX_CPUS];
+    /// Top of the boot CPU's double-fault stack (boot.s).
     static double_fault_stack_top: u8;
+    /// The other CPUs' double-fault stacks, DF_STACK_SIZE each (boot.s).
+    static ap_double_fault_stacks: u8;
     /// The unmapped page below the boot stack (boot.s).
     static boot_stack_guard: u8;
+    /// The other CPUs' stacks, each with its unmapped bottom page (boot.s).
+    static ap_stacks: u8;
 }
 
 /// A 64-bit interrupt gate.
@@ -90,15 +97,24 @@ impl Gate {
 struct Idt([Gate; 256]);
 
 static IDT: spin::Once<Idt> = spin::Once::new();
-static TSS: spin::Once<TaskStateSegment> = spin::Once::new();
+static TSS: [spin::Once<TaskStateSegment>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
 
-/// Loads a TSS whose IST1 is the double-fault stack: a stack overflow hits the guard
-/// page, the #PF cannot be pushed, and the #DF then still has a stack to report on.
-fn init_tss() {
-    let tss = TSS.call_once(|| {
+/// The top of CPU `cpu`'s double-fault stack.
+fn double_fault_stack(cpu: usize) -> u64 {
+    if cpu == 0 {
+        return core::ptr::addr_of!(double_fault_stack_top) as u64;
+    }
+    core::ptr::addr_of!(ap_double_fault_stacks) as u64 + ((cpu + 1) * DF_STACK_SIZE) as u64
+}
+
+/// Loads CPU `cpu`'s TSS, whose IST1 is its double-fault stack: a stack overflow hits
+/// the guard page, the #PF cannot be pushed, and the #DF then still has a stack to
+/// report on.
+fn init_tss(cpu: usize) {
+    let tss = TSS[cpu].call_once(|| {
         let mut tss = TaskStateSegment::new();
         tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST - 1)] =
-            VirtAddr::new(core::ptr::addr_of!(double_fault_stack_top) as u64);
+            VirtAddr::new(double_fault_stack(cpu));
         tss
     });
     let base = tss as *const TaskStateSegment as u64;
@@ -110,17 +126,20 @@ fn init_tss() {
         | (limit >> 16 & 0xf) << 48
         | (base >> 24 & 0xff) << 56;
     let high = base >> 32;
-    // SAFETY: boot_gdt_tss is the GDT's TSS slot, in writable .data; nothing has loaded
-    // selector 0x18 yet, so the CPU does not use the slot while it is written.
-    unsafe { core::ptr::addr_of_mut!(boot_gdt_tss).write_volatile([low, high]) };
-    // SAFETY: selector 0x18 now holds a valid, available TSS descriptor for a TSS in a
+    let slot = core::ptr::addr_of_mut!(boot_gdt_tss).cast::<[u64; 2]>();
+    // SAFETY: slot `cpu` is this CPU's TSS descriptor in the GDT, in writable .data;
+    // only this CPU writes it, once, before it loads the selector, so no CPU uses the
+    // slot while it is written.
+    unsafe { slot.add(cpu).write_volatile([low, high]) };
+    // SAFETY: the selector now holds a valid, available TSS descriptor for a TSS in a
     // static that lives for the rest of the run.
-    unsafe { load_tss(SegmentSelector(TSS_SELECTOR)) };
+    unsafe { load_tss(SegmentSelector(TSS_SELECTOR + 16 * cpu as u16)) };
 }
 
-/// Loads the TSS, builds the IDT (every vector goes to its stub) and loads it.
-pub fn init() {
-    init_tss();
+/// Loads CPU `cpu`'s TSS, builds the IDT once (every vector goes to its stub) and loads
+/// it.
+pub fn init_cpu(cpu: usize) {
+    init_tss(cpu);
     let idt = IDT.call_once(|| {
         let base = core::ptr::addr_of!(isr_stubs) as u64;
         let mut gates = [Gate::MISSING; 256];
@@ -172,15 +191,21 @@ pub struct TrapFrame {
 extern "C" fn isr_dispatch(frame: &TrapFrame) {
     let vector = frame.vector;
     match vector {
+        NMI_VECTOR if smp::halting() => smp::park(),
         0..=31 => exception(frame),
         v if v == u64::from(TIMER_VECTOR) => {
-            TICKS.fetch_add(1, Ordering::Relaxed);
+            smp::current().ticks.fetch_add(1, Ordering::Relaxed);
+            apic::eoi();
+        }
+        v if v == u64::from(WAKE_VECTOR) => {
+            smp::current().wake.store(true, Ordering::Relaxed);
             apic::eoi();
         }
         v if (u64::from(MSI_VECTOR_BASE)..u64::from(MSI_VECTOR_BASE + MSI_VECTOR_COUNT))
             .contains(&v) =>
         {
-            MSI_PENDING.fetch_or(1 << (v - u64::from(MSI_VECTOR_BASE)), Ordering::Relaxed);
+            let bit = 1 << (v - u64::from(MSI_VECTOR_BASE));
+            smp::current().vectors.fetch_or(bit, Ordering::Relaxed);
             apic::eoi();
         }
         // Spurious: no EOI (SDM 11.9). With every 8259 line and LINT0 masked, an 8259
@@ -195,26 +220,42 @@ extern "C" fn isr_dispatch(frame: &TrapFrame) {
     }
 }
 
-/// Takes (and clears) the pending events. Call with interrupts off, or accept that an
-/// event arriving between the two swaps is reported in the next call.
-pub fn take_events() -> Events {
-    Events {
-        ticks: TICKS.swap(0, Ordering::Relaxed),
-        vectors: MSI_PENDING.swap(0, Ordering::Relaxed),
-    }
+/// Takes (and clears) this CPU's pending events; whether it was woken as well. Call
+/// with interrupts off, or accept that an event arriving between the swaps is reported
+/// in the next call.
+fn take_events() -> (Events, bool) {
+    let cpu = smp::current();
+    let events = Events {
+        ticks: cpu.ticks.swap(0, Ordering::Relaxed),
+        vectors: cpu.vectors.swap(0, Ordering::Relaxed),
+    };
+    (events, cpu.wake.swap(false, Ordering::Relaxed))
 }
 
-/// Sleeps until an event is pending, then returns them all (see `Platform`).
+/// Sleeps until an event is pending on this CPU or another CPU woke it, then returns
+/// them all (see `Platform`).
 pub fn wait_for_events() -> Events {
     loop {
         interrupts::disable();
-        let events = take_events();
-        if !events.is_empty() {
+        let (events, woken) = take_events();
+        if woken || !events.is_empty() {
             interrupts::enable();
             return events;
         }
         // `sti; hlt` back to back: an interrupt that arrives after the check above is
         // held off by sti's one-instruction shadow and then wakes the hlt.
+        interrupts::enable_and_hlt();
+    }
+}
+
+/// Sleeps until another CPU wakes this one, leaving its events pending.
+pub fn wait_for_wake() {
+    loop {
+        interrupts::disable();
+        if smp::current().wake.swap(false, Ordering::Relaxed) {
+            interrupts::enable();
+            return;
+        }
         interrupts::enable_and_hlt();
     }
 }
@@ -254,11 +295,20 @@ const EXCEPTION_NAMES: [&str; 32] = [
     "reserved",
 ];
 
+/// Whether `address` lies in a stack's guard page: the boot CPU's, or another CPU's.
+fn in_stack_guard(address: u64) -> bool {
+    let guard = core::ptr::addr_of!(boot_stack_guard) as u64;
+    let stacks = core::ptr::addr_of!(ap_stacks) as u64;
+    let size = AP_STACK_SIZE as u64;
+    (guard..guard + 4096).contains(&address)
+        || (stacks..stacks + size * MAX_CPUS as u64).contains(&address)
+            && (address - stacks) % size < 4096
+}
+
 /// A CPU exception is a bug in the image or the library: report it and end the run.
 fn exception(frame: &TrapFrame) -> ! {
     let cr2 = x86_64::registers::control::Cr2::read_raw();
-    let guard = core::ptr::addr_of!(boot_stack_guard) as u64;
-    let name = if (guard..guard + 4096).contains(&cr2) {
+    let name = if in_stack_guard(cr2) {
         "stack overflow (fault in the stack guard page)"
     } else {
         EXCEPTION_NAMES[frame.vector as usize % 32]
@@ -267,8 +317,9 @@ fn exception(frame: &TrapFrame) -> ! {
     out.fresh_line();
     let _ = writeln!(
         out,
-        "[ERROR exception] vector {} ({}) error_code={:#x} rip={:#x} cr2={:#x} rsp={:#x} rflags={:#x}",
-        frame.vector, name, frame.error_code, frame.rip, cr2, frame.rsp, frame.rflags
+        "[ERROR exception] CPU {} vector {} ({}) error_code={:#x} rip={:#x} cr2={:#x} rsp={:#x} rflags={:#x}",
+        smp::current().index(), frame.vector, name, frame.error_code, frame.rip, cr2, frame.rsp,
+        frame.rflags
     );
     let _ = writeln!(out, "[ERROR exception] {frame:x?}");
     crate::entry::fail(format_args!(

@@ -18,6 +18,8 @@ mod platform;
 #[cfg(target_os = "none")]
 mod serial;
 #[cfg(target_os = "none")]
+mod smp;
+#[cfg(target_os = "none")]
 mod start_info;
 #[cfg(target_os = "none")]
 mod time;

@@ -1,5 +1,6 @@
 //! The library's platform traits on this machine: TSC time, the LAPIC tick, MSI-X into
-//! the LAPIC, PCI configuration mechanism #1, and an identity-mapped DMA pool.
+//! the LAPIC of the CPU the port names, IPIs between CPUs, PCI configuration mechanism
+//! #1, and an identity-mapped DMA pool.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -8,22 +9,19 @@ use guest_miniport::platform::{CpuWork, Dma, Events, PciConfig, Platform};
 use x86_64::instructions::port::Port;
 
 use crate::interrupts::{MSI_VECTOR_BASE, MSI_VECTOR_COUNT};
-use crate::{apic, interrupts, time};
+use crate::{apic, interrupts, smp, time};
 
-/// Time and interrupts of this guest.
+/// Time and interrupts of this guest, as CPU `cpu` sees them: each CPU's loop has one.
 #[derive(Debug)]
 pub struct GuestPlatform {
     tick_us: u32,
-    apic_id: u8,
+    cpu: usize,
 }
 
 impl GuestPlatform {
-    /// `tick_us` is the period the LAPIC timer was started with.
-    pub fn new(tick_us: u32) -> Self {
-        GuestPlatform {
-            tick_us,
-            apic_id: apic::id(),
-        }
+    /// `tick_us` is the period the LAPIC timers were started with.
+    pub fn new(tick_us: u32, cpu: usize) -> Self {
+        GuestPlatform { tick_us, cpu }
     }
 }
 
@@ -45,12 +43,12 @@ impl Platform for GuestPlatform {
     }
 
     fn msi_message(&self, entry: u16, cpu: usize) -> Option<(u64, u32)> {
-        if entry >= u16::from(MSI_VECTOR_COUNT) || cpu != 0 {
+        if entry >= u16::from(MSI_VECTOR_COUNT) {
             return None;
         }
-        // Destination: this CPU's APIC id (address bits 19:12), physical mode. Data:
+        // Destination: that CPU's APIC id (address bits 19:12), physical mode. Data:
         // fixed delivery, edge triggered, the vector in bits 7:0.
-        let address = apic::LAPIC_BASE | (u64::from(self.apic_id) << 12);
+        let address = apic::LAPIC_BASE | (u64::from(smp::apic_id(cpu)?) << 12);
         let data = u32::from(MSI_VECTOR_BASE) + u32::from(entry);
         Some((address, data))
     }
@@ -67,8 +65,27 @@ impl Platform for GuestPlatform {
         }
     }
 
-    fn with_secondaries(&mut self, _: &dyn CpuWork, body: &mut dyn FnMut(&mut dyn Platform)) {
-        body(self);
+    fn cpu(&self) -> usize {
+        self.cpu
+    }
+
+    fn cpus(&self) -> usize {
+        smp::online()
+    }
+
+    fn wake(&self, cpu: usize) {
+        smp::wake(cpu);
+    }
+
+    fn pause(&mut self) {
+        // `sti; hlt` back to back, as in wait_for_events: a wake already pending ends the
+        // halt at once. Interrupts are on only for the halt; the handlers only record.
+        x86_64::instructions::interrupts::enable_and_hlt();
+        x86_64::instructions::interrupts::disable();
+    }
+
+    fn with_secondaries(&mut self, work: &dyn CpuWork, body: &mut dyn FnMut(&mut dyn Platform)) {
+        smp::lend(work, || body(self));
     }
 }
 
@@ -77,6 +94,9 @@ impl Platform for GuestPlatform {
 /// writes beyond are dropped.
 #[derive(Debug, Default)]
 pub struct PortPci;
+
+/// The address/data pair is one per machine: CPUs take turns.
+static CONFIG_PAIR: spin::Mutex<()> = spin::Mutex::new(());
 
 const CONFIG_ADDRESS: u16 = 0xcf8;
 const CONFIG_DATA: u16 = 0xcfc;
@@ -98,8 +118,10 @@ impl PortPci {
     fn read_aligned(address: u32) -> u32 {
         let mut addr: Port<u32> = Port::new(CONFIG_ADDRESS);
         let mut data: Port<u32> = Port::new(CONFIG_DATA);
+        let _pair = CONFIG_PAIR.lock();
         // SAFETY: the PCI configuration ports; the address/data pair is used only here
-        // and in write_aligned, never from interrupt handlers, so it cannot interleave.
+        // and in write_aligned, under CONFIG_PAIR and never from interrupt handlers, so
+        // it cannot interleave.
         unsafe {
             addr.write(address);
             data.read()
@@ -109,6 +131,7 @@ impl PortPci {
     fn write_aligned(address: u32, value: u32) {
         let mut addr: Port<u32> = Port::new(CONFIG_ADDRESS);
         let mut data: Port<u32> = Port::new(CONFIG_DATA);
+        let _pair = CONFIG_PAIR.lock();
         // SAFETY: as in read_aligned. The value goes to the function the caller names;
         // what it does to that device is the caller's business.
         unsafe {

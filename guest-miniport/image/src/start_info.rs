@@ -3,7 +3,15 @@
 /// `hvm_start_info.magic`: "xEn3" with bit 7 of the 'E' set.
 const HVM_START_MAGIC: u32 = 0x336e_c578;
 const OFFSET_MAGIC: usize = 0;
+const OFFSET_VERSION: usize = 4;
 const OFFSET_CMDLINE_PADDR: usize = 24;
+const OFFSET_MEMMAP_PADDR: usize = 40;
+const OFFSET_MEMMAP_ENTRIES: usize = 48;
+/// Bytes of the start info of version 1 (with the memory map).
+const START_INFO_LEN: u64 = 56;
+/// `struct hvm_memmap_table_entry`: addr, size, type, reserved.
+const MEMMAP_ENTRY_LEN: u64 = 24;
+const MEMMAP_TYPE_RAM: u32 = 1;
 /// Longest command line accepted; the harness sends well under 200 bytes.
 const CMDLINE_MAX: usize = 4096;
 
@@ -83,4 +91,51 @@ pub fn cmdline(paddr: u32) -> Result<&'static str, StartInfoError> {
     // borrow is sound.
     let bytes = unsafe { core::slice::from_raw_parts(ptr, len) };
     core::str::from_utf8(bytes).map_err(|_| StartInfoError::CmdlineNotUtf8)
+}
+
+fn read_u32(paddr: u64) -> u32 {
+    // SAFETY: only called on fields of a start info whose magic was checked, or of its
+    // memory map, in identity-mapped RAM below 4 GiB; reading has no side effect.
+    unsafe { core::ptr::read_unaligned(paddr as usize as *const u32) }
+}
+
+fn read_u64(paddr: u64) -> u64 {
+    // SAFETY: as in read_u32.
+    unsafe { core::ptr::read_unaligned(paddr as usize as *const u64) }
+}
+
+fn overlaps(a: u64, a_len: u64, b: u64, b_len: u64) -> bool {
+    a < b.saturating_add(b_len) && b < a.saturating_add(a_len)
+}
+
+/// Whether the 4 KiB page at `page` is RAM the loader left free: it must not hold the
+/// start info, the command line or the memory map, and (when the loader gave a memory
+/// map) must lie in a RAM entry of it. For the other CPUs' trampoline.
+pub fn page_is_free(paddr: u32, page: u64) -> bool {
+    let base = u64::from(paddr);
+    if read_u32(base + OFFSET_MAGIC as u64) != HVM_START_MAGIC
+        || overlaps(page, 4096, base, START_INFO_LEN)
+    {
+        return false;
+    }
+    let cmdline = read_u64(base + OFFSET_CMDLINE_PADDR as u64);
+    if cmdline != 0 && overlaps(page, 4096, cmdline, CMDLINE_MAX as u64 + 1) {
+        return false;
+    }
+    if read_u32(base + OFFSET_VERSION as u64) < 1 {
+        return true;
+    }
+    let map = read_u64(base + OFFSET_MEMMAP_PADDR as u64);
+    let entries = u64::from(read_u32(base + OFFSET_MEMMAP_ENTRIES as u64));
+    if map == 0 || entries == 0 {
+        return true;
+    }
+    if map >= 1 << 32 || overlaps(page, 4096, map, entries * MEMMAP_ENTRY_LEN) {
+        return false;
+    }
+    (0..entries.min(128)).any(|i| {
+        let e = map + i * MEMMAP_ENTRY_LEN;
+        let (addr, size) = (read_u64(e), read_u64(e + 8));
+        read_u32(e + 16) == MEMMAP_TYPE_RAM && addr <= page && page + 4096 <= addr + size
+    })
 }

@@ -4,17 +4,18 @@
 //! and HwTimer on the timer's CPU (T3).
 
 use core::cell::Cell;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::platform::{CpuWork, Events, Platform};
+use crate::platform::{CpuWork, Events, Platform, MAX_CPUS};
 
 use super::locks::Locks;
 #[cfg(test)]
 use super::Flaw;
 use super::{
     AdapterCapabilities, CallLog, Checker, DataBuffer, Miniport, Port, PortConfig, PortContext,
-    PortCore, PortError, PortState, PortStats, Routine, RoutineCall, Rule, Running, ShadowTimer,
-    Slot, SlotList, SlotState, Srb, SrbStatus, TimerService, DEFAULT_SRB_TIMEOUT_US, MAX_CDB,
-    MAX_LUS, MAX_SRBS, RUNNER_CPU, SENSE_BUFFER_LEN,
+    PortCore, PortError, PortLock, PortState, PortStats, Routine, RoutineCall, Rule, Running,
+    ShadowTimer, Slot, SlotList, SlotState, Srb, SrbStatus, TimerService, DEFAULT_SRB_TIMEOUT_US,
+    MAX_CDB, MAX_LUS, MAX_SRBS, RUNNER_CPU, SENSE_BUFFER_LEN,
 };
 
 /// The deferred interrupt flow of CallEnableInterrupts / CallDisableInterrupts (I3, I4).
@@ -112,8 +113,9 @@ impl PortCore {
         #[cfg(not(test))]
         let unlocked = false;
         // The StartIo lock first, then the interrupt lock: the order everywhere.
-        let start_io_guard = locks.start_io.then(|| self.start_io_lock.lock());
-        let interrupt_guard = (locks.interrupt && !unlocked).then(|| self.interrupt_lock.lock());
+        let start_io_held = locks.start_io.then(|| self.start_io_lock.acquire(platform));
+        let interrupt_held =
+            (locks.interrupt && !unlocked).then(|| self.interrupt_lock.acquire(platform));
         let cpu = platform.cpu();
         let start = platform.now_us();
         let breaks_t5 = self.running.enter(cpu, routine, locks.interrupt);
@@ -161,8 +163,12 @@ impl PortCore {
         }
         self.routine_done(cpu, routine, start, end, (stall_us, deferred, stale));
         self.running.exit(cpu);
-        drop(interrupt_guard);
-        drop(start_io_guard);
+        if let Some(held) = interrupt_held {
+            self.interrupt_lock.release(held, platform);
+        }
+        if let Some(held) = start_io_held {
+            self.start_io_lock.release(held, platform);
+        }
         r
     }
 
@@ -231,9 +237,10 @@ impl<M: Miniport> Port<M> {
             miniport,
             core: PortCore {
                 state: spin::Mutex::new(PortState::new(config)),
-                interrupt_lock: spin::Mutex::new(()),
-                start_io_lock: spin::Mutex::new(()),
+                interrupt_lock: PortLock::new(),
+                start_io_lock: PortLock::new(),
                 running: Running::new(),
+                dispatched: [const { AtomicU64::new(0) }; MAX_CPUS],
                 sync,
                 routing: config.routing,
                 #[cfg(test)]
@@ -419,9 +426,10 @@ impl<M: Miniport> Port<M> {
         }
         if cpu == RUNNER_CPU {
             self.start_queued(platform);
-        } else if !events.is_empty() {
+        } else if events.vectors != 0 || ticks > 0 {
             platform.wake(RUNNER_CPU);
         }
+        self.core.dispatched[cpu].fetch_add(1, Ordering::SeqCst);
     }
 
     /// Passes queued SRBs to HwStartIo while the miniport is ready for them, without

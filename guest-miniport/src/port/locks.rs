@@ -15,7 +15,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
-use crate::platform::MAX_CPUS;
+use crate::platform::{Platform, MAX_CPUS};
 
 use super::checker::Routine;
 use super::miniport::Synchronization;
@@ -47,6 +47,71 @@ impl Locks {
     }
 }
 
+/// Tries before a waiter gives its CPU back to the machine.
+const SPINS: u32 = 200;
+
+/// One of the port's locks (the interrupt lock, the StartIo lock): a spin lock whose
+/// waiters, after a few tries, give their CPU back to the machine
+/// ([`Platform::pause`]) until the holder lets go and wakes them. On a virtual machine
+/// whose CPUs outnumber the host's free ones, a waiter that kept spinning would keep the
+/// holder's CPU from running at all.
+pub(super) struct PortLock {
+    lock: spin::Mutex<()>,
+    /// CPUs paused on the lock, one bit each.
+    waiting: AtomicU32,
+}
+
+/// A [`PortLock`] held; give it back with [`PortLock::release`].
+pub(super) struct Held<'a> {
+    _guard: spin::MutexGuard<'a, ()>,
+}
+
+impl PortLock {
+    pub(super) const fn new() -> Self {
+        PortLock {
+            lock: spin::Mutex::new(()),
+            waiting: AtomicU32::new(0),
+        }
+    }
+
+    pub(super) fn acquire(&self, platform: &mut dyn Platform) -> Held<'_> {
+        let me = 1 << platform.cpu();
+        let mut tries = 0;
+        loop {
+            if let Some(g) = self.lock.try_lock() {
+                return Held { _guard: g };
+            }
+            if tries < SPINS {
+                tries += 1;
+                core::hint::spin_loop();
+                continue;
+            }
+            // Announced before the last try, with interrupts masked, so the wake of a
+            // release after it is pending when the pause starts, and ends it.
+            let was_enabled = platform.disable_interrupts();
+            self.waiting.fetch_or(me, Ordering::SeqCst);
+            let got = self.lock.try_lock();
+            if got.is_none() {
+                platform.pause();
+            }
+            self.waiting.fetch_and(!me, Ordering::SeqCst);
+            platform.restore_interrupts(was_enabled);
+            if let Some(g) = got {
+                return Held { _guard: g };
+            }
+        }
+    }
+
+    /// Lets go, and wakes the CPUs paused on the lock.
+    pub(super) fn release(&self, held: Held<'_>, platform: &dyn Platform) {
+        drop(held);
+        let waiting = self.waiting.load(Ordering::SeqCst);
+        (0..MAX_CPUS)
+            .filter(|c| waiting & (1 << c) != 0)
+            .for_each(|c| platform.wake(c));
+    }
+}
+
 const IDLE: u32 = 0;
 const INTERRUPT_LOCK: u32 = 1 << 8;
 
@@ -63,9 +128,8 @@ pub(super) struct Running {
 
 impl Running {
     pub(super) const fn new() -> Self {
-        const IDLE_CPU: AtomicU32 = AtomicU32::new(IDLE);
         Running {
-            cpus: [IDLE_CPU; MAX_CPUS],
+            cpus: [const { AtomicU32::new(IDLE) }; MAX_CPUS],
         }
     }
 

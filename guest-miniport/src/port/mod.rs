@@ -24,6 +24,8 @@
 
 use core::fmt;
 
+use crate::platform::Platform;
+
 pub mod checker;
 mod cpus;
 mod dispatch;
@@ -51,7 +53,7 @@ pub use cpus::{CpuStats, RoutineCall, Routing, RUNNER_CPU};
 pub use dispatch::InterruptPhase;
 use hold::Hold;
 pub use locks::InterruptShared;
-use locks::Running;
+use locks::{PortLock, Running};
 pub use miniport::{
     AdapterCapabilities, Miniport, Serial, SerialMiniport, StartIo, Synchronization,
 };
@@ -228,10 +230,12 @@ pub struct PortState {
 pub struct PortCore {
     state: spin::Mutex<PortState>,
     /// T5: HwInterrupt, HwTimer in half duplex, SynchronizeAccess.
-    interrupt_lock: spin::Mutex<()>,
+    interrupt_lock: PortLock,
     /// HwStartIo (one channel), HwTimer, HwResetBus, the enable callback (T6).
-    start_io_lock: spin::Mutex<()>,
+    start_io_lock: PortLock,
     running: Running,
+    /// Batches of events each CPU has dispatched.
+    dispatched: [core::sync::atomic::AtomicU64; crate::platform::MAX_CPUS],
     sync: Synchronization,
     routing: Routing,
     #[cfg(test)]
@@ -301,15 +305,19 @@ impl<M: Miniport> Port<M> {
     }
 
     /// [`Miniport::resetting`], asked holding the interrupt lock.
-    pub fn resetting(&self) -> bool {
-        let _lock = self.core.interrupt_lock.lock();
-        self.miniport.resetting()
+    pub fn resetting(&self, platform: &mut dyn Platform) -> bool {
+        let held = self.core.interrupt_lock.acquire(platform);
+        let resetting = self.miniport.resetting();
+        self.core.interrupt_lock.release(held, platform);
+        resetting
     }
 
     /// [`Miniport::completions_waiting`], asked holding the interrupt lock.
-    pub fn completions_waiting(&self) -> u32 {
-        let _lock = self.core.interrupt_lock.lock();
-        self.miniport.completions_waiting()
+    pub fn completions_waiting(&self, platform: &mut dyn Platform) -> u32 {
+        let held = self.core.interrupt_lock.acquire(platform);
+        let waiting = self.miniport.completions_waiting();
+        self.core.interrupt_lock.release(held, platform);
+        waiting
     }
 
     pub fn miniport(&self) -> &M {

@@ -9,6 +9,7 @@
 
 use core::cell::Cell;
 use core::ops::{Deref, DerefMut};
+use core::sync::atomic::Ordering;
 
 use crate::platform::Platform;
 
@@ -289,6 +290,16 @@ impl PortContext<'_> {
         self.cpu
     }
 
+    /// Batches of events the CPU that takes the interrupts has dispatched so far, when
+    /// it is another CPU: two more than at some moment mean it has looked at every
+    /// interrupt that had reached it by then. `None` on that CPU itself, which is
+    /// looking now. A watchdog for lost interrupts judges by it, so that an interrupt
+    /// CPU the host has not run for a while does not look as if it lost them.
+    pub fn interrupt_cpu_dispatches(&self) -> Option<u64> {
+        let cpu = self.core.routing.interrupt_cpu;
+        (cpu != self.cpu).then(|| self.core.dispatched[cpu].load(Ordering::SeqCst))
+    }
+
     /// The platform's MSI-X message for `entry` (for the miniport to program the HBA),
     /// addressed to the CPU the routing gives interrupts. The entry counts as the
     /// miniport's own interrupt from then on (I1).
@@ -324,11 +335,13 @@ impl PortContext<'_> {
         f: impl FnOnce(&mut PortContext<'_>, &mut T) -> R,
     ) -> R {
         let core = self.core;
-        let lock = (!self.interrupt_lock).then(|| core.interrupt_lock.lock());
+        let lock = (!self.interrupt_lock).then(|| core.interrupt_lock.acquire(self.platform));
         let held = core::mem::replace(&mut self.interrupt_lock, true);
         let r = self.open(shared, f);
         self.interrupt_lock = held;
-        drop(lock);
+        if let Some(lock) = lock {
+            core.interrupt_lock.release(lock, self.platform);
+        }
         r
     }
 

@@ -114,11 +114,11 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
         s
     }
 
-    pub(super) fn timeout<'a>(&self, op: &'static str) -> Failure<'a> {
+    pub(super) fn timeout<'a>(&mut self, op: &'static str) -> Failure<'a> {
         Failure::Timeout {
             op,
             in_flight: self.port.in_flight(),
-            waiting: self.port.completions_waiting(),
+            waiting: self.port.completions_waiting(self.platform),
         }
     }
 

@@ -88,7 +88,7 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
     /// Waits until a bus reset still under way has ended, so the run ends on an idle
     /// adapter (a reset whose TMF hangs without a timer to give up on it never does).
     pub(super) fn quiesce<'a>(&mut self) -> Result<(), Failure<'a>> {
-        while self.port.resetting() || self.port.in_flight() > 0 {
+        while self.port.resetting(self.platform) || self.port.in_flight() > 0 {
             if self.platform.now_us() >= self.deadline {
                 return Err(Failure::ResetNotEnded);
             }

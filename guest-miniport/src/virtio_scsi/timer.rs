@@ -33,13 +33,21 @@ impl<T: Transport> Extension<T> {
 
     /// The lost-interrupt watchdog: completes what the device had returned by the
     /// previous call and still raised no interrupt for, then marks the ring again.
-    /// Completions that came since are left for their interrupt (or the next call).
+    /// Completions that came since are left for their interrupt (or the next call). On
+    /// another CPU the interrupt CPU must have looked at its events since the mark:
+    /// until it has, nothing counts as lost yet and the mark stays.
     fn watchdog(&mut self, ctx: &mut PortContext<'_>) -> u16 {
+        let progress = ctx.interrupt_cpu_dispatches();
+        if let (Some((_, Some(at))), Some(now)) = (self.watch_mark, progress) {
+            if now < at + 2 {
+                return 0;
+            }
+        }
         let lost = self
             .watch_mark
-            .map_or(0, |mark| self.request.unpopped_at(mark));
+            .map_or(0, |(mark, _)| self.request.unpopped_at(mark));
         let found = self.drain_requests(ctx, Source::Poll, lost);
-        self.watch_mark = Some(self.request.used_mark());
+        self.watch_mark = Some((self.request.used_mark(), progress));
         found
     }
 

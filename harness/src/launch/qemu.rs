@@ -28,7 +28,8 @@ pub struct QemuConfig {
 /// What `-kernel` boots.
 #[derive(Clone, Debug)]
 pub enum Guest {
-    /// The flakyhba guest image and its arguments, on one CPU with one request queue.
+    /// The flakyhba guest image and its arguments, with one request queue and the CPUs
+    /// its `cpus` asks for.
     Image { image: PathBuf, args: GuestArgs },
     /// A stock Linux kernel with its initramfs (linux-guest/).
     Linux(LinuxBoot),
@@ -127,12 +128,18 @@ impl QemuConfig {
             format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04").into(),
         ];
         match &self.guest {
-            Guest::Image { image, args: guest } => args.extend([
-                "-kernel".into(),
-                image.clone().into(),
-                "-append".into(),
-                guest.to_string().into(),
-            ]),
+            Guest::Image { image, args: guest } => {
+                // One CPU is QEMU's default: the command line stays as it always was.
+                if guest.cpus > 1 {
+                    args.extend(["-smp".into(), guest.cpus.to_string().into()]);
+                }
+                args.extend([
+                    "-kernel".into(),
+                    image.clone().into(),
+                    "-append".into(),
+                    guest.to_string().into(),
+                ])
+            }
             Guest::Linux(boot) => args.extend([
                 "-smp".into(),
                 boot.cpus.to_string().into(),
@@ -276,6 +283,22 @@ mod tests {
             assert!(args.iter().any(|a| a == flag), "{flag} missing");
         }
         assert!(!args.iter().any(|a| a == "-cpu"), "never pick a CPU model");
+    }
+
+    #[test]
+    fn the_image_gets_the_cpus_its_arguments_ask_for() {
+        assert!(
+            value_of(&strings(&config()), "-smp").is_empty(),
+            "one CPU: no -smp"
+        );
+        let mut c = config();
+        let Guest::Image { args, .. } = &mut c.guest else {
+            unreachable!("config() boots the image")
+        };
+        args.cpus = 2;
+        let args = strings(&c);
+        assert_eq!(value_of(&args, "-smp"), ["2"]);
+        assert!(value_of(&args, "-append")[0].contains("cpus=2"));
     }
 
     #[test]
