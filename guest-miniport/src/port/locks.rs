@@ -171,6 +171,9 @@ pub struct InterruptShared<T> {
     /// without it; 0 for none.
     locked: AtomicU8,
     unlocked: AtomicU8,
+    /// Times an opener found the state taken (tests wait for it).
+    #[cfg(test)]
+    contended: AtomicU32,
 }
 
 impl<T> InterruptShared<T> {
@@ -179,7 +182,15 @@ impl<T> InterruptShared<T> {
             data: spin::Mutex::new(value),
             locked: AtomicU8::new(0),
             unlocked: AtomicU8::new(0),
+            #[cfg(test)]
+            contended: AtomicU32::new(0),
         }
+    }
+
+    /// Times an opener found the state taken.
+    #[cfg(test)]
+    pub(super) fn contended(&self) -> u32 {
+        self.contended.load(Ordering::SeqCst)
     }
 
     /// The state, for its owner outside the routines: before the port runs, after it,
@@ -211,6 +222,8 @@ impl<T> InterruptShared<T> {
             if let Some(g) = self.data.try_lock() {
                 break g;
             }
+            #[cfg(test)]
+            self.contended.fetch_add(1, Ordering::SeqCst);
             // Held by an owner's read (no mark) is not a breach: wait it out.
             let other = theirs.load(Ordering::SeqCst);
             if breach.is_none() && other != 0 {

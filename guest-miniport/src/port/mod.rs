@@ -39,6 +39,8 @@ mod notifications;
 mod queue;
 #[cfg(test)]
 mod rule_tests;
+#[cfg(test)]
+mod smp_tests;
 mod srb;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,534 @@
+//! The port on several CPUs, with host threads as CPUs: the locks of each
+//! synchronization model (T5, T6), a breach of T5 caught when it happens, the deferred
+//! callbacks on the CPU that asked for them (I3, I4), the routing of MSI-X messages and
+//! HwTimer, N4 across CPUs, and the per-CPU counts.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Instant;
+use std::vec::Vec;
+
+use super::handoff::TimerArm;
+use super::*;
+use crate::platform::{CpuWork, Events, Platform};
+
+extern crate std;
+
+const TICK: u32 = 1_000;
+
+/// One CPU of the host test machine: real time, and the MSI-X messages it handed out.
+struct ThreadPlatform {
+    cpu: usize,
+    start: Instant,
+    messages: Arc<Mutex<Vec<(u16, usize)>>>,
+}
+
+impl ThreadPlatform {
+    fn new(cpu: usize, start: Instant) -> Self {
+        ThreadPlatform {
+            cpu,
+            start,
+            messages: Arc::default(),
+        }
+    }
+}
+
+impl Platform for ThreadPlatform {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+    fn stall_us(&mut self, us: u32) {
+        let until = self.now_us() + u64::from(us);
+        while self.now_us() < until {
+            core::hint::spin_loop();
+        }
+    }
+    fn tick_us(&self) -> u32 {
+        TICK
+    }
+    fn wait_for_events(&mut self) -> Events {
+        Events::default()
+    }
+    fn msi_message(&self, entry: u16, cpu: usize) -> Option<(u64, u32)> {
+        self.messages.lock().unwrap().push((entry, cpu));
+        Some((0xfee0_0000 | (cpu as u64) << 12, 0x40 + u32::from(entry)))
+    }
+    fn cpu(&self) -> usize {
+        self.cpu
+    }
+    fn cpus(&self) -> usize {
+        2
+    }
+    fn pause(&mut self) {
+        std::thread::yield_now();
+    }
+    fn with_secondaries(&mut self, _: &dyn CpuWork, body: &mut dyn FnMut(&mut dyn Platform)) {
+        body(self);
+    }
+}
+
+/// A miniport whose routines work for a while on what they share with HwInterrupt,
+/// so that overlaps have room to happen.
+struct Worker {
+    sync: Synchronization,
+    /// HwTimer reaches the shared state without the interrupt lock (a miniport bug).
+    timer_unlocked: bool,
+    /// Microseconds each routine spends in the shared state.
+    busy_us: u64,
+    shared: InterruptShared<Vec<SrbHandle>>,
+    timer_arm: TimerArm,
+    /// HwInterrupt asks for the deferred callbacks; the CPU each ran on. The enable
+    /// callback asks for CallDisableInterrupts on its second call.
+    defer: bool,
+    deferred: AtomicBool,
+    enable_calls: AtomicU32,
+    enable_cpu: AtomicU64,
+    disable_cpu: AtomicU64,
+    timer_cpus: AtomicU32,
+    /// HwStartIo waits here, with the SRB handed to HwInterrupt, until another CPU
+    /// completed it; only then does it send NextLuRequest.
+    late_next: Option<Arc<Barrier>>,
+    completed: AtomicBool,
+    /// HwTimer and HwInterrupt both wait here at their start: they overlap for sure.
+    meet: Option<Arc<Barrier>>,
+    /// HwInterrupt stays in the shared state until another routine found it taken.
+    hold_until_contended: bool,
+    in_shared: AtomicBool,
+}
+
+impl Worker {
+    fn new(sync: Synchronization) -> Self {
+        Worker {
+            sync,
+            timer_unlocked: false,
+            busy_us: 20,
+            shared: InterruptShared::new(Vec::new()),
+            timer_arm: TimerArm::default(),
+            defer: false,
+            deferred: AtomicBool::new(false),
+            enable_calls: AtomicU32::new(0),
+            enable_cpu: AtomicU64::new(u64::MAX),
+            disable_cpu: AtomicU64::new(u64::MAX),
+            timer_cpus: AtomicU32::new(0),
+            late_next: None,
+            completed: AtomicBool::new(false),
+            meet: None,
+            hold_until_contended: false,
+            in_shared: AtomicBool::new(false),
+        }
+    }
+
+    fn work(ctx: &mut PortContext<'_>, us: u64) {
+        let until = ctx.now_us() + us;
+        while ctx.now_us() < until {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+impl Miniport for Worker {
+    type Error = &'static str;
+
+    fn find_adapter(&self, _: &mut PortContext<'_>) -> Result<AdapterCapabilities, &'static str> {
+        Ok(AdapterCapabilities {
+            max_outstanding: 16,
+            tagged_queuing: true,
+            queue_depth: 16,
+            interrupts: true,
+        })
+    }
+
+    fn initialize(&self, ctx: &mut PortContext<'_>) -> Result<(), &'static str> {
+        ctx.msi_message(0).ok_or("no message")?;
+        ctx.request_timer_call(TICK);
+        Ok(())
+    }
+
+    fn start_io(&self, ctx: &mut PortContext<'_>, srb: SrbHandle) -> StartIo {
+        let s = *ctx.srb(&srb);
+        ctx.synchronize_access(&self.shared, |_, held| held.push(srb));
+        if let Some(barrier) = &self.late_next {
+            barrier.wait(); // HwInterrupt may complete it now...
+            barrier.wait(); // ...and has.
+        }
+        ctx.next_lu_request(s.path, s.target, s.lun);
+        StartIo::Accepted
+    }
+
+    fn interrupt(&self, ctx: &mut PortContext<'_>, _vector: u16) -> bool {
+        if let Some(meet) = &self.meet {
+            meet.wait();
+        }
+        let busy = self.busy_us;
+        ctx.synchronize_access(&self.shared, |ctx, held| {
+            self.in_shared.store(true, Ordering::SeqCst);
+            while self.hold_until_contended && self.shared.contended() == 0 {
+                core::hint::spin_loop();
+            }
+            Self::work(ctx, busy);
+            for srb in held.drain(..) {
+                ctx.srb_mut(&srb).srb_status = SrbStatus::Success;
+                ctx.request_complete(srb);
+                self.completed.store(true, Ordering::SeqCst);
+            }
+        });
+        if self.defer && !self.deferred.swap(true, Ordering::SeqCst) {
+            ctx.call_enable_interrupts();
+        }
+        true
+    }
+
+    fn timer(&self, ctx: &mut PortContext<'_>) {
+        if let Some(meet) = &self.meet {
+            meet.wait();
+        }
+        self.timer_arm.consume();
+        self.timer_cpus.fetch_or(1 << ctx.cpu(), Ordering::SeqCst);
+        let busy = self.busy_us;
+        let work = |ctx: &mut PortContext<'_>, _: &mut Vec<SrbHandle>| Self::work(ctx, busy);
+        if self.timer_unlocked {
+            ctx.unsynchronized_access(&self.shared, work);
+        } else {
+            ctx.synchronize_access(&self.shared, work);
+        }
+        if self.timer_arm.try_arm() {
+            ctx.request_timer_call(TICK);
+        }
+    }
+
+    fn reset_bus(&self, _: &mut PortContext<'_>, _: u8) -> bool {
+        true
+    }
+
+    fn enable_interrupts_callback(&self, ctx: &mut PortContext<'_>) {
+        self.enable_cpu.store(ctx.cpu() as u64, Ordering::SeqCst);
+        if self.enable_calls.fetch_add(1, Ordering::SeqCst) == 1 {
+            ctx.call_disable_interrupts();
+        }
+    }
+
+    fn disable_interrupts_callback(&self, ctx: &mut PortContext<'_>) {
+        self.disable_cpu.store(ctx.cpu() as u64, Ordering::SeqCst);
+    }
+
+    fn synchronization(&self) -> Synchronization {
+        self.sync
+    }
+}
+
+const FULL_DUPLEX: Synchronization = Synchronization {
+    full_duplex: true,
+    multi_channel: true,
+};
+
+/// The port's settings on two CPUs: interrupts on CPU 1, the timer on `timer_cpu`. The
+/// routines' times are wall time of host threads that a busy host preempts, so the
+/// time limits (I2, P4) are out of these tests' way.
+fn config(timer_cpu: usize) -> PortConfig {
+    PortConfig {
+        routing: Routing {
+            cpus: 2,
+            interrupt_cpu: 1,
+            timer_cpu,
+        },
+        checker: CheckerConfig {
+            max_interrupt_us: 60_000_000,
+            max_routine_us: 60_000_000,
+            ..CheckerConfig::default()
+        },
+        ..PortConfig::new(TICK)
+    }
+}
+
+/// A port over `m` on two CPUs (see [`config`]), initialized.
+fn two_cpus(m: Worker, timer_cpu: usize, start: Instant) -> Port<Worker> {
+    let port = Port::with_config(m, config(timer_cpu));
+    port.initialize(&mut ThreadPlatform::new(RUNNER_CPU, start))
+        .unwrap();
+    port
+}
+
+/// CPU 0 dispatches `rounds` ticks (HwTimer each time) while CPU 1 dispatches as many
+/// interrupts; returns the port's checker afterwards.
+fn timer_beside_interrupts(port: &Port<Worker>, start: Instant, rounds: u32) -> Checker {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut p = ThreadPlatform::new(0, start);
+            for _ in 0..rounds {
+                port.dispatch(
+                    &mut p,
+                    Events {
+                        ticks: 1,
+                        vectors: 0,
+                    },
+                );
+            }
+        });
+        s.spawn(|| {
+            let mut p = ThreadPlatform::new(1, start);
+            for _ in 0..rounds {
+                port.dispatch(
+                    &mut p,
+                    Events {
+                        ticks: 0,
+                        vectors: 1,
+                    },
+                );
+            }
+        });
+    });
+    port.checker()
+}
+
+#[test]
+fn t5_hwtimer_never_overlaps_hwinterrupt_on_two_cpus() {
+    let start = Instant::now();
+    let port = two_cpus(Worker::new(Synchronization::HALF_DUPLEX), 0, start);
+    let checker = timer_beside_interrupts(&port, start, 300);
+    assert_eq!(
+        checker.count(),
+        0,
+        "{:?}",
+        checker.violations().collect::<Vec<_>>()
+    );
+    let stats = port.stats();
+    assert!(stats.per_cpu[0].timer_calls > 100, "{stats:?}");
+    assert_eq!(stats.per_cpu[1].interrupts, 300);
+    assert_eq!(
+        (stats.per_cpu[0].interrupts, stats.per_cpu[1].timer_calls),
+        (0, 0)
+    );
+}
+
+/// HwTimer on CPU 0 and HwInterrupt on CPU 1, each dispatched once, at the same time.
+fn one_of_each(port: &Port<Worker>, start: Instant) -> Checker {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            port.dispatch(
+                &mut ThreadPlatform::new(0, start),
+                Events {
+                    ticks: 1,
+                    vectors: 0,
+                },
+            )
+        });
+        s.spawn(|| {
+            port.dispatch(
+                &mut ThreadPlatform::new(1, start),
+                Events {
+                    ticks: 0,
+                    vectors: 1,
+                },
+            )
+        });
+    });
+    port.checker()
+}
+
+#[test]
+fn t5_mutant_port_without_the_interrupt_lock_is_flagged_on_two_cpus() {
+    let start = Instant::now();
+    let mut m = Worker::new(Synchronization::HALF_DUPLEX);
+    // Both routines wait for each other before they start work: only a port that lets
+    // them run together gets past it.
+    m.meet = Some(Arc::new(Barrier::new(2)));
+    let mut port = Port::with_config(m, config(0));
+    port.set_flaw(Flaw::NoInterruptLock);
+    port.initialize(&mut ThreadPlatform::new(0, start)).unwrap();
+    let checker = one_of_each(&port, start);
+    // The port's own view of the overlap: HwTimer under the interrupt lock it skipped.
+    assert!(
+        checker
+            .violations()
+            .any(|v| v.rule == Rule::T5 && v.routine == Routine::Port),
+        "{:?}",
+        checker.violations().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn t5_full_duplex_hwtimer_reaches_interrupt_state_through_synchronize_access() {
+    let start = Instant::now();
+    let port = two_cpus(Worker::new(FULL_DUPLEX), 0, start);
+    let checker = timer_beside_interrupts(&port, start, 300);
+    assert_eq!(
+        checker.count(),
+        0,
+        "{:?}",
+        checker.violations().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn t5_mutant_hwtimer_without_the_interrupt_lock_is_flagged_when_it_overlaps() {
+    let start = Instant::now();
+    let mut m = Worker::new(FULL_DUPLEX);
+    m.timer_unlocked = true;
+    m.hold_until_contended = true;
+    let port = two_cpus(m, 0, start);
+    // HwInterrupt is in the shared state first, and stays until HwTimer, going in
+    // without the interrupt lock, finds it taken.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            port.dispatch(
+                &mut ThreadPlatform::new(1, start),
+                Events {
+                    ticks: 0,
+                    vectors: 1,
+                },
+            )
+        });
+        while !port.miniport().in_shared.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        port.dispatch(
+            &mut ThreadPlatform::new(0, start),
+            Events {
+                ticks: 1,
+                vectors: 0,
+            },
+        );
+    });
+    let v: Vec<Violation> = port.checker().violations().collect();
+    assert!(
+        v.iter()
+            .any(|v| v.rule == Rule::T5 && v.routine == Routine::Timer && v.cpu == 0),
+        "{v:?}"
+    );
+
+    // On one CPU the same miniport never overlaps, and nothing is flagged.
+    let mut m = Worker::new(FULL_DUPLEX);
+    m.timer_unlocked = true;
+    let port = Port::with_config(
+        m,
+        PortConfig {
+            routing: Routing::default(),
+            ..config(0)
+        },
+    );
+    let mut p = ThreadPlatform::new(0, start);
+    port.initialize(&mut p).unwrap();
+    for _ in 0..300 {
+        port.dispatch(
+            &mut p,
+            Events {
+                ticks: 1,
+                vectors: 1,
+            },
+        );
+    }
+    assert!(port.stats().timer_calls > 100);
+    assert_eq!(port.checker().count(), 0);
+}
+
+#[test]
+fn msi_messages_and_hwtimer_go_to_the_cpus_of_the_routing() {
+    let start = Instant::now();
+    let port = Port::with_config(Worker::new(FULL_DUPLEX), config(1));
+    let mut p0 = ThreadPlatform::new(0, start);
+    port.initialize(&mut p0).unwrap();
+    assert_eq!(*p0.messages.lock().unwrap(), [(0, 1)]);
+    // Ticks on CPU 0 do not run HwTimer when the timer is CPU 1's.
+    port.dispatch(
+        &mut p0,
+        Events {
+            ticks: 5,
+            vectors: 0,
+        },
+    );
+    assert_eq!(port.miniport().timer_cpus.load(Ordering::SeqCst), 0);
+    port.dispatch(
+        &mut ThreadPlatform::new(1, start),
+        Events {
+            ticks: 1,
+            vectors: 0,
+        },
+    );
+    assert_eq!(port.miniport().timer_cpus.load(Ordering::SeqCst), 1 << 1);
+    assert_eq!(port.stats().per_cpu[1].timer_calls, 1);
+    port.with_calls(|calls, dropped| {
+        assert_eq!(dropped, 0);
+        assert!(calls
+            .iter()
+            .any(|c| c.routine == Routine::Timer && c.cpu == 1));
+    });
+}
+
+#[test]
+fn i4_deferred_callbacks_run_on_the_cpu_whose_hwinterrupt_asked() {
+    let start = Instant::now();
+    let mut m = Worker::new(FULL_DUPLEX);
+    m.defer = true;
+    let port = two_cpus(m, 0, start);
+    let mut p0 = ThreadPlatform::new(0, start);
+    let mut p1 = ThreadPlatform::new(1, start);
+    port.dispatch(
+        &mut p1,
+        Events {
+            ticks: 0,
+            vectors: 1,
+        },
+    );
+    assert_eq!(port.interrupt_phase(), InterruptPhase::EnableCallback);
+    // CallEnableInterrupts came from CPU 1: CPU 0 does not run the callbacks, and the
+    // interrupts that reach it meanwhile wait (I4).
+    port.dispatch(
+        &mut p0,
+        Events {
+            ticks: 0,
+            vectors: 1,
+        },
+    );
+    assert_eq!(port.interrupt_phase(), InterruptPhase::EnableCallback);
+    assert_eq!(port.miniport().enable_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(port.stats().interrupts, 1);
+    port.dispatch(&mut p1, Events::default());
+    assert_eq!(port.interrupt_phase(), InterruptPhase::Normal);
+    let m = port.miniport();
+    assert_eq!(m.enable_cpu.load(Ordering::SeqCst), 1);
+    assert_eq!(m.disable_cpu.load(Ordering::SeqCst), 1);
+    let stats = port.stats();
+    // Two enable calls and the disable call on CPU 1; the held interrupt went to
+    // HwInterrupt there once the disable callback ran (and did not defer again).
+    assert_eq!(stats.per_cpu[1].deferred_calls, 3);
+    assert_eq!(stats.per_cpu[0].deferred_calls, 0);
+    assert_eq!(stats.interrupts, 2);
+    assert_eq!(port.checker().count(), 0);
+}
+
+#[test]
+fn n4_a_completion_on_another_cpu_before_next_lu_request_is_not_flagged() {
+    let start = Instant::now();
+    let barrier = Arc::new(Barrier::new(2));
+    let mut m = Worker::new(FULL_DUPLEX);
+    m.late_next = Some(barrier.clone());
+    let port = two_cpus(m, 0, start);
+    port.submit(Srb::new(0, 0, 0, &[0; 6], DataBuffer::NONE))
+        .unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| port.start_pending(&mut ThreadPlatform::new(0, start)));
+        s.spawn(|| {
+            barrier.wait();
+            port.dispatch(
+                &mut ThreadPlatform::new(1, start),
+                Events {
+                    ticks: 0,
+                    vectors: 1,
+                },
+            );
+            assert!(port.miniport().completed.load(Ordering::SeqCst));
+            barrier.wait();
+        });
+    });
+    assert_eq!(port.stats().completed, 1);
+    assert_eq!(
+        port.checker().count(),
+        0,
+        "{:?}",
+        port.checker().violations().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        port.poll_completed().map(|s| s.srb_status),
+        Some(SrbStatus::Success)
+    );
+}
