@@ -38,9 +38,12 @@ test: build linux-guest
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory qemu-test
 
-# Every scenario of harness/scenarios and its negative control; results in target/qemu-test.
+# Every scenario of harness/scenarios and its negative control, on one CPU (results in
+# target/qemu-test), then again with the guest on two (target/qemu-test-2cpu: HwInterrupt
+# on CPU 1, HwTimer and HwStartIo on CPU 0, unless a scenario routes them otherwise).
 qemu-test: build
 	$(HARNESS) matrix $(HARNESS_ARGS)
+	$(HARNESS) matrix --guest cpus=2 --out $(CURDIR)/target/qemu-test-2cpu $(HARNESS_ARGS)
 
 # Backend speed without a guest: the harness's vhost-user frontend drives the backend
 # directly. PEER='<command taking --socket-path S IMAGE>' adds a peer backend (never

@@ -178,6 +178,27 @@ pub fn implicit_expectations() -> Vec<Expectation> {
     .collect()
 }
 
+/// What every positive run on several CPUs has as well: the guest ran on the CPUs it
+/// was given, its interrupts all on the CPU their messages were routed to and its
+/// HwTimer calls all on the timer's. None on one CPU.
+pub fn cpu_expectations(args: &GuestArgs) -> Vec<Expectation> {
+    if args.cpus <= 1 {
+        return Vec::new();
+    }
+    let (irq, timer) = (
+        args.routed_cpu(args.irq_cpu),
+        args.routed_cpu(args.timer_cpu),
+    );
+    [
+        format!("guest.cpus == {}", args.cpus),
+        format!("guest.interrupts_cpu{irq} == guest.interrupts"),
+        format!("guest.timer_calls_cpu{timer} == guest.timer_calls"),
+    ]
+    .iter()
+    .map(|t| Expectation::parse(t).expect("the CPU expectations parse"))
+    .collect()
+}
+
 /// 1-based line and column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -644,6 +665,28 @@ expect = ['guest.result == "fail"']
         let implicit = implicit_expectations();
         assert_eq!(implicit[0].text(), "run.qemu_exit == 33");
         assert_eq!(implicit.len(), 6);
+    }
+
+    #[test]
+    fn runs_on_several_cpus_check_where_their_routines_ran() {
+        assert!(cpu_expectations(&GuestArgs::default()).is_empty());
+        let two = GuestArgs {
+            cpus: 2,
+            timer_cpu: 1,
+            ..GuestArgs::default()
+        };
+        let texts: Vec<String> = cpu_expectations(&two)
+            .iter()
+            .map(|e| e.text().to_owned())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "guest.cpus == 2",
+                "guest.interrupts_cpu1 == guest.interrupts",
+                "guest.timer_calls_cpu1 == guest.timer_calls"
+            ]
+        );
     }
 
     #[test]

@@ -353,7 +353,28 @@ pub struct GuestTimeline {
     pub polls: Vec<(u64, u64)>,
     /// Resets: (HwResetBus µs, end µs).
     pub resets: Vec<(u64, u64)>,
+    /// Routine calls whose CPU the routing chooses: (start µs, µs, routine index into
+    /// `timeline_fields::CALL_ROUTINES`, CPU).
+    pub calls: Vec<(u64, u64, usize, usize)>,
     pub truncated: bool,
+}
+
+fn calls(v: Option<&Value>) -> Vec<(u64, u64, usize, usize)> {
+    let Some(Value::Array(items)) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|c| match c.as_array()?.as_slice() {
+            [at, us, routine, cpu] => Some((
+                at.as_u64()?,
+                us.as_u64()?,
+                usize::try_from(routine.as_u64()?).ok()?,
+                usize::try_from(cpu.as_u64()?).ok()?,
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 fn pairs(v: Option<&Value>) -> Vec<(u64, u64)> {
@@ -381,6 +402,7 @@ impl GuestTimeline {
         Some(GuestTimeline {
             polls: pairs(line.get(tf::POLLS)),
             resets: pairs(line.get(tf::RESETS)),
+            calls: calls(line.get(tf::CALLS)),
             truncated: line
                 .get(tf::TRUNCATED)
                 .and_then(Value::as_bool)
@@ -401,6 +423,7 @@ impl GuestTimeline {
             "guest.timeline.truncated".into(),
             Value::Bool(self.truncated),
         );
+        m.insert("guest.timeline.calls".into(), Value::from(self.calls.len()));
         m
     }
 }
@@ -580,12 +603,15 @@ not json
     #[test]
     fn the_guest_timeline_line_is_read() {
         let line = json!({"event": "timeline", "polls": [[10, 0], [20, 3], "x"],
-                          "resets": [[5, 7]], "truncated": true});
+                          "resets": [[5, 7]], "calls": [[9, 2, 0, 1], [11, 3, 1]],
+                          "truncated": true});
         let t = GuestTimeline::from_line(line.as_object().unwrap()).unwrap();
         assert_eq!(t.polls, [(10, 0), (20, 3)]);
         assert_eq!(t.resets, [(5, 7)]);
+        assert_eq!(t.calls, [(9, 2, 0, 1)]);
         assert!(t.truncated);
         assert_eq!(t.metrics()["guest.timeline.polls_found"], json!(3));
+        assert_eq!(t.metrics()["guest.timeline.calls"], json!(1));
         let other = json!({"event": "adapter"});
         assert_eq!(GuestTimeline::from_line(other.as_object().unwrap()), None);
     }

@@ -44,6 +44,8 @@ pub struct Gathered {
     pub metrics: Metrics,
     pub qemu_command: Option<String>,
     pub guest_args: Option<String>,
+    /// The guest's arguments, once they parsed.
+    pub args: Option<GuestArgs>,
     pub trace: Trace,
     pub timeline: Option<(GuestTimeline, u64)>,
 }
@@ -80,6 +82,7 @@ pub fn execute(
         .guest_args(&overrides)
         .map_err(RunError::BadGuestArgs)?;
     partial.guest_args = Some(args.to_string());
+    partial.args = Some(args);
     partial.metrics.extend(metrics::args_metrics(&args));
 
     // The socket lives in a short temporary directory (sun_path is 108 bytes); the

@@ -21,7 +21,7 @@ use self::execute::{execute, Gathered};
 use self::plan::Planned;
 use self::record::{key_figures, log_tails, Checked, RunRecord};
 use super::expect::Metrics;
-use super::file::implicit_expectations;
+use super::file::{cpu_expectations, implicit_expectations};
 use super::metrics::Trace;
 use super::timeline;
 use crate::launch::accel::Accel;
@@ -54,6 +54,7 @@ pub fn run_one(run: &Planned, opts: &MatrixOptions) -> Result<RunRecord, RunErro
         metrics: Metrics::new(),
         qemu_command: None,
         guest_args: None,
+        args: None,
         trace: Trace::default(),
         timeline: None,
     };
@@ -64,10 +65,16 @@ pub fn run_one(run: &Planned, opts: &MatrixOptions) -> Result<RunRecord, RunErro
     let variant = run.variant();
     let mut checked: Vec<Checked> = Vec::new();
     if !run.negative {
-        checked.extend(implicit_expectations().iter().map(|e| Checked {
-            judged: e.judge(&g.metrics),
-            implicit: true,
-        }));
+        let cpus = g.args.as_ref().map(cpu_expectations).unwrap_or_default();
+        checked.extend(
+            implicit_expectations()
+                .iter()
+                .chain(&cpus)
+                .map(|e| Checked {
+                    judged: e.judge(&g.metrics),
+                    implicit: true,
+                }),
+        );
     }
     checked.extend(variant.expect.iter().map(|e| Checked {
         judged: e.judge(&g.metrics),

@@ -1,13 +1,13 @@
 //! Where things go: the time axis with room for the band labels on its left, the bands
-//! from the top (guest, control queue, event queue, request queues) with their rows, and
-//! the legend's room below them.
+//! from the top (guest: a band per CPU, polls, resets; control queue, event queue,
+//! request queues) with their rows, and the legend's room below them.
 
 use std::collections::BTreeMap;
 
 use plotters::prelude::*;
 
 use super::picture::{pack, Bar, GuestSide, Picture};
-use super::{BUSY, CHECK_CONDITION, MIN_BAR_PX, NEVER, NOT_OK, OK, ROW_PX, WIDTH};
+use super::{BUSY, CHECK_CONDITION, MIN_BAR_PX, NEVER, NOT_OK, OK, ROUTINE_COLORS, ROW_PX, WIDTH};
 
 pub(super) struct Layout {
     pub(super) x_min: f64,
@@ -38,7 +38,10 @@ impl Layout {
         let min_width = (x_max - x_min) / plot_px * MIN_BAR_PX;
 
         let mut bands: Vec<(String, usize)> = Vec::new();
-        if guest.is_some() {
+        if let Some(g) = guest {
+            for cpu in 0..g.cpus {
+                bands.push((format!("guest: CPU {cpu}"), 1));
+            }
             bands.push(("guest: HwTimer polls".into(), 1));
             bands.push(("guest: resets".into(), 1));
         }
@@ -124,9 +127,14 @@ fn legend_entries(p: &Picture, guest: Option<&GuestSide>) -> usize {
         p.device_resets.iter().any(|&t| t >= 0.0),
     ];
     let guest_marks = guest.map_or(0, |g| {
+        let routines = ROUTINE_COLORS
+            .iter()
+            .filter(|&&c| g.calls.iter().any(|(b, _)| b.color == c))
+            .count();
         usize::from(g.polls.iter().any(|p| p.1 > 0))
             + usize::from(g.polls.iter().any(|p| p.1 == 0))
             + usize::from(!g.resets.is_empty())
+            + routines
     });
     colors + marks.iter().filter(|&&m| m).count() + guest_marks
 }

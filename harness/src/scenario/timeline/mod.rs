@@ -2,7 +2,8 @@
 //! the first request, one band per queue (control: TMFs; event: events; request queues:
 //! each request a bar from `request` to `complete`, packed into rows), markers for
 //! suppressed and spurious signals, device resets as vertical lines, and the guest's own
-//! side (HwTimer polls, resets) from its timeline line, moved onto the trace's clock.
+//! side (which CPU ran each routine, HwTimer polls, resets) from its timeline line, moved
+//! onto the trace's clock.
 
 mod layout;
 mod picture;
@@ -34,6 +35,14 @@ const SUPPRESSED_FAULT: RGBColor = RGBColor(200, 0, 0);
 const SUPPRESSED_EVENT_IDX: RGBColor = RGBColor(100, 149, 237);
 const SPURIOUS: RGBColor = RGBColor(255, 0, 255);
 const SEPARATOR: RGBColor = RGBColor(210, 210, 210);
+/// The routines of `timeline_fields::CALL_ROUTINES`, in order.
+const ROUTINE_COLORS: [RGBColor; 5] = [
+    RGBColor(255, 127, 14),
+    RGBColor(31, 119, 180),
+    GUEST_RESET,
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TimelineError {
@@ -151,6 +160,7 @@ mod tests {
         let guest = GuestTimeline {
             polls: vec![(5000, 0), (15000, 1)],
             resets: vec![(6000, 306000)],
+            calls: vec![(5100, 40, 0, 1), (15000, 30, 1, 0)],
             truncated: false,
         };
         let svg = draw("drop-all: test", &trace, Some((&guest, 5000))).unwrap();
@@ -171,6 +181,10 @@ mod tests {
             "device reset",
             "HwTimer poll (found completions)",
             "guest reset (HwResetBus to done)",
+            "guest: CPU 0",
+            "guest: CPU 1",
+            "HwInterrupt",
+            "HwTimer",
             "ms since the first request",
         ] {
             assert!(svg.contains(text), "{text} missing");

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use flakyhba_backend::faults::trace::TraceEvent;
 use plotters::style::RGBColor;
 
-use super::{BUSY, CHECK_CONDITION, MAX_ROWS, NEVER, NOT_OK, OK, TMF};
+use super::{BUSY, CHECK_CONDITION, MAX_ROWS, NEVER, NOT_OK, OK, ROUTINE_COLORS, TMF};
 use crate::scenario::metrics::{GuestTimeline, Trace, FIRST_REQUEST_QUEUE};
 
 /// A bar on the time axis, in ms.
@@ -188,6 +188,10 @@ pub(super) fn gather(trace: &Trace, origin_us: u64) -> Picture {
 pub(super) struct GuestSide {
     pub(super) polls: Vec<(f64, u64)>,
     pub(super) resets: Vec<(f64, f64)>,
+    /// Routine calls: a bar on the band of the CPU that ran it, coloured by routine.
+    pub(super) calls: Vec<(Bar, usize)>,
+    /// CPUs with a band: up to the highest that ran a call.
+    pub(super) cpus: usize,
 }
 
 impl GuestSide {
@@ -202,15 +206,41 @@ impl GuestSide {
                 .map(|&(at, found)| (t(at), found))
                 .collect(),
             resets: guest.resets.iter().map(|&(a, b)| (t(a), t(b))).collect(),
+            calls: guest
+                .calls
+                .iter()
+                .map(|&(at, us, routine, cpu)| {
+                    let bar = Bar {
+                        start: t(at),
+                        end: Some(t(at + us)),
+                        color: routine_color(routine),
+                        label: None,
+                    };
+                    (bar, cpu)
+                })
+                .collect(),
+            cpus: guest.calls.iter().map(|c| c.3 + 1).max().unwrap_or(0),
         }
     }
 
-    /// When the guest's last poll or reset ended.
+    /// When the guest's last poll, reset or routine call ended.
     pub(super) fn end(&self) -> f64 {
         let polls = self.polls.iter().map(|p| p.0);
         let resets = self.resets.iter().map(|r| r.1);
-        polls.chain(resets).fold(f64::NEG_INFINITY, f64::max)
+        let calls = self.calls.iter().filter_map(|c| c.0.end);
+        polls
+            .chain(resets)
+            .chain(calls)
+            .fold(f64::NEG_INFINITY, f64::max)
     }
+}
+
+/// The colour of routine `routine` (an index into `timeline_fields::CALL_ROUTINES`).
+pub(super) fn routine_color(routine: usize) -> RGBColor {
+    ROUTINE_COLORS
+        .get(routine)
+        .copied()
+        .unwrap_or(ROUTINE_COLORS[ROUTINE_COLORS.len() - 1])
 }
 
 #[cfg(test)]

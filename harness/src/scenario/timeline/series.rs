@@ -1,6 +1,6 @@
 //! The series of the picture, each with its legend entry, in the order they are drawn:
-//! band labels, requests by colour, TMFs, events, signals, the guest's side and device
-//! resets.
+//! band labels, requests by colour, TMFs, events, signals, the guest's side (routine
+//! calls per CPU, polls, resets) and device resets.
 
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
@@ -9,9 +9,10 @@ use super::layout::Layout;
 use super::picture::{Bar, GuestSide, Picture, Queue};
 use super::{draw_err, TimelineError};
 use super::{
-    BUSY, CHECK_CONDITION, EVENT, FONT, GUEST_RESET, NEVER, NOT_OK, OK, SEPARATOR, SPURIOUS,
-    SUPPRESSED_EVENT_IDX, SUPPRESSED_FAULT, TMF,
+    BUSY, CHECK_CONDITION, EVENT, FONT, GUEST_RESET, NEVER, NOT_OK, OK, ROUTINE_COLORS, SEPARATOR,
+    SPURIOUS, SUPPRESSED_EVENT_IDX, SUPPRESSED_FAULT, TMF,
 };
+use guest_miniport::contract::timeline_fields::CALL_ROUTINES;
 
 pub(super) type Chart<'a, 'b> =
     ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
@@ -182,8 +183,30 @@ pub(super) fn signals(chart: &mut Chart, l: &Layout, p: &Picture) -> Result<(), 
     Ok(())
 }
 
-/// The guest's side: its HwTimer polls and its resets.
+/// Which CPU ran each routine: a bar per call on its CPU's band, by routine so that each
+/// routine is one legend entry.
+fn guest_cpus(chart: &mut Chart, l: &Layout, g: &GuestSide) -> Result<(), TimelineError> {
+    for (name, color) in CALL_ROUTINES.iter().zip(ROUTINE_COLORS) {
+        let bars: Vec<_> = g
+            .calls
+            .iter()
+            .filter(|(b, _)| b.color == color)
+            .filter_map(|(b, cpu)| Some(l.rect(b, l.band(&format!("guest: CPU {cpu}"))?)))
+            .collect();
+        if !bars.is_empty() {
+            chart
+                .draw_series(bars)
+                .map_err(draw_err)?
+                .label(*name)
+                .legend(legend_box(color));
+        }
+    }
+    Ok(())
+}
+
+/// The guest's side: which CPU ran each routine, its HwTimer polls and its resets.
 pub(super) fn guest(chart: &mut Chart, l: &Layout, g: &GuestSide) -> Result<(), TimelineError> {
+    guest_cpus(chart, l, g)?;
     let polls = l.band("guest: HwTimer").expect("guest band");
     let resets = l.band("guest: resets").expect("guest band");
     let (found, empty): (Vec<_>, Vec<_>) = g.polls.iter().partition(|p| p.1 > 0);
