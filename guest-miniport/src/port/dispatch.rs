@@ -82,6 +82,7 @@ impl PortState {
             last_reset_us: 0,
             bus_change: false,
             t7_flagged: false,
+            timer_dispatched: 0,
             limbo: BLANK,
             calls: CallLog::new(),
             #[cfg(test)]
@@ -401,6 +402,8 @@ impl<M: Miniport> Port<M> {
             let mut st = self.core.state.lock();
             st.shadow.ticks(ticks);
             fire = st.timer.advance(ticks);
+            // Taken for dispatch in the same breath as the expiry (T7 counts it pending).
+            st.timer_dispatched += u32::from(fire);
         }
         self.deliver(platform, events.vectors);
         self.run_deferred(platform);
@@ -413,6 +416,7 @@ impl<M: Miniport> Port<M> {
                 st.shadow.fired(&mut st.checker, cpu, now);
             }
             self.call(platform, Routine::Timer, |m, ctx| m.timer(ctx));
+            self.core.state.lock().timer_dispatched -= 1;
         }
         if ticks > 0 {
             {

@@ -219,6 +219,9 @@ pub struct PortState {
     bus_change: bool,
     /// T7 reported for the current stretch without a pending HwTimer.
     t7_flagged: bool,
+    /// HwTimer calls taken for dispatch and not yet returned: on another CPU, HwTimer
+    /// may be running (and about to ask for its next call) while HwStartIo returns (T7).
+    timer_dispatched: u32,
     /// What a stale handle reads and writes instead of another request's SRB.
     limbo: Srb,
     /// Which CPU ran which routine, for the timeline.

@@ -318,12 +318,14 @@ impl<M: Miniport> Port<M> {
         self.check_polling(platform);
     }
 
-    /// T7: a miniport without interrupts finds completions only from HwTimer.
+    /// T7: a miniport without interrupts finds completions only from HwTimer. A call
+    /// dispatched and still running counts as pending: it may ask for the next one.
     pub(super) fn check_polling(&self, platform: &mut dyn Platform) {
         let mut guard = self.core.state.lock();
         let st = &mut *guard;
         let polling = st.caps.is_some_and(|c| !c.interrupts);
-        if polling && st.active > 0 && !st.timer.is_pending() {
+        let pending = st.timer.is_pending() || st.timer_dispatched > 0;
+        if polling && st.active > 0 && !pending {
             if !st.t7_flagged {
                 st.t7_flagged = true;
                 let now = platform.now_us();

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use flakyhba_backend::faults::trace::{parse_line, TraceEvent, TraceRecord};
-use guest_miniport::contract::{timeline_fields as tf, GuestArgs};
+use guest_miniport::contract::{result_fields as f, timeline_fields as tf, GuestArgs};
 use serde_json::{Map, Number, Value};
 
 use super::expect::Metrics;
@@ -332,7 +332,8 @@ impl Tally {
 }
 
 /// `guest.FIELD` for every field of the result line; an object's fields also as
-/// `guest.FIELD.KEY`.
+/// `guest.FIELD.KEY`; and `guest.violation_rules`, the rule ids of the violations the
+/// guest listed (`guest.violation_rules ~= "T5"`).
 pub fn guest_metrics(result: &Map<String, Value>) -> Metrics {
     let mut m = Metrics::new();
     for (k, v) in result {
@@ -342,6 +343,13 @@ pub fn guest_metrics(result: &Map<String, Value>) -> Metrics {
             }
         }
         m.insert(format!("guest.{k}"), v.clone());
+    }
+    if let Some(Value::Array(list)) = result.get(f::VIOLATION_LIST) {
+        let rules = list
+            .iter()
+            .filter_map(|v| v.get(f::VIOLATION_RULE).cloned())
+            .collect();
+        m.insert("guest.violation_rules".into(), Value::Array(rules));
     }
     m
 }
@@ -593,8 +601,10 @@ not json
     #[test]
     fn guest_fields_become_metrics() {
         let line = json!({"result": "pass", "lbas": [1, 2], "violations": 0,
-                          "times": {"a": 1}});
+                          "times": {"a": 1},
+                          "violation_list": [{"rule": "T5", "cpu": 1}, {"rule": "T7"}]});
         let m = guest_metrics(line.as_object().unwrap());
+        assert_eq!(m["guest.violation_rules"], json!(["T5", "T7"]));
         assert_eq!(m["guest.result"], json!("pass"));
         assert_eq!(m["guest.lbas"], json!([1, 2]));
         assert_eq!(m["guest.times.a"], json!(1));
