@@ -94,6 +94,10 @@ struct Worker {
     /// HwInterrupt stays in the shared state until another routine found it taken.
     hold_until_contended: bool,
     in_shared: AtomicBool,
+    /// No interrupts: HwTimer polls (T7).
+    polling: bool,
+    /// HwTimer waits here twice: once it runs, and before it returns.
+    hold_timer: Option<Arc<Barrier>>,
 }
 
 impl Worker {
@@ -115,6 +119,8 @@ impl Worker {
             meet: None,
             hold_until_contended: false,
             in_shared: AtomicBool::new(false),
+            polling: false,
+            hold_timer: None,
         }
     }
 
@@ -134,12 +140,14 @@ impl Miniport for Worker {
             max_outstanding: 16,
             tagged_queuing: true,
             queue_depth: 16,
-            interrupts: true,
+            interrupts: !self.polling,
         })
     }
 
     fn initialize(&self, ctx: &mut PortContext<'_>) -> Result<(), &'static str> {
-        ctx.msi_message(0).ok_or("no message")?;
+        if !self.polling {
+            ctx.msi_message(0).ok_or("no message")?;
+        }
         ctx.request_timer_call(TICK);
         Ok(())
     }
@@ -183,6 +191,10 @@ impl Miniport for Worker {
             meet.wait();
         }
         self.timer_arm.consume();
+        if let Some(hold) = &self.hold_timer {
+            hold.wait();
+            hold.wait();
+        }
         self.timer_cpus.fetch_or(1 << ctx.cpu(), Ordering::SeqCst);
         let busy = self.busy_us;
         let work = |ctx: &mut PortContext<'_>, _: &mut Vec<SrbHandle>| Self::work(ctx, busy);
@@ -531,4 +543,45 @@ fn n4_a_completion_on_another_cpu_before_next_lu_request_is_not_flagged() {
         port.poll_completed().map(|s| s.srb_status),
         Some(SrbStatus::Success)
     );
+}
+
+#[test]
+fn t7_a_hwtimer_running_on_another_cpu_counts_as_pending() {
+    let start = Instant::now();
+    let hold = Arc::new(Barrier::new(2));
+    let mut m = Worker::new(FULL_DUPLEX);
+    m.polling = true;
+    m.hold_timer = Some(hold.clone());
+    let port = two_cpus(m, 1, start);
+    std::thread::scope(|s| {
+        // CPU 1 takes the expiry and runs HwTimer, which has not asked for its next
+        // call yet when HwStartIo returns on CPU 0 with a request held.
+        s.spawn(|| {
+            let mut p = ThreadPlatform::new(1, start);
+            port.dispatch(
+                &mut p,
+                Events {
+                    ticks: 1,
+                    vectors: 0,
+                },
+            );
+        });
+        hold.wait();
+        assert!(!port.timer().is_pending());
+        port.submit(Srb::new(0, 0, 0, &[0; 6], DataBuffer::NONE))
+            .unwrap();
+        port.start_pending(&mut ThreadPlatform::new(0, start));
+        hold.wait();
+    });
+    assert!(port.timer().is_pending(), "HwTimer asked for its next call");
+    assert_eq!(port.active(), 1);
+    assert_eq!(
+        port.checker().count(),
+        0,
+        "{:?}",
+        port.checker().violations().collect::<Vec<_>>()
+    );
+    // Once no call is pending or running, a polling miniport holding requests is T7.
+    port.start_pending(&mut ThreadPlatform::new(0, start));
+    assert_eq!(port.checker().count(), 0);
 }
