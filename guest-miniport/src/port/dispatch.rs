@@ -241,7 +241,7 @@ impl<M: Miniport> Port<M> {
                 interrupt_lock: PortLock::new(),
                 start_io_lock: PortLock::new(),
                 running: Running::new(),
-                dispatched: [const { AtomicU64::new(0) }; MAX_CPUS],
+                looked_at: [const { AtomicU64::new(0) }; MAX_CPUS],
                 sync,
                 routing: config.routing,
                 #[cfg(test)]
@@ -389,9 +389,11 @@ impl<M: Miniport> Port<M> {
     /// RequestTimerCall(0) no longer stops it, T3), then HwInterrupt for each vector,
     /// the deferred interrupt callbacks this CPU asked for, then HwTimer; on the runner's
     /// CPU, HwStartIo for what can start. Another CPU wakes the runner's afterwards, so
-    /// it sees the completions.
+    /// it sees the completions, and records when it started the batch
+    /// ([`PortCore::interrupts_taken_until`]).
     pub fn dispatch(&self, platform: &mut dyn Platform, events: Events) {
         let cpu = platform.cpu();
+        let started = platform.now_us();
         let ticks = if cpu == self.core.routing.timer_cpu {
             events.ticks
         } else {
@@ -433,7 +435,7 @@ impl<M: Miniport> Port<M> {
         } else if events.vectors != 0 || ticks > 0 {
             platform.wake(RUNNER_CPU);
         }
-        self.core.dispatched[cpu].fetch_add(1, Ordering::SeqCst);
+        self.core.looked_at[cpu].fetch_max(started, Ordering::SeqCst);
     }
 
     /// Passes queued SRBs to HwStartIo while the miniport is ready for them, without

@@ -29,10 +29,12 @@ impl<M: Miniport> Port<M> {
     }
 
     /// P1: SRBs past their timeout reset the bus. The checker's own view: an SRB past
-    /// its timeout by more than a tick with no reset since is a port violation.
+    /// its timeout by more than a tick with no reset since is a port violation. Both
+    /// judge by the interrupt CPU's clock: a completion it has not looked at yet is not
+    /// late.
     pub(super) fn check_timeouts(&self, platform: &mut dyn Platform) {
-        let now = platform.now_us();
         let cpu = platform.cpu();
+        let now = self.core.interrupts_taken_until(cpu, platform.now_us());
         let expired = {
             let st = self.core.state.lock();
             #[cfg(test)]
@@ -82,15 +84,17 @@ impl<M: Miniport> Port<M> {
     }
 
     /// End of a reset hold: what the miniport still holds is a violation (P2 or N5);
-    /// the port takes it back with SRB_STATUS_BUS_RESET.
+    /// the port takes it back with SRB_STATUS_BUS_RESET. The hold ends once the
+    /// interrupt CPU has looked at every interrupt that came before its end.
     pub(super) fn check_hold(&self, platform: &mut dyn Platform) {
         let now = platform.now_us();
+        let taken = self.core.interrupts_taken_until(platform.cpu(), now);
         let mut guard = self.core.state.lock();
         let st = &mut *guard;
         let Some(hold) = st.hold else {
             return;
         };
-        if now < hold.until_us {
+        if taken < hold.until_us {
             return;
         }
         st.hold = None;

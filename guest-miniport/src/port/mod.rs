@@ -239,8 +239,9 @@ pub struct PortCore {
     /// HwStartIo (one channel), HwTimer, HwResetBus, the enable callback (T6).
     start_io_lock: PortLock,
     running: Running,
-    /// Batches of events each CPU has dispatched.
-    dispatched: [core::sync::atomic::AtomicU64; crate::platform::MAX_CPUS],
+    /// When each CPU started the latest batch of events it has dispatched to the end
+    /// (µs): every interrupt that had reached it by then has gone to HwInterrupt.
+    looked_at: [core::sync::atomic::AtomicU64; crate::platform::MAX_CPUS],
     sync: Synchronization,
     routing: Routing,
     #[cfg(test)]
@@ -252,6 +253,23 @@ pub struct PortCore {
 pub struct Port<M: Miniport> {
     miniport: M,
     core: PortCore,
+}
+
+impl PortCore {
+    /// Until when every interrupt that reached the interrupt CPU has gone to HwInterrupt,
+    /// as `cpu` sees it at `now`: `now` on that CPU itself, which is looking now. What
+    /// the port or a miniport decides by time about completions (a reset hold's end, an
+    /// SRB's timeout, a lost interrupt) it decides by this clock, so that an interrupt
+    /// CPU the host has not run for a while is not taken for one that got nothing.
+    pub(super) fn interrupts_taken_until(&self, cpu: usize, now: u64) -> u64 {
+        let irq = self.routing.interrupt_cpu;
+        if irq == cpu {
+            return now;
+        }
+        self.looked_at[irq]
+            .load(core::sync::atomic::Ordering::SeqCst)
+            .min(now)
+    }
 }
 
 impl<M: Miniport> Port<M> {

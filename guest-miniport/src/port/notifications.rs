@@ -9,7 +9,6 @@
 
 use core::cell::Cell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::Ordering;
 
 use crate::platform::Platform;
 
@@ -290,14 +289,13 @@ impl PortContext<'_> {
         self.cpu
     }
 
-    /// Batches of events the CPU that takes the interrupts has dispatched so far, when
-    /// it is another CPU: two more than at some moment mean it has looked at every
-    /// interrupt that had reached it by then. `None` on that CPU itself, which is
-    /// looking now. A watchdog for lost interrupts judges by it, so that an interrupt
-    /// CPU the host has not run for a while does not look as if it lost them.
-    pub fn interrupt_cpu_dispatches(&self) -> Option<u64> {
-        let cpu = self.core.routing.interrupt_cpu;
-        (cpu != self.cpu).then(|| self.core.dispatched[cpu].load(Ordering::SeqCst))
+    /// Until when every interrupt that reached the CPU that takes the interrupts has gone
+    /// to HwInterrupt (µs): now on that CPU itself. A watchdog for lost interrupts judges
+    /// by it, so that an interrupt CPU the host has not run for a while does not look as
+    /// if it lost them.
+    pub fn interrupts_taken_until_us(&self) -> u64 {
+        let now = self.platform.now_us();
+        self.core.interrupts_taken_until(self.cpu, now)
     }
 
     /// The platform's MSI-X message for `entry` (for the miniport to program the HBA),

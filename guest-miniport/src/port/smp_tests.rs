@@ -585,3 +585,57 @@ fn t7_a_hwtimer_running_on_another_cpu_counts_as_pending() {
     port.start_pending(&mut ThreadPlatform::new(0, start));
     assert_eq!(port.checker().count(), 0);
 }
+
+#[test]
+fn p2_the_hold_ends_once_the_interrupt_cpu_has_looked_at_its_interrupts() {
+    let start = Instant::now();
+    let port = Port::with_config(
+        Worker::new(FULL_DUPLEX),
+        PortConfig {
+            reset_hold_us: 1_000,
+            ..config(0)
+        },
+    );
+    let mut p0 = ThreadPlatform::new(0, start);
+    let mut p1 = ThreadPlatform::new(1, start);
+    port.initialize(&mut p0).unwrap();
+    port.submit(Srb::new(0, 0, 0, &[0; 6], DataBuffer::NONE))
+        .unwrap();
+    port.start_pending(&mut p0);
+    port.reset_bus(&mut p0, 0);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    // The hold is over by the clock, but CPU 1 has not looked at its interrupts since:
+    // the SRB it may be completing is not taken back.
+    port.dispatch(
+        &mut p0,
+        Events {
+            ticks: 1,
+            vectors: 0,
+        },
+    );
+    assert!(port.in_reset_hold());
+    assert_eq!(port.active(), 1);
+    // CPU 1 completes it; CPU 0's next tick ends the hold with nothing left to reclaim.
+    port.dispatch(
+        &mut p1,
+        Events {
+            ticks: 0,
+            vectors: 1,
+        },
+    );
+    port.dispatch(
+        &mut p0,
+        Events {
+            ticks: 1,
+            vectors: 0,
+        },
+    );
+    assert!(!port.in_reset_hold());
+    assert_eq!(port.stats().reclaimed, 0);
+    assert_eq!(
+        port.checker().count(),
+        0,
+        "{:?}",
+        port.checker().violations().collect::<Vec<_>>()
+    );
+}

@@ -221,10 +221,9 @@ pub struct Extension<T: Transport> {
     queue_vector: [u16; 3],
     config_vector: u16,
     config_generation: u8,
-    /// The request queue's used index at the previous watchdog call, with the interrupt
-    /// CPU's dispatches then (when it is another CPU): what lies before it went a whole
-    /// interval without an interrupt.
-    watch_mark: Option<(u16, Option<u64>)>,
+    /// The request queue's used index at the previous watchdog call, and when it was:
+    /// what lies before it went a whole interval without an interrupt.
+    watch_mark: Option<(u16, u64)>,
     /// The interval of the RequestTimerCall a routine wants, if HwTimer is not armed
     /// yet: the routine arms it through the [`TimerArm`] once out of the extension.
     timer_wanted: Option<u32>,

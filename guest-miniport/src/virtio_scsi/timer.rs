@@ -37,9 +37,8 @@ impl<T: Transport> Extension<T> {
     /// another CPU the interrupt CPU must have looked at its events since the mark:
     /// until it has, nothing counts as lost yet and the mark stays.
     fn watchdog(&mut self, ctx: &mut PortContext<'_>) -> u16 {
-        let progress = ctx.interrupt_cpu_dispatches();
-        if let (Some((_, Some(at))), Some(now)) = (self.watch_mark, progress) {
-            if now < at + 2 {
+        if let Some((_, at)) = self.watch_mark {
+            if ctx.interrupts_taken_until_us() < at {
                 return 0;
             }
         }
@@ -47,7 +46,7 @@ impl<T: Transport> Extension<T> {
             .watch_mark
             .map_or(0, |(mark, _)| self.request.unpopped_at(mark));
         let found = self.drain_requests(ctx, Source::Poll, lost);
-        self.watch_mark = Some((self.request.used_mark(), progress));
+        self.watch_mark = Some((self.request.used_mark(), ctx.now_us()));
         found
     }
 
