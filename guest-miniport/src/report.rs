@@ -68,19 +68,10 @@ impl<'a> JsonLine<'a> {
     }
 
     fn key(&mut self, key: &str) {
-        if self.result.is_err() {
-            return;
-        }
-        if !self.first {
-            self.result = self.out.write_char(',');
-        }
-        self.first = false;
-        if self.result.is_ok() {
-            self.result = write_json_str(self.out, key).and_then(|_| self.out.write_char(':'));
-        }
+        self.key_display(&key);
     }
 
-    /// A key made by a `Display` value (`interrupts_cpu1`), escaped.
+    /// A key made by a `Display` value (`interrupts_cpu1`), escaped like a string.
     fn key_display(&mut self, key: &dyn fmt::Display) {
         if self.result.is_err() {
             return;

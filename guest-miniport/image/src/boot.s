@@ -15,6 +15,37 @@
 #   {AP_STACK_SIZE}      stack of each other CPU, its guard page included
 #   {DF_STACK_SIZE}      double-fault stack of each CPU
 
+# The way into long mode, for the boot CPU in 32-bit mode and the others in real mode
+# (assembled for the mode where it stands): CR4's PAE (and OSFXSR, OSXMMEXCPT in case
+# codegen uses SSE), the boot page tables, EFER.LME, then CR0: EM, CD and NW cleared, PE,
+# MP, NE, WP and PG set. Paging on activates long mode; a far jump to the 64-bit code
+# segment follows.
+.macro enter_long_mode
+    mov %cr4, %eax
+    or $((1 << 5) | (1 << 9) | (1 << 10)), %eax
+    mov %eax, %cr4
+    mov $boot_pml4, %eax
+    mov %eax, %cr3
+    mov $0xc0000080, %ecx
+    rdmsr
+    or $(1 << 8), %eax
+    wrmsr
+    mov %cr0, %eax
+    and $~((1 << 2) | (1 << 29) | (1 << 30)), %eax
+    or $((1 << 31) | (1 << 16) | (1 << 5) | (1 << 1) | 1), %eax
+    mov %eax, %cr0
+.endm
+
+# 64-bit mode's data segment (0x10) in every data segment register.
+.macro load_data_segments
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+.endm
+
     .section .note.pvh, "a", @note
     .balign 4
     .long 4                         # namesz: "Xen\0"
@@ -115,35 +146,14 @@ pvh_start32:
     or $0x3, %eax
     mov %eax, boot_pd(,%ecx,8)
 
-    # CR4: PAE for long mode; OSFXSR and OSXMMEXCPT in case codegen uses SSE.
-    mov %cr4, %eax
-    or $((1 << 5) | (1 << 9) | (1 << 10)), %eax
-    mov %eax, %cr4
-    mov $boot_pml4, %eax
-    mov %eax, %cr3
-    # EFER.LME
-    mov $0xc0000080, %ecx
-    rdmsr
-    or $(1 << 8), %eax
-    wrmsr
-    # CR0: clear EM, CD, NW; set PE, MP, NE, WP, PG. Paging on activates long mode.
-    mov %cr0, %eax
-    and $~((1 << 2) | (1 << 29) | (1 << 30)), %eax
-    or $((1 << 31) | (1 << 16) | (1 << 5) | (1 << 1) | 1), %eax
-    mov %eax, %cr0
-
+    enter_long_mode
     lgdt boot_gdt_ptr
     ljmp $0x08, $long_mode_entry
 
     .code64
     .global long_mode_entry
 long_mode_entry:
-    mov $0x10, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    mov %ax, %fs
-    mov %ax, %gs
+    load_data_segments
     mov $boot_stack_top, %rsp       # 16-byte aligned, as the SysV ABI wants before a call
     mov %ebp, %edi                  # rust_start(start_info_paddr: u32)
     xor %ebp, %ebp                  # end of the frame-pointer chain
@@ -156,12 +166,7 @@ long_mode_entry:
     # that number. A CPU past MAX_CPUS halts.
     .global ap_long_mode_entry
 ap_long_mode_entry:
-    mov $0x10, %ax
-    mov %ax, %ds
-    mov %ax, %es
-    mov %ax, %ss
-    mov %ax, %fs
-    mov %ax, %gs
+    load_data_segments
     mov $1, %eax
     lock xaddl %eax, ap_next_cpu(%rip)
     cmp ${MAX_CPUS}, %eax
@@ -179,8 +184,7 @@ ap_long_mode_entry:
 
     # The other CPUs' first instructions: smp.rs copies these bytes to a page below
     # 1 MiB and sends its number as the startup vector, so CS is that page and IP 0.
-    # Real mode goes straight to 64-bit mode: PAE, the boot page tables, EFER.LME, then
-    # PE and PG together and a far jump to the 64-bit code segment.
+    # Real mode goes straight to 64-bit mode: PE and PG set together, then the far jump.
     .section .text.ap_trampoline, "ax", @progbits
     .code16
     .global ap_trampoline
@@ -190,19 +194,7 @@ ap_trampoline:
     mov %cs, %ax
     mov %ax, %ds
     lgdtl (ap_gdt_ptr - ap_trampoline)
-    mov %cr4, %eax
-    or $((1 << 5) | (1 << 9) | (1 << 10)), %eax
-    mov %eax, %cr4
-    mov $boot_pml4, %eax
-    mov %eax, %cr3
-    mov $0xc0000080, %ecx
-    rdmsr
-    or $(1 << 8), %eax
-    wrmsr
-    mov %cr0, %eax
-    and $~((1 << 2) | (1 << 29) | (1 << 30)), %eax
-    or $((1 << 31) | (1 << 16) | (1 << 5) | (1 << 1) | 1), %eax
-    mov %eax, %cr0
+    enter_long_mode
     ljmpl $0x08, $ap_long_mode_entry
     .balign 4
 ap_gdt_ptr:

@@ -15,6 +15,20 @@ use crate::platform::{CpuWork, Events, Platform};
 extern crate std;
 
 const TICK: u32 = 1_000;
+/// A tick, and an interrupt on MSI-X entry 0.
+const A_TICK: Events = Events {
+    ticks: 1,
+    vectors: 0,
+};
+const AN_INTERRUPT: Events = Events {
+    ticks: 0,
+    vectors: 1,
+};
+
+/// One batch of `events` on CPU `cpu`.
+fn on(port: &Port<Worker>, cpu: usize, start: Instant, events: Events) {
+    port.dispatch(&mut ThreadPlatform::new(cpu, start), events);
+}
 
 /// One CPU of the host test machine: real time, and the MSI-X messages it handed out.
 struct ThreadPlatform {
@@ -263,30 +277,30 @@ fn two_cpus(m: Worker, timer_cpu: usize, start: Instant) -> Port<Worker> {
 /// CPU 0 dispatches `rounds` ticks (HwTimer each time) while CPU 1 dispatches as many
 /// interrupts; returns the port's checker afterwards.
 fn timer_beside_interrupts(port: &Port<Worker>, start: Instant, rounds: u32) -> Checker {
+    let cpu = |cpu: usize, events: Events| {
+        let mut p = ThreadPlatform::new(cpu, start);
+        for _ in 0..rounds {
+            port.dispatch(&mut p, events);
+        }
+    };
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut p = ThreadPlatform::new(0, start);
-            for _ in 0..rounds {
-                port.dispatch(
-                    &mut p,
-                    Events {
-                        ticks: 1,
-                        vectors: 0,
-                    },
-                );
-            }
+            cpu(
+                0,
+                Events {
+                    ticks: 1,
+                    vectors: 0,
+                },
+            )
         });
         s.spawn(|| {
-            let mut p = ThreadPlatform::new(1, start);
-            for _ in 0..rounds {
-                port.dispatch(
-                    &mut p,
-                    Events {
-                        ticks: 0,
-                        vectors: 1,
-                    },
-                );
-            }
+            cpu(
+                1,
+                Events {
+                    ticks: 0,
+                    vectors: 1,
+                },
+            )
         });
     });
     port.checker()
@@ -315,24 +329,8 @@ fn t5_hwtimer_never_overlaps_hwinterrupt_on_two_cpus() {
 /// HwTimer on CPU 0 and HwInterrupt on CPU 1, each dispatched once, at the same time.
 fn one_of_each(port: &Port<Worker>, start: Instant) -> Checker {
     std::thread::scope(|s| {
-        s.spawn(|| {
-            port.dispatch(
-                &mut ThreadPlatform::new(0, start),
-                Events {
-                    ticks: 1,
-                    vectors: 0,
-                },
-            )
-        });
-        s.spawn(|| {
-            port.dispatch(
-                &mut ThreadPlatform::new(1, start),
-                Events {
-                    ticks: 0,
-                    vectors: 1,
-                },
-            )
-        });
+        s.spawn(|| on(port, 0, start, A_TICK));
+        s.spawn(|| on(port, 1, start, AN_INTERRUPT));
     });
     port.checker()
 }
@@ -381,25 +379,11 @@ fn t5_mutant_hwtimer_without_the_interrupt_lock_is_flagged_when_it_overlaps() {
     // HwInterrupt is in the shared state first, and stays until HwTimer, going in
     // without the interrupt lock, finds it taken.
     std::thread::scope(|s| {
-        s.spawn(|| {
-            port.dispatch(
-                &mut ThreadPlatform::new(1, start),
-                Events {
-                    ticks: 0,
-                    vectors: 1,
-                },
-            )
-        });
+        s.spawn(|| on(&port, 1, start, AN_INTERRUPT));
         while !port.miniport().in_shared.load(Ordering::SeqCst) {
             std::thread::yield_now();
         }
-        port.dispatch(
-            &mut ThreadPlatform::new(0, start),
-            Events {
-                ticks: 1,
-                vectors: 0,
-            },
-        );
+        on(&port, 0, start, A_TICK);
     });
     let v: Vec<Violation> = port.checker().violations().collect();
     assert!(
@@ -449,13 +433,7 @@ fn msi_messages_and_hwtimer_go_to_the_cpus_of_the_routing() {
         },
     );
     assert_eq!(port.miniport().timer_cpus.load(Ordering::SeqCst), 0);
-    port.dispatch(
-        &mut ThreadPlatform::new(1, start),
-        Events {
-            ticks: 1,
-            vectors: 0,
-        },
-    );
+    on(&port, 1, start, A_TICK);
     assert_eq!(port.miniport().timer_cpus.load(Ordering::SeqCst), 1 << 1);
     assert_eq!(port.stats().per_cpu[1].timer_calls, 1);
     port.with_calls(|calls, dropped| {
@@ -521,13 +499,7 @@ fn n4_a_completion_on_another_cpu_before_next_lu_request_is_not_flagged() {
         s.spawn(|| port.start_pending(&mut ThreadPlatform::new(0, start)));
         s.spawn(|| {
             barrier.wait();
-            port.dispatch(
-                &mut ThreadPlatform::new(1, start),
-                Events {
-                    ticks: 0,
-                    vectors: 1,
-                },
-            );
+            on(&port, 1, start, AN_INTERRUPT);
             assert!(port.miniport().completed.load(Ordering::SeqCst));
             barrier.wait();
         });
