@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::faults::tests::{engine, ms, read, write};
 use crate::faults::{Completion, FaultEngine, Plan, TickAction, VirtioEvent};
+use crate::listen::SocketError;
 use crate::scsi::{LuChange, Lun, LunAddress, Target};
 
 // ---- fault commands and the socket ----
@@ -173,14 +174,14 @@ fn control_socket_is_0600_and_survives_a_bad_line() {
     std::fs::write(&file, b"").unwrap();
     assert!(matches!(
         ControlServer::start(&file, e.clone()),
-        Err(ControlError::NotASocket(_))
+        Err(ControlError::Socket(SocketError::NotASocket { .. }))
     ));
     // A live server's socket is not taken over.
     let live = dir.path().join("live.sock");
     let first = ControlServer::start(&live, e.clone()).unwrap();
     assert!(matches!(
         ControlServer::start(&live, e),
-        Err(ControlError::InUse(_))
+        Err(ControlError::Socket(SocketError::InUse { .. }))
     ));
     drop(first);
 }

@@ -1,12 +1,13 @@
 //! One logical unit: its backing (file, block device or RAM), geometry, identity and the
 //! state the initiator can change (unit attentions, started/stopped).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
+use super::image::open_image;
 use super::sense::{Sense, SenseFormat};
 use super::ScsiError;
 
@@ -198,14 +199,7 @@ impl Lun {
         }
         let (file, name, identity) = match &spec.backing {
             Backing::File(path) => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(!spec.read_only)
-                    .open(path)
-                    .map_err(|source| ScsiError::CouldNotOpenLun {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let file = open_image(path, spec.read_only)?;
                 // The canonical path keeps the identity stable whatever the working directory.
                 let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
                 let identity = canonical.to_string_lossy().into_owned();
@@ -224,6 +218,13 @@ impl Lun {
         let blocks = size / u64::from(spec.block_size);
         if blocks == 0 {
             return Err(ScsiError::LunTooSmall(name));
+        }
+        let tail = size % u64::from(spec.block_size);
+        if tail != 0 {
+            log::warn!(
+                "LUN {name}: its last {tail} bytes are less than one block of {} and are not served",
+                spec.block_size
+            );
         }
         let can_punch = !spec.read_only && punch_hole_works(&file, size);
         Ok(Lun {
