@@ -123,7 +123,10 @@ fn accept_loop(
                 // No file descriptor left, say: the connection stays pending, so wait
                 // before trying again (stopping at once when asked).
                 let delay = backoff.failed(&e);
-                if waker.wait(None, Some(delay)).map_or(true, |w| w == listen::Wait::Woken) {
+                if waker
+                    .wait(None, Some(delay))
+                    .map_or(true, |w| w == listen::Wait::Woken)
+                {
                     return;
                 }
             }

@@ -24,7 +24,11 @@ pub struct Refuser {
 impl Refuser {
     /// Starts refusing on `listener` (a clone of the served listener; it stays blocking,
     /// as its flags are shared with the original). `what` names it in the log.
-    pub fn start(listener: UnixListener, what: &'static str, grace: Duration) -> io::Result<Refuser> {
+    pub fn start(
+        listener: UnixListener,
+        what: &'static str,
+        grace: Duration,
+    ) -> io::Result<Refuser> {
         let waker = Waker::new()?;
         let thread = {
             let waker = waker.clone();
@@ -76,7 +80,10 @@ fn refuse(listener: &UnixListener, waker: &Waker, what: &'static str, grace: Dur
             }
             Err(e) => {
                 let delay = backoff.failed(&e);
-                if waker.wait(None, Some(delay)).map_or(true, |w| w == Wait::Woken) {
+                if waker
+                    .wait(None, Some(delay))
+                    .map_or(true, |w| w == Wait::Woken)
+                {
                     return;
                 }
             }

@@ -61,7 +61,9 @@ fn probe(path: &Path, what: &'static str) -> Result<Option<Identity>, SocketErro
     // Only a socket that refuses connections is stale. One that answers is a running
     // server's, and one we may not even try (another user's) is not provably stale.
     match UnixStream::connect(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(Some((meta.dev(), meta.ino()))),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            Ok(Some((meta.dev(), meta.ino())))
+        }
         Ok(_) => Err(SocketError::InUse { what, path: name() }),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
             Err(SocketError::InUse { what, path: name() })

@@ -110,13 +110,16 @@ fn the_refuser_closes_a_waiting_connection_after_its_grace_only() {
     drop(refuser);
 
     // Stopped within the grace: the waiting connection is left for the listener's owner.
-    let refuser = Refuser::start(listener.try_clone().unwrap(), WHAT, Duration::from_secs(30))
-        .unwrap();
+    let refuser =
+        Refuser::start(listener.try_clone().unwrap(), WHAT, Duration::from_secs(30)).unwrap();
     let mut next = UnixStream::connect(&path).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let stopped = Instant::now();
     drop(refuser);
-    assert!(stopped.elapsed() < Duration::from_secs(5), "stopping is prompt");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "stopping is prompt"
+    );
     let (mut served, _) = listener.accept().unwrap();
     std::io::Write::write_all(&mut served, b"x").unwrap();
     let mut buf = [0u8; 1];

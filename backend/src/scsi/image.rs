@@ -181,7 +181,10 @@ fn lock(file: &File, path: &Path, perms: Perms) -> Result<(), ScsiError> {
             holder,
         }),
         Err(e) => {
-            log::warn!("{}: cannot take QEMU's image locks ({e}); serving it unlocked", path.display());
+            log::warn!(
+                "{}: cannot take QEMU's image locks ({e}); serving it unlocked",
+                path.display()
+            );
             Ok(())
         }
     }
@@ -210,9 +213,11 @@ fn apply_and_check(file: &File, perms: Perms) -> io::Result<Option<&'static str>
         return Ok(None);
     }
     // Whoever holds WRITE writes; anyone else in the way keeps others from writing.
-    Ok(Some(if byte_locked_by_others(file, PERM_BASE + i64::from(WRITE))? {
-        "a read-write user"
-    } else {
-        "a read-only user"
-    }))
+    Ok(Some(
+        if byte_locked_by_others(file, PERM_BASE + i64::from(WRITE))? {
+            "a read-write user"
+        } else {
+            "a read-only user"
+        },
+    ))
 }

@@ -83,10 +83,12 @@ impl FromStr for LunSpec {
     type Err = LunSpecError;
 
     /// `[T:L=]PATH[,ro|rw][,block-size=512|4096][,sense=fixed|descriptor]`; PATH is a
-    /// file or block device, or `mem:SIZE` for a RAM disk.
+    /// file or block device, or `mem:SIZE` for a RAM disk. `,,` is a comma of the path
+    /// or option, as in QEMU's option strings.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let err = |f: fn(String) -> LunSpecError| f(text.to_owned());
-        let mut parts = text.split(',');
+        let parts = split_options(text);
+        let mut parts = parts.iter().map(String::as_str);
         let first = parts.next().unwrap_or_default();
         // `T:L=` only when the part before '=' is two numbers, so paths with '=' still work.
         let (address, path) = match first.split_once('=') {
@@ -125,6 +127,23 @@ impl FromStr for LunSpec {
         }
         Ok(spec)
     }
+}
+
+/// `text` split at its single commas, each `,,` read as one comma of a part.
+fn split_options(text: &str) -> Vec<String> {
+    let (mut parts, mut part) = (Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != ',' {
+            part.push(c);
+        } else if chars.next_if_eq(&',').is_some() {
+            part.push(',');
+        } else {
+            parts.push(std::mem::take(&mut part));
+        }
+    }
+    parts.push(part);
+    parts
 }
 
 /// `T:L` with two numbers: the form of an address, valid or not.
@@ -452,6 +471,25 @@ mod tests {
         ] {
             assert_eq!(bad.parse::<LunSpec>(), Err(e(bad.to_owned())), "{bad}");
         }
+        // `,,` is a comma of the path, as in QEMU.
+        assert_eq!(
+            "dir/a,,b.img,ro".parse::<LunSpec>(),
+            Ok(LunSpec::file("dir/a,b.img", true))
+        );
+        assert_eq!(
+            "0:2=x,,,,y,,"
+                .parse::<LunSpec>()
+                .map(|s| (s.backing, s.address)),
+            Ok((
+                Backing::File("x,,y,".into()),
+                Some(LunAddress { target: 0, lun: 2 })
+            ))
+        );
+        assert_eq!(
+            "a,,,ro,,".parse::<LunSpec>(),
+            Err(LunSpecError::UnknownOption("a,,,ro,,".into())),
+            "the option is `ro,`"
+        );
         assert_eq!(parse_size("512k"), Some(512 << 10));
         assert_eq!(parse_size("1G"), Some(1 << 30));
         assert_eq!(parse_size("4096"), Some(4096));

@@ -27,7 +27,10 @@ fn only_regular_files_and_block_devices_back_a_lu() {
     let start = Instant::now();
     assert_eq!(refused_as(&fifo, true), Some("a FIFO"));
     assert_eq!(refused_as(&fifo, false), Some("a FIFO"));
-    assert!(start.elapsed() < Duration::from_secs(5), "the open never waits");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the open never waits"
+    );
 
     let sock = dir.path().join("sock");
     let _listener = UnixListener::bind(&sock).unwrap();
@@ -38,7 +41,11 @@ fn only_regular_files_and_block_devices_back_a_lu() {
     );
     let e = Lun::open(dir.path(), true).unwrap_err();
     assert!(e.is_refusal());
-    assert!(e.to_string().contains("only regular files and block devices"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("only regular files and block devices"),
+        "{e}"
+    );
 }
 
 fn holder(path: &std::path::Path, read_only: bool) -> Option<&'static str> {
