@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -203,36 +203,30 @@ fn serve(
     faults: &FaultContext,
 ) -> Result<(), RunError> {
     let mut backoff = Backoff::new(VHOST_USER_SOCKET);
+    let mut served = false;
     loop {
-        // A fresh backend and daemon per connection: no state leaks between frontends.
-        let backend = Arc::new(
-            VhostUserScsiBackend::with_faults(target.clone(), num_queues, faults.clone())
-                .map_err(RunError::CouldNotCreateBackend)?,
-        );
-        let mut daemon = VhostUserDaemon::new(
-            "vhost-user-flakyhba".to_string(),
-            backend.clone(),
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        )
-        .map_err(RunError::CouldNotCreateDaemon)?;
-        // Each worker's timer is one more fd in its epoll set (ids above the queues).
-        for (thread, handler) in daemon.get_epoll_handlers().iter().enumerate() {
-            if let Some(fd) = backend.timer_fd(thread) {
-                handler
-                    .register_listener(fd, EventSet::IN, u64::from(backend.timer_event()))
-                    .map_err(RunError::CouldNotRegisterTimer)?;
+        // A device that cannot be made at start-up is an error; later (no file
+        // descriptor left, say) it is retried, and the serving loop goes on.
+        let (backend, mut daemon) = match new_device(target, num_queues, faults) {
+            Ok(device) => device,
+            Err(e) if !served => return Err(e),
+            Err(e) => {
+                std::thread::sleep(backoff.failed(&format_args!("{e}")));
+                continue;
             }
-        }
+        };
         // A new frontend is a power-on from the guest's point of view. Raised before the
         // accept: `start` hands the connection to a thread of its own at once, and a quick
         // frontend's first command could otherwise be served before the unit attention
         // exists and a later one hit it.
         target.power_on();
+        debug!("waiting for a frontend");
         // A failed accept (no file descriptor left, say) never ends the serving loop.
         while let Err(e) = daemon.start(&mut listener) {
-            std::thread::sleep(backoff.failed(&e));
+            std::thread::sleep(backoff.failed(&format_args!("accept failed: {e}")));
         }
         backoff.succeeded();
+        served = true;
         info!("frontend connected");
         let refuser = spare
             .try_clone()
@@ -256,6 +250,39 @@ fn serve(
             warn!("{e}");
         }
     }
+}
+
+/// A fresh device and daemon for the next frontend: no state leaks between frontends.
+fn new_device(
+    target: &Arc<Target>,
+    num_queues: u16,
+    faults: &FaultContext,
+) -> Result<
+    (
+        Arc<VhostUserScsiBackend>,
+        VhostUserDaemon<Arc<VhostUserScsiBackend>>,
+    ),
+    RunError,
+> {
+    let backend = Arc::new(
+        VhostUserScsiBackend::with_faults(target.clone(), num_queues, faults.clone())
+            .map_err(RunError::CouldNotCreateBackend)?,
+    );
+    let daemon = VhostUserDaemon::new(
+        "vhost-user-flakyhba".to_string(),
+        backend.clone(),
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(RunError::CouldNotCreateDaemon)?;
+    // Each worker's timer is one more fd in its epoll set (ids above the queues).
+    for (thread, handler) in daemon.get_epoll_handlers().iter().enumerate() {
+        if let Some(fd) = backend.timer_fd(thread) {
+            handler
+                .register_listener(fd, EventSet::IN, u64::from(backend.timer_event()))
+                .map_err(RunError::CouldNotRegisterTimer)?;
+        }
+    }
+    Ok((backend, daemon))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

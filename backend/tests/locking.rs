@@ -63,16 +63,24 @@ fn qemu_system() -> Option<&'static str> {
 /// A QEMU that holds `img` as a guest disk (paused before the guest runs).
 fn qemu_holding(img: &Path, read_only: bool) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-M", "q35", "-S", "-nodefaults", "-display", "none", "-drive"])
-        .arg(format!(
-            "file={},format=raw,if=none,id=d0,readonly={}",
-            arg(img),
-            if read_only { "on" } else { "off" }
-        ))
-        .args(["-device", "virtio-blk-pci,drive=d0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    c.args([
+        "-M",
+        "q35",
+        "-S",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-drive",
+    ])
+    .arg(format!(
+        "file={},format=raw,if=none,id=d0,readonly={}",
+        arg(img),
+        if read_only { "on" } else { "off" }
+    ))
+    .args(["-device", "virtio-blk-pci,drive=d0"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     c
 }
 

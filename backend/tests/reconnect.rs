@@ -1,16 +1,17 @@
 //! Runs the built backend binary and talks vhost-user to it with the vhost crate's
 //! frontend: a second frontend must be served after the first one disconnects.
 
+mod common;
+
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
-use vhost::VhostBackend;
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vhost::vhost_user::Frontend;
+
+use common::negotiate;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -95,22 +96,6 @@ impl Backend {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
-
-/// Negotiates features as QEMU starts to, and returns the queue count.
-fn negotiate(frontend: &mut Frontend) -> u64 {
-    let features = frontend.get_features().unwrap();
-    assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0);
-    assert_ne!(features & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
-    frontend.set_owner().unwrap();
-    let protocol = frontend.get_protocol_features().unwrap();
-    assert!(
-        protocol.contains(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::RESET_DEVICE)
-    );
-    frontend
-        .set_protocol_features(VhostUserProtocolFeatures::MQ)
-        .unwrap();
-    frontend.get_queue_num().unwrap()
 }
 
 #[test]

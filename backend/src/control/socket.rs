@@ -122,7 +122,7 @@ fn accept_loop(
             Err(e) => {
                 // No file descriptor left, say: the connection stays pending, so wait
                 // before trying again (stopping at once when asked).
-                let delay = backoff.failed(&e);
+                let delay = backoff.failed(&format_args!("accept failed: {e}"));
                 if waker
                     .wait(None, Some(delay))
                     .map_or(true, |w| w == listen::Wait::Woken)

@@ -27,13 +27,14 @@ impl Backoff {
         }
     }
 
-    /// After a failed accept: how long to wait before the next one (logged once here).
-    pub fn failed(&mut self, error: &dyn Display) -> Duration {
+    /// After a failure (`what` went wrong): how long to wait before trying again, logged
+    /// once here.
+    pub fn failed(&mut self, what: &dyn Display) -> Duration {
         let delay = self.next;
         self.failures += 1;
         self.next = (delay * 2).min(MAX_DELAY);
         log::warn!(
-            "{}: accept failed: {error}; retrying in {} ms",
+            "{}: {what}; retrying in {} ms",
             self.what,
             delay.as_millis()
         );
@@ -44,7 +45,7 @@ impl Backoff {
     pub fn succeeded(&mut self) {
         if self.failures > 0 {
             log::info!(
-                "{}: accepting again after {} failed accepts",
+                "{}: accepting again after {} failures",
                 self.what,
                 self.failures
             );

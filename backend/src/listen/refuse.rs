@@ -79,7 +79,7 @@ fn refuse(listener: &UnixListener, waker: &Waker, what: &'static str, grace: Dur
                 drop(stream);
             }
             Err(e) => {
-                let delay = backoff.failed(&e);
+                let delay = backoff.failed(&format_args!("accept failed: {e}"));
                 if waker
                     .wait(None, Some(delay))
                     .map_or(true, |w| w == Wait::Woken)

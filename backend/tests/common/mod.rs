@@ -165,3 +165,32 @@ pub fn image(path: &Path, bytes: usize) {
     let data: Vec<u8> = (0..bytes).map(|i| (i / 512) as u8).collect();
     std::fs::write(path, data).unwrap();
 }
+
+/// A vhost-user frontend on `socket`, with a read timeout so that a backend that stopped
+/// serving shows as an error instead of a hung test.
+pub fn connect(socket: &Path) -> vhost::vhost_user::Frontend {
+    let stream = UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    vhost::vhost_user::Frontend::from_stream(stream, 64)
+}
+
+/// Negotiates features as QEMU starts to, and returns the queue count.
+pub fn negotiate(frontend: &mut vhost::vhost_user::Frontend) -> u64 {
+    use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
+    use vhost::VhostBackend;
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+    let features = frontend.get_features().unwrap();
+    assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0);
+    assert_ne!(features & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
+    frontend.set_owner().unwrap();
+    let protocol = frontend.get_protocol_features().unwrap();
+    assert!(
+        protocol.contains(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::RESET_DEVICE)
+    );
+    frontend
+        .set_protocol_features(VhostUserProtocolFeatures::MQ)
+        .unwrap();
+    frontend.get_queue_num().unwrap()
+}
