@@ -437,6 +437,28 @@ impl Lun {
 }
 
 #[cfg(test)]
+impl Lun {
+    /// A read-write LU of `blocks` 512-byte blocks over an open `file` (such as /dev/full,
+    /// whose writes fail with ENOSPC), thin-provisioned or not.
+    pub(super) fn over(file: File, blocks: u64, thin: bool) -> Lun {
+        Lun {
+            file,
+            name: "test".into(),
+            memory: None,
+            read_only: false,
+            block_size: 512,
+            blocks: AtomicU64::new(blocks),
+            can_punch: thin,
+            sense_format: SenseFormat::Fixed,
+            address: None,
+            serial: serial_of("test"),
+            ua: AtomicU8::new(0),
+            stopped: AtomicBool::new(false),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

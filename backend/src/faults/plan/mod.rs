@@ -3,10 +3,12 @@
 //!
 //! The schema is documented in `docs/fault-plan.md` at the top of the repository. The plan
 //! as written is `raw`, the validated form `spec`; `validate` turns one into the
-//! other, `shorthand` reads `--fault`, and `errors` says where a plan went wrong.
+//! other (within `bounds`), `shorthand` reads `--fault`, and `errors` says where a plan
+//! went wrong.
 
 use std::path::Path;
 
+pub mod bounds;
 mod errors;
 mod opcodes;
 mod raw;
