@@ -6,7 +6,7 @@ mod common;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,16 +26,25 @@ fn serve(dir: &Path, name: &str, lun: &str) -> Backend {
     b
 }
 
-#[test]
-fn two_backends_on_one_image() {
+/// A directory with a 1 MiB image, the image and its read-only `--lun`.
+fn setup() -> (tempfile::TempDir, PathBuf, String) {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.img");
     image(&img, 1 << 20);
     let ro = format!("{},ro", arg(&img));
-    let other = dir.path().join("other.sock");
-    let refused = |lun: &str, message: &str| {
-        assert_refused(&["--socket-path", arg(&other), "--lun", lun], message);
-    };
+    (dir, img, ro)
+}
+
+/// A backend in `dir` serving `lun` is refused with `message`.
+fn refused(dir: &Path, lun: &str, message: &str) {
+    let sock = dir.join("refused.sock");
+    assert_refused(&["--socket-path", arg(&sock), "--lun", lun], message);
+}
+
+#[test]
+fn two_backends_on_one_image() {
+    let (dir, img, ro) = setup();
+    let refused = |lun: &str, message: &str| refused(dir.path(), lun, message);
 
     let rw = serve(dir.path(), "rw", arg(&img));
     refused(arg(&img), RW_HELD);
@@ -146,14 +155,8 @@ fn a_backend_and_qemu_see_each_others_locks() {
         eprintln!("qemu-system-x86_64 not found (make setup installs it): test skipped");
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("d.img");
-    image(&img, 1 << 20);
-    let ro = format!("{},ro", arg(&img));
-    let sock = dir.path().join("s.sock");
-    let refused = |lun: &str, message: &str| {
-        assert_refused(&["--socket-path", arg(&sock), "--lun", lun], message);
-    };
+    let (dir, img, ro) = setup();
+    let refused = |lun: &str, message: &str| refused(dir.path(), lun, message);
 
     // QEMU first.
     let q = start_qemu(&img, false);
@@ -185,9 +188,7 @@ fn qemu_utils_and_the_backend_see_each_others_locks() {
         eprintln!("qemu-io (qemu-utils) not found: test skipped");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("d.img");
-    image(&img, 1 << 20);
+    let (dir, img, ro) = setup();
     let b = serve(dir.path(), "rw", arg(&img));
     let out = Command::new("qemu-io")
         .args(["-f", "raw", "-c", "write 0 512"])
@@ -215,8 +216,6 @@ fn qemu_utils_and_the_backend_see_each_others_locks() {
         assert!(start.elapsed() < TIMEOUT, "qemu-nbd took no lock");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let sock = dir.path().join("s.sock");
-    assert_refused(&["--socket-path", arg(&sock), "--lun", arg(&img)], RW_HELD);
-    let ro = format!("{},ro", arg(&img));
-    assert_refused(&["--socket-path", arg(&sock), "--lun", &ro], RW_HELD);
+    refused(dir.path(), arg(&img), RW_HELD);
+    refused(dir.path(), &ro, RW_HELD);
 }

@@ -194,3 +194,50 @@ pub fn negotiate(frontend: &mut vhost::vhost_user::Frontend) -> u64 {
         .unwrap();
     frontend.get_queue_num().unwrap()
 }
+
+/// The backend serving a zeroed 1 MiB `disk.img` on `vhost.sock` in a directory; the
+/// [`Backend`] otherwise.
+pub struct Served {
+    backend: Backend,
+    pub socket: PathBuf,
+}
+
+impl std::ops::Deref for Served {
+    type Target = Backend;
+
+    fn deref(&self) -> &Backend {
+        &self.backend
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Backend {
+        &mut self.backend
+    }
+}
+
+impl Served {
+    /// Starts it in `dir` with `extra` flags, logging to `backend.log` there.
+    pub fn spawn(dir: &Path, extra: &[&str]) -> Served {
+        let socket = dir.join("vhost.sock");
+        let disk = dir.join("disk.img");
+        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        let args = [
+            &["--socket-path", arg(&socket), "--lun", arg(&disk)][..],
+            extra,
+        ]
+        .concat();
+        let backend = Backend::spawn(&args, &dir.join("backend.log"));
+        Served { backend, socket }
+    }
+
+    /// Polls until its vhost-user socket accepts connections.
+    pub fn wait_listening(&mut self) {
+        let socket = self.socket.clone();
+        self.backend.wait_for_socket(&socket);
+    }
+
+    pub fn connect(&self) -> vhost::vhost_user::Frontend {
+        connect(&self.socket)
+    }
+}
