@@ -1,12 +1,13 @@
 //! Binding a socket path: only an absent path or a stale socket (one that refuses
-//! connections) is taken, and the socket appears under its name only once it is complete
-//! (bound inside a fresh directory of mode 0700 next to PATH, chmod-ed there when it is
-//! private, then hard-linked onto PATH, which never replaces anything). At exit only the
-//! socket this process bound is removed, recognised by its device and inode.
+//! connections) is taken, by bind(2) or link(2), which never replace anything; a private
+//! socket appears under its name only once its mode is 0600. At exit only the socket this
+//! process bound is removed, recognised by its device and inode (held open, so that the
+//! number is never another file's).
 
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -89,12 +90,58 @@ pub fn bind(
     what: &'static str,
     private: bool,
 ) -> Result<(UnixListener, BoundSocket), SocketError> {
-    let stale = probe(path, what)?;
     let bind_err = |source| SocketError::CouldNotBind {
         what,
         path: path.display().to_string(),
         source,
     };
+    // Only the stale socket probed is removed: a file that took its place meanwhile stays.
+    if let Some(stale) = probe(path, what)? {
+        if identity(path) == Some(stale) {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(bind_err(e)),
+                _ => {}
+            }
+        }
+    }
+    // bind(2) and link(2) never replace an existing file.
+    let result = if private {
+        bind_private(path)
+    } else {
+        UnixListener::bind(path).and_then(|l| Ok((l, pin(path)?)))
+    };
+    match result {
+        Ok((listener, inode)) => Ok((
+            listener,
+            BoundSocket {
+                path: path.to_owned(),
+                inode: Arc::new(inode),
+            },
+        )),
+        // Someone took the path between the probe and the bind: it is theirs.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::AlreadyExists | io::ErrorKind::AddrInUse
+            ) =>
+        {
+            Err(match probe(path, what) {
+                Err(refused) => refused,
+                Ok(_) => SocketError::InUse {
+                    what,
+                    path: path.display().to_string(),
+                },
+            })
+        }
+        Err(e) => Err(bind_err(e)),
+    }
+}
+
+/// Binds inside a fresh directory of mode 0700 next to `path`, sets mode 0600 there
+/// (umask is process wide and would race with other threads, and fchmod on a socket fd
+/// does not change the file's mode), then links the socket onto `path`. The socket's own
+/// address stays the temporary name.
+fn bind_private(path: &Path) -> io::Result<(UnixListener, File)> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -106,55 +153,26 @@ pub fn bind(
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(bind_err)?;
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     let tmp = dir.join("s");
-    let result = bind_in(&tmp, path, private, stale);
+    let result = UnixListener::bind(&tmp).and_then(|listener| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        let inode = pin(&tmp)?;
+        std::fs::hard_link(&tmp, path)?;
+        Ok((listener, inode))
+    });
     let _ = std::fs::remove_file(&tmp);
     let _ = std::fs::remove_dir(&dir);
-    match result {
-        Ok(bound) => Ok(bound),
-        // Someone took the path between the probe and the link: it is theirs.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(match probe(path, what) {
-            Err(refused) => refused,
-            Ok(_) => SocketError::InUse {
-                what,
-                path: path.display().to_string(),
-            },
-        }),
-        Err(e) => Err(bind_err(e)),
-    }
+    result
 }
 
-fn bind_in(
-    tmp: &Path,
-    path: &Path,
-    private: bool,
-    stale: Option<Identity>,
-) -> io::Result<(UnixListener, BoundSocket)> {
-    let listener = UnixListener::bind(tmp)?;
-    if private {
-        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o600))?;
-    }
-    let meta = std::fs::symlink_metadata(tmp)?;
-    // Only the stale socket probed is removed: a file that took its place meanwhile stays.
-    if let Some(stale) = stale {
-        if identity(path) == Some(stale) {
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-    }
-    // link(2) never replaces an existing file, unlike rename(2).
-    std::fs::hard_link(tmp, path)?;
-    let bound = BoundSocket {
-        path: path.to_owned(),
-        identity: (meta.dev(), meta.ino()),
-    };
-    Ok((listener, bound))
+/// The socket file at `path` itself, held open (O_PATH) so that its inode is never
+/// freed and its number never reused while we may still compare with it.
+fn pin(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)
 }
 
 fn identity(path: &Path) -> Option<Identity> {
@@ -167,7 +185,8 @@ fn identity(path: &Path) -> Option<Identity> {
 #[derive(Clone, Debug)]
 pub struct BoundSocket {
     path: PathBuf,
-    identity: Identity,
+    /// Held open: a socket another process binds at the path later is another inode.
+    inode: Arc<File>,
 }
 
 impl BoundSocket {
@@ -177,7 +196,8 @@ impl BoundSocket {
 
     /// Whether the file at the path is still the socket bound here.
     pub fn is_ours(&self) -> bool {
-        identity(&self.path) == Some(self.identity)
+        let ours = self.inode.metadata().ok().map(|m| (m.dev(), m.ino()));
+        ours.is_some() && identity(&self.path) == ours
     }
 
     /// Removes the socket file if it is still the one bound here: a socket another

@@ -33,7 +33,10 @@ fn a_file_or_a_live_socket_is_never_replaced() {
     ));
 
     let live = dir.path().join("live.sock");
-    let (_first, first) = bind(&live, WHAT, false).unwrap();
+    let (first_listener, first) = bind(&live, WHAT, false).unwrap();
+    // Bound at its own name: /proc/net/unix (where the harness looks) shows the path.
+    let addr = first_listener.local_addr().unwrap();
+    assert_eq!(addr.as_pathname(), Some(live.as_path()));
     let err = bind(&live, WHAT, false).unwrap_err();
     assert!(matches!(err, SocketError::InUse { .. }), "{err}");
     assert!(err.is_refusal());
