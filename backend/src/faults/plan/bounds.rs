@@ -9,6 +9,8 @@ use std::ops::RangeInclusive;
 use super::errors::KeyError;
 use super::raw::RawFault;
 
+/// Faults in a plan, and in the engine at once (each request looks at every one).
+pub const MAX_FAULTS: usize = 1024;
 /// `every`, `after`, `times`: matches counted.
 pub const MAX_COUNT: u64 = 1_000_000_000;
 /// `delay_ms`, `min_ms`, `max_ms`, `duration_ms`: one hour.

@@ -84,6 +84,17 @@ impl Plan {
             let offset = e.span().map_or(0, |s| s.start);
             invalid(offset, plain_message(e.message()))
         })?;
+        if raw.fault.len() > bounds::MAX_FAULTS {
+            let offset = fault_key_offset(text, bounds::MAX_FAULTS, None);
+            return Err(invalid(
+                offset,
+                format!(
+                    "fault #{}: {}",
+                    bounds::MAX_FAULTS + 1,
+                    PlanError::TooManyFaults
+                ),
+            ));
+        }
         let allow_corruption = raw.allow_corruption.unwrap_or(false);
         let mut faults = Vec::with_capacity(raw.fault.len());
         for (index, f) in raw.fault.into_iter().enumerate() {
@@ -167,6 +178,9 @@ impl Plan {
     pub fn push(&mut self, spec: FaultSpec) -> Result<(), PlanError> {
         if spec.action.kind() == FaultKind::Corrupt && !self.allow_corruption {
             return Err(PlanError::CorruptionNotAllowed);
+        }
+        if self.faults.len() >= bounds::MAX_FAULTS {
+            return Err(PlanError::TooManyFaults);
         }
         self.faults.push(spec);
         Ok(())

@@ -146,3 +146,24 @@ fn shorthand_numbers_keep_64_bits_and_meet_the_same_bounds() {
         "{e}"
     );
 }
+
+#[test]
+fn a_plan_and_the_engine_hold_at_most_1024_faults() {
+    let table = "[[fault]]\nkind = \"lose\"\n";
+    let full = table.repeat(MAX_FAULTS);
+    assert_eq!(plan(&full).faults.len(), MAX_FAULTS);
+    let e = err_text(&format!("{full}{table}"));
+    // The 1025th table's header is on line 2 * 1024 + 1.
+    assert_eq!(
+        e,
+        "<plan>:2049:1: fault #1025: a plan holds at most 1024 faults"
+    );
+
+    let mut p = plan(&full);
+    let one = FaultSpec::from_shorthand("lose", false).unwrap();
+    assert!(matches!(p.push(one.clone()), Err(PlanError::TooManyFaults)));
+    let mut e = FaultEngine::new(p);
+    assert_eq!(e.add_fault(one.clone()), Err(EngineError::TooManyFaults));
+    e.remove_fault(1).unwrap();
+    assert_eq!(e.add_fault(one), Ok(MAX_FAULTS as u32 + 1));
+}
