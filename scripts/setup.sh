@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# Installs what flakyhba needs on a fresh machine: QEMU from the distribution's packages
-# and the bare-metal Rust target. Safe to run again; does nothing that is already done.
+# Installs what flakyhba needs on a fresh machine: QEMU and its tools from the
+# distribution's packages and the bare-metal Rust target. Safe to run again; does nothing that is already done.
 set -euo pipefail
 
-if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+# Programs the build and the tests run, and the Debian package of each.
+needs=(
+    "qemu-system-x86_64 qemu-system-x86"
+    # qemu-io and qemu-nbd: the backend's image-lock tests run them against our locks.
+    "qemu-io qemu-utils"
+)
+missing=()
+for need in "${needs[@]}"; do
+    read -r program package <<<"$need"
+    command -v "$program" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing qemu-system-x86 with apt-get"
+        echo "setup: installing ${missing[*]} with apt-get"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -q
-        apt-get install -y -q qemu-system-x86
+        apt-get install -y -q "${missing[@]}"
     else
-        echo "setup: qemu-system-x86_64 is missing. Install it with:" >&2
-        echo "    sudo apt-get update && sudo apt-get install -y qemu-system-x86" >&2
+        echo "setup: missing packages. Install them with:" >&2
+        echo "    sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
         exit 1
     fi
 fi
