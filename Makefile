@@ -26,8 +26,9 @@ build: setup
 	$(CARGO) build --release -p flakyhba-backend -p flakyhba-harness
 	$(CARGO) build --release -p flakyhba-guest --target $(GUEST_TARGET)
 
-# A Debian kernel and a busybox initramfs with sg3_utils, fio and e2fsprogs, from Debian's
-# packages (apt-get download; nothing is installed on the host). Cached in $(LINUX_GUEST).
+# A Debian kernel (its uncompressed vmlinux, booted through the PVH entry) and a busybox
+# initramfs (plain cpio) with sg3_utils, fio and e2fsprogs, from Debian's packages
+# (apt-get download; nothing is installed on the host). Cached in $(LINUX_GUEST).
 linux-guest: setup
 	bash linux-guest/build.sh $(LINUX_GUEST)
 

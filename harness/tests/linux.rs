@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::{HarnessRun, Scratch};
+use flakyhba_harness::linux::{INITRD_FILE, KERNEL_FILE};
 
 /// One TCG guest at a time: two at once on a 2-core machine only slow both down.
 static ONE_GUEST: Mutex<()> = Mutex::new(());
@@ -27,7 +28,7 @@ fn linux_guest() -> PathBuf {
     let dir = std::env::var_os("FLAKYHBA_LINUX_GUEST")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/linux-guest"));
-    for file in ["vmlinuz", "initrd.gz"] {
+    for file in [KERNEL_FILE, INITRD_FILE] {
         assert!(
             dir.join(file).is_file(),
             "{} is missing: build the Linux guest with `{} {}` (or set FLAKYHBA_LINUX_GUEST)",

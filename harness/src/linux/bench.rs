@@ -480,8 +480,8 @@ mod tests {
             qemu: "qemu-system-x86_64".into(),
             socket: "/run/d/vhost.sock".into(),
             guest: Guest::Linux(LinuxBoot {
-                kernel: "/lg/vmlinuz".into(),
-                initrd: "/lg/initrd.gz".into(),
+                kernel: "/lg/vmlinux".into(),
+                initrd: "/lg/initrd.cpio".into(),
                 append: kernel_command_line(1, 15),
                 memory_mib: 512,
                 cpus: 1,

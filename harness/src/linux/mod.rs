@@ -21,8 +21,8 @@ pub mod verdict;
 use self::verdict::{judge_linux, LinuxExpectation, LinuxVerdict};
 
 /// Files linux-guest/build.sh leaves in its output directory.
-pub const KERNEL_FILE: &str = "vmlinuz";
-pub const INITRD_FILE: &str = "initrd.gz";
+pub const KERNEL_FILE: &str = "vmlinux";
+pub const INITRD_FILE: &str = "initrd.cpio";
 /// Where build.sh puts them by default, relative to the workspace root.
 pub const DEFAULT_GUEST_DIR: &str = "target/linux-guest";
 pub const BUILD_SCRIPT: &str = "linux-guest/build.sh";
@@ -209,7 +209,7 @@ mod tests {
         let err = check_inputs(&opts).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "Linux kernel /repo/target/linux-guest/vmlinuz is missing; build it with `/repo/linux-guest/build.sh /repo/target/linux-guest`"
+            "Linux kernel /repo/target/linux-guest/vmlinux is missing; build it with `/repo/linux-guest/build.sh /repo/target/linux-guest`"
         );
     }
 }
