@@ -63,6 +63,11 @@ pub struct LinuxArgs {
     /// resets the LU, which must end the read, and I/O must carry on.
     #[arg(long)]
     pub held_read: bool,
+    /// Hot-plug instead of the usual steps: over the backend's control socket the harness
+    /// adds LUN 1, removes it and grows LUN 0 as the guest asks, and the guest must see
+    /// 0:0:0:1 appear (and use it), go, and /sys/block/sda/size follow.
+    #[arg(long, conflicts_with = "held_read")]
+    pub hotplug: bool,
     #[command(flatten)]
     pub guest: LinuxGuestArgs,
     /// Overall deadline of the run in seconds; on expiry everything is killed.
@@ -492,6 +497,7 @@ impl LinuxArgs {
             queues: self.queues,
             scsi_timeout_s: self.scsi_timeout,
             held_read: self.held_read,
+            hotplug: self.hotplug,
             backend: backend(self.guest.backend),
             guest_dir,
             qemu: self.guest.qemu,

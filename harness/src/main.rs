@@ -26,7 +26,8 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench(args),
         Cmd::Linux(args) => {
             let opts = args.options();
-            let what = format!("linux queues={}", opts.queues);
+            let hotplug = if opts.hotplug { " hotplug" } else { "" };
+            let what = format!("linux queues={}{hotplug}", opts.queues);
             report(run_linux(&opts), &what)
         }
         Cmd::BenchLinux(args) => bench_linux(args),

@@ -317,6 +317,7 @@ pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box
         queues: opts.queues,
         scsi_timeout_s: None,
         held_read: false,
+        hotplug: false,
         backend: opts.backend.clone(),
         guest_dir: opts.guest_dir.clone(),
         qemu: opts.qemu.clone(),
