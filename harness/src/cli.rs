@@ -296,9 +296,10 @@ pub struct LinuxBenchArgs {
     /// cache, as the comparison is usually quoted; our backend reads through it).
     #[arg(long, default_value = QEMU_DRIVE_OPTIONS)]
     pub qemu_drive: String,
-    /// Deadline of each boot in seconds; on expiry everything is killed.
-    #[arg(long, default_value_t = 300)]
-    pub boot_timeout: u64,
+    /// Deadline of each boot in seconds; on expiry the boot is killed, reported as hung and
+    /// left out, and the suite goes on [default: 73 + 2 x (runtime + 12)].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub boot_timeout: Option<u64>,
     /// Keep the run directory (logs, image) in DIR instead of a removed temp dir.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,

@@ -115,6 +115,12 @@ fn bench_linux(args: LinuxBenchArgs) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+            // QEMU's device failing is a finding about it; ours failing is a defect.
+            let ours = report.failures_of(linux::bench::Device::Ours);
+            if ours > 0 {
+                eprintln!("bench-linux: {ours} boot(s) on our backend failed");
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(failure) if failure.interrupted() || signals::interrupted() => interrupted(),
