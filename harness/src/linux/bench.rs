@@ -473,10 +473,17 @@ impl BootFailure {
     }
 }
 
-/// The last `n` lines of `text`.
+/// The last `n` lines of `text`, each cut at 160 characters (fio's JSON is one line).
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| match l.char_indices().nth(160) {
+            Some((at, _)) => format!("{}...", &l[..at]),
+            None => (*l).to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The terminal table.
@@ -713,6 +720,15 @@ mod tests {
         assert!(ratios
             .iter()
             .all(|r| (r.iops, r.min, r.max) == (1.2, 1.2, 1.2)));
+    }
+
+    #[test]
+    fn the_console_tail_is_short() {
+        let long = "x".repeat(500);
+        let text = format!("a\nb\n{long}\nc");
+        assert_eq!(tail(&text, 2), format!("{}...\nc", "x".repeat(160)));
+        assert_eq!(tail("a\nb", 5), "a\nb");
+        assert_eq!(tail("", 3), "");
     }
 
     #[test]
