@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use self::lun::{memory_serial, ua};
 pub use self::lun::{Backing, Lun, LunAddress, LunSpec, LunSpecError, BLOCK_SIZE};
 use self::sense::{status, Sense, SenseFormat};
+pub use self::spc::single_level_lun;
 
 /// Flat-space LUNs are 14 bits wide (SAM-5 4.7.7).
 pub const MAX_LUNS: usize = 0x4000;
