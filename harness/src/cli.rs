@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use guest_miniport::contract::GuestArgs;
 
-use crate::bench::frontend::load::Pattern;
+use crate::bench::frontend::load::{Pattern, DEFAULT_STALL};
 use crate::bench::frontend::FrontendError;
 use crate::bench::socket::LoadOptions;
 use crate::bench::suite::SuiteOptions;
@@ -243,6 +243,10 @@ pub struct BenchArgs {
     /// Seed of the LBA and read/write draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Seconds without a completion (interrupts without one do not count) after which a
+    /// queue with requests in flight has stalled and the load fails.
+    #[arg(long, default_value_t = DEFAULT_STALL.as_secs_f64(), value_parser = parse_seconds)]
+    pub stall_timeout: f64,
     /// --suite: our backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
     #[arg(long)]
     pub backend: Option<PathBuf>,
@@ -563,6 +567,7 @@ impl BenchArgs {
             duration,
             event_idx: !self.no_event_idx,
             seed: self.seed,
+            stall: Duration::from_secs_f64(self.stall_timeout),
         })
     }
 }

@@ -125,7 +125,13 @@ fn bench_linux(args: LinuxBenchArgs) -> ExitCode {
 }
 
 fn bench(args: BenchArgs) -> ExitCode {
-    match run_bench(&args) {
+    let result = run_bench(&args);
+    // A signal ends a load wherever it is waiting (BenchError::Interrupted, or the
+    // frontend's), and the run counts as interrupted, not failed.
+    if signals::interrupted() {
+        return interrupted();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flakyhba-harness bench: {e}");

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flakyhba_harness::bench::frontend::load::{run_load, LoadSpec, Pattern};
+use flakyhba_harness::bench::frontend::load::{run_load, LoadSpec, Pattern, DEFAULT_STALL};
 use flakyhba_harness::bench::frontend::queue::{Completion, DataDir, ScsiQueue};
 use flakyhba_harness::bench::frontend::scsi::{self, ScsiAddress};
 use flakyhba_harness::bench::frontend::{check_good, wait_for_slot, FrontendConfig, ScsiFrontend};
@@ -322,6 +322,7 @@ fn four_queues_carry_io_at_once() {
         pattern: Pattern::Random,
         duration: Duration::from_millis(500),
         seed: 3,
+        stall: DEFAULT_STALL,
     };
     let r = run_load(&mut fe, &spec).unwrap();
     assert_eq!(r.errors, 0);

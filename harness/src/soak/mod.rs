@@ -1,0 +1,3 @@
+//! `flakyhba-harness soak`: the data-integrity soak.
+
+pub mod control;
