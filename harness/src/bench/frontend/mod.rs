@@ -226,6 +226,31 @@ impl ScsiFrontend {
         Ok(fe)
     }
 
+    /// [`ScsiFrontend::connect`], retried until `deadline` while the connection fails: a
+    /// backend still starting, or still tearing down the frontend before (a reconnect).
+    /// Configuration errors and a signal end it at once.
+    pub fn connect_within(
+        socket: &Path,
+        config: FrontendConfig,
+        deadline: Instant,
+    ) -> Result<ScsiFrontend, FrontendError> {
+        loop {
+            match ScsiFrontend::connect(socket, config) {
+                Ok(fe) => return Ok(fe),
+                Err(e @ (FrontendError::CouldNotConnect(..) | FrontendError::Vhost(..)))
+                    if Instant::now() < deadline =>
+                {
+                    log::debug!("connect: {e}; retrying");
+                    if signals::interrupted() {
+                        return Err(FrontendError::Interrupted);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// SET_FEATURES, SET_MEM_TABLE and every vring, in QEMU's order.
     fn start(&mut self) -> Result<(), FrontendError> {
         self.conn
