@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target for a bounded time (issue 3: request parsing and CDB
-# decoding; issue 4: fault plans). Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] (default 60).
+# decoding; issue 4: fault plans). Usage: scripts/fuzz.sh [SECONDS_PER_TARGET [TARGET...]]
+# (default 60 seconds, every target).
 # Corpora grow in fuzz/corpus/<target> (not committed); fuzz/seeds/<target> seeds them.
 # Exits non-zero if a target finds a crash, naming the artifact.
 set -euo pipefail
@@ -13,7 +14,17 @@ esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fuzz="$root/fuzz"
 export CARGO_TARGET_DIR="$fuzz/target"
-targets=(request cdb plan)
+all_targets=(request cdb plan)
+targets=("${@:2}")
+if ((${#targets[@]} == 0)); then
+    targets=("${all_targets[@]}")
+fi
+for t in "${targets[@]}"; do
+    case " ${all_targets[*]} " in
+        *" $t "*) ;;
+        *) echo "fuzz.sh: no target '$t' (targets: ${all_targets[*]})" >&2; exit 2 ;;
+    esac
+done
 
 # cargo-fuzz needs nightly (-Z sanitizer flags). RUSTUP_AUTO_INSTALL=0 stops rustup from
 # fetching it implicitly, so install it here when it is missing.
