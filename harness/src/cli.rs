@@ -18,7 +18,7 @@ use crate::linux::bench::{self as linux_bench, LinuxBenchOptions, QEMU_DRIVE_OPT
 use crate::linux::{self, LinuxOptions};
 use crate::scenario::matrix::MatrixOptions;
 use crate::scenario::smoke::SmokeOptions;
-use crate::soak::{Pace, SoakOptions};
+use crate::soak::{Pace, SoakOptions, NEVER};
 
 /// The built-in scenario of `run` that needs no scenario file.
 pub const SMOKE: &str = "smoke";
@@ -335,9 +335,23 @@ pub struct SoakArgs {
     /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
     #[arg(long)]
     pub backend: Option<PathBuf>,
+    /// Leave these disturbances out (comma-separated), e.g. to tell which one a failure
+    /// needs.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "WHAT,...")]
+    pub without: Vec<Disturbance>,
     /// Keep the run directory (image, backend logs) in DIR instead of a removed temp dir.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
+}
+
+/// What `soak --without` can leave out.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disturbance {
+    Faults,
+    LuReset,
+    DeviceReset,
+    Reconnect,
+    Kill,
 }
 
 impl SoakArgs {
@@ -352,9 +366,26 @@ impl SoakArgs {
             read_percent: 40,
             seed: self.seed,
             keep: self.keep.clone(),
-            pace: Pace::default(),
+            pace: self.pace(),
             progress: Duration::from_secs_f64(self.progress),
         }
+    }
+}
+
+impl SoakArgs {
+    fn pace(&self) -> Pace {
+        let mut pace = Pace::default();
+        for d in &self.without {
+            let slot = match d {
+                Disturbance::Faults => &mut pace.fault_switch,
+                Disturbance::LuReset => &mut pace.lu_reset,
+                Disturbance::DeviceReset => &mut pace.device_reset,
+                Disturbance::Reconnect => &mut pace.reconnect,
+                Disturbance::Kill => &mut pace.kill,
+            };
+            *slot = NEVER;
+        }
+        pace
     }
 }
 

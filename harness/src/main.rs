@@ -13,7 +13,7 @@ use flakyhba_harness::scenario::file;
 use flakyhba_harness::scenario::matrix::console::run_and_report;
 use flakyhba_harness::scenario::matrix::plan::{plan, select};
 use flakyhba_harness::scenario::smoke::run_smoke;
-use flakyhba_harness::soak::run_soak;
+use flakyhba_harness::soak::{run_soak, SoakError};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -53,8 +53,10 @@ fn soak(args: SoakArgs) -> ExitCode {
             println!("soak passed: {counts}, 0 lost or torn");
             ExitCode::SUCCESS
         }
-        Err(_) if signals::interrupted() => interrupted(),
-        Err(e) => fail(format_args!("soak FAILED: {e}")),
+        Err(f) if signals::interrupted() || matches!(f.error, SoakError::Interrupted) => {
+            interrupted()
+        }
+        Err(f) => fail(format_args!("soak FAILED: {f}")),
     }
 }
 

@@ -104,6 +104,9 @@ pub struct Pace {
     pub checkpoint: (Duration, Duration),
 }
 
+/// An interval that never ends within a soak: the disturbance is left out.
+pub const NEVER: (Duration, Duration) = (Duration::from_secs(1 << 32), Duration::from_secs(1 << 32));
+
 fn ms(a: u64, b: u64) -> (Duration, Duration) {
     (Duration::from_millis(a), Duration::from_millis(b))
 }
@@ -252,6 +255,16 @@ pub struct Soak {
     faults: ActiveFaults,
     counts: SoakCounts,
     due: [Instant; ACTIONS.len()],
+    /// The last disturbance and when, for a failure's message.
+    last: Option<(&'static str, Instant)>,
+}
+
+/// A failed soak: the error, and what was going on.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}\n({context})")]
+pub struct SoakFailure {
+    pub error: SoakError,
+    pub context: String,
 }
 
 mod run;

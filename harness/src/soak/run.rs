@@ -43,6 +43,7 @@ impl Soak {
             faults: ActiveFaults::default(),
             counts: SoakCounts::default(),
             due,
+            last: None,
         };
         soak.connect()?;
         Ok(soak)
@@ -158,7 +159,9 @@ impl Soak {
                 .faults
                 .toggle(&mut self.backend.control, &mut self.rng)?,
             Action::LuReset => {
-                self.conn().lu_reset()?;
+                if self.conn().lu_reset()? {
+                    self.last = Some(("LU reset sent", Instant::now()));
+                }
             }
             Action::DeviceReset => self.device_reset()?,
             Action::Reconnect => self.reconnect()?,
@@ -168,7 +171,22 @@ impl Soak {
         Ok(())
     }
 
+    /// What was going on, for a failure's message: the last disturbance, the faults on.
+    pub fn context(&self) -> String {
+        let last = match self.last {
+            Some((what, at)) => format!("{what} {} ms before", at.elapsed().as_millis()),
+            None => "none".into(),
+        };
+        format!(
+            "the last disturbance: {last}; {} faults active; backend pid {}, run directory {}",
+            self.faults.active(),
+            self.backend.pid(),
+            self.dir.path().display()
+        )
+    }
+
     fn device_reset(&mut self) -> Result<(), SoakError> {
+        self.last = Some(("device reset", Instant::now()));
         let conn = self.conn.as_mut().expect("connected");
         conn.reset_device(&mut self.model, &mut self.counts.io)?;
         self.counts.device_resets += 1;
@@ -177,6 +195,7 @@ impl Soak {
 
     /// The frontend goes away mid-I/O and comes back.
     fn reconnect(&mut self) -> Result<(), SoakError> {
+        self.last = Some(("reconnect", Instant::now()));
         if let Some(mut conn) = self.conn.take() {
             conn.drop_all(&mut self.model, &mut self.counts.io);
         }
@@ -188,6 +207,7 @@ impl Soak {
     /// kill -9 mid-I/O, a new backend on the same image, the frontend reconnecting, and
     /// a checkpoint: nothing acknowledged may be missing.
     fn kill_and_restart(&mut self) -> Result<(), SoakError> {
+        self.last = Some(("kill -9 and restart", Instant::now()));
         self.counts.fault_switches = self.faults.switches;
         self.backend.kill_and_restart()?;
         self.counts.kills += 1;
@@ -284,9 +304,16 @@ pub fn verify_image(image: &Path, model: &mut Model) -> Result<u64, SoakError> {
 pub fn run_soak(
     opts: SoakOptions,
     progress: &mut dyn FnMut(&str),
-) -> Result<SoakCounts, SoakError> {
+) -> Result<SoakCounts, SoakFailure> {
     let end = Instant::now() + opts.duration;
-    let mut soak = Soak::start(opts)?;
-    soak.run_until(end, progress)?;
-    soak.finish()
+    let mut soak = Soak::start(opts).map_err(|error| SoakFailure {
+        error,
+        context: "while starting".into(),
+    })?;
+    if let Err(error) = soak.run_until(end, progress) {
+        let context = soak.context();
+        return Err(SoakFailure { error, context });
+    }
+    let context = format!("at the end; {}", soak.context());
+    soak.finish().map_err(|error| SoakFailure { error, context })
 }
