@@ -424,6 +424,28 @@ fn vring(
     v
 }
 
+/// The device's backend on `mem`, as a connected driver has set it up.
+fn device_backend(
+    engine: Option<&Arc<Mutex<FaultEngine>>>,
+    target: &Arc<Target>,
+    mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+    opts: DeviceOptions,
+) -> VhostUserScsiBackend {
+    let backend = match engine {
+        None => VhostUserScsiBackend::new(target.clone(), 1),
+        Some(engine) => {
+            let ctx = FaultContext::new(engine.clone(), Epoch::start());
+            VhostUserScsiBackend::with_faults(target.clone(), 1, ctx).expect("timerfds")
+        }
+    };
+    backend.update_memory(mem.clone()).expect("memory");
+    backend.set_event_idx(opts.event_idx);
+    if opts.event_buffer {
+        backend.acked_features(1 << VIRTIO_SCSI_F_HOTPLUG | 1 << VIRTIO_SCSI_F_CHANGE);
+    }
+    backend
+}
+
 impl Device {
     /// `chains` are posted up front (descriptor tables and avail rings written, avail
     /// indices left at 0); [`Device::kick`] then makes them available one at a time.
@@ -439,19 +461,8 @@ impl Device {
         if opts.power_on {
             target.power_on();
         }
-        let backend = match &engine {
-            None => VhostUserScsiBackend::new(target.clone(), 1),
-            Some(engine) => {
-                let ctx = FaultContext::new(engine.clone(), Epoch::start());
-                VhostUserScsiBackend::with_faults(target.clone(), 1, ctx).expect("timerfds")
-            }
-        };
         let atomic = GuestMemoryAtomic::new(mem.clone());
-        backend.update_memory(atomic.clone()).expect("memory");
-        backend.set_event_idx(opts.event_idx);
-        if opts.event_buffer {
-            backend.acked_features(1 << VIRTIO_SCSI_F_HOTPLUG | 1 << VIRTIO_SCSI_F_CHANGE);
-        }
+        let backend = device_backend(engine.as_ref(), &target, &atomic, opts);
 
         let mut ctrl = Ring::new(CTRL_AT, CTRL_USED);
         let mut req = Ring::new(REQ_AT, REQ_USED);
