@@ -60,25 +60,11 @@ fn a_short_soak_with_every_disturbance_loses_nothing() {
 
 #[test]
 fn soak_subcommand_runs_and_reports_its_counts() {
-    let out = Command::new(common::HARNESS)
-        .args([
-            "soak",
-            "--minutes",
-            "0.04",
-            "--progress",
-            "1",
-            "--lun-size",
-            "1M",
-        ])
-        .arg("--backend")
-        .arg(common::backend())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = common::succeed(
+        Command::new(common::HARNESS)
+            .args(["soak", "--minutes", "0.04", "--progress", "1"])
+            .args(["--lun-size", "1M", "--backend"])
+            .arg(common::backend()),
     );
     assert!(
         stdout.starts_with("soak: 0.0 min, 4 queues x QD8, 1 MiB LUN, seed 1\n"),

@@ -60,7 +60,7 @@ struct Tmf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Escalation {
     None,
-    /// A TMF hung, or TMFs kept being refused.
+    /// A TMF hung, or TMFs kept being refused: a device reset (or a reconnect) is due.
     DeviceReset,
 }
 

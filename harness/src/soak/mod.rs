@@ -105,7 +105,8 @@ pub struct Pace {
 }
 
 /// An interval that never ends within a soak: the disturbance is left out.
-pub const NEVER: (Duration, Duration) = (Duration::from_secs(1 << 32), Duration::from_secs(1 << 32));
+pub const NEVER: (Duration, Duration) =
+    (Duration::from_secs(1 << 32), Duration::from_secs(1 << 32));
 
 fn ms(a: u64, b: u64) -> (Duration, Duration) {
     (Duration::from_millis(a), Duration::from_millis(b))

@@ -138,7 +138,7 @@ impl Soak {
         conn.fill(&mut self.model, &mut self.rng, &mut self.generation, w)?;
         let any = conn.poll(&mut self.model, &mut self.counts.io)?;
         if conn.escalate(&mut self.rng, &mut self.counts.io)? == Escalation::DeviceReset {
-            self.device_reset()?;
+            self.recover()?;
         }
         let now = Instant::now();
         for (i, action) in ACTIONS.into_iter().enumerate() {
@@ -183,6 +183,16 @@ impl Soak {
             self.backend.pid(),
             self.dir.path().display()
         )
+    }
+
+    /// The last step of the error handling: a device reset, or a reconnect when device
+    /// resets are left out (`--without device-reset`); either ends a hung TMF.
+    fn recover(&mut self) -> Result<(), SoakError> {
+        if self.opts.pace.device_reset == NEVER {
+            self.reconnect()
+        } else {
+            self.device_reset()
+        }
     }
 
     fn device_reset(&mut self) -> Result<(), SoakError> {
@@ -234,7 +244,7 @@ impl Soak {
                 return Ok(());
             }
             if conn.escalate(&mut self.rng, &mut self.counts.io)? == Escalation::DeviceReset {
-                self.device_reset()?;
+                self.recover()?;
             }
             let conn = self.conn.as_mut().expect("connected");
             if Instant::now() >= deadline {
@@ -315,5 +325,6 @@ pub fn run_soak(
         return Err(SoakFailure { error, context });
     }
     let context = format!("at the end; {}", soak.context());
-    soak.finish().map_err(|error| SoakFailure { error, context })
+    soak.finish()
+        .map_err(|error| SoakFailure { error, context })
 }
