@@ -315,11 +315,12 @@ pub fn run_soak(
     opts: SoakOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<SoakCounts, SoakFailure> {
-    let end = Instant::now() + opts.duration;
+    let duration = opts.duration;
     let mut soak = Soak::start(opts).map_err(|error| SoakFailure {
         error,
         context: "while starting".into(),
     })?;
+    let end = Instant::now() + duration;
     if let Err(error) = soak.run_until(end, progress) {
         let context = soak.context();
         return Err(SoakFailure { error, context });
