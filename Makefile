@@ -9,13 +9,14 @@ HARNESS      := $(CURDIR)/target/release/flakyhba-harness
 LINUX_GUEST  := $(CURDIR)/target/linux-guest
 HARNESS_ARGS ?=
 FUZZ_SECONDS ?= 60
+SOAK_MINUTES ?= 10
 
 # The harness and its tests find the binaries and the Linux guest through these.
 export FLAKYHBA_BACKEND     := $(BACKEND)
 export FLAKYHBA_IMAGE       := $(IMAGE)
 export FLAKYHBA_LINUX_GUEST := $(LINUX_GUEST)
 
-.PHONY: all setup build linux-guest test qemu-test linux-test bench bench-linux lint fuzz clean
+.PHONY: all setup build linux-guest test qemu-test linux-test bench bench-linux soak lint fuzz clean
 
 all: build
 
@@ -64,6 +65,14 @@ linux-test: build linux-guest
 	$(HARNESS) linux --queues 4 $(HARNESS_ARGS)
 	$(HARNESS) linux --queues 1 --held-read $(HARNESS_ARGS)
 	$(HARNESS) linux --queues 1 --hotplug $(HARNESS_ARGS)
+
+# The data-integrity soak (SOAK_MINUTES, default 10): stamped writes and checked reads
+# through the harness's frontend on 4 queues while faults come and go, LUs and the device
+# are reset, the frontend reconnects and the backend is killed (-9) and restarted. Exits
+# non-zero on the first lost or torn block. Not part of `make test`.
+soak: setup
+	$(CARGO) build --release -p flakyhba-backend -p flakyhba-harness
+	$(HARNESS) soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 lint: setup
 	$(CARGO) fmt --all -- --check

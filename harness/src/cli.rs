@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use guest_miniport::contract::GuestArgs;
 
-use crate::bench::frontend::load::Pattern;
+use crate::bench::frontend::load::{Pattern, DEFAULT_STALL};
 use crate::bench::frontend::FrontendError;
 use crate::bench::socket::LoadOptions;
 use crate::bench::suite::SuiteOptions;
@@ -18,6 +18,7 @@ use crate::linux::bench::{self as linux_bench, LinuxBenchOptions, QEMU_DRIVE_OPT
 use crate::linux::{self, LinuxOptions};
 use crate::scenario::matrix::MatrixOptions;
 use crate::scenario::smoke::SmokeOptions;
+use crate::soak::{Pace, SoakOptions, NEVER};
 
 /// The built-in scenario of `run` that needs no scenario file.
 pub const SMOKE: &str = "smoke";
@@ -48,6 +49,11 @@ pub enum Cmd {
     /// `make bench-linux`: the stock Linux guest runs the same fio jobs against our backend
     /// and against QEMU's built-in virtio-scsi (cache=none, aio=native) on the same image.
     BenchLinux(LinuxBenchArgs),
+    /// `make soak`: the data-integrity soak. Stamped writes and checked reads through the
+    /// built-in frontend while faults come and go, LUs and the device are reset, the
+    /// frontend reconnects and the backend is killed (-9) and restarted. Exits 1 on the
+    /// first lost or torn block.
+    Soak(SoakArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -248,6 +254,10 @@ pub struct BenchArgs {
     /// Seed of the LBA and read/write draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Seconds without a completion (interrupts without one do not count) after which a
+    /// queue with requests in flight has stalled and the load fails.
+    #[arg(long, default_value_t = DEFAULT_STALL.as_secs_f64(), value_parser = parse_seconds)]
+    pub stall_timeout: f64,
     /// --suite: our backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
     #[arg(long)]
     pub backend: Option<PathBuf>,
@@ -307,6 +317,84 @@ pub struct LinuxBenchArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 }
+/// `flakyhba-harness soak`.
+#[derive(clap::Args, Debug)]
+pub struct SoakArgs {
+    /// How long to soak, in minutes (fractions allowed).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    pub minutes: f64,
+    /// Seed of the workload and of the faults' draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Request queues, all driven at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub queues: u16,
+    /// Requests kept in flight on each queue.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queue_depth: u16,
+    /// Size of the LUN: small, so that blocks are rewritten often.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub lun_size: u64,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    pub progress: f64,
+    /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
+    #[arg(long)]
+    pub backend: Option<PathBuf>,
+    /// Leave these disturbances out (comma-separated), e.g. to tell which one a failure
+    /// needs.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "WHAT,...")]
+    pub without: Vec<Disturbance>,
+    /// Keep the run directory (image, backend logs) in DIR instead of a removed temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}
+
+/// What `soak --without` can leave out.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disturbance {
+    Faults,
+    LuReset,
+    DeviceReset,
+    Reconnect,
+    Kill,
+}
+
+impl SoakArgs {
+    pub fn options(&self) -> SoakOptions {
+        SoakOptions {
+            duration: Duration::from_secs_f64(self.minutes * 60.0),
+            backend: backend(self.backend.clone()),
+            queues: self.queues,
+            queue_depth: self.queue_depth,
+            lun_bytes: self.lun_size,
+            max_blocks: 64,
+            read_percent: 40,
+            seed: self.seed,
+            keep: self.keep.clone(),
+            pace: self.pace(),
+            progress: Duration::from_secs_f64(self.progress),
+        }
+    }
+}
+
+impl SoakArgs {
+    fn pace(&self) -> Pace {
+        let mut pace = Pace::default();
+        for d in &self.without {
+            let slot = match d {
+                Disturbance::Faults => &mut pace.fault_switch,
+                Disturbance::LuReset => &mut pace.lu_reset,
+                Disturbance::DeviceReset => &mut pace.device_reset,
+                Disturbance::Reconnect => &mut pace.reconnect,
+                Disturbance::Kill => &mut pace.kill,
+            };
+            *slot = NEVER;
+        }
+        pace
+    }
+}
+
 /// 1 or 4: the two shapes the scenario is written for (one queue; one per CPU of four).
 fn parse_queues(s: &str) -> Result<u16, String> {
     match s {
@@ -570,6 +658,7 @@ impl BenchArgs {
             duration,
             event_idx: !self.no_event_idx,
             seed: self.seed,
+            stall: Duration::from_secs_f64(self.stall_timeout),
         })
     }
 }

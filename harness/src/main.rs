@@ -3,7 +3,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use flakyhba_harness::bench::{self, BenchError};
-use flakyhba_harness::cli::{BenchArgs, Cli, Cmd, LinuxBenchArgs, MatrixArgs, RunArgs, SMOKE};
+use flakyhba_harness::cli::{
+    BenchArgs, Cli, Cmd, LinuxBenchArgs, MatrixArgs, RunArgs, SoakArgs, SMOKE,
+};
 use flakyhba_harness::launch::boot::RunFailure;
 use flakyhba_harness::launch::signals::{self, EXIT_INTERRUPTED};
 use flakyhba_harness::linux::{self, run_linux};
@@ -11,6 +13,7 @@ use flakyhba_harness::scenario::file;
 use flakyhba_harness::scenario::matrix::console::run_and_report;
 use flakyhba_harness::scenario::matrix::plan::{plan, select};
 use flakyhba_harness::scenario::smoke::run_smoke;
+use flakyhba_harness::soak::{run_soak, SoakError};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -31,6 +34,30 @@ fn main() -> ExitCode {
             report(run_linux(&opts), &what)
         }
         Cmd::BenchLinux(args) => bench_linux(args),
+        Cmd::Soak(args) => soak(args),
+    }
+}
+
+fn soak(args: SoakArgs) -> ExitCode {
+    let opts = args.options();
+    println!(
+        "soak: {:.1} min, {} queues x QD{}, {} MiB LUN, seed {}",
+        args.minutes,
+        opts.queues,
+        opts.queue_depth,
+        opts.lun_bytes >> 20,
+        opts.seed
+    );
+    let mut progress = |line: &str| println!("{line}");
+    match run_soak(opts, &mut progress) {
+        Ok(counts) => {
+            println!("soak passed: {counts}, 0 lost or torn");
+            ExitCode::SUCCESS
+        }
+        Err(f) if signals::interrupted() || matches!(f.error, SoakError::Interrupted) => {
+            interrupted()
+        }
+        Err(f) => fail(format_args!("soak FAILED: {f}")),
     }
 }
 
@@ -132,7 +159,13 @@ fn bench_linux(args: LinuxBenchArgs) -> ExitCode {
 }
 
 fn bench(args: BenchArgs) -> ExitCode {
-    match run_bench(&args) {
+    let result = run_bench(&args);
+    // A signal ends a load wherever it is waiting (BenchError::Interrupted, or the
+    // frontend's), and the run counts as interrupted, not failed.
+    if signals::interrupted() {
+        return interrupted();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flakyhba-harness bench: {e}");

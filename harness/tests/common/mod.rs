@@ -48,6 +48,19 @@ pub fn image() -> PathBuf {
     )
 }
 
+/// Runs `cmd` to its end and returns its stdout; panics with stdout and stderr unless it
+/// exited 0.
+pub fn succeed(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("start the command");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A directory of its own for one test, removed on drop. `tmp/` inside it is the
 /// harness's TMPDIR, so the test can check the harness left nothing there.
 pub struct Scratch {

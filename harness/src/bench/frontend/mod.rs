@@ -23,6 +23,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use self::memory::{Layout, SharedMemory};
 use self::queue::{Completion, DataDir, QueuePlan, ScsiQueue};
 use self::scsi::ScsiAddress;
+use crate::launch::signals;
 
 /// Feature masks (the bindings give bit numbers).
 const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
@@ -37,6 +38,8 @@ const CONTROL_SLOTS: u16 = 8;
 /// How long one vhost-user message or a setup command may take before the backend
 /// counts as hung.
 pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a wait for a completion sleeps before it looks at the signal flag.
+pub const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
@@ -74,6 +77,8 @@ pub enum FrontendError {
         response: u32,
         status: u8,
     },
+    #[error("interrupted by a signal")]
+    Interrupted,
 }
 
 fn vhost(what: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
@@ -219,6 +224,31 @@ impl ScsiFrontend {
         };
         fe.start()?;
         Ok(fe)
+    }
+
+    /// [`ScsiFrontend::connect`], retried until `deadline` while the connection fails: a
+    /// backend still starting, or still tearing down the frontend before (a reconnect).
+    /// Configuration errors and a signal end it at once.
+    pub fn connect_within(
+        socket: &Path,
+        config: FrontendConfig,
+        deadline: Instant,
+    ) -> Result<ScsiFrontend, FrontendError> {
+        loop {
+            match ScsiFrontend::connect(socket, config) {
+                Ok(fe) => return Ok(fe),
+                Err(e @ (FrontendError::CouldNotConnect(..) | FrontendError::Vhost(..)))
+                    if Instant::now() < deadline =>
+                {
+                    log::debug!("connect: {e}; retrying");
+                    if signals::interrupted() {
+                        return Err(FrontendError::Interrupted);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// SET_FEATURES, SET_MEM_TABLE and every vring, in QEMU's order.
@@ -402,7 +432,8 @@ impl ScsiFrontend {
 }
 
 /// Waits for the completion of `slot`; other completions on the way are freed unread
-/// (the caller keeps nothing else in flight that it cares about).
+/// (the caller keeps nothing else in flight that it cares about). A handled signal ends
+/// the wait within [`SIGNAL_CHECK`].
 pub fn wait_for_slot(
     q: &mut ScsiQueue,
     slot: u16,
@@ -417,6 +448,9 @@ pub fn wait_for_slot(
             q.free_slot(c.slot);
             continue;
         }
+        if signals::interrupted() {
+            return Err(FrontendError::Interrupted);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(FrontendError::Timeout {
@@ -425,7 +459,7 @@ pub fn wait_for_slot(
                 ring: q.ring_state(),
             });
         }
-        q.wait(left)?;
+        q.wait(left.min(SIGNAL_CHECK))?;
     }
 }
 
