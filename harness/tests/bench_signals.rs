@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use flakyhba_harness::bench::frontend::scsi::ScsiAddress;
 use flakyhba_harness::bench::frontend::{FrontendConfig, ScsiFrontend};
+use flakyhba_harness::launch::control::Control;
 use flakyhba_harness::launch::listen::wait_listening;
 use flakyhba_harness::launch::process::{ChildGuard, Stdout};
-use flakyhba_harness::soak::control::ControlClient;
 
 use common::{HarnessRun, Scratch};
 
@@ -22,7 +22,7 @@ const T: Duration = Duration::from_secs(10);
 struct Backend {
     child: ChildGuard,
     socket: PathBuf,
-    control: ControlClient,
+    control: Control,
 }
 
 /// A backend that loses the first READ(10) and sends a spurious interrupt every 5 ms.
@@ -48,7 +48,7 @@ fn backend(scratch: &Scratch) -> Backend {
     if let Err(e) = wait_listening(&mut child, &socket, Instant::now() + T) {
         panic!("{e}\n{}", child.read_log());
     }
-    let control = ControlClient::connect(&control, Instant::now() + T).unwrap();
+    let control = Control::connect(&control, Instant::now() + T).unwrap();
     Backend {
         child,
         socket,

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::process::POLL_INTERVAL;
 use super::signals;
@@ -110,13 +110,44 @@ impl Control {
         }
         Ok(reply)
     }
+
+    /// Adds a fault (a `[[fault]]` table as JSON); returns its id.
+    pub fn add(&mut self, fault: &Value) -> Result<u64, ControlError> {
+        let request = json!({ "cmd": "add", "fault": fault });
+        let reply = self.request(&request)?;
+        reply
+            .get("id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| ControlError::BadReply {
+                request: request.to_string(),
+                reply: Value::Object(reply.clone()).to_string(),
+            })
+    }
+
+    /// Removes the fault with this id.
+    pub fn remove(&mut self, id: u64) -> Result<(), ControlError> {
+        self.request(&json!({ "cmd": "remove", "id": id }))
+            .map(drop)
+    }
+
+    /// The engine's counters (`stats`).
+    pub fn stats(&mut self) -> Result<Value, ControlError> {
+        let mut reply = self.request(&json!({ "cmd": "stats" }))?;
+        Ok(reply.remove("stats").unwrap_or(Value::Null))
+    }
+}
+
+/// Faults the engine applied, all kinds together, from a `stats` reply.
+pub fn faults_fired(stats: &Value) -> u64 {
+    stats["fired"]
+        .as_object()
+        .map_or(0, |kinds| kinds.values().filter_map(Value::as_u64).sum())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::launch::rundir::RunDir;
-    use serde_json::json;
     use std::os::unix::net::UnixListener;
 
     /// A fake backend that answers each line with the next of `replies`, then reads one
@@ -170,6 +201,29 @@ mod tests {
         );
         let err = c.request(&json!({"cmd": "list"})).unwrap_err();
         assert!(matches!(err, ControlError::Closed(_)), "{err}");
+    }
+
+    #[test]
+    fn fired_faults_are_summed_over_kinds() {
+        let stats = json!({ "commands": 9, "fired": { "delay": 3, "lose": 1, "status": 0 } });
+        assert_eq!(faults_fired(&stats), 4);
+        assert_eq!(faults_fired(&json!({})), 0);
+    }
+
+    #[test]
+    fn add_remove_and_stats_check_their_replies() {
+        let (_dir, path) = serve(&[
+            r#"{"ok":true,"id":7}"#,
+            r#"{"ok":false,"error":"no fault 9"}"#,
+            r#"{"ok":true}"#,
+        ]);
+        let mut c = Control::connect(&path, soon()).unwrap();
+        assert_eq!(c.add(&json!({ "kind": "lose" })).unwrap(), 7);
+        match c.remove(9) {
+            Err(ControlError::Refused { error, .. }) => assert_eq!(error, "no fault 9"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.stats().unwrap(), Value::Null);
     }
 
     #[test]

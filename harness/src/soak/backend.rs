@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::launch::listen::{wait_listening, ListenError};
 use crate::launch::process::{ChildGuard, ProcessError, Stdout};
 
-use super::control::{faults_fired, ControlClient, ControlError};
+use crate::launch::control::{faults_fired, Control, ControlError};
 
 /// How long a backend may take to listen on both sockets.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,7 +43,7 @@ pub struct BackendSetup {
 pub struct Backend {
     setup: BackendSetup,
     child: ChildGuard,
-    pub control: ControlClient,
+    pub control: Control,
     /// Backends started so far (this one included).
     pub started: u64,
     /// Faults fired by the backends before this one.
@@ -112,7 +112,7 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-fn spawn(setup: &BackendSetup, n: u64) -> Result<(ChildGuard, ControlClient), BackendError> {
+fn spawn(setup: &BackendSetup, n: u64) -> Result<(ChildGuard, Control), BackendError> {
     let mut cmd = Command::new(&setup.binary);
     cmd.arg("--socket-path")
         .arg(&setup.socket)
@@ -132,7 +132,7 @@ fn spawn(setup: &BackendSetup, n: u64) -> Result<(ChildGuard, ControlClient), Ba
     if let Err(e) = wait_listening(&mut child, &setup.socket, deadline) {
         return Err(BackendError::Listen(e, tail(&child.read_log())));
     }
-    match ControlClient::connect(&setup.control, deadline) {
+    match Control::connect(&setup.control, deadline) {
         Ok(control) => Ok((child, control)),
         Err(e) => Err(BackendError::Control(e, tail(&child.read_log()))),
     }

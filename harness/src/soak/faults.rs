@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::bench::frontend::load::Rng;
 
-use super::control::{ControlClient, ControlError};
+use crate::launch::control::{Control, ControlError};
 
 /// Faults active at once at most.
 const MAX_ACTIVE: usize = 4;
@@ -53,11 +53,7 @@ pub struct ActiveFaults {
 
 impl ActiveFaults {
     /// Switches one fault: on when few are, off when many are, else either.
-    pub fn toggle(
-        &mut self,
-        control: &mut ControlClient,
-        rng: &mut Rng,
-    ) -> Result<(), ControlError> {
+    pub fn toggle(&mut self, control: &mut Control, rng: &mut Rng) -> Result<(), ControlError> {
         let add = self.ids.is_empty() || (self.ids.len() < MAX_ACTIVE && rng.percent(50));
         if add {
             let id = control.add(&random_fault(rng))?;
@@ -71,7 +67,7 @@ impl ActiveFaults {
     }
 
     /// Switches every fault off (before a checkpoint).
-    pub fn clear(&mut self, control: &mut ControlClient) -> Result<(), ControlError> {
+    pub fn clear(&mut self, control: &mut Control) -> Result<(), ControlError> {
         for id in self.ids.drain(..) {
             control.remove(id)?;
             self.switches += 1;

@@ -14,7 +14,6 @@
 //! followed; losing power is out of its reach.
 
 pub mod backend;
-pub mod control;
 pub mod faults;
 pub mod io;
 pub mod model;
@@ -34,11 +33,11 @@ use crate::launch::rundir::{RunDir, RunDirError};
 use crate::launch::signals;
 
 use self::backend::{Backend, BackendError, BackendSetup};
-use self::control::ControlError;
 use self::faults::ActiveFaults;
 use self::io::{Connection, Escalation, IoCounts, IoError, Workload};
 use self::model::{Mismatch, Model};
 use self::stamp::BLOCK;
+use crate::launch::control::ControlError;
 
 /// How long the I/O may take to drain before a checkpoint.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
