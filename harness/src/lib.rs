@@ -4,11 +4,14 @@
 //! Rooms, each importing only from `launch`: [`launch`] (a boot's processes and their
 //! supervision), [`scenario`] (scenario files, expectations, metrics, judging, the smoke
 //! run, the matrix and its reports), [`bench`](mod@bench) (the host-side vhost-user frontend and
-//! `make bench`) and [`linux`] (the stock Linux guest and bench-linux). [`cli`] sits on
-//! top: the command line and the options it gives each room.
+//! `make bench`) and [`linux`] (the stock Linux guest and bench-linux). [`drivers`] (the
+//! driver card: stock drivers and ours against the faults) sits above `scenario` and
+//! `linux`, whose expectations, metrics, timeline and guest files it reuses. [`cli`] sits
+//! on top: the command line and the options it gives each room.
 
 pub mod bench;
 pub mod cli;
+pub mod drivers;
 pub mod launch;
 pub mod linux;
 pub mod scenario;
