@@ -29,8 +29,9 @@ build: setup
 	$(CARGO) build --release -p flakyhba-backend -p flakyhba-harness
 	$(CARGO) build --release -p flakyhba-guest --target $(GUEST_TARGET)
 
-# A Debian kernel and a busybox initramfs with sg3_utils, fio and e2fsprogs, from Debian's
-# packages (apt-get download; nothing is installed on the host). Cached in $(LINUX_GUEST).
+# A Debian kernel (its uncompressed vmlinux, booted through the PVH entry) and a busybox
+# initramfs (plain cpio) with sg3_utils, fio and e2fsprogs, from Debian's packages
+# (apt-get download; nothing is installed on the host). Cached in $(LINUX_GUEST).
 linux-guest: setup
 	bash linux-guest/build.sh $(LINUX_GUEST)
 
@@ -73,11 +74,13 @@ bench: setup
 bench-linux: build linux-guest
 	$(HARNESS) bench-linux --json $(CURDIR)/target/bench-linux.json $(BENCH_LINUX_ARGS)
 
-# The stock Linux guest alone (TCG; about half a minute per run).
+# The stock Linux guest alone (TCG): the steps on 1 and 4 queues, the held read, and
+# hot-add, hot-remove and resize.
 linux-test: build linux-guest
 	$(HARNESS) linux --queues 1 $(HARNESS_ARGS)
 	$(HARNESS) linux --queues 4 $(HARNESS_ARGS)
 	$(HARNESS) linux --queues 1 --held-read $(HARNESS_ARGS)
+	$(HARNESS) linux --queues 1 --hotplug $(HARNESS_ARGS)
 
 lint: setup
 	$(CARGO) fmt --all -- --check

@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
-# Installs what flakyhba needs on a fresh machine: QEMU (with SeaBIOS), OVMF and the
-# firmware guests' build tools (binutils, dosfstools, mtools) from the distribution's
-# packages, and the Rust targets of the guest image and the EFI program. Safe to run
-# again; does nothing that is already done.
+# Installs what flakyhba needs on a fresh machine: QEMU and its tools, OVMF and the firmware
+# guests' build tools from the distribution's packages, and the Rust targets of the guest
+# image and the EFI program. Safe to run again; does nothing that is already done.
 set -euo pipefail
 
-# Debian packages by a file that shows they are installed.
-declare -A needs=(
-    [/usr/bin/qemu-system-x86_64]=qemu-system-x86
-    [/usr/share/OVMF/OVMF_CODE.fd]=ovmf
-    [/usr/bin/as]=binutils
-    [/usr/sbin/mkfs.fat]=dosfstools
-    [/usr/bin/mcopy]=mtools
+# Programs (or files) the build and the tests need, and the Debian package of each.
+needs=(
+    "qemu-system-x86_64 qemu-system-x86"
+    # qemu-io and qemu-nbd: the backend's image-lock tests run them against our locks.
+    "qemu-io qemu-utils"
+    # The driver card: OVMF, and what firmware-guest/build.sh assembles the disk with.
+    "/usr/share/OVMF/OVMF_CODE.fd ovmf"
+    "as binutils"
+    "mkfs.fat dosfstools"
+    "mcopy mtools"
 )
 missing=()
-for file in "${!needs[@]}"; do
-    [ -e "$file" ] || missing+=("${needs[$file]}")
+for need in "${needs[@]}"; do
+    read -r program package <<<"$need"
+    case "$program" in
+    /*) [ -e "$program" ] || missing+=("$package") ;;
+    *) command -v "$program" >/dev/null 2>&1 || [ -x "/usr/sbin/$program" ] || missing+=("$package") ;;
+    esac
 done
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -24,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         apt-get update -q
         apt-get install -y -q "${missing[@]}"
     else
-        echo "setup: missing ${missing[*]}. Install them with:" >&2
+        echo "setup: missing packages. Install them with:" >&2
         echo "    sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
         exit 1
     fi

@@ -109,6 +109,11 @@ pub struct LinuxArgs {
     /// resets the LU, which must end the read, and I/O must carry on.
     #[arg(long)]
     pub held_read: bool,
+    /// Hot-plug instead of the usual steps: over the backend's control socket the harness
+    /// adds LUN 1, removes it and grows LUN 0 as the guest asks, and the guest must see
+    /// 0:0:0:1 appear (and use it), go, and /sys/block/sda/size follow.
+    #[arg(long, conflicts_with = "held_read")]
+    pub hotplug: bool,
     #[command(flatten)]
     pub guest: LinuxGuestArgs,
     /// Overall deadline of the run in seconds; on expiry everything is killed.
@@ -337,9 +342,10 @@ pub struct LinuxBenchArgs {
     /// cache, as the comparison is usually quoted; our backend reads through it).
     #[arg(long, default_value = QEMU_DRIVE_OPTIONS)]
     pub qemu_drive: String,
-    /// Deadline of each boot in seconds; on expiry everything is killed.
-    #[arg(long, default_value_t = 300)]
-    pub boot_timeout: u64,
+    /// Deadline of each boot in seconds; on expiry the boot is killed, reported as hung and
+    /// left out, and the suite goes on [default: 73 + 2 x (runtime + 12)].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub boot_timeout: Option<u64>,
     /// Keep the run directory (logs, image) in DIR instead of a removed temp dir.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
@@ -538,6 +544,7 @@ impl LinuxArgs {
             queues: self.queues,
             scsi_timeout_s: self.scsi_timeout,
             held_read: self.held_read,
+            hotplug: self.hotplug,
             backend: backend(self.guest.backend),
             guest_dir,
             qemu: self.guest.qemu,

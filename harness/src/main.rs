@@ -29,7 +29,8 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench(args),
         Cmd::Linux(args) => {
             let opts = args.options();
-            let what = format!("linux queues={}", opts.queues);
+            let hotplug = if opts.hotplug { " hotplug" } else { "" };
+            let what = format!("linux queues={}{hotplug}", opts.queues);
             report(run_linux(&opts), &what)
         }
         Cmd::BenchLinux(args) => bench_linux(args),
@@ -117,6 +118,12 @@ fn bench_linux(args: LinuxBenchArgs) -> ExitCode {
                     );
                     return ExitCode::FAILURE;
                 }
+            }
+            // QEMU's device failing is a finding about it; ours failing is a defect.
+            let ours = report.failures_of(linux::bench::Device::Ours);
+            if ours > 0 {
+                eprintln!("bench-linux: {ours} boot(s) on our backend failed");
+                return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
         }

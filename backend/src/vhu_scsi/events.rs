@@ -130,7 +130,7 @@ pub fn event_wire(event: &VirtioEvent, missed: bool) -> VirtioScsiEvent {
         0
     };
     let (target, lun) = event.address();
-    let lun = encode_lun(ScsiAddress { target, lun });
+    let lun = event_lun(ScsiAddress { target, lun });
     let (kind, reason) = match *event {
         VirtioEvent::TransportReset { reason, .. } => (
             VIRTIO_SCSI_T_TRANSPORT_RESET,

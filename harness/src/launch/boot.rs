@@ -1,6 +1,6 @@
 //! One boot: the backend, then QEMU with the guest's serial port, supervised until the
 //! guest's result and QEMU's exit. Every child sits under a kill-on-drop guard, and the
-//! backend goes before QEMU (architecture.md). A boot that fails leaves a [`RunFailure`]:
+//! backend goes before QEMU (ARCHITECTURE.md). A boot that fails leaves a [`RunFailure`]:
 //! the error, the QEMU command line and the logs.
 
 use std::ffi::OsStr;
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::binaries::SetupError;
+use super::control::ControlError;
 use super::listen::{self, ListenError};
 use super::process::{ChildGuard, ProcessError, Stdout};
 use super::qemu::{self, QemuConfig};
@@ -59,8 +60,17 @@ pub enum RunError {
         secs: f64,
         source: SerialError,
     },
+    #[error("the {guest} never printed {what} ({secs:.1} s): {source}")]
+    NoLine {
+        guest: &'static str,
+        what: &'static str,
+        secs: f64,
+        source: SerialError,
+    },
     #[error("QEMU did not exit after the guest's result")]
     QemuDidNotExit,
+    #[error(transparent)]
+    Control(ControlError),
     #[error("could not stop a child: {0}")]
     CouldNotStop(ProcessError),
     #[error("could not read the trace {0}: {1}")]
@@ -93,6 +103,15 @@ impl RunError {
         match e {
             ProcessError::Interrupted => RunError::Interrupted,
             e => RunError::CouldNotStop(e),
+        }
+    }
+}
+
+impl From<ControlError> for RunError {
+    fn from(e: ControlError) -> RunError {
+        match e {
+            ControlError::Interrupted => RunError::Interrupted,
+            e => RunError::Control(e),
         }
     }
 }
@@ -205,7 +224,7 @@ pub fn backend_command<L: AsRef<OsStr>>(
 }
 
 /// The processes of one boot. Field order is drop order: the backend is killed before
-/// QEMU (architecture.md), and the serial port's reader goes last.
+/// QEMU (ARCHITECTURE.md), and the serial port's reader goes last.
 pub struct Boot {
     backend: Option<ChildGuard>,
     qemu: Option<ChildGuard>,
@@ -360,6 +379,13 @@ impl Boot {
         dir: &RunDir,
         deadline: Instant,
     ) -> Result<GuestExit, RunError> {
+        self.start_guest(config, dir)?;
+        self.wait_guest(deadline, End::Strict)
+    }
+
+    /// Starts QEMU as [`Boot::run_guest`] does, without waiting: the caller talks to the
+    /// guest ([`Boot::wait_for_line`]) before [`Boot::wait_guest`].
+    pub fn start_guest(&mut self, config: &QemuConfig, dir: &RunDir) -> Result<(), RunError> {
         println!("qemu: {}", config.command_line());
         let qemu = self.start_qemu(
             config.command(),
@@ -367,7 +393,29 @@ impl Boot {
             &dir.log_path("qemu"),
         )?;
         println!("qemu: pid {}", qemu.pid());
-        self.wait_guest(deadline, End::Strict)
+        Ok(())
+    }
+
+    /// Waits for the guest's next line that satisfies `token` (`what` names it in errors).
+    pub fn wait_for_line(
+        &mut self,
+        what: &'static str,
+        token: impl Fn(&SerialLine) -> bool,
+        deadline: Instant,
+    ) -> Result<SerialLine, RunError> {
+        let Some(serial) = self.serial.as_mut() else {
+            panic!("wait_for_line before start_qemu");
+        };
+        match serial.wait_for(what, token, deadline) {
+            Ok(lines) => Ok(lines.last().expect("wait_for returns the token").clone()),
+            Err(SerialError::Interrupted) => Err(RunError::Interrupted),
+            Err(source) => Err(RunError::NoLine {
+                guest: self.guest,
+                what,
+                secs: self.started.elapsed().as_secs_f64(),
+                source,
+            }),
+        }
     }
 
     /// The guest's serial lines so far.

@@ -350,8 +350,8 @@ mod tests {
     fn linux_boot_sets_memory_cpus_queues_initrd_and_command_line() {
         let mut c = config();
         c.guest = Guest::Linux(LinuxBoot {
-            kernel: "/lg/vmlinuz".into(),
-            initrd: "/lg/initrd.gz".into(),
+            kernel: "/lg/vmlinux".into(),
+            initrd: "/lg/initrd.cpio".into(),
             append: "console=ttyS0 flakyhba.queues=4".into(),
             memory_mib: 512,
             cpus: 4,
@@ -368,8 +368,8 @@ mod tests {
             "vhost-user-scsi-pci,chardev=vus,num_queues=4"
         );
         assert_eq!(value_of(&args, "-smp"), ["4"]);
-        assert_eq!(value_of(&args, "-kernel"), ["/lg/vmlinuz"]);
-        assert_eq!(value_of(&args, "-initrd"), ["/lg/initrd.gz"]);
+        assert_eq!(value_of(&args, "-kernel"), ["/lg/vmlinux"]);
+        assert_eq!(value_of(&args, "-initrd"), ["/lg/initrd.cpio"]);
         assert_eq!(
             value_of(&args, "-append"),
             ["console=ttyS0 flakyhba.queues=4"]

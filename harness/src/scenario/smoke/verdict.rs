@@ -218,7 +218,7 @@ fn written_blocks(
     Ok((block_size, lbas))
 }
 
-/// The port's rule checker (miniport-rules.md) must have found nothing.
+/// The port's rule checker (docs/miniport-rules.md) must have found nothing.
 fn check_violations(result: &Map<String, Value>) -> Result<(), JudgeError> {
     let violations =
         u64_field(result, f::VIOLATIONS)?.ok_or(JudgeError::MissingField(f::VIOLATIONS))?;
