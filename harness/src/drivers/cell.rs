@@ -25,6 +25,7 @@ use crate::launch::qemu::{self, QemuConfig};
 use crate::launch::rundir::RunDir;
 use crate::launch::signals;
 use crate::scenario::expect::{Judged, Metrics};
+use crate::scenario::matrix::execute::{prepare_dir, write_file};
 use crate::scenario::metrics::{ms, trace_metrics, Trace};
 use crate::scenario::timeline;
 
@@ -183,19 +184,6 @@ pub fn run_cell(
     Ok(record)
 }
 
-fn prepare_dir(dir: &Path) -> Result<(), RunError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(RunError::CouldNotPrepare(dir.to_owned(), e)),
-    }
-    std::fs::create_dir_all(dir).map_err(|e| RunError::CouldNotPrepare(dir.to_owned(), e))
-}
-
-fn write_file(path: &Path, text: &str) -> Result<(), RunError> {
-    std::fs::write(path, text).map_err(|e| RunError::CouldNotPrepare(path.to_owned(), e))
-}
-
 /// The LUNs besides LUN 0 that the backend starts with, and the control requests of the
 /// row's LU change.
 fn lu_change(
@@ -256,7 +244,7 @@ fn execute(
     // Sockets in a short temporary directory (sun_path is 108 bytes), removed on drop.
     let sockets = RunDir::temporary()?;
     let socket = sockets.socket_path()?;
-    let control = sockets.path().join("control.sock");
+    let control = sockets.control_socket_path()?;
     let trace_path = dir.join("trace.jsonl");
     let luns = std::iter::once(disk.display().to_string()).chain(more_luns);
     let mut command = backend_command(opts.backend, &socket, luns);

@@ -152,6 +152,16 @@ pub struct Reading {
     pub metrics: Metrics,
 }
 
+/// A fresh sparse image of `bytes` bytes, `dir/disk.img`: LUN 0 of the drivers whose
+/// workload brings its own data.
+pub fn sparse_disk(dir: &Path, bytes: u64) -> Result<PathBuf, RunError> {
+    let disk = dir.join("disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(bytes))
+        .map_err(|e| RunError::CouldNotPrepare(disk.clone(), e))?;
+    Ok(disk)
+}
+
 /// One driver of the card.
 pub trait Driver {
     fn id(&self) -> DriverId;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use guest_miniport::contract::{result_fields as f, GuestArgs, Workload};
 use serde_json::{Map, Value};
 
-use super::driver::{CellSetup, Driver, DriverId, Evidence, Profile, Reading};
+use super::driver::{sparse_disk, CellSetup, Driver, DriverId, Evidence, Profile, Reading};
 use super::outcome::Verdict;
 use crate::launch::boot::RunError;
 use crate::launch::qemu::Guest;
@@ -65,11 +65,7 @@ impl Driver for Miniport {
     }
 
     fn prepare_disk(&self, dir: &Path) -> Result<PathBuf, RunError> {
-        let disk = dir.join("disk.img");
-        File::create(&disk)
-            .and_then(|f| f.set_len(DISK_BYTES))
-            .map_err(|e| RunError::CouldNotPrepare(disk.clone(), e))?;
-        Ok(disk)
+        sparse_disk(dir, DISK_BYTES)
     }
 
     fn guest(&self, _setup: &CellSetup<'_>) -> Result<Guest, RunError> {

@@ -12,7 +12,6 @@
 
 pub mod card;
 pub mod cell;
-pub mod control;
 pub mod driver;
 pub mod firmware;
 pub mod linux;

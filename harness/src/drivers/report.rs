@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::card::Card;
 use super::cell::CellRecord;
 use super::driver::DriverId;
+use super::rows::Row;
 
 /// Marks a cell whose outcome or expectations differ from its row file.
 const DIFFERS: &str = " !";
@@ -26,6 +27,13 @@ pub fn progress_line(done: usize, total: usize, cell: &CellRecord) -> String {
     )
 }
 
+/// The rows with a cell that ran (a subset leaves some out).
+fn shown_rows(card: &Card) -> impl Iterator<Item = &Row> {
+    card.rows
+        .iter()
+        .filter(|r| card.cells.iter().any(|c| c.row == r.name))
+}
+
 fn cell_word(card: &Card, row: &str, d: DriverId) -> String {
     match card.cell(row, d) {
         None => "-".into(),
@@ -39,9 +47,7 @@ fn cell_word(card: &Card, row: &str, d: DriverId) -> String {
 
 /// The table for the terminal, then every cell that differs from its row file.
 pub fn terminal(card: &Card) -> String {
-    let width = card
-        .rows
-        .iter()
+    let width = shown_rows(card)
         .map(|r| r.name.len())
         .max()
         .unwrap_or(0)
@@ -51,7 +57,7 @@ pub fn terminal(card: &Card) -> String {
         let _ = write!(out, "  {:16}", d.name());
     }
     out.push('\n');
-    for r in &card.rows {
+    for r in shown_rows(card) {
         let _ = write!(out, "{:width$}", r.name);
         for &d in &card.drivers {
             let _ = write!(out, "  {:16}", cell_word(card, &r.name, d));
@@ -113,7 +119,7 @@ pub fn markdown(card: &Card) -> String {
     out.push_str("\n|---|");
     out.push_str(&"---|".repeat(card.drivers.len()));
     out.push('\n');
-    for r in &card.rows {
+    for r in shown_rows(card) {
         let _ = write!(out, "| `{}`: {} |", r.name, r.description);
         for &d in &card.drivers {
             let _ = write!(out, " {} |", cell_word(card, &r.name, d));
@@ -182,7 +188,6 @@ pub fn write(card: &Card, out: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::drivers::outcome::Outcome;
-    use crate::drivers::rows::Row;
     use crate::drivers::versions::Versions;
     use std::path::PathBuf;
     use std::time::Duration;
@@ -219,7 +224,12 @@ outcome = "hung"
             metrics: Default::default(),
         };
         Card {
-            rows: vec![row],
+            // A row of which no cell ran (a subset) is left out of the tables.
+            rows: vec![row.clone(), {
+                let mut unrun = row;
+                unrun.name = "unrun".into();
+                unrun
+            }],
             drivers: vec![DriverId::Miniport, DriverId::Seabios],
             cells: vec![
                 cell(DriverId::Miniport, Outcome::Survived, Outcome::Survived),
@@ -245,6 +255,7 @@ outcome = "hung"
             lines[1].starts_with("lose-one  survived          survived !"),
             "{t}"
         );
+        assert!(!t.contains("unrun"), "{t}");
         assert!(t.contains("lose-one × seabios (target/drivers/lose-one/seabios):\n    outcome survived, expected hung"), "{t}");
         assert!(
             t.ends_with("drivers: FAIL: 2 cells, 1 differ from their row files, wall 12 s\n"),
@@ -261,6 +272,7 @@ outcome = "hung"
     fn the_reports_hold_the_table_and_every_cell() {
         let c = card();
         let md = markdown(&c);
+        assert!(!md.contains("unrun"), "{md}");
         assert!(
             md.contains("| `lose-one`: one lost command | survived | survived ! |"),
             "{md}"

@@ -3,7 +3,7 @@
 //! or completing, a TMF, an event, a line from the guest); a cell with none for the stall
 //! window, or no SCSI command at all within the driver's boot allowance, is stopped as
 //! hung. The workload's first data request (LUN 0, in the driver's data range) is the
-//! moment for the row's actions: a LU change, faults added to the plan.
+//! moment for the row's actions (control requests): a LU change, faults added to the plan.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use flakyhba_backend::faults::trace::{parse_line, TraceEvent, TraceRecord};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::control::Control;
 use crate::launch::boot::Watch;
+use crate::launch::control::Control;
 use crate::launch::serial::SerialLine;
 use crate::scenario::metrics::FIRST_REQUEST_QUEUE;
 
@@ -119,9 +119,11 @@ impl Watcher {
         }
     }
 
+    /// The control socket, connected on first use (one try per look: the backend may
+    /// still be creating it).
     fn control(&mut self) -> Option<&mut Control> {
         if self.control.is_none() {
-            match Control::connect(&self.control_path) {
+            match Control::connect(&self.control_path, Instant::now()) {
                 Ok(c) => self.control = Some(c),
                 Err(e) => log::debug!("{e}"),
             }
@@ -138,7 +140,7 @@ impl Watcher {
             self.last_progress = now;
         }
         if let Some(c) = self.control() {
-            if let Err(e) = c.flush_trace() {
+            if let Err(e) = c.request(&json!({"cmd": "flush-trace"})) {
                 log::debug!("{e}");
                 self.control = None;
             }
@@ -201,7 +203,10 @@ impl Watcher {
     fn act(&mut self, trigger_us: u64) {
         for request in std::mem::take(&mut self.actions) {
             let reply = match self.control() {
-                Some(c) => c.request(&request).map_err(|e| e.to_string()),
+                Some(c) => c
+                    .request(&request)
+                    .map(Value::Object)
+                    .map_err(|e| e.to_string()),
                 None => Err("the control socket is not reachable".to_owned()),
             };
             self.acted.push(Acted {
