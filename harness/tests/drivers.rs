@@ -9,7 +9,7 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,23 +22,18 @@ static ONE_GUEST: Mutex<()> = Mutex::new(());
 const STALL_S: f64 = 10.0;
 const HANG_MARGIN_S: f64 = 5.0;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
 fn firmware_guest() -> PathBuf {
     let dir = std::env::var_os("FLAKYHBA_FIRMWARE_GUEST")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/firmware-guest"));
+        .unwrap_or_else(|| common::workspace_root().join("target/firmware-guest"));
     assert!(
         dir.join("disk.img").is_file(),
         "{} is missing: build it with `{} {}` (or `make firmware-guest`), or set \
          FLAKYHBA_FIRMWARE_GUEST",
         dir.join("disk.img").display(),
-        root().join("firmware-guest/build.sh").display(),
+        common::workspace_root()
+            .join("firmware-guest/build.sh")
+            .display(),
         dir.display()
     );
     dir
@@ -151,7 +146,9 @@ fn a_cell_that_differs_from_its_row_file_fails_the_card() {
     let scratch = Scratch::new("card-differs");
     let rows = scratch.root.join("rows");
     std::fs::create_dir_all(&rows).unwrap();
-    let baseline = std::fs::read_to_string(root().join("harness/drivers/baseline.toml")).unwrap();
+    let baseline =
+        std::fs::read_to_string(common::workspace_root().join("harness/drivers/baseline.toml"))
+            .unwrap();
     let edited = baseline.replace(
         "[seabios]\noutcome = \"survived\"",
         "[seabios]\noutcome = \"hung\"",

@@ -307,31 +307,35 @@ fn execute(
         g.metrics.extend(o.metrics());
         o
     });
-    let hung = || {
-        let how = match watcher.stop {
-            Some(Stop::NoCommand { allowance }) => format!(
-                "no SCSI command within {} s of QEMU's start",
-                allowance.as_secs()
-            ),
-            Some(Stop::Stalled { quiet, at }) => format!(
-                "no progress for {} s (stopped {:.1} s after QEMU's start)",
-                quiet.as_secs(),
-                at.as_secs_f64()
-            ),
-            None => format!(
-                "still running at the cell's deadline ({} s)",
-                driver.deadline().as_secs()
-            ),
-        };
-        let summary = outstanding.map_or_else(String::new, |o| o.summary());
-        format!("{how}; {summary}")
-    };
+    let hung = || hung_reason(watcher.stop, driver.deadline(), outstanding);
     let mut decided = decide(&reading.verdict, row.need, &g.metrics, hung);
     if let Some(a) = g.acted.iter().find(|a| a.reply.is_err()) {
         decided.reason = format!("{} (the backend refused {})", decided.reason, a.request);
     }
     g.decided = Some(decided);
     Ok(())
+}
+
+/// Why a cell that never finished is hung: what stopped it, and what the trace shows
+/// outstanding.
+fn hung_reason(stop: Option<Stop>, deadline: Duration, outstanding: Option<Outstanding>) -> String {
+    let how = match stop {
+        Some(Stop::NoCommand { allowance }) => format!(
+            "no SCSI command within {} s of QEMU's start",
+            allowance.as_secs()
+        ),
+        Some(Stop::Stalled { quiet, at }) => format!(
+            "no progress for {} s (stopped {:.1} s after QEMU's start)",
+            quiet.as_secs(),
+            at.as_secs_f64()
+        ),
+        None => format!(
+            "still running at the cell's deadline ({} s)",
+            deadline.as_secs()
+        ),
+    };
+    let summary = outstanding.map_or_else(String::new, |o| o.summary());
+    format!("{how}; {summary}")
 }
 
 /// `cell.lu_changes` (LU changes the backend made) and `cell.ran_after_change_ms` (from

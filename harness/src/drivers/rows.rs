@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::driver::{DriverId, LuChange, Profile};
 use super::outcome::{Need, Outcome};
 use crate::scenario::expect::Expectation;
+use crate::scenario::file::toml_files;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RowError {
@@ -249,12 +250,7 @@ fn parse_cell(d: DriverId, raw: &RawCell) -> Result<CellExpectation, String> {
 
 /// Every `*.toml` of `dir`, in the rows' order; two rows may not share an order.
 pub fn load_dir(dir: &Path, profiles: &[(DriverId, Profile)]) -> Result<Vec<Row>, RowError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| RowError::CouldNotList(dir.to_owned(), e))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
+    let paths = toml_files(dir).map_err(|e| RowError::CouldNotList(dir.to_owned(), e))?;
     if paths.is_empty() {
         return Err(RowError::NoRows(dir.to_owned()));
     }
