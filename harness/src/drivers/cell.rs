@@ -195,7 +195,8 @@ fn lu_change(
         return Ok((Vec::new(), Vec::new()));
     };
     let spare = dir.join("spare.img");
-    let spare_lun = format!("0:1={}", spare.display());
+    // A LUN spec doubles a comma in its path, as QEMU's options do.
+    let spare_lun = format!("0:1={}", qemu::option_value(&spare).to_string_lossy());
     let blocks = std::fs::metadata(disk)
         .map_err(|e| RunError::CouldNotPrepare(disk.to_owned(), e))?
         .len()
@@ -246,7 +247,8 @@ fn execute(
     let socket = sockets.socket_path()?;
     let control = sockets.control_socket_path()?;
     let trace_path = dir.join("trace.jsonl");
-    let luns = std::iter::once(disk.display().to_string()).chain(more_luns);
+    let lun0 = qemu::option_value(&disk).to_string_lossy().into_owned();
+    let luns = std::iter::once(lun0).chain(more_luns);
     let mut command = backend_command(opts.backend, &socket, luns);
     command.arg("--trace").arg(&trace_path);
     command.arg("--control-socket").arg(&control);
