@@ -33,6 +33,7 @@ use crate::scenario::timeline;
 /// nested KVM, and one accelerator keeps the columns comparable.
 pub const ACCEL: Accel = Accel::Tcg;
 /// The second LU of the hot-plug rows.
+const SPARE_FILE: &str = "spare.img";
 const SPARE_BYTES: u64 = 8 << 20;
 /// How much a capacity change grows LUN 0, in blocks.
 const GROW_BLOCKS: u64 = 2048;
@@ -135,9 +136,13 @@ pub fn run_cell(
     let start = Instant::now();
     let mut g = Gathered::default();
     let ran = execute(driver, row, opts, &dir, &mut g);
-    if let (Some(disk), false) = (&g.disk, opts.keep_image) {
-        if let Err(e) = std::fs::remove_file(disk) {
-            log::warn!("could not remove {}: {e}", disk.display());
+    if !opts.keep_image {
+        // LUN 0 once checked, and the hot-plug rows' LUN 1.
+        let spare = dir.join(SPARE_FILE);
+        for image in g.disk.iter().chain(spare.exists().then_some(&spare)) {
+            if let Err(e) = std::fs::remove_file(image) {
+                log::warn!("could not remove {}: {e}", image.display());
+            }
         }
     }
     if matches!(ran, Err(RunError::Interrupted)) || signals::interrupted() {
@@ -194,7 +199,7 @@ fn lu_change(
     let Some(lu) = lu else {
         return Ok((Vec::new(), Vec::new()));
     };
-    let spare = dir.join("spare.img");
+    let spare = dir.join(SPARE_FILE);
     // A LUN spec doubles a comma in its path, as QEMU's options do.
     let spare_lun = format!("0:1={}", qemu::option_value(&spare).to_string_lossy());
     let blocks = std::fs::metadata(disk)
