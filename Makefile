@@ -7,7 +7,9 @@ BACKEND      := $(CURDIR)/target/release/vhost-user-flakyhba
 IMAGE        := $(CURDIR)/target/$(GUEST_TARGET)/release/flakyhba-guest
 HARNESS      := $(CURDIR)/target/release/flakyhba-harness
 LINUX_GUEST  := $(CURDIR)/target/linux-guest
+FIRMWARE_GUEST := $(CURDIR)/target/firmware-guest
 HARNESS_ARGS ?=
+DRIVERS_ARGS ?=
 FUZZ_SECONDS ?= 60
 SOAK_MINUTES ?= 10
 
@@ -15,8 +17,9 @@ SOAK_MINUTES ?= 10
 export FLAKYHBA_BACKEND     := $(BACKEND)
 export FLAKYHBA_IMAGE       := $(IMAGE)
 export FLAKYHBA_LINUX_GUEST := $(LINUX_GUEST)
+export FLAKYHBA_FIRMWARE_GUEST := $(FIRMWARE_GUEST)
 
-.PHONY: all setup build linux-guest test qemu-test linux-test bench bench-linux soak lint fuzz clean
+.PHONY: all setup build linux-guest firmware-guest test qemu-test linux-test drivers bench bench-linux soak lint fuzz clean
 
 all: build
 
@@ -33,12 +36,26 @@ build: setup
 linux-guest: setup
 	bash linux-guest/build.sh $(LINUX_GUEST)
 
+# The firmware guests' disk: a SeaBIOS boot sector and an OVMF EFI program, built from
+# firmware-guest/ (installs binutils, dosfstools, mtools and ovmf when missing, as root).
+firmware-guest: setup
+	bash firmware-guest/build.sh $(FIRMWARE_GUEST)
+
 # All tests: unit tests of every host crate, the guest library's host tests against the
-# simulated HBA, and the harness's QEMU scenarios (the guest image and a stock Linux guest),
-# which need the release binaries.
-test: build linux-guest
+# simulated HBA, the harness's QEMU scenarios (the guest image and a stock Linux guest),
+# which need the release binaries, and the driver card's subset (every driver's baseline,
+# Linux's hot-add, hot-remove and resize, and one fault per driver; target/drivers-subset).
+test: build linux-guest firmware-guest
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory qemu-test
+	$(HARNESS) drivers --subset --out $(CURDIR)/target/drivers-subset
+
+# The driver card: our miniport, Linux's virtio_scsi, SeaBIOS's and OVMF's virtio-scsi
+# drivers against every fault of harness/drivers, under TCG (some 10 minutes). Prints the
+# table; target/drivers/report.md and report.json, and each cell's logs, trace and
+# timeline in target/drivers/ROW/DRIVER. Exits 1 if a cell differs from its row file.
+drivers: build linux-guest firmware-guest
+	$(HARNESS) drivers $(DRIVERS_ARGS)
 
 # Every scenario of harness/scenarios and its negative control; results in target/qemu-test.
 qemu-test: build

@@ -12,6 +12,8 @@ use crate::bench::frontend::FrontendError;
 use crate::bench::socket::LoadOptions;
 use crate::bench::suite::SuiteOptions;
 use crate::bench::BenchError;
+use crate::drivers::card::CardOptions;
+use crate::drivers::driver::DriverId;
 use crate::launch::accel::{self, AccelChoice, KVM_DEVICE};
 use crate::launch::binaries::{check_binaries, Binaries};
 use crate::linux::bench::{self as linux_bench, LinuxBenchOptions, QEMU_DRIVE_OPTIONS};
@@ -54,6 +56,50 @@ pub enum Cmd {
     /// frontend reconnects and the backend is killed (-9) and restarted. Exits 1 on the
     /// first lost or torn block.
     Soak(SoakArgs),
+    /// The driver card (`make drivers`): our miniport, Linux's virtio_scsi, SeaBIOS's and
+    /// OVMF's virtio-scsi drivers against every fault of harness/drivers, under TCG. Prints
+    /// the table and writes report.md and report.json; exits 1 if any cell differs from its
+    /// row file.
+    Drivers(DriversArgs),
+}
+
+/// `flakyhba-harness drivers`.
+#[derive(clap::Args, Debug)]
+pub struct DriversArgs {
+    /// Only these rows (names of harness/drivers/NAME.toml, comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "ROW,...")]
+    pub only: Vec<String>,
+    /// Only these drivers (comma-separated).
+    #[arg(
+        long = "driver",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "DRIVER,..."
+    )]
+    pub drivers: Vec<DriverId>,
+    /// Only the cells the row files mark `subset = true` (`make test` runs these).
+    #[arg(long)]
+    pub subset: bool,
+    /// Directory of the row files [default: harness/drivers].
+    #[arg(long, value_name = "DIR")]
+    pub rows: Option<PathBuf>,
+    /// Directory of the reports and of every cell's directory [default: target/drivers].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Output directory of linux-guest/build.sh [default: $FLAKYHBA_LINUX_GUEST, else target/linux-guest]
+    #[arg(long)]
+    pub guest_dir: Option<PathBuf>,
+    /// Output directory of firmware-guest/build.sh [default: $FLAKYHBA_FIRMWARE_GUEST, else target/firmware-guest]
+    #[arg(long)]
+    pub firmware_dir: Option<PathBuf>,
+    /// Directory of Debian's OVMF images.
+    #[arg(long, default_value = "/usr/share/OVMF")]
+    pub ovmf_dir: PathBuf,
+    /// Leave each cell's disk image in its directory (it is removed after the check).
+    #[arg(long)]
+    pub keep_image: bool,
+    #[command(flatten)]
+    pub bins: BinaryArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -611,6 +657,34 @@ impl LinuxBenchArgs {
             boot_timeout: linux_bench::boot_timeout(self.boot_timeout, self.runtime),
             keep: self.keep.clone(),
             build_command,
+        }
+    }
+}
+
+impl DriversArgs {
+    pub fn options(self) -> CardOptions {
+        let root = workspace_root();
+        let (linux_guest, linux_build) = linux_guest_dir(self.guest_dir);
+        let bins = self.bins.binaries();
+        CardOptions {
+            backend: bins.backend,
+            image: bins.image,
+            qemu: bins.qemu,
+            linux_guest,
+            linux_build,
+            firmware: default_path(
+                self.firmware_dir,
+                "FLAKYHBA_FIRMWARE_GUEST",
+                "target/firmware-guest",
+            ),
+            ovmf: self.ovmf_dir,
+            rows: self.rows.unwrap_or_else(|| root.join("harness/drivers")),
+            out: self.out.unwrap_or_else(|| root.join("target/drivers")),
+            only: self.only,
+            drivers: self.drivers,
+            subset: self.subset,
+            keep_image: self.keep_image,
+            root: root.to_owned(),
         }
     }
 }

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use flakyhba_harness::bench::{self, BenchError};
 use flakyhba_harness::cli::{
-    BenchArgs, Cli, Cmd, LinuxBenchArgs, MatrixArgs, RunArgs, SoakArgs, SMOKE,
+    BenchArgs, Cli, Cmd, DriversArgs, LinuxBenchArgs, MatrixArgs, RunArgs, SoakArgs, SMOKE,
 };
+use flakyhba_harness::drivers::{card, report as card_report};
 use flakyhba_harness::launch::boot::RunFailure;
 use flakyhba_harness::launch::signals::{self, EXIT_INTERRUPTED};
 use flakyhba_harness::linux::{self, run_linux};
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
             report(run_linux(&opts), &what)
         }
         Cmd::BenchLinux(args) => bench_linux(args),
+        Cmd::Drivers(args) => drivers(args),
         Cmd::Soak(args) => soak(args),
     }
 }
@@ -155,6 +157,37 @@ fn bench_linux(args: LinuxBenchArgs) -> ExitCode {
             eprint!("bench-linux: {failure}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The driver card: a line per cell as it ends, the table, the reports.
+fn drivers(args: DriversArgs) -> ExitCode {
+    let opts = args.options();
+    println!(
+        "accel: tcg for every driver (OVMF and a stock Linux kernel fail under this \
+         machine's nested KVM); cells in {}",
+        opts.out.display()
+    );
+    let card = match card::run_card(&opts, |done, total, cell| {
+        println!("{}", card_report::progress_line(done, total, cell))
+    }) {
+        Ok(card) => card,
+        Err(e) => return fail(e),
+    };
+    print!("{}", card_report::terminal(&card));
+    if let Err(e) = card_report::write(&card, &opts.out) {
+        return fail(format!(
+            "could not write the reports in {}: {e}",
+            opts.out.display()
+        ));
+    }
+    println!("reports: {}", opts.out.join("report.md").display());
+    if card.interrupted || signals::interrupted() {
+        interrupted()
+    } else if card.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -431,17 +431,21 @@ impl Scenario {
 
 /// Every `*.toml` of `dir`, by name.
 pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>, ScenarioError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| ScenarioError::CouldNotList(dir.to_owned(), e))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
+    let paths = toml_files(dir).map_err(|e| ScenarioError::CouldNotList(dir.to_owned(), e))?;
     if paths.is_empty() {
         return Err(ScenarioError::NoScenarios(dir.to_owned()));
     }
     paths.iter().map(|p| Scenario::load(p)).collect()
+}
+
+/// The `*.toml` files of `dir`, sorted by name (also the driver card's row files).
+pub fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 /// `NAME` in `dir`, or a path to a scenario file.

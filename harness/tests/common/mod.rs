@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 pub const HARNESS: &str = env!("CARGO_BIN_EXE_flakyhba-harness");
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
