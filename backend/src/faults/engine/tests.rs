@@ -37,6 +37,10 @@ direction = "write"
     assert!(m.matches(&base.with_lba(199, 1)));
     assert!(!m.matches(&base.with_lba(200, 8)), "past the range");
     assert!(!m.matches(&base.with_lba(90, 10)), "ends at 99");
+    assert!(
+        !m.matches(&base.with_lba(150, 0)),
+        "a command of 0 blocks transfers none in the range"
+    );
     assert!(!m.matches(&RequestInfo { queue: 2, ..base }));
     assert!(!m.matches(&RequestInfo { target: 0, ..base }));
     assert!(!m.matches(&RequestInfo { lun: 0, ..base }));
