@@ -9,9 +9,11 @@
 //! same critical section that adds it to the used ring (`completion`); and a new epoch
 //! begins under that lock. A completion therefore lands before the epoch ends or never.
 //!
-//! The pass lock lets a reset or a stop wait for the worker's pass in progress (and a
-//! timer's completions), so that nothing of it touches the rings after the frontend has
-//! been told the ring stopped.
+//! The pass lock lets a reset or a stop wait for the worker's pass in progress (a timer's
+//! completions, an event being posted), so that nothing of it touches the rings after the
+//! frontend has been told the ring stopped. A TMF that ends held requests of a request
+//! queue does not take that queue's pass lock (it would wait behind a busy pass): its
+//! completions rely on the check under the vring lock alone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -24,7 +26,7 @@ use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
 use super::{lock, Chain, GuestMemory};
 
 /// A popped chain as its completion names it: its head, and the ring epoch it was popped
-/// in. Only [`RingEpoch::pop`] makes one.
+/// in. Only [`RingEpoch::pop`] makes one (and tests, `popped_now`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Popped {
     head: u16,
