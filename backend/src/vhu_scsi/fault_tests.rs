@@ -879,6 +879,7 @@ fn idle_engine_without_trace_skips_describing_commands_but_counts_them() {
 mod bad_input;
 mod events;
 mod hotplug;
+mod ring_epochs;
 mod screen;
 mod tmf;
 mod tmf_faults;

@@ -318,6 +318,12 @@ impl ScsiFrontend {
     /// flight is forgotten: the backend drops it unanswered.
     pub fn reset_device(&mut self) -> Result<(), FrontendError> {
         self.conn.reset_device().map_err(vhost("RESET_DEVICE"))?;
+        // A round trip before the rings are zeroed: RESET_DEVICE is not acknowledged (no
+        // NEED_REPLY), and a backend still serving the old rings until it reads it would
+        // pop zeroed descriptors and put used entries on the new rings. The backend answers
+        // GET_FEATURES only once its reset has returned. (QEMU stops every ring with
+        // GET_VRING_BASE, which is answered, before it resets the device.)
+        self.conn.get_features().map_err(vhost("GET_FEATURES"))?;
         let event_idx = self.event_idx();
         self.control.reinit(event_idx);
         self.event.reinit(event_idx);
