@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -169,12 +171,17 @@ impl ScsiFrontend {
         let proto = conn
             .get_protocol_features()
             .map_err(vhost("GET_PROTOCOL_FEATURES"))?;
-        // REPLY_ACK: every message is acknowledged, so a refused one fails here.
         let wanted = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::RESET_DEVICE;
         conn.set_protocol_features(proto & wanted)
             .map_err(vhost("SET_PROTOCOL_FEATURES"))?;
+        if proto.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            // Every message without a reply of its own asks for an acknowledgement, which
+            // the vhost crate waits for: a refused one fails here, and a backend has acted
+            // on a message (a device reset, an enabled ring) before the next one is sent.
+            conn.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
         let want = u64::from(FIRST_REQUEST_QUEUE) + u64::from(config.request_queues);
         // Without MQ a backend has no way to say; one request queue is then assumed.
         let have = if proto.contains(VhostUserProtocolFeatures::MQ) {
@@ -304,8 +311,8 @@ impl ScsiFrontend {
             .map_err(vhost("SET_VRING_CALL"))?;
         conn.set_vring_enable(i, true)
             .map_err(vhost("SET_VRING_ENABLE"))?;
-        // A round trip before the first kick. Without REPLY_ACK nothing above is
-        // acknowledged, and a kick that reaches a backend's worker before its main thread
+        // A round trip before the first kick. Without REPLY_ACK (vhost-device-scsi 0.1.0
+        // has none) nothing above is acknowledged, and a kick that reaches a backend's worker before its main thread
         // has enabled the ring can be consumed and dropped (vhost-device-scsi 0.1.0 then
         // never serves the first request). The backend answers GET_FEATURES only after
         // the messages before it, so the ring is enabled by the time we kick. QEMU has
@@ -318,8 +325,8 @@ impl ScsiFrontend {
     /// flight is forgotten: the backend drops it unanswered.
     pub fn reset_device(&mut self) -> Result<(), FrontendError> {
         self.conn.reset_device().map_err(vhost("RESET_DEVICE"))?;
-        // A round trip before the rings are zeroed: RESET_DEVICE is not acknowledged (no
-        // NEED_REPLY), and a backend still serving the old rings until it reads it would
+        // A round trip before the rings are zeroed: without REPLY_ACK, RESET_DEVICE is not
+        // acknowledged, and a backend still serving the old rings until it reads it would
         // pop zeroed descriptors and put used entries on the new rings. The backend answers
         // GET_FEATURES only once its reset has returned. (QEMU stops every ring with
         // GET_VRING_BASE, which is answered, before it resets the device.)
