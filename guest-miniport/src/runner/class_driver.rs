@@ -6,7 +6,7 @@
 use core::fmt::Write;
 use core::ptr::NonNull;
 
-use crate::contract::GuestArgs;
+use crate::contract::{GuestArgs, PlantedBug};
 use crate::platform::{Dma, Platform};
 use crate::port::{scsi_status, DataBuffer, DataDirection, Port, Srb, SrbStatus, Tag, MAX_SRBS};
 use crate::report::JsonLine;
@@ -150,7 +150,9 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
             self.outcome.unit_attention_retries += 1;
             return Disposition::RetryNow;
         }
-        if check && reads && key == Some(SENSE_KEY_MEDIUM_ERROR) {
+        // Planted bug `write-error-ignored`: the direction is not looked at.
+        let any_direction = self.args.bug == PlantedBug::WriteErrorIgnored;
+        if check && (reads || any_direction) && key == Some(SENSE_KEY_MEDIUM_ERROR) {
             return Disposition::Unreadable;
         }
         let busy = srb.srb_status == SrbStatus::Busy
@@ -245,7 +247,13 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
                     }
                     Disposition::RetryLater => {
                         f.busy_retries += 1;
-                        f.resubmit_at = Some(self.platform.now_us() + BUSY_RETRY_DELAY_US);
+                        // Planted bug `busy-no-backoff`: sent again at once.
+                        let pause = if self.args.bug == PlantedBug::BusyNoBackoff {
+                            0
+                        } else {
+                            BUSY_RETRY_DELAY_US
+                        };
+                        f.resubmit_at = Some(self.platform.now_us() + pause);
                         slots[k] = Some(f);
                     }
                     Disposition::Unreadable => {
