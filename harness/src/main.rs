@@ -3,7 +3,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use flakyhba_harness::bench::{self, BenchError};
-use flakyhba_harness::cli::{BenchArgs, Cli, Cmd, LinuxBenchArgs, MatrixArgs, RunArgs, SMOKE};
+use flakyhba_harness::cli::{
+    BenchArgs, Cli, Cmd, ExploreArgs, LinuxBenchArgs, MatrixArgs, RunArgs, SMOKE,
+};
+use flakyhba_harness::explore::{render_summary, run_campaign, ExploreError};
 use flakyhba_harness::launch::boot::RunFailure;
 use flakyhba_harness::launch::signals::{self, EXIT_INTERRUPTED};
 use flakyhba_harness::linux::{self, run_linux};
@@ -30,6 +33,35 @@ fn main() -> ExitCode {
             report(run_linux(&opts), &what)
         }
         Cmd::BenchLinux(args) => bench_linux(args),
+        Cmd::Explore(args) => explore(args),
+    }
+}
+
+/// Exit status of `explore` on bad input.
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn explore(args: ExploreArgs) -> ExitCode {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let opts = match args.options(command) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("flakyhba-harness explore: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    match run_campaign(&opts) {
+        Ok(summary) => {
+            print!("{}", render_summary(&opts, &summary));
+            if summary.interrupted {
+                interrupted()
+            } else if summary.seen.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(ExploreError::Interrupted) => interrupted(),
+        Err(e) => fail(e),
     }
 }
 
