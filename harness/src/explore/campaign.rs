@@ -17,7 +17,7 @@ use super::case::Case;
 use super::generate::{generate, GenOptions};
 use super::minimize::{shrink_finding, Written};
 use super::oracle::{Finding, Verdict};
-use super::run::{run_case, Ran};
+use super::run::{confirmed, run_case, Ran};
 use super::ExploreError;
 use crate::launch::boot::RunError;
 use crate::launch::signals;
@@ -63,6 +63,8 @@ pub struct Summary {
     pub runs: u64,
     pub passed: u64,
     pub tolerated: u64,
+    /// Timing violations that did not come back ([`Verdict::Noise`]).
+    pub noise: u64,
     pub found: u64,
     pub elapsed: Duration,
     /// Distinct findings, in the order they were first seen.
@@ -134,7 +136,8 @@ pub fn run_campaign(opts: &ExploreOptions) -> Result<Summary, ExploreError> {
                     break;
                 };
                 let name = format!("p{index:06}");
-                let ran = run_case(&case, &name, &opts.runner, |v| v.finding().is_some());
+                let ran = run_case(&case, &name, &opts.runner, |v| v.finding().is_some())
+                    .and_then(|r| confirmed(&case, r, &name, &opts.runner));
                 if tx.send(Done { index, case, ran }).is_err() {
                     break;
                 }
@@ -207,6 +210,10 @@ fn record(
             sum.tolerated += 1;
             ("tolerated", None, Some(why.clone()))
         }
+        Verdict::Noise(why) => {
+            sum.noise += 1;
+            ("noise", None, Some(why.clone()))
+        }
         Verdict::Found(f) => {
             sum.found += 1;
             note_finding(sum, f, index, case, ran, at);
@@ -272,11 +279,12 @@ impl Progress {
 
     fn tick(&mut self, sum: &Summary, elapsed: Duration) {
         let line = format!(
-            "[{:>6}/{}] {:.1} runs/s, {} tolerated, {} failing runs ({} distinct findings)",
+            "[{:>6}/{}] {:.1} runs/s, {} tolerated, {} noise, {} failing runs ({} distinct findings)",
             sum.runs,
             self.total,
             sum.runs as f64 / elapsed.as_secs_f64().max(1e-9),
             sum.tolerated,
+            sum.noise,
             sum.found,
             sum.seen.len()
         );
@@ -326,6 +334,7 @@ fn write_summary(opts: &ExploreOptions, sum: &Summary) -> Result<(), ExploreErro
         "jobs": opts.jobs,
         "passed": sum.passed,
         "tolerated": sum.tolerated,
+        "noise": sum.noise,
         "failing_runs": sum.found,
         "elapsed_s": sum.elapsed.as_secs_f64(),
         "runs_per_second": sum.runs_per_second(),
@@ -341,13 +350,15 @@ fn write_summary(opts: &ExploreOptions, sum: &Summary) -> Result<(), ExploreErro
 pub fn render_summary(opts: &ExploreOptions, sum: &Summary) -> String {
     let mut out = format!(
         "explore: {} runs in {:.1} s ({:.1} runs/s, jobs {}): {} passed, {} tolerated \
-         (failed the way their plan makes unavoidable), {} failing runs, {} distinct findings\n",
+         (failed the way their plan makes unavoidable), {} timing violations that did not \
+         come back (host load), {} failing runs, {} distinct findings\n",
         sum.runs,
         sum.elapsed.as_secs_f64(),
         sum.runs_per_second(),
         opts.jobs,
         sum.passed,
         sum.tolerated,
+        sum.noise,
         sum.found,
         sum.seen.len()
     );

@@ -100,7 +100,7 @@ pub fn deadline_for(case: &Case) -> u32 {
     let budget = case
         .plan()
         .map_or(0, |plan| Allowance::time_budget_ms(&plan, &case.guest));
-    (budget.saturating_mul(2) + 1000).clamp(MIN_DEADLINE_MS, MAX_DEADLINE_MS) as u32
+    (budget.saturating_mul(2).saturating_add(1000)).clamp(MIN_DEADLINE_MS, MAX_DEADLINE_MS) as u32
 }
 
 fn guest_args(rng: &mut Rng, bug: PlantedBug) -> GuestArgs {

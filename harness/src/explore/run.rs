@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::case::Case;
-use super::oracle::{judge, Allowance, Clause, Observed, Verdict};
+use super::oracle::{judge, timed_violations_only, Allowance, Clause, Observed, Verdict};
 use crate::launch::boot::RunError;
 use crate::scenario::expect::Metrics;
 use crate::scenario::file::Scenario;
@@ -74,6 +74,38 @@ pub fn run_case(
         metrics: record.metrics,
         wall: record.wall,
         dir: record.dir,
+    })
+}
+
+/// Reruns needed to believe a violation judged by measured time alone.
+pub const TIMED_RERUNS: usize = 2;
+
+/// A run's verdict, confirmed: a violation judged by measured time alone counts only
+/// when a rerun of the case breaks the same rule again; else it is noise.
+pub fn confirmed(case: &Case, ran: Ran, name: &str, opts: &MatrixOptions) -> Result<Ran, RunError> {
+    let Some(f) = ran.verdict.finding() else {
+        return Ok(ran);
+    };
+    if f.clause != Clause::Rule || !timed_violations_only(&ran.metrics) {
+        return Ok(ran);
+    }
+    let again = rerun(case, TIMED_RERUNS, None, &format!("{name}-t"), 1, opts)?;
+    if again
+        .iter()
+        .any(|r| r.verdict.finding().is_some_and(|g| g.key == f.key))
+    {
+        return Ok(ran);
+    }
+    let why = format!(
+        "{} did not come back in {TIMED_RERUNS} reruns: host load",
+        f.detail
+    );
+    if let Err(e) = std::fs::remove_dir_all(&ran.dir) {
+        log::warn!("could not remove {}: {e}", ran.dir.display());
+    }
+    Ok(Ran {
+        verdict: Verdict::Noise(why),
+        ..ran
     })
 }
 

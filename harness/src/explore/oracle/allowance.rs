@@ -283,38 +283,74 @@ impl Allowance {
         }
         for f in &plan.faults {
             let t = &f.trigger;
-            // How often it can fire: its own cap, else every chance it gets.
-            let chances = |n: u64| max_fires(t).unwrap_or(n).min(n.max(1));
-            let cost = match &f.action {
-                FaultAction::Lose => lost * chances(requests),
-                FaultAction::Delay(d) if max_delay_ms(d) >= u64::from(a.srb_timeout_ms) => {
-                    lost * chances(requests)
-                }
-                FaultAction::Delay(d) => (max_delay_ms(d) + 1) * chances(requests + resets),
-                FaultAction::SlowTmf { duration, .. } => {
-                    (duration.as_millis() as u64).min(reset) * chances(resets)
-                }
-                FaultAction::HangTmf | FaultAction::FailTmf(_) => reset * chances(resets),
-                FaultAction::Status(s) => status_cost(s, a) * chances(requests),
-                FaultAction::DropInterrupt if a.irq => {
-                    2 * u64::from(a.watchdog_us) / 1000 * chances(requests)
-                }
+            // How often it can fire: its own cap, else every request it can match (twice
+            // over when it fires by chance: retries are matched again).
+            let tmfs = if matches_tmfs(&f.matcher) { resets } else { 0 };
+            let matched = (command_matches(&f.matcher, a) + tmfs)
+                * if t.probability.is_some() { 2 } else { 1 };
+            let fires = max_fires(t).unwrap_or(matched).min(matched.max(1));
+            let each = match &f.action {
+                FaultAction::Lose => lost,
+                FaultAction::Delay(d) if max_delay_ms(d) >= u64::from(a.srb_timeout_ms) => lost,
+                FaultAction::Delay(d) => max_delay_ms(d) + 1,
+                FaultAction::SlowTmf { duration, .. } => (duration.as_millis() as u64).min(reset),
+                FaultAction::HangTmf | FaultAction::FailTmf(_) => reset,
+                // Fires on every retry too: without a cap, BUSY and its kin never end.
+                FaultAction::Status(s) if retried(s) && fires_on_every_match(t) => UNBOUNDED,
+                FaultAction::Status(s) => status_cost(s, a),
+                FaultAction::DropInterrupt if a.irq => 2 * u64::from(a.watchdog_us) / 1000,
                 FaultAction::Event { event, schedule } => {
-                    let each = match event {
-                        VirtioEvent::TransportReset { .. } => hold + 20,
-                        _ => 20,
-                    };
                     let times = schedule
                         .interval
                         .map_or(1, |i| deadline / (i.as_millis() as u64).max(1) + 1);
-                    each * max_fires(t).unwrap_or(times).min(times)
+                    let each = match event {
+                        VirtioEvent::TransportReset { .. } => hold + reset + 20,
+                        _ => 20,
+                    };
+                    budget = budget.saturating_add(each * max_fires(t).unwrap_or(times).min(times));
+                    continue;
                 }
                 _ => 0,
             };
-            budget = budget.saturating_add(cost);
+            budget = budget.saturating_add(each.saturating_mul(fires));
         }
         budget
     }
+}
+
+/// How many commands of a run a matcher can take: each of the runner's commands it
+/// can match, as often as the workload sends it.
+fn command_matches(m: &Matcher, a: &GuestArgs) -> u64 {
+    Op::ALL
+        .into_iter()
+        .filter(|&op| could_match(m, op))
+        .map(|op| match op {
+            Op::Inquiry | Op::ReadCapacity => 1,
+            // A rescan after each bus change.
+            Op::ReportLuns => 4,
+            Op::Read => u64::from(a.blocks),
+            Op::Write if a.workload.writes() => u64::from(a.blocks),
+            Op::Write => 0,
+        })
+        .sum()
+}
+
+/// A budget no deadline holds.
+const UNBOUNDED: u64 = u64::MAX / 4;
+
+/// Statuses the class driver retries after a pause, for as long as they come.
+fn retried(s: &StatusOverride) -> bool {
+    matches!(
+        s,
+        StatusOverride::Busy
+            | StatusOverride::TaskSetFull
+            | StatusOverride::Virtio(VirtioResponse::Busy)
+    )
+}
+
+/// Whether a fault fires on every match from some point on, for ever.
+fn fires_on_every_match(t: &Trigger) -> bool {
+    t.times.is_none() && t.every.is_none_or(|n| n == 1) && t.probability.is_none_or(|p| p >= 1.0)
 }
 
 /// What one firing of a status fault costs: BUSY and its kin wait the class driver's

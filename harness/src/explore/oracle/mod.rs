@@ -111,6 +111,26 @@ pub enum Verdict {
     /// Failed, the way the plan makes unavoidable: why.
     Tolerated(String),
     Found(Finding),
+    /// A violation of a rule judged by a routine's measured time alone (I2, P4) that
+    /// did not come back when the case was run again: the host's load, not the
+    /// miniport (the guest's clock runs on while its vCPU is preempted).
+    Noise(String),
+}
+
+/// Rules the checker judges by a routine's measured wall time, which a loaded host
+/// stretches.
+pub const TIMED_RULES: [&str; 2] = ["I2", "P4"];
+
+/// Whether every violation of a run is of a rule judged by measured time.
+pub fn timed_violations_only(m: &Metrics) -> bool {
+    let count = num(m, "guest.violations").unwrap_or(0);
+    let list = m.get("guest.violation_list").and_then(Value::as_array);
+    list.is_some_and(|l| {
+        count > 0
+            && l.len() as u64 == count
+            && l.iter()
+                .all(|v| v["rule"].as_str().is_some_and(|r| TIMED_RULES.contains(&r)))
+    })
 }
 
 impl Verdict {

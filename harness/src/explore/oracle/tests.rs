@@ -153,6 +153,12 @@ fn the_time_budget_decides_whether_a_timeout_is_the_plan_s_doing() {
     // BUSY on every command: a 20 ms pause each, more than the deadline holds.
     let busy = allow("[[fault]]\nkind = \"status\"\nstatus = \"busy\"\n");
     assert!(busy.timeouts, "{}", busy.budget_ms);
+    // Even on one command only: each retry is hit again.
+    let inquiry =
+        allow("[[fault]]\nkind = \"status\"\nopcode = \"inquiry\"\nstatus = \"task-set-full\"\n");
+    assert!(inquiry.timeouts, "{}", inquiry.budget_ms);
+    let sometimes = allow("[[fault]]\nkind = \"status\"\nopcode = \"inquiry\"\nstatus = \"task-set-full\"\nprobability = 0.5\n");
+    assert!(!sometimes.timeouts, "{}", sometimes.budget_ms);
     assert!(!allow("[[fault]]\nkind = \"status\"\nstatus = \"busy\"\ntimes = 3\n").timeouts);
     // A lost command costs its timeout, the TMF bound and the hold.
     let lose = allow("[[fault]]\nkind = \"lose\"\nonce = true\n");
@@ -315,4 +321,28 @@ fn wrong_data_is_tolerated_only_when_the_plan_corrupts() {
     assert_eq!(verdict(&allow(""), &m).clause(), Some(Clause::Data));
     let corrupt = allow("allow_corruption = true\n[[fault]]\nkind = \"corrupt\"\n");
     assert!(matches!(verdict(&corrupt, &m), Verdict::Tolerated(_)));
+}
+
+#[test]
+fn only_violations_judged_by_measured_time_may_be_host_noise() {
+    let mut m = clean();
+    m.insert("guest.violations".into(), json!(2));
+    m.insert(
+        "guest.violation_list".into(),
+        json!([{"rule": "I2"}, {"rule": "P4"}]),
+    );
+    assert!(timed_violations_only(&m));
+    m.insert(
+        "guest.violation_list".into(),
+        json!([{"rule": "I2"}, {"rule": "N5"}]),
+    );
+    assert!(!timed_violations_only(&m));
+    // More violations than the list holds: the rest could be anything.
+    m.insert("guest.violations".into(), json!(3));
+    m.insert(
+        "guest.violation_list".into(),
+        json!([{"rule": "I2"}, {"rule": "I2"}]),
+    );
+    assert!(!timed_violations_only(&m));
+    assert!(!timed_violations_only(&clean()));
 }
