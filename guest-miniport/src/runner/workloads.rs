@@ -58,7 +58,18 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
                     fill_pattern(seed, lba, b.bytes());
                     srb_for(&rw_cdb(false, lba), b.data(block_size, DataDirection::Out))
                 },
-                done: &mut |i, srb, _| check_status("WRITE", lba_of(i), srb),
+                done: &mut |i, srb, _| {
+                    check_status("WRITE", lba_of(i), srb)?;
+                    // A write the device took only part of is not written (found by
+                    // explore: a short transfer on a write used to pass unnoticed).
+                    if srb.data_transfer_length != block_size {
+                        return Err(Failure::ShortTransfer {
+                            op: "WRITE",
+                            got: srb.data_transfer_length,
+                        });
+                    }
+                    Ok(())
+                },
             },
         )?;
         self.outcome.written = true;
@@ -135,7 +146,16 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
                     s.timeout_us = timeout;
                     s
                 },
-                done: &mut |i, srb, _| check_status("READ", lba_of(i), srb),
+                done: &mut |i, srb, _| {
+                    check_status("READ", lba_of(i), srb)?;
+                    if srb.data_transfer_length != block_size {
+                        return Err(Failure::ShortTransfer {
+                            op: "READ",
+                            got: srb.data_transfer_length,
+                        });
+                    }
+                    Ok(())
+                },
             },
         )?;
         let took = self.platform.now_us().saturating_sub(start).max(1);
