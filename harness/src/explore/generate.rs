@@ -14,7 +14,7 @@ use super::oracle::Allowance;
 const DISK_BLOCKS: u64 = 64 * 1024 * 1024 / 512;
 /// The guest's deadline is at least this, and at most [`MAX_DEADLINE_MS`].
 const MIN_DEADLINE_MS: u64 = 1500;
-pub const MAX_DEADLINE_MS: u64 = 3000;
+pub const MAX_DEADLINE_MS: u64 = 2500;
 
 /// A small seeded generator (SplitMix64).
 pub struct Rng(u64);
@@ -111,11 +111,11 @@ fn guest_args(rng: &mut Rng, bug: PlantedBug) -> GuestArgs {
         (13, Workload::Bench),
     ]);
     let blocks = match workload {
-        Workload::Bench => rng.range(32, 256) as u32,
-        _ => rng.range(8, 64) as u32,
+        Workload::Bench => rng.range(32, 128) as u32,
+        _ => rng.range(8, 48) as u32,
     };
-    let tick_us = rng.pick(&[1000u32, 2000, 5000]);
-    let tmf_timeout_ms = rng.range(50, 300) as u32;
+    let tick_us = rng.pick(&[1000u32, 2000]);
+    let tmf_timeout_ms = rng.range(30, 150) as u32;
     GuestArgs {
         workload,
         irq: rng.chance(80),
@@ -125,12 +125,12 @@ fn guest_args(rng: &mut Rng, bug: PlantedBug) -> GuestArgs {
         blocks,
         queue_depth: rng.pick(&[1u32, 2, 4, 8, 16]),
         tick_us,
-        watchdog_us: tick_us * rng.pick(&[1u32, 2, 5]),
-        srb_timeout_ms: rng.range(200, 600) as u32,
+        watchdog_us: tick_us * rng.pick(&[1u32, 2, 4]),
+        srb_timeout_ms: rng.range(150, 400) as u32,
         tmf_timeout_ms,
         // The reset hold outlasts the TMF bound, so a device reset ends every reset
         // before its hold does (P2).
-        hold_ms: tmf_timeout_ms + rng.range(50, 300) as u32,
+        hold_ms: tmf_timeout_ms + rng.range(30, 150) as u32,
         reset: if rng.chance(70) {
             ResetKind::Lu
         } else {
@@ -277,7 +277,7 @@ fn parameters(rng: &mut Rng, f: &mut FaultTable) {
     match f.kind {
         "delay" => delay(rng, f),
         "slow-tmf" => {
-            f.set("duration_ms", Value::Int(rng.range(20, 300)));
+            f.set("duration_ms", Value::Int(rng.range(10, 200)));
             if rng.chance(50) {
                 f.set("new_commands", Value::str(rng.pick(&["busy", "hold"])));
             }
@@ -309,17 +309,17 @@ fn parameters(rng: &mut Rng, f: &mut FaultTable) {
 
 fn delay(rng: &mut Rng, f: &mut FaultTable) {
     match rng.weighted(&[(60, "fixed"), (25, "uniform"), (15, "long-tail")]) {
-        "fixed" => f.set("delay_ms", Value::Int(rng.pick(&[0, 1, 2, 5, 10, 20, 40]))),
+        "fixed" => f.set("delay_ms", Value::Int(rng.pick(&[0, 1, 2, 5, 10, 20]))),
         "uniform" => {
             let min = rng.range(0, 10);
             f.set("distribution", Value::str("uniform"));
             f.set("min_ms", Value::Int(min));
-            f.set("max_ms", Value::Int(min + rng.range(1, 50)));
+            f.set("max_ms", Value::Int(min + rng.range(1, 30)));
         }
         _ => {
             f.set("distribution", Value::str("long-tail"));
             f.set("min_ms", Value::Int(rng.range(1, 5)));
-            f.set("max_ms", Value::Int(rng.range(20, 100)));
+            f.set("max_ms", Value::Int(rng.range(20, 60)));
             if rng.chance(50) {
                 f.set("alpha", Value::Float(rng.pick(&[1.2, 1.5, 2.0, 2.5])));
             }

@@ -170,8 +170,16 @@ fn max_delay_ms(d: &DelayDist) -> u64 {
 }
 
 /// Whether a fault can end a command by a bus reset or a VIRTIO_SCSI_S_RESET: a lost
-/// command or one delayed past its timeout (the port resets the bus), or a `reset` status.
+/// command or one delayed past its timeout (the port resets the bus), a `reset` status,
+/// or a TRANSPORT_RESET event (the miniport resets the LUs with requests outstanding).
 fn causes_resets(f: &FaultSpec, a: &GuestArgs) -> bool {
+    if let FaultAction::Event {
+        event: VirtioEvent::TransportReset { .. },
+        ..
+    } = f.action
+    {
+        return true;
+    }
     let commands = Op::ALL.iter().any(|&op| could_match(&f.matcher, op));
     commands
         && match &f.action {
@@ -180,6 +188,15 @@ fn causes_resets(f: &FaultSpec, a: &GuestArgs) -> bool {
             FaultAction::Status(StatusOverride::Virtio(VirtioResponse::Reset)) => true,
             _ => false,
         }
+}
+
+/// Most times a fault can cause a reset: `times`, else one for an event at one moment,
+/// else unbounded.
+fn max_resets(f: &FaultSpec) -> Option<u64> {
+    match f.action.schedule() {
+        Some(s) if s.interval.is_none() => Some(f.trigger.times.unwrap_or(1).min(1)),
+        _ => max_fires(&f.trigger),
+    }
 }
 
 /// Whether a fault can make the miniport reset the virtio device (a TMF not answered
@@ -210,7 +227,7 @@ impl Allowance {
             .faults
             .iter()
             .filter(|f| causes_resets(f, a))
-            .map(|f| max_fires(&f.trigger))
+            .map(max_resets)
             .try_fold(0u64, |sum, n| n.map(|n| sum.saturating_add(n)));
         let resets = fault_resets.map(|n| n + runner_resets);
         allow.bus_reset_final = resets.is_none_or(|n| n > u64::from(a.retries));

@@ -113,6 +113,10 @@ fn bus_resets_run_out_only_past_the_port_s_retries() {
     );
     // A lose that can only hit TMFs' queue hits no command.
     assert!(!allow(&lose("queue = \"control\"\n")).bus_reset_final);
+    // Each TRANSPORT_RESET makes the miniport reset the LU.
+    let event = "[[fault]]\nkind = \"event\"\nevent = \"transport-reset\"\n";
+    assert!(allow(&format!("{event}interval_ms = 50\n")).bus_reset_final);
+    assert!(!allow(&format!("{event}at_ms = 50\n")).bus_reset_final);
     // A delay past the SRB timeout is a lost command to the port.
     let slow = "[[fault]]\nkind = \"delay\"\ndelay_ms = 500\n";
     assert!(allow(slow).bus_reset_final);
