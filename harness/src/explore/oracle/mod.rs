@@ -329,15 +329,11 @@ fn failed(allow: &Allowance, m: &Metrics) -> Verdict {
     match why {
         Some(why) => Verdict::Tolerated(format!("{reason}: {why}")),
         None => {
-            let key = [
-                "guest.failure",
-                "guest.failed_op",
-                "guest.failed_srb_status",
-            ]
-            .iter()
-            .filter_map(|k| text(m, k))
-            .collect::<Vec<_>>()
-            .join(" ");
+            let key = ["guest.failure", "guest.failed_srb_status"]
+                .iter()
+                .filter_map(|k| text(m, k))
+                .collect::<Vec<_>>()
+                .join(" ");
             found(
                 Clause::Failure,
                 &key,
