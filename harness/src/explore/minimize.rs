@@ -106,6 +106,11 @@ pub fn shrink_finding(
     };
     let path = write_found(opts, &case, provenance)?;
     let _ = writeln!(log, "written: {}", path.display());
+    // The log goes by the shrunk case's name, beside its file.
+    let named = path.with_extension("log");
+    if let Err(e) = std::fs::rename(&log_path, &named) {
+        log::warn!("could not rename {}: {e}", log_path.display());
+    }
     eprintln!(
         "  shrunk to {} fault(s): {} ({matched} of {} reruns broke `{clause}`)",
         case.faults.len(),
