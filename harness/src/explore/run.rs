@@ -81,7 +81,7 @@ pub fn run_case(
 pub const TIMED_RERUNS: usize = 2;
 
 /// A run's verdict, confirmed: a violation judged by measured time alone counts only
-/// when a rerun of the case breaks the same rule again; else it is noise.
+/// when every rerun of the case breaks the same rule again; else it is noise.
 pub fn confirmed(case: &Case, ran: Ran, name: &str, opts: &MatrixOptions) -> Result<Ran, RunError> {
     let Some(f) = ran.verdict.finding() else {
         return Ok(ran);
@@ -90,10 +90,8 @@ pub fn confirmed(case: &Case, ran: Ran, name: &str, opts: &MatrixOptions) -> Res
         return Ok(ran);
     }
     let again = rerun(case, TIMED_RERUNS, None, &format!("{name}-t"), 1, opts)?;
-    if again
-        .iter()
-        .any(|r| r.verdict.finding().is_some_and(|g| g.key == f.key))
-    {
+    let same = |r: &Ran| r.verdict.finding().is_some_and(|g| g.key == f.key);
+    if again.len() == TIMED_RERUNS && again.iter().all(same) {
         return Ok(ran);
     }
     let why = format!(
