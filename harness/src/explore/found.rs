@@ -78,12 +78,13 @@ fn expectations(p: &Provenance<'_>) -> (bool, Vec<String>) {
         "run.timed_out == false",
         "guest.violations == 0",
         "guest.stall_max_us <= 1000",
-        "image.mismatches == 0",
+        // No image check when the run failed before READ CAPACITY answered.
+        "image.mismatches == 0 || guest.block_size == 0",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    if !list.contains(&clause) && clause != "guest.result == \"pass\"" {
+    if !list.iter().any(|e| e.starts_with(&clause)) && clause != "guest.result == \"pass\"" {
         list.push(clause);
     }
     for (k, v) in fields {
