@@ -66,13 +66,20 @@ fn edited(
     (change, g)
 }
 
-/// Halves an integer key down to `min`, when it is above it.
+/// Halves an integer key down to `min`, when it is above it; a key that reaches 0 is
+/// removed (`after = 0` says nothing).
 fn halve(f: &FaultTable, key: &'static str, min: u64, out: &mut Vec<(String, FaultTable)>) {
     if let Some(v) = f.get(key).and_then(Value::as_int).filter(|&v| v > min) {
         let to = (v / 2).max(min);
-        out.push(edited(f, format!("{key} {v} -> {to}"), |g| {
-            g.set(key, Value::Int(to))
-        }));
+        if to == 0 {
+            out.push(edited(f, format!("{key} {v} -> none"), |g| {
+                g.remove(key);
+            }));
+        } else {
+            out.push(edited(f, format!("{key} {v} -> {to}"), |g| {
+                g.set(key, Value::Int(to))
+            }));
+        }
     }
 }
 
@@ -233,7 +240,10 @@ mod tests {
                         ("every", Value::Int(4)),
                     ],
                 ),
-                fault("delay", &[("delay_ms", Value::Int(20))]),
+                fault(
+                    "delay",
+                    &[("delay_ms", Value::Int(20)), ("after", Value::Int(1))],
+                ),
             ],
             guest: GuestArgs {
                 workload: Workload::ResetUnderLoad,
@@ -272,6 +282,7 @@ mod tests {
             "fault #1: probability 0.3 -> once",
             "fault #2: every 4 -> once",
             "fault #3: delay_ms 20 -> 10",
+            "fault #3: after 1 -> none",
             "workload reset-under-load -> io",
             "qd 8 -> 4",
             "blocks 64 -> 32",
