@@ -55,7 +55,12 @@ pub struct Seen {
     pub case: Case,
     pub after: Duration,
     pub count: u64,
+    /// The next cases that showed it, shrunk in turn when the first does not reproduce.
+    pub more: Vec<(u64, Case)>,
 }
+
+/// Other cases of a finding kept for shrinking, besides its first.
+const MORE_CASES: usize = 2;
 
 /// What a campaign did.
 #[derive(Debug, Default)]
@@ -176,19 +181,48 @@ pub fn run_campaign(opts: &ExploreOptions) -> Result<Summary, ExploreError> {
     sum.interrupted |= signals::interrupted();
     sum.elapsed = start.elapsed();
     if opts.shrink && !sum.interrupted {
-        for seen in sum.seen.iter().take(opts.shrink_limit) {
-            match shrink_finding(opts, seen, start) {
-                Ok(s) => sum.shrunk.push(s),
+        shrink_all(opts, &mut sum, start)?;
+    }
+    write_summary(opts, &sum)?;
+    Ok(sum)
+}
+
+/// Shrinks each distinct finding (the first `shrink_limit`): its first case, else, when
+/// that one does not break the clause again, the next ones that showed it.
+fn shrink_all(
+    opts: &ExploreOptions,
+    sum: &mut Summary,
+    start: Instant,
+) -> Result<(), ExploreError> {
+    for seen in sum.seen.iter().take(opts.shrink_limit) {
+        let mut written = None;
+        let cases =
+            std::iter::once((seen.index, &seen.case)).chain(seen.more.iter().map(|(i, c)| (*i, c)));
+        for (index, case) in cases {
+            let one = Seen {
+                index,
+                case: case.clone(),
+                more: Vec::new(),
+                ..seen.clone()
+            };
+            match shrink_finding(opts, &one, start) {
+                Ok(w) => {
+                    let done = w.file.is_some();
+                    written = Some(w);
+                    if done {
+                        break;
+                    }
+                }
                 Err(ExploreError::Interrupted) => {
                     sum.interrupted = true;
-                    break;
+                    return Ok(());
                 }
                 Err(e) => return Err(e),
             }
         }
+        sum.shrunk.extend(written);
     }
-    write_summary(opts, &sum)?;
-    Ok(sum)
+    Ok(())
 }
 
 /// Counts a run, logs it to runs.jsonl, and notes a new finding.
@@ -235,6 +269,9 @@ fn note_finding(sum: &mut Summary, f: &Finding, index: u64, case: &Case, ran: &R
     let sig = f.signature();
     if let Some(s) = sum.seen.iter_mut().find(|s| s.finding.signature() == sig) {
         s.count += 1;
+        if s.more.len() < MORE_CASES {
+            s.more.push((index, case.clone()));
+        }
         return;
     }
     eprintln!(
@@ -250,6 +287,7 @@ fn note_finding(sum: &mut Summary, f: &Finding, index: u64, case: &Case, ran: &R
         case: case.clone(),
         after: at,
         count: 1,
+        more: Vec::new(),
     });
 }
 
