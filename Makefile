@@ -19,7 +19,7 @@ export FLAKYHBA_IMAGE       := $(IMAGE)
 export FLAKYHBA_LINUX_GUEST := $(LINUX_GUEST)
 export FLAKYHBA_FIRMWARE_GUEST := $(FIRMWARE_GUEST)
 
-.PHONY: all setup build linux-guest firmware-guest test qemu-test linux-test drivers bench bench-linux soak lint fuzz clean
+.PHONY: all setup build linux-guest firmware-guest test qemu-test linux-test drivers bench bench-linux soak lint fuzz explore clean
 
 all: build
 
@@ -95,6 +95,16 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p guest-miniport -p flakyhba-guest --target $(GUEST_TARGET) -- -D warnings
+
+# Random fault plans and guest arguments against the miniport, judged by the generic
+# oracle (EXPLORE_RUNS plans of seed EXPLORE_SEED, two guests at a time); each finding is
+# shrunk to a scenario file in target/explore/found/. Exits 1 when something was found.
+# EXPLORE_ARGS passes more flags: `--guest bug=NAME` plants a bug, `--shard K/N`,
+# `--jobs N`, `--allow-corruption` (flakyhba-harness explore --help). Not part of `make test`.
+EXPLORE_RUNS ?= 500
+EXPLORE_SEED ?= 1
+explore: build
+	$(HARNESS) explore --seed $(EXPLORE_SEED) --runs $(EXPLORE_RUNS) --out $(CURDIR)/target/explore $(EXPLORE_ARGS)
 
 # The cargo-fuzz targets in fuzz/ (request chains through the queues, CDB decoding, fault
 # plans), FUZZ_SECONDS each; installs cargo-fuzz (and nightly) if missing. Fails on a crash,

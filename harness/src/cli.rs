@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use guest_miniport::contract::GuestArgs;
+use guest_miniport::contract::{GuestArgs, PlantedBug};
 
 use crate::bench::frontend::load::{Pattern, DEFAULT_STALL};
 use crate::bench::frontend::FrontendError;
@@ -14,6 +14,8 @@ use crate::bench::suite::SuiteOptions;
 use crate::bench::BenchError;
 use crate::drivers::card::CardOptions;
 use crate::drivers::driver::DriverId;
+use crate::explore::generate::GenOptions;
+use crate::explore::{prepare_out, ExploreOptions};
 use crate::launch::accel::{self, AccelChoice, KVM_DEVICE};
 use crate::launch::binaries::{check_binaries, Binaries};
 use crate::linux::bench::{self as linux_bench, LinuxBenchOptions, QEMU_DRIVE_OPTIONS};
@@ -61,6 +63,11 @@ pub enum Cmd {
     /// the table and writes report.md and report.json; exits 1 if any cell differs from its
     /// row file.
     Drivers(DriversArgs),
+    /// Find the faults that break the miniport (`make explore`): random fault plans and
+    /// guest arguments judged by the generic oracle; each finding shrunk to a small
+    /// scenario file in OUT/found/. Exits 0 when nothing was found, 1 when something
+    /// was, 2 on bad input.
+    Explore(ExploreArgs),
 }
 
 /// `flakyhba-harness drivers`.
@@ -98,6 +105,51 @@ pub struct DriversArgs {
     /// Leave each cell's disk image in its directory (it is removed after the check).
     #[arg(long)]
     pub keep_image: bool,
+    #[command(flatten)]
+    pub bins: BinaryArgs,
+}
+
+/// `flakyhba-harness explore`.
+#[derive(clap::Args, Debug)]
+pub struct ExploreArgs {
+    /// Seed of the campaign: plan I of seed S is always the same plan.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Plans in the campaign (a shard runs every Nth of them).
+    #[arg(long, default_value_t = 100)]
+    pub runs: u64,
+    /// Runs at once [default: the CPUs].
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// K/N: only plans K-1, K-1+N, K-1+2N, ..., so that N machines share a campaign.
+    #[arg(long, default_value = "1/1", value_name = "K/N")]
+    pub shard: String,
+    /// Where runs.jsonl, summary.json and found/ go [default: target/explore].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// A guest argument applied over every generated case's, as on the kernel command
+    /// line (`--guest bug=NAME` plants a bug, `--guest irq=off`); repeatable.
+    #[arg(long = "guest", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub guest: Vec<(String, String)>,
+    /// Plans may corrupt data (`corrupt` faults); left out by default.
+    #[arg(long)]
+    pub allow_corruption: bool,
+    /// Report findings without shrinking them.
+    #[arg(long)]
+    pub no_shrink: bool,
+    /// Reruns in which a shrink step must break the same oracle clause to be kept.
+    #[arg(long, default_value_t = 3)]
+    pub reruns: usize,
+    /// Stop starting runs once this many distinct findings were seen.
+    #[arg(long, value_name = "N")]
+    pub max_findings: Option<usize>,
+    /// How many distinct findings are shrunk (the first seen).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub shrink_limit: usize,
+    /// QEMU accelerator; `auto` uses KVM when /dev/kvm works (TCG on nested paravirtual
+    /// KVM), else TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelChoice,
     #[command(flatten)]
     pub bins: BinaryArgs,
 }
@@ -625,6 +677,82 @@ impl MatrixArgs {
     }
 }
 
+/// `K/N` with 1 <= K <= N.
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("--shard {s}: expected K/N with 1 <= K <= N");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n) = (
+        k.parse::<u64>().map_err(|_| bad())?,
+        n.parse::<u64>().map_err(|_| bad())?,
+    );
+    if k == 0 || k > n {
+        return Err(bad());
+    }
+    Ok((k, n))
+}
+
+impl ExploreArgs {
+    /// The campaign's options, or a one-line message when the input is bad (exit 2).
+    /// Prints the accelerator chosen.
+    pub fn options(self, command: String) -> Result<ExploreOptions, String> {
+        if self.runs == 0 {
+            return Err("--runs 0: a campaign needs at least one run".into());
+        }
+        if self.reruns == 0 {
+            return Err("--reruns 0: a shrink step needs at least one run".into());
+        }
+        let shard = parse_shard(&self.shard)?;
+        let line = self
+            .guest
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let fixed = GuestArgs::parse(&line).map_err(|e| {
+            let known: Vec<&str> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
+            format!("--guest {line}: {e} (planted bugs: {})", known.join(", "))
+        })?;
+        let out = self
+            .out
+            .unwrap_or_else(|| workspace_root().join("target/explore"));
+        prepare_out(&out).map_err(|e| e.to_string())?;
+        let bins = check_binaries(&self.bins.binaries()).map_err(|e| e.to_string())?;
+        let (accel, why) = accel::choose(self.accel, Path::new(KVM_DEVICE));
+        println!("accel: {accel} ({why})");
+        let jobs = self
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Ok(ExploreOptions {
+            runner: MatrixOptions {
+                bins,
+                accel,
+                out: out.join("runs"),
+                seed: None,
+                guest: Vec::new(),
+                timeout: None,
+                repeat: 1,
+                jobs: 1,
+                keep_image: false,
+            },
+            out,
+            gen: GenOptions {
+                seed: self.seed,
+                bug: fixed.bug,
+                allow_corruption: self.allow_corruption,
+            },
+            overrides: self.guest,
+            runs: self.runs,
+            shard,
+            jobs: jobs.max(1),
+            shrink: !self.no_shrink,
+            reruns: self.reruns,
+            max_findings: self.max_findings,
+            shrink_limit: self.shrink_limit,
+            command,
+        })
+    }
+}
+
 impl LinuxArgs {
     pub fn options(self) -> LinuxOptions {
         let (guest_dir, build_command) = linux_guest_dir(self.guest.guest_dir);
@@ -753,6 +881,16 @@ mod tests {
         );
         assert!(parse_key_value("qd").is_err());
         assert!(parse_key_value("=4").is_err());
+    }
+
+    #[test]
+    fn shards_are_k_of_n() {
+        assert_eq!(parse_shard("1/1"), Ok((1, 1)));
+        assert_eq!(parse_shard("3/4"), Ok((3, 4)));
+        for bad in ["3/2", "0/2", "1", "a/b", "2/0", "-1/2"] {
+            let e = parse_shard(bad).unwrap_err();
+            assert!(e.starts_with(&format!("--shard {bad}:")), "{e}");
+        }
     }
 
     #[test]

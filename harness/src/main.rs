@@ -4,9 +4,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use flakyhba_harness::bench::{self, BenchError};
 use flakyhba_harness::cli::{
-    BenchArgs, Cli, Cmd, DriversArgs, LinuxBenchArgs, MatrixArgs, RunArgs, SoakArgs, SMOKE,
+    BenchArgs, Cli, Cmd, DriversArgs, ExploreArgs, LinuxBenchArgs, MatrixArgs, RunArgs, SoakArgs,
+    SMOKE,
 };
 use flakyhba_harness::drivers::{card, report as card_report};
+use flakyhba_harness::explore::{render_summary, run_campaign, ExploreError};
 use flakyhba_harness::launch::boot::RunFailure;
 use flakyhba_harness::launch::signals::{self, EXIT_INTERRUPTED};
 use flakyhba_harness::linux::{self, run_linux};
@@ -37,6 +39,35 @@ fn main() -> ExitCode {
         Cmd::BenchLinux(args) => bench_linux(args),
         Cmd::Drivers(args) => drivers(args),
         Cmd::Soak(args) => soak(args),
+        Cmd::Explore(args) => explore(args),
+    }
+}
+
+/// Exit status of `explore` on bad input.
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn explore(args: ExploreArgs) -> ExitCode {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let opts = match args.options(command) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("flakyhba-harness explore: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    match run_campaign(&opts) {
+        Ok(summary) => {
+            print!("{}", render_summary(&opts, &summary));
+            if summary.interrupted {
+                interrupted()
+            } else if summary.seen.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(ExploreError::Interrupted) => interrupted(),
+        Err(e) => fail(e),
     }
 }
 

@@ -14,6 +14,7 @@
 use core::fmt;
 use core::ptr::NonNull;
 
+use crate::contract::PlantedBug;
 use crate::platform::Dma;
 use crate::port::handoff::TimerArm;
 use crate::port::{
@@ -137,6 +138,8 @@ pub struct VirtioScsiSettings {
     pub tmf_timeout_us: u64,
     /// The TMF a bus reset sends.
     pub reset: ResetTmf,
+    /// A bug planted on purpose (`bug=NAME`); [`PlantedBug::None`] for the real miniport.
+    pub bug: PlantedBug,
 }
 
 #[derive(Debug)]
@@ -210,6 +213,9 @@ pub struct VirtioScsi<T: Transport> {
     /// The request queue's used index at the previous watchdog call: what lies before
     /// it went a whole interval without an interrupt.
     watch_mark: Option<u16>,
+    /// Planted bug `double-completion`: where popping stood when the watchdog last
+    /// completed elements in place, and how many.
+    peeked: Option<(u16, u16)>,
     /// Whether a RequestTimerCall is pending: a compare-and-exchange hand-off, so
     /// HwStartIo and HwTimer may run at the same time in multi-channel mode (T6).
     timer_arm: TimerArm,
@@ -266,6 +272,7 @@ impl<T: Transport> VirtioScsi<T> {
             config_vector: VIRTIO_MSI_NO_VECTOR,
             config_generation: 0,
             watch_mark: None,
+            peeked: None,
             timer_arm: TimerArm::default(),
             refused: false,
             dead: None,

@@ -2,6 +2,7 @@
 //! watchdog (or, without interrupts, the poll of every completion, T7), and arming the
 //! next call through the hand-off with HwStartIo (T1, T4, T6).
 
+use crate::contract::PlantedBug;
 use crate::port::PortContext;
 use crate::virtio::Transport;
 
@@ -37,10 +38,17 @@ impl<T: Transport> VirtioScsi<T> {
     /// previous call and still raised no interrupt for, then marks the ring again.
     /// Completions that came since are left for their interrupt (or the next call).
     fn watchdog(&mut self, ctx: &mut PortContext<'_>) -> u16 {
+        if self.settings.bug == PlantedBug::DoubleCompletion {
+            self.pop_peeked();
+        }
         let lost = self
             .watch_mark
             .map_or(0, |mark| self.request.unpopped_at(mark));
-        let found = self.drain_requests(ctx, Source::Poll, lost);
+        let found = if self.settings.bug == PlantedBug::DoubleCompletion {
+            self.complete_in_place(ctx, lost)
+        } else {
+            self.drain_requests(ctx, Source::Poll, lost)
+        };
         self.watch_mark = Some(self.request.used_mark());
         found
     }

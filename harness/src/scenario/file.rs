@@ -95,6 +95,7 @@ struct RawScenario {
     timeout_s: Option<Spanned<f64>>,
     #[serde(default)]
     long: bool,
+    implicit: Option<bool>,
     #[serde(default)]
     guest: RawGuest,
     #[serde(default)]
@@ -157,6 +158,10 @@ pub struct Scenario {
     pub name: String,
     pub path: PathBuf,
     pub long: bool,
+    /// Whether the positive run also owes [`implicit_expectations`] (default). `false`
+    /// for a plan whose correct outcome is a failure: the file's own expectations say
+    /// which, and what the run still owes (explore writes such files).
+    pub implicit: bool,
     pub positive: Variant,
     pub negative: Option<Variant>,
 }
@@ -413,6 +418,7 @@ impl Scenario {
             name,
             path: path.to_owned(),
             long: raw.long,
+            implicit: raw.implicit.unwrap_or(true),
             positive,
             negative,
         })
@@ -529,6 +535,9 @@ expect = ['guest.result == "fail"']
         let s = parse(GOOD).unwrap();
         assert_eq!(s.name, "drop-every-3");
         assert!(!s.long);
+        assert!(s.implicit);
+        let own = parse(&GOOD.replace("timeout_s = 5\n", "timeout_s = 5\nimplicit = false\n"));
+        assert!(!own.unwrap().implicit);
         let p = &s.positive;
         assert_eq!(p.timeout, Duration::from_secs(5));
         let args = p.guest_args(&[]).unwrap();

@@ -63,7 +63,7 @@ pub fn run_one(run: &Planned, opts: &MatrixOptions) -> Result<RunRecord, RunErro
     }
     let variant = run.variant();
     let mut checked: Vec<Checked> = Vec::new();
-    if !run.negative {
+    if !run.negative && run.scenario.implicit {
         checked.extend(implicit_expectations().iter().map(|e| Checked {
             judged: e.judge(&g.metrics),
             implicit: true,
