@@ -9,10 +9,12 @@
 //! - [`faults`]: the fault plan, the engine's decisions and the trace.
 //! - [`virtio`]: the virtio-scsi wire format and the guest buffers of a request.
 //! - [`scsi`]: the SCSI target, which knows nothing about virtio.
+//! - [`listen`]: the Unix sockets the backend listens on (binding, removal, back-off).
 
 pub mod args;
 pub mod control;
 pub mod faults;
+pub mod listen;
 pub mod scsi;
 pub mod vhu_scsi;
 pub mod virtio;

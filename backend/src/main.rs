@@ -1,21 +1,23 @@
 //! vhost-user-flakyhba: serves one vhost-user frontend at a time on a socket, and keeps
 //! serving after a frontend disconnects.
 
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixListener;
 use std::process::exit;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
-use flakyhba_backend::args::{Args, Config, ConfigError};
+use flakyhba_backend::args::paths::{self, PathError, VHOST_USER_SOCKET};
+use flakyhba_backend::args::{Args, Config, ConfigError, USAGE_EXIT_CODE};
 use flakyhba_backend::control::{ControlError, ControlServer};
 use flakyhba_backend::faults::{Epoch, FaultEngine, Plan, Trace, TraceError, PLAN_ERROR_EXIT_CODE};
+use flakyhba_backend::listen::{self, Backoff, BoundSocket, Refuser, SocketError};
 use flakyhba_backend::scsi::{Lun, ScsiError, Target};
 use flakyhba_backend::vhu_scsi::{FaultContext, VhostUserScsiBackend, VhuScsiError};
 
@@ -23,21 +25,25 @@ use flakyhba_backend::vhu_scsi::{FaultContext, VhostUserScsiBackend, VhuScsiErro
 /// looks at the engine at least this often.
 const CONTROL_POLL: Duration = Duration::from_millis(20);
 
+/// How long a second frontend may wait while one is served before it is refused: the
+/// served one may be just leaving, and then the newcomer is served after it.
+const SECOND_FRONTEND_GRACE: Duration = Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 enum RunError {
     #[error("invalid arguments")]
     InvalidArgs(#[from] ConfigError),
+    #[error("refused")]
+    Refused(#[from] PathError),
     #[error("could not set up the SCSI target")]
     CouldNotCreateTarget(#[from] ScsiError),
     #[error("could not install the signal handler")]
     CouldNotHandleSignals(#[source] std::io::Error),
-    #[error("could not listen on {0}")]
-    CouldNotListen(PathBuf, #[source] vhost::vhost_user::Error),
+    #[error("could not listen")]
+    CouldNotListen(#[source] SocketError),
     // vhost_user_backend::Error is not a std Error, so it goes into the message.
     #[error("could not create the vhost-user daemon: {0}")]
     CouldNotCreateDaemon(vhost_user_backend::Error),
-    #[error("could not accept a frontend: {0}")]
-    CouldNotAcceptFrontend(vhost_user_backend::Error),
     #[error("could not create the trace")]
     CouldNotCreateTrace(#[source] TraceError),
     #[error("could not start the control socket")]
@@ -48,40 +54,66 @@ enum RunError {
     CouldNotRegisterTimer(#[source] std::io::Error),
 }
 
+impl RunError {
+    /// [`USAGE_EXIT_CODE`] when the backend refused what it was given, 1 when something
+    /// failed.
+    fn exit_code(&self) -> i32 {
+        let refused = match self {
+            RunError::InvalidArgs(_) => true,
+            RunError::Refused(e) => e.is_refusal(),
+            RunError::CouldNotCreateTarget(e) => e.is_refusal(),
+            RunError::CouldNotListen(e) => e.is_refusal(),
+            RunError::CouldNotCreateTrace(e) => e.is_refusal(),
+            RunError::CouldNotStartControlSocket(ControlError::Socket(e)) => e.is_refusal(),
+            _ => false,
+        };
+        if refused {
+            USAGE_EXIT_CODE
+        } else {
+            1
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
     let default_level = if args.verbose { "debug" } else { "info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .init();
-    let config = Config::try_from(args).map_err(RunError::from);
-    let result = config.and_then(|config| {
-        // A bad plan is the user's input error: one line naming file:line:col, exit 2.
-        let plan = config.faults.plan().unwrap_or_else(|e| {
-            eprintln!("{e}");
-            exit(PLAN_ERROR_EXIT_CODE)
-        });
-        run(config, plan)
+    let config = Config::try_from(args).unwrap_or_else(|e| fail(&RunError::from(e)));
+    // A bad plan is the user's input error: one line naming file:line:col, exit 2.
+    let plan = config.faults.plan().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        exit(PLAN_ERROR_EXIT_CODE)
     });
-    if let Err(e) = result {
-        // Log the whole cause chain on one line.
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        error!("{msg}");
-        exit(1);
+    if let Err(e) = run(config, plan) {
+        fail(&e);
     }
 }
 
+/// Logs the whole cause chain on one line and exits.
+fn fail(e: &RunError) -> ! {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    error!("{msg}");
+    exit(e.exit_code())
+}
+
+/// Start-up, in an order that touches nothing before every check passed: the paths,
+/// then the images (opened and locked, nothing written), then the trace, the sockets.
 fn run(config: Config, plan: Plan) -> Result<(), RunError> {
+    paths::check(&config)?;
     let luns = config
         .luns
         .iter()
         .map(Lun::open_spec)
         .collect::<Result<Vec<_>, _>>()?;
-    for lun in &luns {
+    let target = Arc::new(Target::new(luns)?);
+    for (_, lun) in target.luns() {
         info!(
             "LUN {}: {} blocks of {} bytes{}",
             lun.name(),
@@ -90,7 +122,6 @@ fn run(config: Config, plan: Plan) -> Result<(), RunError> {
             if lun.read_only() { ", read-only" } else { "" }
         );
     }
-    let target = Arc::new(Target::new(luns)?);
 
     let epoch = Epoch::start();
     let active = config.faults.needs_engine(&plan);
@@ -110,11 +141,13 @@ fn run(config: Config, plan: Plan) -> Result<(), RunError> {
     let engine = Arc::new(Mutex::new(engine));
 
     // Before any thread exists, so that every thread inherits the blocked mask.
-    exit_on_termination_signals(
-        config.socket_path.clone(),
-        config.faults.control_socket.clone(),
-        engine.clone(),
-    )?;
+    let sockets = Arc::new(Mutex::new(Vec::new()));
+    exit_on_termination_signals(sockets.clone(), engine.clone())?;
+    let (listener, bound) = listen::bind(&config.socket_path, VHOST_USER_SOCKET, false)
+        .map_err(RunError::CouldNotListen)?;
+    // Removed when run returns; on a signal, by the signal thread.
+    let _socket = RemoveOnDrop(bound.clone());
+    lock(&sockets).push(bound);
     // Kept for the whole run: dropping it closes the socket.
     let _control = match &config.faults.control_socket {
         Some(path) => {
@@ -122,6 +155,7 @@ fn run(config: Config, plan: Plan) -> Result<(), RunError> {
                 ControlServer::start_with_target(path, engine.clone(), Some(target.clone()))
                     .map_err(RunError::CouldNotStartControlSocket)?;
             info!("control socket on {}", path.display());
+            lock(&sockets).push(server.socket().clone());
             Some(server)
         }
         None => None,
@@ -132,41 +166,73 @@ fn run(config: Config, plan: Plan) -> Result<(), RunError> {
         active,
         poll: config.faults.control_socket.as_ref().map(|_| CONTROL_POLL),
     };
-
-    // One listener for the whole run: a new frontend can connect as soon as the previous
-    // one is gone. `true` removes a stale socket file.
-    let mut listener = Listener::new(&config.socket_path, true)
-        .map_err(|e| RunError::CouldNotListen(config.socket_path.clone(), e))?;
+    // The refuser's handle on the same socket (see `serve`).
+    let spare = listener.try_clone().map_err(|source| {
+        RunError::CouldNotListen(SocketError::CouldNotBind {
+            what: VHOST_USER_SOCKET,
+            path: config.socket_path.display().to_string(),
+            source,
+        })
+    })?;
     info!("listening on {}", config.socket_path.display());
+    serve(
+        Listener::from(listener),
+        &spare,
+        &target,
+        config.num_queues,
+        &faults,
+    )
+}
+
+/// Removes the socket it holds, while it is still ours, when dropped.
+struct RemoveOnDrop(BoundSocket);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
+}
+
+/// Serves one frontend at a time for ever, on one listener: a new frontend can connect as
+/// soon as the previous one is gone, and one that connects meanwhile is refused.
+fn serve(
+    mut listener: Listener,
+    spare: &UnixListener,
+    target: &Arc<Target>,
+    num_queues: u16,
+    faults: &FaultContext,
+) -> Result<(), RunError> {
+    let mut backoff = Backoff::new(VHOST_USER_SOCKET);
+    let mut served = false;
     loop {
-        // A fresh backend and daemon per connection: no state leaks between frontends.
-        let backend = Arc::new(
-            VhostUserScsiBackend::with_faults(target.clone(), config.num_queues, faults.clone())
-                .map_err(RunError::CouldNotCreateBackend)?,
-        );
-        let mut daemon = VhostUserDaemon::new(
-            "vhost-user-flakyhba".to_string(),
-            backend.clone(),
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-        )
-        .map_err(RunError::CouldNotCreateDaemon)?;
-        // Each worker's timer is one more fd in its epoll set (ids above the queues).
-        for (thread, handler) in daemon.get_epoll_handlers().iter().enumerate() {
-            if let Some(fd) = backend.timer_fd(thread) {
-                handler
-                    .register_listener(fd, EventSet::IN, u64::from(backend.timer_event()))
-                    .map_err(RunError::CouldNotRegisterTimer)?;
+        // A device that cannot be made at start-up is an error; later (no file
+        // descriptor left, say) it is retried, and the serving loop goes on.
+        let (backend, mut daemon) = match new_device(target, num_queues, faults) {
+            Ok(device) => device,
+            Err(e) if !served => return Err(e),
+            Err(e) => {
+                std::thread::sleep(backoff.failed(&format_args!("{e}")));
+                continue;
             }
-        }
+        };
         // A new frontend is a power-on from the guest's point of view. Raised before the
         // accept: `start` hands the connection to a thread of its own at once, and a quick
         // frontend's first command could otherwise be served before the unit attention
         // exists and a later one hit it.
         target.power_on();
-        daemon
-            .start(&mut listener)
-            .map_err(RunError::CouldNotAcceptFrontend)?;
+        debug!("waiting for a frontend");
+        // A failed accept (no file descriptor left, say) never ends the serving loop.
+        while let Err(e) = daemon.start(&mut listener) {
+            std::thread::sleep(backoff.failed(&format_args!("accept failed: {e}")));
+        }
+        backoff.succeeded();
+        served = true;
         info!("frontend connected");
+        let refuser = spare
+            .try_clone()
+            .and_then(|l| Refuser::start(l, VHOST_USER_SOCKET, SECOND_FRONTEND_GRACE))
+            .map_err(|e| warn!("{VHOST_USER_SOCKET}: a second frontend will wait: {e}"))
+            .ok();
         match daemon.wait() {
             // A frontend that goes away is the normal end of a connection.
             Ok(())
@@ -175,27 +241,59 @@ fn run(config: Config, plan: Plan) -> Result<(), RunError> {
             )) => info!("frontend disconnected"),
             Err(e) => warn!("frontend connection ended: {e}"),
         }
+        drop(refuser);
         // Dropping the daemon stops and joins its vring workers.
         drop(daemon);
         // The frontend is gone: what the device held is dropped as on a device reset.
         backend.on_disconnect();
-        if let Err(e) = lock(&engine).flush_trace() {
+        if let Err(e) = lock(&faults.engine).flush_trace() {
             warn!("{e}");
         }
     }
 }
 
-fn lock(engine: &Mutex<FaultEngine>) -> std::sync::MutexGuard<'_, FaultEngine> {
-    engine
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// A fresh device and daemon for the next frontend: no state leaks between frontends.
+fn new_device(
+    target: &Arc<Target>,
+    num_queues: u16,
+    faults: &FaultContext,
+) -> Result<
+    (
+        Arc<VhostUserScsiBackend>,
+        VhostUserDaemon<Arc<VhostUserScsiBackend>>,
+    ),
+    RunError,
+> {
+    let backend = Arc::new(
+        VhostUserScsiBackend::with_faults(target.clone(), num_queues, faults.clone())
+            .map_err(RunError::CouldNotCreateBackend)?,
+    );
+    let daemon = VhostUserDaemon::new(
+        "vhost-user-flakyhba".to_string(),
+        backend.clone(),
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(RunError::CouldNotCreateDaemon)?;
+    // Each worker's timer is one more fd in its epoll set (ids above the queues).
+    for (thread, handler) in daemon.get_epoll_handlers().iter().enumerate() {
+        if let Some(fd) = backend.timer_fd(thread) {
+            handler
+                .register_listener(fd, EventSet::IN, u64::from(backend.timer_event()))
+                .map_err(RunError::CouldNotRegisterTimer)?;
+        }
+    }
+    Ok((backend, daemon))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Blocks SIGINT and SIGTERM in every thread and waits for them on a dedicated one, which
-/// flushes the trace, removes the sockets and exits 0.
+/// flushes the trace, removes the sockets this process bound (while still its own) and
+/// exits 0.
 fn exit_on_termination_signals(
-    socket: PathBuf,
-    control: Option<PathBuf>,
+    sockets: Arc<Mutex<Vec<BoundSocket>>>,
     engine: Arc<Mutex<FaultEngine>>,
 ) -> Result<(), RunError> {
     let set = termination_signals();
@@ -208,7 +306,7 @@ fn exit_on_termination_signals(
     }
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || wait_for_termination(set, &socket, control.as_deref(), &engine))
+        .spawn(move || wait_for_termination(set, &sockets, &engine))
         .map_err(RunError::CouldNotHandleSignals)?;
     Ok(())
 }
@@ -227,8 +325,7 @@ fn termination_signals() -> libc::sigset_t {
 
 fn wait_for_termination(
     set: libc::sigset_t,
-    socket: &Path,
-    control: Option<&Path>,
+    sockets: &Mutex<Vec<BoundSocket>>,
     engine: &Mutex<FaultEngine>,
 ) {
     let mut sig: libc::c_int = 0;
@@ -244,9 +341,8 @@ fn wait_for_termination(
     if let Err(e) = lock(engine).flush_trace() {
         warn!("{e}");
     }
-    let _ = std::fs::remove_file(socket);
-    if let Some(c) = control {
-        let _ = std::fs::remove_file(c);
+    for socket in lock(sockets).iter() {
+        socket.remove();
     }
     exit(0);
 }

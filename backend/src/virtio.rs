@@ -17,7 +17,7 @@ use vm_memory::{
     VolatileSlice,
 };
 
-use crate::scsi::{DataError, DataIn, DataOut};
+use crate::scsi::{single_level_lun, DataError, DataIn, DataOut};
 
 /// Takes each named constant of virtio-bindings (Linux's uapi header, where all are `u32`)
 /// with the type of the field or the use it has here; every value fits that type.
@@ -226,10 +226,20 @@ pub fn decode_lun(lun: &[u8; 8]) -> Option<ScsiAddress> {
     })
 }
 
-/// Encodes an address the way Linux and QEMU do: flat space, 0x4000 | lun.
-pub fn encode_lun(addr: ScsiAddress) -> [u8; 8] {
-    let v = 0x4000 | (addr.lun & 0x3fff);
-    let [hi, lo] = v.to_be_bytes();
+/// The LUN field of an event (5.6.6.3), as QEMU's virtio-scsi writes it: bytes 2..4 hold
+/// the LUN as REPORT LUNS lists it (0x40 only from LUN 256 on). Linux's virtio_scsi reads
+/// an event's LUN as `lun[2] << 8 | lun[3]`, unmasked, and looks up the device it scanned
+/// from REPORT LUNS under that number: flat space below 256 would name LUN 0x4000 + n.
+pub fn event_lun(addr: ScsiAddress) -> [u8; 8] {
+    let id = single_level_lun(addr.lun);
+    [1, addr.target, id[0], id[1], 0, 0, 0, 0]
+}
+
+/// The LUN field of a request or TMF as Linux's virtio_scsi writes it: flat space always,
+/// 0x4000 | lun. The device decodes both forms ([`decode_lun`]).
+#[cfg(test)]
+pub fn request_lun(addr: ScsiAddress) -> [u8; 8] {
+    let [hi, lo] = (0x4000 | (addr.lun & 0x3fff)).to_be_bytes();
     [1, addr.target, hi, lo, 0, 0, 0, 0]
 }
 
@@ -809,7 +819,8 @@ mod tests {
     fn lun_encoding_round_trips() {
         for lun in [0u16, 1, 255, 256, 0x3fff] {
             let a = ScsiAddress { target: 0, lun };
-            assert_eq!(decode_lun(&encode_lun(a)), Some(a));
+            assert_eq!(decode_lun(&request_lun(a)), Some(a));
+            assert_eq!(decode_lun(&event_lun(a)), Some(a));
         }
         // Peripheral addressing for LUN < 256 (byte 2 = 0).
         assert_eq!(
@@ -821,9 +832,40 @@ mod tests {
         assert_eq!(decode_lun(&[1, 0, 0x01, 0, 0, 0, 0, 0]), None);
         assert_eq!(decode_lun(&[1, 0, 0xc0, 0, 0, 0, 0, 0]), None);
         for i in 4..8 {
-            let mut l = encode_lun(ScsiAddress { target: 0, lun: 1 });
+            let mut l = request_lun(ScsiAddress { target: 0, lun: 1 });
             l[i] = 1;
             assert_eq!(decode_lun(&l), None, "byte {i}");
         }
+    }
+
+    /// Linux reads an event's LUN as `lun[2] << 8 | lun[3]` and must get the number it gave
+    /// the LU when it scanned REPORT LUNS (scsilun_to_int: the entry's first two bytes):
+    /// plain n below 256, 0x4000 | n from 256 on (QEMU's virtio_scsi_push_event).
+    #[test]
+    fn event_luns_read_as_linux_numbers_the_reported_lus() {
+        let linux_event = |l: [u8; 8]| u16::from(l[2]) << 8 | u16::from(l[3]);
+        let linux_report = |e: [u8; 8]| u16::from(e[0]) << 8 | u16::from(e[1]);
+        for (lun, linux) in [
+            (0u16, 0u16),
+            (1, 1),
+            (255, 255),
+            (256, 0x4100),
+            (0x3fff, 0x7fff),
+        ] {
+            let a = ScsiAddress { target: 3, lun };
+            let ev = event_lun(a);
+            assert_eq!(ev[..2], [1, 3]);
+            assert_eq!(ev[4..], [0; 4]);
+            assert_eq!(linux_event(ev), linux, "LUN {lun}");
+            assert_eq!(linux_report(single_level_lun(lun)), linux, "LUN {lun}");
+        }
+        assert_eq!(
+            event_lun(ScsiAddress { target: 0, lun: 1 }),
+            [1, 0, 0, 1, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            request_lun(ScsiAddress { target: 0, lun: 1 }),
+            [1, 0, 0x40, 1, 0, 0, 0, 0]
+        );
     }
 }

@@ -4,8 +4,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -13,66 +13,11 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-const TIMEOUT: Duration = Duration::from_secs(20);
+mod common;
+
+use common::{Served, TIMEOUT};
+
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-flakyhba");
-
-/// Kills and reaps the backend however the test ends.
-struct Backend {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Backend {
-    fn spawn(dir: &Path, extra: &[&str]) -> Backend {
-        let socket = dir.join("vhost.sock");
-        let log = dir.join("backend.log");
-        let disk = dir.join("disk.img");
-        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-        let child = Command::new(BIN)
-            .arg("--socket-path")
-            .arg(&socket)
-            .arg("--lun")
-            .arg(&disk)
-            .args(extra)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Backend { child, socket, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Polls until `path` accepts connections; fails early if the backend died.
-    fn wait_for(&mut self, path: &Path) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("backend exited with {status}:\n{}", self.log());
-            }
-            if UnixStream::connect(path).is_ok() {
-                return;
-            }
-            assert!(
-                start.elapsed() < TIMEOUT,
-                "no socket {path:?} after {TIMEOUT:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
 
 /// One control-socket connection: a JSON line out, a JSON line back.
 struct Control {
@@ -171,7 +116,7 @@ fn plan_trace_and_control_socket_work_together() {
     .unwrap();
     let trace = dir.path().join("trace.jsonl");
     let control = dir.path().join("control.sock");
-    let mut backend = Backend::spawn(
+    let mut backend = Served::spawn(
         dir.path(),
         &[
             "--fault-plan",
@@ -186,8 +131,8 @@ fn plan_trace_and_control_socket_work_together() {
             control.to_str().unwrap(),
         ],
     );
-    backend.wait_for(&backend.socket.clone());
-    backend.wait_for(&control);
+    backend.wait_listening();
+    backend.wait_for_socket(&control);
 
     let mut ctl = Control::connect(&control);
     let list = ctl.ask(json!({"cmd": "list"}));
@@ -489,7 +434,7 @@ fn requests_through_the_real_daemon_are_delayed_and_lose_interrupts() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace.jsonl");
     let control = dir.path().join("control.sock");
-    let mut backend = Backend::spawn(
+    let mut backend = Served::spawn(
         dir.path(),
         &[
             "--fault",
@@ -502,8 +447,8 @@ fn requests_through_the_real_daemon_are_delayed_and_lose_interrupts() {
             control.to_str().unwrap(),
         ],
     );
-    backend.wait_for(&backend.socket.clone());
-    backend.wait_for(&control);
+    backend.wait_listening();
+    backend.wait_for_socket(&control);
     let mut driver = Driver::start(&backend.socket);
 
     let start = Instant::now();

@@ -1,123 +1,18 @@
 //! Runs the built backend binary and talks vhost-user to it with the vhost crate's
 //! frontend: a second frontend must be served after the first one disconnects.
 
-use std::os::unix::net::UnixStream;
+mod common;
+
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
-use vhost::VhostBackend;
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-
-const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Kills and reaps the backend however the test ends.
-struct Backend {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Backend {
-    fn spawn(dir: &Path, extra: &[&str]) -> Backend {
-        let socket = dir.join("vhost.sock");
-        let log = dir.join("backend.log");
-        let disk = dir.join("disk.img");
-        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-flakyhba"))
-            .arg("--socket-path")
-            .arg(&socket)
-            .arg("--lun")
-            .arg(&disk)
-            .args(extra)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Backend { child, socket, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Polls until the socket accepts connections; fails early if the backend died.
-    fn wait_for_socket(&mut self) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "backend exited with {status} before listening:\n{}",
-                    self.log()
-                );
-            }
-            if UnixStream::connect(&self.socket).is_ok() {
-                return;
-            }
-            assert!(
-                start.elapsed() < TIMEOUT,
-                "no socket after {TIMEOUT:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn connect(&self) -> Frontend {
-        let stream = UnixStream::connect(&self.socket).unwrap();
-        // A backend that stopped serving shows as a timeout instead of a hung test.
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        Frontend::from_stream(stream, 64)
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < TIMEOUT,
-                "backend did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// Negotiates features as QEMU starts to, and returns the queue count.
-fn negotiate(frontend: &mut Frontend) -> u64 {
-    let features = frontend.get_features().unwrap();
-    assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0);
-    assert_ne!(features & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
-    frontend.set_owner().unwrap();
-    let protocol = frontend.get_protocol_features().unwrap();
-    assert!(
-        protocol.contains(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::RESET_DEVICE)
-    );
-    frontend
-        .set_protocol_features(VhostUserProtocolFeatures::MQ)
-        .unwrap();
-    frontend.get_queue_num().unwrap()
-}
+use common::{negotiate, Served};
 
 #[test]
 fn second_frontend_is_served_after_first_disconnects() {
     let dir = tempfile::tempdir().unwrap();
-    let mut backend = Backend::spawn(dir.path(), &["--num-queues", "2"]);
-    backend.wait_for_socket();
+    let mut backend = Served::spawn(dir.path(), &["--num-queues", "2"]);
+    backend.wait_listening();
 
     let mut first = backend.connect();
     assert_eq!(
@@ -144,9 +39,11 @@ fn second_frontend_is_served_after_first_disconnects() {
 #[test]
 fn stale_socket_file_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("vhost.sock"), b"stale").unwrap();
-    let mut backend = Backend::spawn(dir.path(), &[]);
-    backend.wait_for_socket();
+    // A socket an earlier run left behind (a file that is not a socket is refused: see
+    // startup.rs).
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("vhost.sock")).unwrap());
+    let mut backend = Served::spawn(dir.path(), &[]);
+    backend.wait_listening();
     let mut frontend = backend.connect();
     assert_eq!(negotiate(&mut frontend), 3);
 }
@@ -154,8 +51,8 @@ fn stale_socket_file_is_replaced() {
 #[test]
 fn sigterm_exits_cleanly_and_removes_the_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let mut backend = Backend::spawn(dir.path(), &[]);
-    backend.wait_for_socket();
+    let mut backend = Served::spawn(dir.path(), &[]);
+    backend.wait_listening();
     // SAFETY: kill(2) with the pid of our own child and a valid signal number.
     let rc = unsafe { libc::kill(backend.child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);

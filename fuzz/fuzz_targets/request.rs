@@ -21,7 +21,7 @@
 //! copied to DATA_BASE (request headers, CDBs, data-out, indirect tables).
 #![no_main]
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use flakyhba_backend::faults::{FaultEngine, FaultSpec, Plan};
 use flakyhba_backend::vhu_scsi::{process_control_chain, serve_command, Disposition};
@@ -57,6 +57,17 @@ const FAULTS: [&str; 15] = [
     "status:status=reset,every=2",
 ];
 
+/// FAULTS, parsed once.
+fn fault_specs() -> &'static [FaultSpec] {
+    static SPECS: OnceLock<Vec<FaultSpec>> = OnceLock::new();
+    SPECS.get_or_init(|| {
+        FAULTS
+            .iter()
+            .map(|text| FaultSpec::from_shorthand(text, true).expect("FAULTS are valid"))
+            .collect()
+    })
+}
+
 fn engine(faults: u8) -> Option<Arc<Mutex<FaultEngine>>> {
     let mut plan = Plan {
         allow_corruption: true,
@@ -64,8 +75,7 @@ fn engine(faults: u8) -> Option<Arc<Mutex<FaultEngine>>> {
     };
     for nibble in [faults & 0xf, faults >> 4] {
         if nibble != 0 {
-            let text = FAULTS[usize::from(nibble) - 1];
-            let spec = FaultSpec::from_shorthand(text, true).expect("FAULTS are valid");
+            let spec = fault_specs()[usize::from(nibble) - 1].clone();
             plan.push(spec).expect("corruption allowed");
         }
     }
@@ -126,6 +136,7 @@ fn serve_alone(
     };
     let warnings = take_warnings();
     if wild {
+        recycle(before);
         return;
     }
     assert!(
@@ -133,7 +144,10 @@ fn serve_alone(
         "used length {used} > {} writable bytes",
         info.writable_bytes
     );
-    assert_changes_within(&before, &snapshot(&mem), &info.writable);
+    let after = snapshot(&mem);
+    assert_changes_within(&before, &after, &info.writable);
+    recycle(before);
+    recycle(after);
     if used == 0 {
         assert_eq!(warnings, 1, "a chain without a response: one warning");
         assert!(reported.is_none());

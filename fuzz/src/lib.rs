@@ -92,12 +92,29 @@ pub fn take_warnings() -> usize {
 
 // ---- fixtures ----
 
-pub fn guest_memory(payload: &[u8]) -> GuestMemoryMmap {
-    let mem = GuestMemoryMmap::from_ranges(&[
+thread_local! {
+    /// One guest memory for every input (libFuzzer runs them on one thread): mapping,
+    /// faulting in and unmapping fresh memory for each chain cost more than the backend's
+    /// work on it. [`guest_memory`] puts it back to the state of a fresh mapping.
+    static MEMORY: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[
         (GuestAddress(REGION0.0), REGION0.1),
         (GuestAddress(REGION1.0), REGION1.1),
     ])
     .expect("guest memory");
+    /// Buffers of [`snapshot`], reused.
+    static SNAPSHOTS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+static ZEROES: [u8; REGION0.1] = [0; REGION0.1];
+
+/// Guest memory as freshly mapped, with `payload` (as much as fits) at DATA_BASE. Every
+/// call returns the same memory: the previous user must be done with it.
+pub fn guest_memory(payload: &[u8]) -> GuestMemoryMmap {
+    let mem = MEMORY.with(GuestMemoryMmap::clone);
+    mem.write_slice(&ZEROES[..REGION0.1], GuestAddress(REGION0.0))
+        .expect("region 0");
+    mem.write_slice(&ZEROES[..REGION1.1], GuestAddress(REGION1.0))
+        .expect("region 1");
     let room = REGION0.1 - DATA_BASE as usize;
     mem.write_slice(&payload[..payload.len().min(room)], GuestAddress(DATA_BASE))
         .expect("payload fits region 0");
@@ -123,15 +140,23 @@ pub fn overlaps((a, alen): (u64, u64), (b, blen): (u64, u64)) -> bool {
     a < b.saturating_add(blen) && b < a.saturating_add(alen)
 }
 
-/// A snapshot of all guest memory.
+/// A snapshot of all guest memory, in a buffer reused from an earlier snapshot when one
+/// was given back with [`recycle`].
 pub fn snapshot(mem: &GuestMemoryMmap) -> Vec<u8> {
-    let mut buf = vec![0u8; REGION0.1 + REGION1.1];
+    let mut buf = SNAPSHOTS
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; REGION0.1 + REGION1.1]);
     let (a, b) = buf.split_at_mut(REGION0.1);
     mem.read_slice(a, GuestAddress(REGION0.0))
         .expect("region 0");
     mem.read_slice(b, GuestAddress(REGION1.0))
         .expect("region 1");
     buf
+}
+
+/// Gives a snapshot's buffer back for the next one.
+pub fn recycle(snapshot: Vec<u8>) {
+    SNAPSHOTS.with(|s| s.borrow_mut().push(snapshot));
 }
 
 fn guest_address(snapshot_index: usize) -> u64 {
@@ -399,6 +424,28 @@ fn vring(
     v
 }
 
+/// The device's backend on `mem`, as a connected driver has set it up.
+fn device_backend(
+    engine: Option<&Arc<Mutex<FaultEngine>>>,
+    target: &Arc<Target>,
+    mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+    opts: DeviceOptions,
+) -> VhostUserScsiBackend {
+    let backend = match engine {
+        None => VhostUserScsiBackend::new(target.clone(), 1),
+        Some(engine) => {
+            let ctx = FaultContext::new(engine.clone(), Epoch::start());
+            VhostUserScsiBackend::with_faults(target.clone(), 1, ctx).expect("timerfds")
+        }
+    };
+    backend.update_memory(mem.clone()).expect("memory");
+    backend.set_event_idx(opts.event_idx);
+    if opts.event_buffer {
+        backend.acked_features(1 << VIRTIO_SCSI_F_HOTPLUG | 1 << VIRTIO_SCSI_F_CHANGE);
+    }
+    backend
+}
+
 impl Device {
     /// `chains` are posted up front (descriptor tables and avail rings written, avail
     /// indices left at 0); [`Device::kick`] then makes them available one at a time.
@@ -414,19 +461,8 @@ impl Device {
         if opts.power_on {
             target.power_on();
         }
-        let backend = match &engine {
-            None => VhostUserScsiBackend::new(target.clone(), 1),
-            Some(engine) => {
-                let ctx = FaultContext::new(engine.clone(), Epoch::start());
-                VhostUserScsiBackend::with_faults(target.clone(), 1, ctx).expect("timerfds")
-            }
-        };
         let atomic = GuestMemoryAtomic::new(mem.clone());
-        backend.update_memory(atomic.clone()).expect("memory");
-        backend.set_event_idx(opts.event_idx);
-        if opts.event_buffer {
-            backend.acked_features(1 << VIRTIO_SCSI_F_HOTPLUG | 1 << VIRTIO_SCSI_F_CHANGE);
-        }
+        let backend = device_backend(engine.as_ref(), &target, &atomic, opts);
 
         let mut ctrl = Ring::new(CTRL_AT, CTRL_USED);
         let mut req = Ring::new(REQ_AT, REQ_USED);

@@ -33,7 +33,9 @@ pub const REPORT_RESULT_KEY: &str = "result";
 pub const REPORT_EVENT_KEY: &str = "event";
 
 /// Fields of the final result line that the harness reads. Other fields may follow.
-/// - `result`: `"pass"` or `"fail"`; `reason`: a plain message when it failed.
+/// - `result`: `"pass"` or `"fail"`; `reason`: a plain message when it failed, and
+///   `failure` (its kind), `failed_op`, `failed_srb_status`, `failed_scsi_status`,
+///   `failed_sense_key` (what is known of it).
 /// - `scenario` (the workload's name), `seed`, `irq`, `poll` (bools): echo of the
 ///   arguments.
 /// - `block_size`, `capacity` (blocks): what READ CAPACITY returned.
@@ -54,6 +56,16 @@ pub const REPORT_EVENT_KEY: &str = "event";
 pub mod result_fields {
     pub const RESULT: &str = "result";
     pub const REASON: &str = "reason";
+    /// When it failed: what kind of failure (`Failure::kind` of the runner: `command`,
+    /// `timeout`, `mismatch`, `short-transfer`, ...), and for a command the operation,
+    /// its SRB status, SCSI status and sense key (when it has sense data).
+    pub const FAILURE: &str = "failure";
+    pub const FAILED_OP: &str = "failed_op";
+    pub const FAILED_SRB_STATUS: &str = "failed_srb_status";
+    pub const FAILED_SCSI_STATUS: &str = "failed_scsi_status";
+    pub const FAILED_SENSE_KEY: &str = "failed_sense_key";
+    /// The planted bug the run had (`bug=`), when one was set.
+    pub const BUG: &str = "bug";
     pub const SCENARIO: &str = "scenario";
     pub const SEED: &str = "seed";
     pub const IRQ: &str = "irq";
@@ -241,6 +253,66 @@ impl ResetKind {
     }
 }
 
+/// Bugs planted on purpose in the miniport and the class driver (`bug=NAME`), so that
+/// `flakyhba-harness explore` can show it finds what breaks a miniport. Off by default
+/// (`bug=none`): with it off, nothing behaves differently. guest-miniport/README.md says
+/// what each one breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    None,
+    /// The HwTimer watchdog completes what it finds without taking it off the used ring,
+    /// and completions are matched by slot alone (no id check, P3): the interrupt later
+    /// takes the same entries and completes whatever request holds the slot by then.
+    DoubleCompletion,
+    /// VIRTIO_SCSI_S_BUSY is completed as an adapter error, not as busy, so the class
+    /// driver does not retry it.
+    VirtioBusyFatal,
+    /// The response codes the decoder does not name (TRANSPORT_FAILURE, TARGET_FAILURE,
+    /// NEXUS_FAILURE, FAILURE) fall into a catch-all arm that completes with success.
+    UnknownResponseOk,
+    /// The residual is ignored: every command reports its whole buffer transferred.
+    ResidualIgnored,
+    /// The class driver takes MEDIUM ERROR as "unreadable, carry on" without looking at
+    /// the direction, so a failed write is counted and dropped.
+    WriteErrorIgnored,
+    /// The class driver sends BUSY and TASK SET FULL again at once, with no pause, so
+    /// the retries run out while the LU is still busy.
+    BusyNoBackoff,
+    /// HwResetBus waits for the TMF's answer by stalling in a loop (up to the TMF
+    /// timeout) instead of returning and letting HwTimer poll for it (S1, P4).
+    TmfSpin,
+}
+
+impl PlantedBug {
+    pub const ALL: [PlantedBug; 8] = [
+        PlantedBug::None,
+        PlantedBug::DoubleCompletion,
+        PlantedBug::VirtioBusyFatal,
+        PlantedBug::UnknownResponseOk,
+        PlantedBug::ResidualIgnored,
+        PlantedBug::WriteErrorIgnored,
+        PlantedBug::BusyNoBackoff,
+        PlantedBug::TmfSpin,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            PlantedBug::None => "none",
+            PlantedBug::DoubleCompletion => "double-completion",
+            PlantedBug::VirtioBusyFatal => "virtio-busy-fatal",
+            PlantedBug::UnknownResponseOk => "unknown-response-ok",
+            PlantedBug::ResidualIgnored => "residual-ignored",
+            PlantedBug::WriteErrorIgnored => "write-error-ignored",
+            PlantedBug::BusyNoBackoff => "busy-no-backoff",
+            PlantedBug::TmfSpin => "tmf-spin",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
 /// Arguments the harness passes on the kernel command line, as `key=value` words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestArgs {
@@ -286,6 +358,8 @@ pub struct GuestArgs {
     /// The CPU whose ticks run HwTimer (and the port's timeouts); as `irq_cpu`, the
     /// last CPU when there are fewer. HwStartIo runs on CPU 0, which submits.
     pub timer_cpu: u32,
+    /// `bug=NAME`: a planted bug ([`PlantedBug`]); `none` by default.
+    pub bug: PlantedBug,
 }
 
 impl Default for GuestArgs {
@@ -309,6 +383,7 @@ impl Default for GuestArgs {
             cpus: 1,
             irq_cpu: 1,
             timer_cpu: 0,
+            bug: PlantedBug::None,
         }
     }
 }
@@ -322,6 +397,7 @@ pub enum ArgError<'a> {
         value: &'a str,
     },
     UnknownWorkload(&'a str),
+    UnknownBug(&'a str),
     /// `poll=off` with `irq=off`: nothing would ever complete a request (T7).
     NothingCompletes,
 }
@@ -332,6 +408,7 @@ impl fmt::Display for ArgError<'_> {
             ArgError::UnknownKey(k) => write!(f, "unknown argument {k:?}"),
             ArgError::BadValue { key, value } => write!(f, "bad value {value:?} for {key}"),
             ArgError::UnknownWorkload(s) => write!(f, "unknown workload {s:?}"),
+            ArgError::UnknownBug(s) => write!(f, "unknown bug {s:?}"),
             ArgError::NothingCompletes => {
                 write!(f, "poll=off needs irq=on: nothing would complete a request")
             }
@@ -411,6 +488,7 @@ impl GuestArgs {
                 "cpus" => a.cpus = parse_cpu(key, value, 1)?,
                 "irq_cpu" => a.irq_cpu = parse_cpu(key, value, 0)?,
                 "timer_cpu" => a.timer_cpu = parse_cpu(key, value, 0)?,
+                "bug" => a.bug = PlantedBug::from_name(value).ok_or(ArgError::UnknownBug(value))?,
                 _ => return Err(ArgError::UnknownKey(key)),
             }
         }
@@ -453,7 +531,12 @@ impl fmt::Display for GuestArgs {
             self.cpus,
             self.irq_cpu,
             self.timer_cpu,
-        )
+        )?;
+        // Only when one is planted, so command lines without one stay as they were.
+        if self.bug != PlantedBug::None {
+            write!(f, " bug={}", self.bug.name())?;
+        }
+        Ok(())
     }
 }
 
@@ -545,9 +628,16 @@ mod tests {
             cpus: 2,
             irq_cpu: 0,
             timer_cpu: 1,
+            bug: PlantedBug::None,
         };
         let line = args.to_string();
         assert_eq!(GuestArgs::parse(&line), Ok(args));
+        assert!(!line.contains("bug="), "{line}");
+        for bug in PlantedBug::ALL {
+            let with = GuestArgs { bug, ..args };
+            assert_eq!(GuestArgs::parse(&with.to_string()), Ok(with));
+            assert_eq!(PlantedBug::from_name(bug.name()), Some(bug));
+        }
         for w in Workload::ALL {
             assert_eq!(Workload::from_name(w.name()), Some(w));
         }
@@ -597,6 +687,10 @@ mod tests {
         assert_eq!(GuestArgs::parse("irq_cpu=8"), bad("irq_cpu", "8"));
         assert_eq!(GuestArgs::parse("timer_cpu=-1"), bad("timer_cpu", "-1"));
         assert!(GuestArgs::parse("cpus=8 irq_cpu=7 timer_cpu=0").is_ok());
+        assert_eq!(
+            GuestArgs::parse("bug=nope"),
+            Err(ArgError::UnknownBug("nope"))
+        );
         assert_eq!(
             GuestArgs::parse("irq=off poll=off"),
             Err(ArgError::NothingCompletes)

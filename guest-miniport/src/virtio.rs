@@ -566,6 +566,32 @@ impl SplitQueue {
         }
     }
 
+    /// Where popping stands: the used index the next [`SplitQueue::pop_used`] reads.
+    pub fn next_used(&self) -> u16 {
+        self.last_used_idx
+    }
+
+    /// The head named by the `n`-th used element not yet popped (0: the next one), or
+    /// `None` when the device has not returned that many. Nothing is consumed, but with
+    /// EVENT_IDX the device is asked to interrupt after it, as if it had been: only the
+    /// planted bug `double-completion` reads the ring this way.
+    pub fn read_ahead(&mut self, n: u16) -> Option<u32> {
+        if n >= self.used_pending() {
+            return None;
+        }
+        let at = self.last_used_idx.wrapping_add(n);
+        let slot = usize::from(at % self.size);
+        // SAFETY: used.ring[slot] is at offset 4 + 8 * slot, slot < size; the Acquire
+        // in used_pending makes the device's write visible.
+        let id = unsafe { ptr::read_volatile(self.used.as_ptr().add(4 + 8 * slot).cast::<u32>()) };
+        if self.event_idx {
+            // SAFETY: used_event is inside the driver area (see used_event_ptr).
+            unsafe { ptr::write_volatile(self.used_event_ptr(), at.wrapping_add(1)) };
+            fence(Ordering::SeqCst);
+        }
+        Some(id)
+    }
+
     /// Whether the device has returned chains not yet popped.
     pub fn can_pop(&self) -> bool {
         // Acquire: pairs with the device's Release store of used.idx, so the used

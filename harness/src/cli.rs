@@ -5,19 +5,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use guest_miniport::contract::GuestArgs;
+use guest_miniport::contract::{GuestArgs, PlantedBug};
 
-use crate::bench::frontend::load::Pattern;
+use crate::bench::frontend::load::{Pattern, DEFAULT_STALL};
 use crate::bench::frontend::FrontendError;
 use crate::bench::socket::LoadOptions;
 use crate::bench::suite::SuiteOptions;
 use crate::bench::BenchError;
+use crate::drivers::card::CardOptions;
+use crate::drivers::driver::DriverId;
+use crate::explore::generate::GenOptions;
+use crate::explore::{prepare_out, ExploreOptions};
 use crate::launch::accel::{self, AccelChoice, KVM_DEVICE};
 use crate::launch::binaries::{check_binaries, Binaries};
 use crate::linux::bench::{self as linux_bench, LinuxBenchOptions, QEMU_DRIVE_OPTIONS};
 use crate::linux::{self, LinuxOptions};
 use crate::scenario::matrix::MatrixOptions;
 use crate::scenario::smoke::SmokeOptions;
+use crate::soak::{Pace, SoakOptions, NEVER};
 
 /// The built-in scenario of `run` that needs no scenario file.
 pub const SMOKE: &str = "smoke";
@@ -48,6 +53,105 @@ pub enum Cmd {
     /// `make bench-linux`: the stock Linux guest runs the same fio jobs against our backend
     /// and against QEMU's built-in virtio-scsi (cache=none, aio=native) on the same image.
     BenchLinux(LinuxBenchArgs),
+    /// `make soak`: the data-integrity soak. Stamped writes and checked reads through the
+    /// built-in frontend while faults come and go, LUs and the device are reset, the
+    /// frontend reconnects and the backend is killed (-9) and restarted. Exits 1 on the
+    /// first lost or torn block.
+    Soak(SoakArgs),
+    /// The driver card (`make drivers`): our miniport, Linux's virtio_scsi, SeaBIOS's and
+    /// OVMF's virtio-scsi drivers against every fault of harness/drivers, under TCG. Prints
+    /// the table and writes report.md and report.json; exits 1 if any cell differs from its
+    /// row file.
+    Drivers(DriversArgs),
+    /// Find the faults that break the miniport (`make explore`): random fault plans and
+    /// guest arguments judged by the generic oracle; each finding shrunk to a small
+    /// scenario file in OUT/found/. Exits 0 when nothing was found, 1 when something
+    /// was, 2 on bad input.
+    Explore(ExploreArgs),
+}
+
+/// `flakyhba-harness drivers`.
+#[derive(clap::Args, Debug)]
+pub struct DriversArgs {
+    /// Only these rows (names of harness/drivers/NAME.toml, comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "ROW,...")]
+    pub only: Vec<String>,
+    /// Only these drivers (comma-separated).
+    #[arg(
+        long = "driver",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "DRIVER,..."
+    )]
+    pub drivers: Vec<DriverId>,
+    /// Only the cells the row files mark `subset = true` (`make test` runs these).
+    #[arg(long)]
+    pub subset: bool,
+    /// Directory of the row files [default: harness/drivers].
+    #[arg(long, value_name = "DIR")]
+    pub rows: Option<PathBuf>,
+    /// Directory of the reports and of every cell's directory [default: target/drivers].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Output directory of linux-guest/build.sh [default: $FLAKYHBA_LINUX_GUEST, else target/linux-guest]
+    #[arg(long)]
+    pub guest_dir: Option<PathBuf>,
+    /// Output directory of firmware-guest/build.sh [default: $FLAKYHBA_FIRMWARE_GUEST, else target/firmware-guest]
+    #[arg(long)]
+    pub firmware_dir: Option<PathBuf>,
+    /// Directory of Debian's OVMF images.
+    #[arg(long, default_value = "/usr/share/OVMF")]
+    pub ovmf_dir: PathBuf,
+    /// Leave each cell's disk image in its directory (it is removed after the check).
+    #[arg(long)]
+    pub keep_image: bool,
+    #[command(flatten)]
+    pub bins: BinaryArgs,
+}
+
+/// `flakyhba-harness explore`.
+#[derive(clap::Args, Debug)]
+pub struct ExploreArgs {
+    /// Seed of the campaign: plan I of seed S is always the same plan.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Plans in the campaign (a shard runs every Nth of them).
+    #[arg(long, default_value_t = 100)]
+    pub runs: u64,
+    /// Runs at once [default: the CPUs].
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// K/N: only plans K-1, K-1+N, K-1+2N, ..., so that N machines share a campaign.
+    #[arg(long, default_value = "1/1", value_name = "K/N")]
+    pub shard: String,
+    /// Where runs.jsonl, summary.json and found/ go [default: target/explore].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// A guest argument applied over every generated case's, as on the kernel command
+    /// line (`--guest bug=NAME` plants a bug, `--guest irq=off`); repeatable.
+    #[arg(long = "guest", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub guest: Vec<(String, String)>,
+    /// Plans may corrupt data (`corrupt` faults); left out by default.
+    #[arg(long)]
+    pub allow_corruption: bool,
+    /// Report findings without shrinking them.
+    #[arg(long)]
+    pub no_shrink: bool,
+    /// Reruns in which a shrink step must break the same oracle clause to be kept.
+    #[arg(long, default_value_t = 3)]
+    pub reruns: usize,
+    /// Stop starting runs once this many distinct findings were seen.
+    #[arg(long, value_name = "N")]
+    pub max_findings: Option<usize>,
+    /// How many distinct findings are shrunk (the first seen).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub shrink_limit: usize,
+    /// QEMU accelerator; `auto` uses KVM when /dev/kvm works (TCG on nested paravirtual
+    /// KVM), else TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelChoice,
+    #[command(flatten)]
+    pub bins: BinaryArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,6 +167,11 @@ pub struct LinuxArgs {
     /// resets the LU, which must end the read, and I/O must carry on.
     #[arg(long)]
     pub held_read: bool,
+    /// Hot-plug instead of the usual steps: over the backend's control socket the harness
+    /// adds LUN 1, removes it and grows LUN 0 as the guest asks, and the guest must see
+    /// 0:0:0:1 appear (and use it), go, and /sys/block/sda/size follow.
+    #[arg(long, conflicts_with = "held_read")]
+    pub hotplug: bool,
     #[command(flatten)]
     pub guest: LinuxGuestArgs,
     /// Overall deadline of the run in seconds; on expiry everything is killed.
@@ -243,6 +352,10 @@ pub struct BenchArgs {
     /// Seed of the LBA and read/write draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Seconds without a completion (interrupts without one do not count) after which a
+    /// queue with requests in flight has stalled and the load fails.
+    #[arg(long, default_value_t = DEFAULT_STALL.as_secs_f64(), value_parser = parse_seconds)]
+    pub stall_timeout: f64,
     /// --suite: our backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
     #[arg(long)]
     pub backend: Option<PathBuf>,
@@ -291,9 +404,10 @@ pub struct LinuxBenchArgs {
     /// cache, as the comparison is usually quoted; our backend reads through it).
     #[arg(long, default_value = QEMU_DRIVE_OPTIONS)]
     pub qemu_drive: String,
-    /// Deadline of each boot in seconds; on expiry everything is killed.
-    #[arg(long, default_value_t = 300)]
-    pub boot_timeout: u64,
+    /// Deadline of each boot in seconds; on expiry the boot is killed, reported as hung and
+    /// left out, and the suite goes on [default: 73 + 2 x (runtime + 12)].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub boot_timeout: Option<u64>,
     /// Keep the run directory (logs, image) in DIR instead of a removed temp dir.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
@@ -301,6 +415,84 @@ pub struct LinuxBenchArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 }
+/// `flakyhba-harness soak`.
+#[derive(clap::Args, Debug)]
+pub struct SoakArgs {
+    /// How long to soak, in minutes (fractions allowed).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    pub minutes: f64,
+    /// Seed of the workload and of the faults' draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Request queues, all driven at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub queues: u16,
+    /// Requests kept in flight on each queue.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queue_depth: u16,
+    /// Size of the LUN: small, so that blocks are rewritten often.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    pub lun_size: u64,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    pub progress: f64,
+    /// Backend binary [default: $FLAKYHBA_BACKEND, else target/release/vhost-user-flakyhba]
+    #[arg(long)]
+    pub backend: Option<PathBuf>,
+    /// Leave these disturbances out (comma-separated), e.g. to tell which one a failure
+    /// needs.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "WHAT,...")]
+    pub without: Vec<Disturbance>,
+    /// Keep the run directory (image, backend logs) in DIR instead of a removed temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}
+
+/// What `soak --without` can leave out.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disturbance {
+    Faults,
+    LuReset,
+    DeviceReset,
+    Reconnect,
+    Kill,
+}
+
+impl SoakArgs {
+    pub fn options(&self) -> SoakOptions {
+        SoakOptions {
+            duration: Duration::from_secs_f64(self.minutes * 60.0),
+            backend: backend(self.backend.clone()),
+            queues: self.queues,
+            queue_depth: self.queue_depth,
+            lun_bytes: self.lun_size,
+            max_blocks: 64,
+            read_percent: 40,
+            seed: self.seed,
+            keep: self.keep.clone(),
+            pace: self.pace(),
+            progress: Duration::from_secs_f64(self.progress),
+        }
+    }
+}
+
+impl SoakArgs {
+    fn pace(&self) -> Pace {
+        let mut pace = Pace::default();
+        for d in &self.without {
+            let slot = match d {
+                Disturbance::Faults => &mut pace.fault_switch,
+                Disturbance::LuReset => &mut pace.lu_reset,
+                Disturbance::DeviceReset => &mut pace.device_reset,
+                Disturbance::Reconnect => &mut pace.reconnect,
+                Disturbance::Kill => &mut pace.kill,
+            };
+            *slot = NEVER;
+        }
+        pace
+    }
+}
+
 /// 1 or 4: the two shapes the scenario is written for (one queue; one per CPU of four).
 fn parse_queues(s: &str) -> Result<u16, String> {
     match s {
@@ -485,6 +677,82 @@ impl MatrixArgs {
     }
 }
 
+/// `K/N` with 1 <= K <= N.
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("--shard {s}: expected K/N with 1 <= K <= N");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n) = (
+        k.parse::<u64>().map_err(|_| bad())?,
+        n.parse::<u64>().map_err(|_| bad())?,
+    );
+    if k == 0 || k > n {
+        return Err(bad());
+    }
+    Ok((k, n))
+}
+
+impl ExploreArgs {
+    /// The campaign's options, or a one-line message when the input is bad (exit 2).
+    /// Prints the accelerator chosen.
+    pub fn options(self, command: String) -> Result<ExploreOptions, String> {
+        if self.runs == 0 {
+            return Err("--runs 0: a campaign needs at least one run".into());
+        }
+        if self.reruns == 0 {
+            return Err("--reruns 0: a shrink step needs at least one run".into());
+        }
+        let shard = parse_shard(&self.shard)?;
+        let line = self
+            .guest
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let fixed = GuestArgs::parse(&line).map_err(|e| {
+            let known: Vec<&str> = PlantedBug::ALL.iter().map(|b| b.name()).collect();
+            format!("--guest {line}: {e} (planted bugs: {})", known.join(", "))
+        })?;
+        let out = self
+            .out
+            .unwrap_or_else(|| workspace_root().join("target/explore"));
+        prepare_out(&out).map_err(|e| e.to_string())?;
+        let bins = check_binaries(&self.bins.binaries()).map_err(|e| e.to_string())?;
+        let (accel, why) = accel::choose(self.accel, Path::new(KVM_DEVICE));
+        println!("accel: {accel} ({why})");
+        let jobs = self
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Ok(ExploreOptions {
+            runner: MatrixOptions {
+                bins,
+                accel,
+                out: out.join("runs"),
+                seed: None,
+                guest: Vec::new(),
+                timeout: None,
+                repeat: 1,
+                jobs: 1,
+                keep_image: false,
+            },
+            out,
+            gen: GenOptions {
+                seed: self.seed,
+                bug: fixed.bug,
+                allow_corruption: self.allow_corruption,
+            },
+            overrides: self.guest,
+            runs: self.runs,
+            shard,
+            jobs: jobs.max(1),
+            shrink: !self.no_shrink,
+            reruns: self.reruns,
+            max_findings: self.max_findings,
+            shrink_limit: self.shrink_limit,
+            command,
+        })
+    }
+}
+
 impl LinuxArgs {
     pub fn options(self) -> LinuxOptions {
         let (guest_dir, build_command) = linux_guest_dir(self.guest.guest_dir);
@@ -492,6 +760,7 @@ impl LinuxArgs {
             queues: self.queues,
             scsi_timeout_s: self.scsi_timeout,
             held_read: self.held_read,
+            hotplug: self.hotplug,
             backend: backend(self.guest.backend),
             guest_dir,
             qemu: self.guest.qemu,
@@ -516,6 +785,34 @@ impl LinuxBenchArgs {
             boot_timeout: linux_bench::boot_timeout(self.boot_timeout, self.runtime),
             keep: self.keep.clone(),
             build_command,
+        }
+    }
+}
+
+impl DriversArgs {
+    pub fn options(self) -> CardOptions {
+        let root = workspace_root();
+        let (linux_guest, linux_build) = linux_guest_dir(self.guest_dir);
+        let bins = self.bins.binaries();
+        CardOptions {
+            backend: bins.backend,
+            image: bins.image,
+            qemu: bins.qemu,
+            linux_guest,
+            linux_build,
+            firmware: default_path(
+                self.firmware_dir,
+                "FLAKYHBA_FIRMWARE_GUEST",
+                "target/firmware-guest",
+            ),
+            ovmf: self.ovmf_dir,
+            rows: self.rows.unwrap_or_else(|| root.join("harness/drivers")),
+            out: self.out.unwrap_or_else(|| root.join("target/drivers")),
+            only: self.only,
+            drivers: self.drivers,
+            subset: self.subset,
+            keep_image: self.keep_image,
+            root: root.to_owned(),
         }
     }
 }
@@ -563,6 +860,7 @@ impl BenchArgs {
             duration,
             event_idx: !self.no_event_idx,
             seed: self.seed,
+            stall: Duration::from_secs_f64(self.stall_timeout),
         })
     }
 }
@@ -583,6 +881,16 @@ mod tests {
         );
         assert!(parse_key_value("qd").is_err());
         assert!(parse_key_value("=4").is_err());
+    }
+
+    #[test]
+    fn shards_are_k_of_n() {
+        assert_eq!(parse_shard("1/1"), Ok((1, 1)));
+        assert_eq!(parse_shard("3/4"), Ok((3, 4)));
+        for bad in ["3/2", "0/2", "1", "a/b", "2/0", "-1/2"] {
+            let e = parse_shard(bad).unwrap_err();
+            assert!(e.starts_with(&format!("--shard {bad}:")), "{e}");
+        }
     }
 
     #[test]

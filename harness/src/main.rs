@@ -3,7 +3,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use flakyhba_harness::bench::{self, BenchError};
-use flakyhba_harness::cli::{BenchArgs, Cli, Cmd, LinuxBenchArgs, MatrixArgs, RunArgs, SMOKE};
+use flakyhba_harness::cli::{
+    BenchArgs, Cli, Cmd, DriversArgs, ExploreArgs, LinuxBenchArgs, MatrixArgs, RunArgs, SoakArgs,
+    SMOKE,
+};
+use flakyhba_harness::drivers::{card, report as card_report};
+use flakyhba_harness::explore::{render_summary, run_campaign, ExploreError};
 use flakyhba_harness::launch::boot::RunFailure;
 use flakyhba_harness::launch::signals::{self, EXIT_INTERRUPTED};
 use flakyhba_harness::linux::{self, run_linux};
@@ -11,6 +16,7 @@ use flakyhba_harness::scenario::file;
 use flakyhba_harness::scenario::matrix::console::run_and_report;
 use flakyhba_harness::scenario::matrix::plan::{plan, select};
 use flakyhba_harness::scenario::smoke::run_smoke;
+use flakyhba_harness::soak::{run_soak, SoakError};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -26,10 +32,65 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench(args),
         Cmd::Linux(args) => {
             let opts = args.options();
-            let what = format!("linux queues={}", opts.queues);
+            let hotplug = if opts.hotplug { " hotplug" } else { "" };
+            let what = format!("linux queues={}{hotplug}", opts.queues);
             report(run_linux(&opts), &what)
         }
         Cmd::BenchLinux(args) => bench_linux(args),
+        Cmd::Drivers(args) => drivers(args),
+        Cmd::Soak(args) => soak(args),
+        Cmd::Explore(args) => explore(args),
+    }
+}
+
+/// Exit status of `explore` on bad input.
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn explore(args: ExploreArgs) -> ExitCode {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let opts = match args.options(command) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("flakyhba-harness explore: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    match run_campaign(&opts) {
+        Ok(summary) => {
+            print!("{}", render_summary(&opts, &summary));
+            if summary.interrupted {
+                interrupted()
+            } else if summary.seen.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(ExploreError::Interrupted) => interrupted(),
+        Err(e) => fail(e),
+    }
+}
+
+fn soak(args: SoakArgs) -> ExitCode {
+    let opts = args.options();
+    println!(
+        "soak: {:.1} min, {} queues x QD{}, {} MiB LUN, seed {}",
+        args.minutes,
+        opts.queues,
+        opts.queue_depth,
+        opts.lun_bytes >> 20,
+        opts.seed
+    );
+    let mut progress = |line: &str| println!("{line}");
+    match run_soak(opts, &mut progress) {
+        Ok(counts) => {
+            println!("soak passed: {counts}, 0 lost or torn");
+            ExitCode::SUCCESS
+        }
+        Err(f) if signals::interrupted() || matches!(f.error, SoakError::Interrupted) => {
+            interrupted()
+        }
+        Err(f) => fail(format_args!("soak FAILED: {f}")),
     }
 }
 
@@ -114,6 +175,12 @@ fn bench_linux(args: LinuxBenchArgs) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+            // QEMU's device failing is a finding about it; ours failing is a defect.
+            let ours = report.failures_of(linux::bench::Device::Ours);
+            if ours > 0 {
+                eprintln!("bench-linux: {ours} boot(s) on our backend failed");
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(failure) if failure.interrupted() || signals::interrupted() => interrupted(),
@@ -124,8 +191,45 @@ fn bench_linux(args: LinuxBenchArgs) -> ExitCode {
     }
 }
 
+/// The driver card: a line per cell as it ends, the table, the reports.
+fn drivers(args: DriversArgs) -> ExitCode {
+    let opts = args.options();
+    println!(
+        "accel: tcg for every driver (OVMF and a stock Linux kernel fail under this \
+         machine's nested KVM); cells in {}",
+        opts.out.display()
+    );
+    let card = match card::run_card(&opts, |done, total, cell| {
+        println!("{}", card_report::progress_line(done, total, cell))
+    }) {
+        Ok(card) => card,
+        Err(e) => return fail(e),
+    };
+    print!("{}", card_report::terminal(&card));
+    if let Err(e) = card_report::write(&card, &opts.out) {
+        return fail(format!(
+            "could not write the reports in {}: {e}",
+            opts.out.display()
+        ));
+    }
+    println!("reports: {}", opts.out.join("report.md").display());
+    if card.interrupted || signals::interrupted() {
+        interrupted()
+    } else if card.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn bench(args: BenchArgs) -> ExitCode {
-    match run_bench(&args) {
+    let result = run_bench(&args);
+    // A signal ends a load wherever it is waiting (BenchError::Interrupted, or the
+    // frontend's), and the run counts as interrupted, not failed.
+    if signals::interrupted() {
+        return interrupted();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flakyhba-harness bench: {e}");

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flakyhba_harness::bench::frontend::load::{run_load, LoadSpec, Pattern};
+use flakyhba_harness::bench::frontend::load::{run_load, LoadSpec, Pattern, DEFAULT_STALL};
 use flakyhba_harness::bench::frontend::queue::{Completion, DataDir, ScsiQueue};
 use flakyhba_harness::bench::frontend::scsi::{self, ScsiAddress};
 use flakyhba_harness::bench::frontend::{check_good, wait_for_slot, FrontendConfig, ScsiFrontend};
@@ -322,6 +322,7 @@ fn four_queues_carry_io_at_once() {
         pattern: Pattern::Random,
         duration: Duration::from_millis(500),
         seed: 3,
+        stall: DEFAULT_STALL,
     };
     let r = run_load(&mut fe, &spec).unwrap();
     assert_eq!(r.errors, 0);
@@ -568,23 +569,17 @@ fn a_stopped_and_restarted_ring_drops_what_it_held_and_serves_again() {
 #[test]
 fn bench_subcommand_reports_a_load_and_the_suite_writes_its_table_and_json() {
     let be = Backend::start(1, &[]);
-    let out = Command::new(common::HARNESS)
-        .args([
-            "bench",
-            "--duration",
-            "0.3",
-            "--read-percent",
-            "70",
-            "--socket",
-        ])
-        .arg(&be.socket)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = common::succeed(
+        Command::new(common::HARNESS)
+            .args([
+                "bench",
+                "--duration",
+                "0.3",
+                "--read-percent",
+                "70",
+                "--socket",
+            ])
+            .arg(&be.socket),
     );
     assert!(
         stdout.contains(" IOPS, ") && stdout.contains("p99"),
@@ -594,19 +589,13 @@ fn bench_subcommand_reports_a_load_and_the_suite_writes_its_table_and_json() {
 
     let dir = RunDir::temporary().unwrap();
     let json = dir.path().join("bench.json");
-    let out = Command::new(common::HARNESS)
-        .args(["bench", "--suite", "--repeats", "1", "--duration", "0.2"])
-        .args(["--image-size", "16M", "--backend"])
-        .arg(common::backend())
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = common::succeed(
+        Command::new(common::HARNESS)
+            .args(["bench", "--suite", "--repeats", "1", "--duration", "0.2"])
+            .args(["--image-size", "16M", "--backend"])
+            .arg(common::backend())
+            .arg("--json")
+            .arg(&json),
     );
     for row in [
         "4k randread qd32 1q    ours ",

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::{HarnessRun, Scratch};
+use flakyhba_harness::linux::{INITRD_FILE, KERNEL_FILE};
 
 /// One TCG guest at a time: two at once on a 2-core machine only slow both down.
 static ONE_GUEST: Mutex<()> = Mutex::new(());
@@ -27,7 +28,7 @@ fn linux_guest() -> PathBuf {
     let dir = std::env::var_os("FLAKYHBA_LINUX_GUEST")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/linux-guest"));
-    for file in ["vmlinuz", "initrd.gz"] {
+    for file in [KERNEL_FILE, INITRD_FILE] {
         assert!(
             dir.join(file).is_file(),
             "{} is missing: build the Linux guest with `{} {}` (or set FLAKYHBA_LINUX_GUEST)",
@@ -39,7 +40,13 @@ fn linux_guest() -> PathBuf {
     dir
 }
 
+/// Runs `linux --queues QUEUES EXTRA...`, which must pass with `label` (`queues=1`,
+/// `queues=1 hotplug`) in its summary line; returns its stdout.
 fn linux(queues: &str, extra: &[&str]) -> String {
+    linux_run(queues, extra, &format!("queues={queues}"))
+}
+
+fn linux_run(queues: &str, extra: &[&str], label: &str) -> String {
     let (backend, guest) = (common::backend(), linux_guest());
     let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new(&format!("linux-{queues}-{}", extra.len()));
@@ -63,7 +70,7 @@ fn linux(queues: &str, extra: &[&str]) -> String {
     );
     let summary = stdout.lines().last().unwrap_or_default();
     assert!(
-        summary.starts_with(&format!("linux queues={queues} accel=tcg: PASS wall "))
+        summary.starts_with(&format!("linux {label} accel=tcg: PASS wall "))
             && summary.contains(&format!(", {queues} of {queues} queues completed I/O)")),
         "{stdout}"
     );
@@ -88,6 +95,44 @@ fn linux_held_read_is_ended_by_a_lu_reset_and_io_carries_on() {
     let stdout = linux("1", &["--held-read"]);
     assert!(
         stdout.contains(", --fault lose:direction=read,") && stdout.contains(" flakyhba.hold="),
+        "{stdout}"
+    );
+}
+
+/// Over the control socket the harness adds LUN 1, removes it and grows LUN 0 as the guest
+/// asks: Linux must attach the new disk as 0:0:0:1 (not 0:0:0:16385), write and verify it,
+/// drop it, and see sda grow; the trace holds the three events it acted on.
+#[test]
+fn linux_sees_hot_add_hot_remove_and_resize() {
+    let stdout = linux_run("1", &["--hotplug"], "queues=1 hotplug");
+    assert!(
+        stdout.contains(" flakyhba.hotadd=32768 flakyhba.resize=589824"),
+        "{stdout}"
+    );
+    for action in ["add-lun", "remove-lun", "resize-lun"] {
+        let cmd = format!(r#""cmd":"{action}""#);
+        assert!(
+            stdout.lines().any(|l| l.starts_with("hotplug: ")
+                && l.contains(&cmd)
+                && l.contains(r#""ok":true"#)),
+            "{action}: {stdout}"
+        );
+    }
+    let events: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("trace: "))
+        .collect();
+    assert_eq!(events.len(), 3, "{stdout}");
+    assert!(
+        events[0].contains(r#""event":"transport-reset","target":0,"lun":1,"detail":"rescan""#)
+            && events[1]
+                .contains(r#""event":"transport-reset","target":0,"lun":1,"detail":"removed""#)
+            && events[2]
+                .contains(r#""event":"param-change","target":0,"lun":0,"detail":"0x2a/0x09""#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(kernel 6.") && stdout.contains(", 12 steps,"),
         "{stdout}"
     );
 }

@@ -17,6 +17,11 @@ use crate::scsi::{Lun, LunAddress, LunSpec, LunSpecError, ScsiError, Target};
 pub enum CommandError {
     #[error("line longer than {} bytes", super::MAX_LINE)]
     LineTooLong,
+    #[error(
+        "too many control connections: {} are open; close one and try again",
+        super::MAX_CONNECTIONS
+    )]
+    TooManyConnections,
     #[error("line is not UTF-8")]
     NotUtf8,
     #[error("not JSON: {0}")]

@@ -10,4 +10,6 @@ mod socket;
 mod tests;
 
 pub use commands::{handle_line, handle_line_with_target, CommandError};
-pub use socket::{serve, serve_with_target, ControlError, ControlServer, MAX_LINE};
+pub use socket::{
+    serve, serve_with_target, ControlError, ControlServer, MAX_CONNECTIONS, MAX_LINE,
+};

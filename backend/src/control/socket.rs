@@ -1,32 +1,24 @@
-//! The socket: created with mode 0600 before anyone can connect (bound inside a fresh
-//! directory of mode 0700 next to PATH, chmod-ed there, then renamed onto PATH; umask is
-//! process wide and would race with other threads, and fchmod on a socket fd does not
-//! change the file's mode), one thread per connection, one reply per request line.
+//! The socket: created with mode 0600 before anyone can connect (see
+//! [`crate::listen::bind`]), at most [`MAX_CONNECTIONS`] connections at once with one
+//! thread each, one reply per request line.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::commands::{error_reply, handle_line_with_target, CommandError};
 use crate::faults::FaultEngine;
+use crate::listen::{self, Backoff, BoundSocket, SocketError, Waker};
 use crate::scsi::Target;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("could not create the control socket {path}: {source}")]
-    CouldNotBind {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("control socket path {0} exists and is not a socket")]
-    NotASocket(String),
-    #[error("control socket {0} is in use by a running server")]
-    InUse(String),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
     #[error("could not start the control socket thread: {0}")]
     CouldNotSpawn(#[source] io::Error),
 }
@@ -34,12 +26,19 @@ pub enum ControlError {
 /// Longest request line; longer ones are refused (a client cannot make us buffer without end).
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// The listener thread. Dropping it stops accepting and removes the socket file; open
-/// connections end when their clients close them.
+/// Connections served at once; one more gets an error reply and is closed (each costs a
+/// thread and two file descriptors).
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Names the control socket in errors and logs.
+const WHAT: &str = "control socket";
+
+/// The listener thread. Dropping it stops accepting and removes the socket file while it
+/// is still this server's; open connections end when their clients close them.
 #[derive(Debug)]
 pub struct ControlServer {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
+    socket: BoundSocket,
+    waker: Waker,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -58,110 +57,113 @@ impl ControlServer {
         engine: Arc<Mutex<FaultEngine>>,
         target: Option<Arc<Target>>,
     ) -> Result<ControlServer, ControlError> {
-        let listener = bind_private(path)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let (listener, socket) = listen::bind(path, WHAT, true)?;
+        let waker = Waker::new().map_err(ControlError::CouldNotSpawn)?;
         let thread = {
-            let stop = stop.clone();
+            let waker = waker.clone();
             std::thread::Builder::new()
                 .name("fault-control".into())
-                .spawn(move || accept_loop(listener, engine, target, stop))
-                .map_err(ControlError::CouldNotSpawn)?
+                .spawn(move || accept_loop(&listener, &engine, target.as_ref(), &waker))
+                .map_err(|e| {
+                    socket.remove();
+                    ControlError::CouldNotSpawn(e)
+                })?
         };
         Ok(ControlServer {
-            path: path.to_owned(),
-            stop,
+            socket,
+            waker,
             thread: Some(thread),
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.socket.path()
+    }
+
+    /// The socket file, for removing it at exit (destructors do not run there).
+    pub fn socket(&self) -> &BoundSocket {
+        &self.socket
     }
 }
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept; it sees the flag and returns. If the socket file is
-        // gone we cannot wake it, so leave the thread detached rather than hang here.
-        let woke = UnixStream::connect(&self.path).is_ok();
-        if let Some(t) = self.thread.take().filter(|_| woke) {
+        self.waker.wake();
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        self.socket.remove();
     }
-}
-
-fn bind_private(path: &Path) -> Result<UnixListener, ControlError> {
-    let bind_err = |source| ControlError::CouldNotBind {
-        path: path.display().to_string(),
-        source,
-    };
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.file_type().is_socket() {
-            return Err(ControlError::NotASocket(path.display().to_string()));
-        }
-        // A socket nobody answers on is stale (an earlier run) and gets replaced.
-        if UnixStream::connect(path).is_ok() {
-            return Err(ControlError::InUse(path.display().to_string()));
-        }
-    }
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    // Short names: the temporary socket path must fit sun_path too.
-    let dir = parent.join(format!(
-        ".fh{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(bind_err)?;
-    let tmp = dir.join("s");
-    let result = UnixListener::bind(&tmp)
-        .and_then(|l| {
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-            // Replaces a stale socket left by an earlier run, atomically.
-            std::fs::rename(&tmp, path)?;
-            Ok(l)
-        })
-        .map_err(bind_err);
-    let _ = std::fs::remove_file(&tmp);
-    let _ = std::fs::remove_dir(&dir);
-    result
 }
 
 fn accept_loop(
-    listener: UnixListener,
-    engine: Arc<Mutex<FaultEngine>>,
-    target: Option<Arc<Target>>,
-    stop: Arc<AtomicBool>,
+    listener: &UnixListener,
+    engine: &Arc<Mutex<FaultEngine>>,
+    target: Option<&Arc<Target>>,
+    waker: &Waker,
 ) {
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut backoff = Backoff::new(WHAT);
+    loop {
+        match waker.wait(Some(listener.as_raw_fd()), None) {
+            Ok(listen::Wait::Readable) => {}
+            Ok(listen::Wait::TimedOut) => continue,
+            Ok(listen::Wait::Woken) => return,
+            Err(e) => {
+                log::warn!("{WHAT}: cannot wait for connections: {e}");
+                return;
+            }
         }
-        match conn {
-            Ok(stream) => {
-                let engine = engine.clone();
-                let target = target.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("fault-control-conn".into())
-                    .spawn(move || {
-                        if let Err(e) = serve_with_target(stream, &engine, target.as_deref()) {
-                            log::debug!("control connection ended: {e}");
-                        }
-                    });
-                if let Err(e) = spawned {
-                    log::warn!("control socket: could not start a connection thread: {e}");
+        match listener.accept() {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                serve_in_thread(stream, engine, target, &active);
+            }
+            Err(e) => {
+                // No file descriptor left, say: the connection stays pending, so wait
+                // before trying again (stopping at once when asked).
+                let delay = backoff.failed(&format_args!("accept failed: {e}"));
+                if waker
+                    .wait(None, Some(delay))
+                    .map_or(true, |w| w == listen::Wait::Woken)
+                {
+                    return;
                 }
             }
-            Err(e) => log::warn!("control socket: accept failed: {e}"),
         }
+    }
+}
+
+/// Serves `stream` on a thread of its own, or refuses it with one error line when
+/// [`MAX_CONNECTIONS`] are already served.
+fn serve_in_thread(
+    mut stream: UnixStream,
+    engine: &Arc<Mutex<FaultEngine>>,
+    target: Option<&Arc<Target>>,
+    active: &Arc<AtomicUsize>,
+) {
+    if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+        active.fetch_sub(1, Ordering::AcqRel);
+        log::warn!("{WHAT}: refused a connection: {MAX_CONNECTIONS} are open");
+        // A fresh socket's buffer takes one short line; never wait for a slow reader.
+        let _ = stream.set_nonblocking(true);
+        let mut line = error_reply(&CommandError::TooManyConnections).to_string();
+        line.push('\n');
+        let _ = stream.write_all(line.as_bytes());
+        return;
+    }
+    let (engine, target, done) = (engine.clone(), target.cloned(), active.clone());
+    let spawned = std::thread::Builder::new()
+        .name("fault-control-conn".into())
+        .spawn(move || {
+            if let Err(e) = serve_with_target(stream, &engine, target.as_deref()) {
+                log::debug!("control connection ended: {e}");
+            }
+            done.fetch_sub(1, Ordering::AcqRel);
+        });
+    if let Err(e) = spawned {
+        active.fetch_sub(1, Ordering::AcqRel);
+        log::warn!("{WHAT}: could not start a connection thread: {e}");
     }
 }
 

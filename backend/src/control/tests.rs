@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::faults::tests::{engine, ms, read, write};
 use crate::faults::{Completion, FaultEngine, Plan, TickAction, VirtioEvent};
+use crate::listen::SocketError;
 use crate::scsi::{LuChange, Lun, LunAddress, Target};
 
 // ---- fault commands and the socket ----
@@ -173,14 +174,14 @@ fn control_socket_is_0600_and_survives_a_bad_line() {
     std::fs::write(&file, b"").unwrap();
     assert!(matches!(
         ControlServer::start(&file, e.clone()),
-        Err(ControlError::NotASocket(_))
+        Err(ControlError::Socket(SocketError::NotASocket { .. }))
     ));
     // A live server's socket is not taken over.
     let live = dir.path().join("live.sock");
     let first = ControlServer::start(&live, e.clone()).unwrap();
     assert!(matches!(
         ControlServer::start(&live, e),
-        Err(ControlError::InUse(_))
+        Err(ControlError::Socket(SocketError::InUse { .. }))
     ));
     drop(first);
 }
@@ -361,4 +362,51 @@ fn lu_commands_over_the_socket_keep_the_connection_open() {
             LuChange::Removed(at(0, 3)),
         ]
     );
+}
+
+#[test]
+fn lu_command_errors_say_what_is_wrong() {
+    let (e, t, lu0) = setup();
+    let send = |line: String| handle_line_with_target(&e, Some(&t), &line);
+    let error = |line: String| {
+        let reply = send(line.clone());
+        assert_eq!(reply["ok"], false, "{line}: {reply}");
+        reply["error"].as_str().unwrap().to_owned()
+    };
+    let huge =
+        error(json!({"cmd": "resize-lun", "target": 0, "lun": 0, "blocks": u64::MAX}).to_string());
+    assert!(
+        huge.ends_with(&format!(
+            "{} blocks of 512 bytes is not a size a backing can have (1 to {} blocks)",
+            u64::MAX,
+            i64::MAX as u64 / 512
+        )),
+        "{huge}"
+    );
+    let zero = error(r#"{"cmd":"resize-lun","target":0,"lun":0,"blocks":0}"#.into());
+    assert!(
+        zero.contains("0 blocks of 512 bytes is not a size"),
+        "{zero}"
+    );
+    // The image LU 0 serves, again: locked by the LU itself.
+    let again =
+        error(json!({"cmd": "add-lun", "lun": lu0.path().display().to_string()}).to_string());
+    assert!(
+        again.contains("is locked: held by a read-write user"),
+        "{again}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d =
+        error(json!({"cmd": "add-lun", "lun": format!("{},ro", dir.path().display())}).to_string());
+    assert!(
+        d.contains("is a directory: only regular files and block devices"),
+        "{d}"
+    );
+    // `,,` is a comma of the path, as on the command line.
+    let comma = dir.path().join("a,b.img");
+    std::fs::write(&comma, vec![0u8; 4096]).unwrap();
+    let spec = format!("{},ro", comma.display()).replace("a,b", "a,,b");
+    let add = send(json!({"cmd": "add-lun", "lun": spec}).to_string());
+    assert_eq!(add["ok"], true, "{add}");
+    assert_eq!(add["blocks"], 8);
 }

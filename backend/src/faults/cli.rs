@@ -18,10 +18,12 @@ pub struct FaultArgs {
     /// Seed of every random fault decision; overrides the plan's.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Write the fault trace (JSON lines) to FILE.
+    /// Write the fault trace (JSON lines) to FILE: a new file, or an empty one or an
+    /// earlier trace, which is overwritten; any other file is refused.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
-    /// Unix socket to change the plan and read statistics while running.
+    /// Unix socket to change the plan and read statistics while running (mode 0600; a
+    /// stale socket there is replaced, anything else refused).
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
 }

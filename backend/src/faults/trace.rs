@@ -3,8 +3,9 @@
 //! the same type back.
 
 use std::borrow::Cow;
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,10 @@ pub enum TraceError {
         #[source]
         source: io::Error,
     },
+    #[error("trace file {0} exists and is not a trace: only an empty file or an earlier trace is overwritten")]
+    NotATrace(String),
+    #[error("trace path {path} is {kind}, not a regular file")]
+    NotAFile { path: String, kind: &'static str },
     #[error("could not write trace record: {0}")]
     CouldNotWrite(#[source] io::Error),
     #[error("could not encode trace record: {0}")]
@@ -154,13 +159,92 @@ impl std::fmt::Debug for Trace {
     }
 }
 
+impl TraceError {
+    /// Whether the path was refused (it holds something else), rather than unwritable.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, TraceError::NotATrace(_) | TraceError::NotAFile { .. })
+    }
+}
+
+/// Longest first line read to tell a trace: records are far shorter.
+const FIRST_LINE_MAX: u64 = 64 * 1024;
+
+/// Whether the open `file` at `path` may become a trace: a regular file, empty or an
+/// earlier trace (its first line is a record).
+fn owned(file: &File, path: &Path) -> Result<(), TraceError> {
+    let name = || path.display().to_string();
+    let could_not = |source| TraceError::CouldNotCreate {
+        path: name(),
+        source,
+    };
+    let meta = file.metadata().map_err(could_not)?;
+    not_a_file(&meta, path)?;
+    if meta.len() == 0 {
+        return Ok(());
+    }
+    let mut first = Vec::new();
+    io::BufReader::new(file.take(FIRST_LINE_MAX))
+        .read_until(b'\n', &mut first)
+        .map_err(could_not)?;
+    match std::str::from_utf8(&first).map(parse_line) {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(TraceError::NotATrace(name())),
+    }
+}
+
+fn not_a_file(meta: &std::fs::Metadata, path: &Path) -> Result<(), TraceError> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    let kind = if meta.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    };
+    Err(TraceError::NotAFile {
+        path: path.display().to_string(),
+        kind,
+    })
+}
+
 impl Trace {
-    /// Create (truncate) the trace file.
+    /// Refuses a path [`Trace::create`] would refuse; creates and changes nothing.
+    pub fn check_path(path: &Path) -> Result<(), TraceError> {
+        match File::open(path) {
+            Ok(file) => owned(&file, path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(TraceError::CouldNotCreate {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Create the trace file, or empty it when it is empty or an earlier trace; any other
+    /// file is left alone and refused.
     pub fn create(path: &Path) -> Result<Trace, TraceError> {
-        let file = File::create(path).map_err(|source| TraceError::CouldNotCreate {
+        let could_not = |source| TraceError::CouldNotCreate {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        // No O_TRUNC: the file is looked at before it is emptied. O_NONBLOCK: a FIFO
+        // there never hangs the open.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| match std::fs::metadata(path) {
+                Ok(meta) => not_a_file(&meta, path)
+                    .err()
+                    .unwrap_or_else(|| could_not(e)),
+                Err(_) => could_not(e),
+            })?;
+        owned(&file, path)?;
+        file.set_len(0).map_err(could_not)?;
+        // Reading the first line moved the offset.
+        (&file).seek(io::SeekFrom::Start(0)).map_err(could_not)?;
         Ok(Trace::to_writer(Box::new(file)))
     }
 
@@ -272,5 +356,55 @@ mod tests {
         for (line, rec) in lines.iter().zip(&records) {
             assert_eq!(&parse_line(line).unwrap(), rec);
         }
+    }
+}
+
+#[cfg(test)]
+mod owning_tests {
+    use super::*;
+
+    const RECORD: &str = r#"{"t_us":14,"ev":"device-reset"}"#;
+
+    #[test]
+    fn only_a_new_or_empty_file_or_an_earlier_trace_is_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        std::fs::write(&image, vec![0xabu8; 4096]).unwrap();
+        assert!(matches!(
+            Trace::check_path(&image),
+            Err(TraceError::NotATrace(_))
+        ));
+        let e = Trace::create(&image).unwrap_err();
+        assert!(e.is_refusal(), "{e}");
+        assert_eq!(
+            std::fs::read(&image).unwrap(),
+            vec![0xabu8; 4096],
+            "left alone"
+        );
+        assert!(matches!(
+            Trace::create(dir.path()),
+            Err(TraceError::NotAFile {
+                kind: "a directory",
+                ..
+            })
+        ));
+
+        let new = dir.path().join("new.jsonl");
+        Trace::check_path(&new).unwrap();
+        assert!(!new.exists(), "checking creates nothing");
+        drop(Trace::create(&new).unwrap());
+        assert_eq!(std::fs::read(&new).unwrap(), b"");
+
+        // An earlier trace is emptied and written from its start.
+        let old = dir.path().join("old.jsonl");
+        std::fs::write(&old, format!("{RECORD}\n{RECORD}\n{RECORD}\n")).unwrap();
+        Trace::check_path(&old).unwrap();
+        let mut t = Trace::create(&old).unwrap();
+        t.write(&parse_line(RECORD).unwrap()).unwrap();
+        drop(t);
+        assert_eq!(
+            std::fs::read_to_string(&old).unwrap(),
+            format!("{RECORD}\n")
+        );
     }
 }

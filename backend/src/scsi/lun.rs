@@ -1,12 +1,13 @@
 //! One logical unit: its backing (file, block device or RAM), geometry, identity and the
 //! state the initiator can change (unit attentions, started/stopped).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
+use super::image::open_image;
 use super::sense::{Sense, SenseFormat};
 use super::ScsiError;
 
@@ -82,10 +83,12 @@ impl FromStr for LunSpec {
     type Err = LunSpecError;
 
     /// `[T:L=]PATH[,ro|rw][,block-size=512|4096][,sense=fixed|descriptor]`; PATH is a
-    /// file or block device, or `mem:SIZE` for a RAM disk.
+    /// file or block device, or `mem:SIZE` for a RAM disk. `,,` is a comma of the path
+    /// or option, as in QEMU's option strings.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let err = |f: fn(String) -> LunSpecError| f(text.to_owned());
-        let mut parts = text.split(',');
+        let parts = split_options(text);
+        let mut parts = parts.iter().map(String::as_str);
         let first = parts.next().unwrap_or_default();
         // `T:L=` only when the part before '=' is two numbers, so paths with '=' still work.
         let (address, path) = match first.split_once('=') {
@@ -124,6 +127,23 @@ impl FromStr for LunSpec {
         }
         Ok(spec)
     }
+}
+
+/// `text` split at its single commas, each `,,` read as one comma of a part.
+fn split_options(text: &str) -> Vec<String> {
+    let (mut parts, mut part) = (Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != ',' {
+            part.push(c);
+        } else if chars.next_if_eq(&',').is_some() {
+            part.push(',');
+        } else {
+            parts.push(std::mem::take(&mut part));
+        }
+    }
+    parts.push(part);
+    parts
 }
 
 /// `T:L` with two numbers: the form of an address, valid or not.
@@ -198,14 +218,7 @@ impl Lun {
         }
         let (file, name, identity) = match &spec.backing {
             Backing::File(path) => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(!spec.read_only)
-                    .open(path)
-                    .map_err(|source| ScsiError::CouldNotOpenLun {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let file = open_image(path, spec.read_only)?;
                 // The canonical path keeps the identity stable whatever the working directory.
                 let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
                 let identity = canonical.to_string_lossy().into_owned();
@@ -224,6 +237,13 @@ impl Lun {
         let blocks = size / u64::from(spec.block_size);
         if blocks == 0 {
             return Err(ScsiError::LunTooSmall(name));
+        }
+        let tail = size % u64::from(spec.block_size);
+        if tail != 0 {
+            log::warn!(
+                "LUN {name}: its last {tail} bytes are less than one block of {} and are not served",
+                spec.block_size
+            );
         }
         let can_punch = !spec.read_only && punch_hole_works(&file, size);
         Ok(Lun {
@@ -417,6 +437,28 @@ impl Lun {
 }
 
 #[cfg(test)]
+impl Lun {
+    /// A read-write LU of `blocks` 512-byte blocks over an open `file` (such as /dev/full,
+    /// whose writes fail with ENOSPC), thin-provisioned or not.
+    pub(super) fn over(file: File, blocks: u64, thin: bool) -> Lun {
+        Lun {
+            file,
+            name: "test".into(),
+            memory: None,
+            read_only: false,
+            block_size: 512,
+            blocks: AtomicU64::new(blocks),
+            can_punch: thin,
+            sense_format: SenseFormat::Fixed,
+            address: None,
+            serial: serial_of("test"),
+            ua: AtomicU8::new(0),
+            stopped: AtomicBool::new(false),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -451,6 +493,25 @@ mod tests {
         ] {
             assert_eq!(bad.parse::<LunSpec>(), Err(e(bad.to_owned())), "{bad}");
         }
+        // `,,` is a comma of the path, as in QEMU.
+        assert_eq!(
+            "dir/a,,b.img,ro".parse::<LunSpec>(),
+            Ok(LunSpec::file("dir/a,b.img", true))
+        );
+        assert_eq!(
+            "0:2=x,,,,y,,"
+                .parse::<LunSpec>()
+                .map(|s| (s.backing, s.address)),
+            Ok((
+                Backing::File("x,,y,".into()),
+                Some(LunAddress { target: 0, lun: 2 })
+            ))
+        );
+        assert_eq!(
+            "a,,,ro,,".parse::<LunSpec>(),
+            Err(LunSpecError::UnknownOption("a,,,ro,,".into())),
+            "the option is `ro,`"
+        );
         assert_eq!(parse_size("512k"), Some(512 << 10));
         assert_eq!(parse_size("1G"), Some(1 << 30));
         assert_eq!(parse_size("4096"), Some(4096));

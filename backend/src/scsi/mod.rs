@@ -2,6 +2,7 @@
 //! data and unit attention. It knows nothing about virtio: data moves through [`DataIn`]
 //! and [`DataOut`], which the transport implements over guest memory.
 
+mod image;
 mod lun;
 mod sbc;
 pub mod sense;
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use self::lun::{memory_serial, ua};
 pub use self::lun::{Backing, Lun, LunAddress, LunSpec, LunSpecError, BLOCK_SIZE};
 use self::sense::{status, Sense, SenseFormat};
+pub use self::spc::single_level_lun;
 
 /// Flat-space LUNs are 14 bits wide (SAM-5 4.7.7).
 pub const MAX_LUNS: usize = 0x4000;
@@ -69,8 +71,18 @@ pub enum ScsiError {
         #[source]
         source: std::io::Error,
     },
+    #[error("LUN backing {path} is {kind}: only regular files and block devices can back a LU")]
+    NotAnImage { path: PathBuf, kind: &'static str },
+    #[error("LUN backing {path} is locked: held by {holder} (QEMU or another backend)")]
+    Locked { path: PathBuf, holder: &'static str },
     #[error("LUN backing {0} is smaller than one block")]
     LunTooSmall(String),
+    #[error("LU {name}: {blocks} blocks of {block_size} bytes is not a size a backing can have (1 to {} blocks)", i64::MAX as u64 / u64::from(*.block_size))]
+    InvalidCapacity {
+        name: String,
+        blocks: u64,
+        block_size: u32,
+    },
     #[error("block size {0} is not supported (512 or 4096)")]
     InvalidBlockSize(u32),
     #[error("too many LUNs: {0} (at most {MAX_LUNS})")]
@@ -87,6 +99,24 @@ pub enum ScsiError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl ScsiError {
+    /// Whether the backend refused what it was given (a file that cannot be a LU, an image
+    /// in use, a bad geometry or address), rather than failed to do something with it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ScsiError::NotAnImage { .. }
+                | ScsiError::Locked { .. }
+                | ScsiError::LunTooSmall(_)
+                | ScsiError::InvalidCapacity { .. }
+                | ScsiError::InvalidBlockSize(_)
+                | ScsiError::TooManyLuns(_)
+                | ScsiError::DuplicateLunAddress(_)
+                | ScsiError::LunOutOfRange(_)
+        )
+    }
 }
 
 /// Why moving data between a LUN file and the initiator's buffer failed.
@@ -479,10 +509,15 @@ impl Target {
     /// Resizes the LU's backing to `blocks` blocks and raises CAPACITY DATA HAS CHANGED.
     pub fn set_capacity(&self, addr: LunAddress, blocks: u64) -> Result<(), ScsiError> {
         let lu = self.lu(addr).ok_or(ScsiError::NoSuchLu(addr))?;
+        // A file's length is an off_t.
         let bytes = blocks
             .checked_mul(u64::from(lu.block_size()))
-            .filter(|&b| b > 0)
-            .ok_or_else(|| ScsiError::LunTooSmall(lu.name().to_owned()))?;
+            .filter(|&b| b > 0 && i64::try_from(b).is_ok())
+            .ok_or_else(|| ScsiError::InvalidCapacity {
+                name: lu.name().to_owned(),
+                blocks,
+                block_size: lu.block_size(),
+            })?;
         lu.file
             .set_len(bytes)
             .map_err(|source| ScsiError::CouldNotResizeLun {

@@ -23,6 +23,28 @@ const MAX_BLOCK: usize = 4096;
 /// Step of the copies that cannot go straight between file and guest (VERIFY, WRITE SAME).
 const STEP: usize = 64 * 1024;
 
+/// The sense of a write the backing failed. A thin-provisioned LU (LBPME, provisioning
+/// type 2 in VPD B2h: holes can be punched) that runs out of space says so, as SBC-4
+/// asks: DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT (07/27/07). Anything else is
+/// MEDIUM ERROR, WRITE ERROR (03/0C/00).
+///
+/// What Linux does with each (drivers/scsi/scsi_error.c `scsi_check_sense`, scsi_lib.c
+/// `scsi_io_completion_action` and `scsi_result_to_blk_status`): 03/0C/00 is retried
+/// (NEEDS_RETRY: only MEDIUM ERROR with ASC 11h, 13h or 14h is final), up to the
+/// command's allowed retries (sd: 5), and then fails as BLK_STS_IOERR, EIO to the writer:
+/// a full disk looks like a failing one. 07/27/07 is final at once (SUCCESS with the
+/// scsi-ml status NOSPC, ACTION_FAIL) and fails as BLK_STS_NOSPC, ENOSPC to the writer
+/// ("critical space allocation error"), which file systems and dm-thin treat as out of
+/// space.
+fn write_failure(lu: &Lun, e: &std::io::Error) -> Sense {
+    let no_space = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+    if no_space && lu.can_punch() {
+        Sense::SPACE_ALLOCATION_FAILED_WRITE_PROTECT
+    } else {
+        Sense::WRITE_ERROR
+    }
+}
+
 /// LBA and transfer length of a READ/WRITE/VERIFY CDB, by its length.
 fn lba_and_blocks(cdb: &[u8]) -> (u64, u64) {
     match cdb_byte(cdb, 0) >> 5 {
@@ -153,7 +175,7 @@ pub(super) fn write(
         Ok(()) => OK,
         Err(DataError::File(e)) => {
             warn!("{}: write of LBA {lba} (+{blocks}) failed: {e}", lu.name());
-            check(Sense::WRITE_ERROR)
+            check(write_failure(lu, &e))
         }
         Err(e @ DataError::Buffer(_)) => Err(buffer_error(e)),
     }
@@ -250,7 +272,7 @@ pub(super) fn synchronize_cache(
         Ok(()) => OK,
         Err(e) => {
             warn!("{}: synchronize cache failed: {e}", lu.name());
-            check(Sense::WRITE_ERROR)
+            check(write_failure(lu, &e))
         }
     }
 }
@@ -307,7 +329,7 @@ pub(super) fn write_same(
             Ok(()) => OK,
             Err(e) => {
                 warn!("{}: WRITE SAME unmap failed: {e}", lu.name());
-                check(Sense::WRITE_ERROR)
+                check(write_failure(lu, &e))
             }
         };
     }
@@ -323,7 +345,7 @@ pub(super) fn write_same(
                 "{}: WRITE SAME of LBA {lba} (+{blocks}) failed: {e}",
                 lu.name()
             );
-            return check(Sense::WRITE_ERROR);
+            return check(write_failure(lu, &e));
         }
         done += n as u64;
     }
@@ -388,7 +410,7 @@ pub(super) fn unmap(
         }
         if let Err(e) = punch_hole(&lu.file, offset, len) {
             warn!("{}: UNMAP of LBA {lba} (+{n}) failed: {e}", lu.name());
-            return check(Sense::WRITE_ERROR);
+            return check(write_failure(lu, &e));
         }
     }
     OK
@@ -419,7 +441,7 @@ pub(super) fn start_stop_unit(
     if !start && !no_flush {
         if let Err(e) = lu.file.sync_data() {
             warn!("{}: flush on stop failed: {e}", lu.name());
-            return check(Sense::WRITE_ERROR);
+            return check(write_failure(lu, &e));
         }
     }
     lu.set_stopped(!start);

@@ -55,6 +55,9 @@ impl Sense {
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Sense =
         Sense::new(sense_key::ILLEGAL_REQUEST, 0x39, 0x00);
     pub const WRITE_PROTECTED: Sense = Sense::new(sense_key::DATA_PROTECT, 0x27, 0x00);
+    /// A thin-provisioned LU out of space (SBC-3 logical block provisioning).
+    pub const SPACE_ALLOCATION_FAILED_WRITE_PROTECT: Sense =
+        Sense::new(sense_key::DATA_PROTECT, 0x27, 0x07);
     pub const UNRECOVERED_READ_ERROR: Sense = Sense::new(sense_key::MEDIUM_ERROR, 0x11, 0x00);
     pub const WRITE_ERROR: Sense = Sense::new(sense_key::MEDIUM_ERROR, 0x0c, 0x00);
     pub const MISCOMPARE_DURING_VERIFY: Sense = Sense::new(sense_key::MISCOMPARE, 0x1d, 0x00);

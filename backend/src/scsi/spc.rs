@@ -314,13 +314,14 @@ fn report_luns_of(target: &Target, id: u8, cdb: &[u8], data_in: &mut dyn DataIn)
         if budget == 0 {
             break;
         }
-        put_truncated(data_in, &encode_report_lun(addr.lun), &mut budget)?;
+        put_truncated(data_in, &single_level_lun(addr.lun), &mut budget)?;
     }
     OK
 }
 
-/// One REPORT LUNS entry: peripheral addressing below 256, flat space above (SAM-5 4.7).
-fn encode_report_lun(lun: u16) -> [u8; 8] {
+/// A single-level LUN as REPORT LUNS lists it: peripheral addressing below 256, flat
+/// space above (SAM-5 4.7). Events name an LU the same way (virtio.rs's `event_lun`).
+pub fn single_level_lun(lun: u16) -> [u8; 8] {
     let mut e = [0u8; 8];
     if lun < 256 {
         e[1] = lun as u8;

@@ -10,6 +10,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use super::sense::{sense_key, SenseFormat};
 use super::*;
 
+mod image;
 mod sbc;
 mod spc;
 mod targets;

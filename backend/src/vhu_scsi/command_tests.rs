@@ -79,7 +79,7 @@ impl Rig {
     /// One command through `process_request_chain`: header, data-out?, response, data-in?.
     fn cmd(&self, lun: u16, cdb: &[u8], data_out: &[u8], data_in_len: u32) -> Done {
         let mut req = VirtioScsiCmdReq {
-            lun: encode_lun(ScsiAddress { target: 0, lun }),
+            lun: request_lun(ScsiAddress { target: 0, lun }),
             ..Default::default()
         };
         req.cdb[..cdb.len()].copy_from_slice(cdb);

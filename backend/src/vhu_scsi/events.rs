@@ -6,11 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use log::{debug, warn};
-use vhost_user_backend::VringT;
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, Le32};
 
-use super::{complete_and_notify, VhostUserScsiBackend, VhuScsiError, EVENT_QUEUE};
+use super::{complete_and_notify, Pop, VhostUserScsiBackend, VhuScsiError, EVENT_QUEUE};
 use crate::faults::{ResetReason, VirtioEvent};
 use crate::scsi::LuChange;
 use crate::virtio::*;
@@ -45,22 +43,24 @@ impl VhostUserScsiBackend {
             self.event_lost(&event, "no-frontend", now);
             return Ok(());
         };
-        if !vring.get_ref().get_queue().ready() {
-            self.event_lost(&event, "queue-not-ready", now);
-            return Ok(());
-        }
         let mem = atomic.memory();
-        let chain = vring
-            .get_mut()
-            .get_queue_mut()
-            .pop_descriptor_chain(mem.clone());
-        let Some(chain) = chain else {
-            self.event_lost(&event, "no-buffer", now);
-            return Ok(());
+        let ring = &self.rings[EVENT_QUEUE];
+        // The buffer goes back before a stop of the event queue returns (see `RingEpoch`).
+        let _pass = ring.pass();
+        let (chain, popped) = match ring.pop(&vring, mem.clone()) {
+            Pop::Chain(chain, popped) => (chain, popped),
+            Pop::Empty => {
+                self.event_lost(&event, "no-buffer", now);
+                return Ok(());
+            }
+            Pop::Stopped => {
+                self.event_lost(&event, "queue-not-ready", now);
+                return Ok(());
+            }
         };
         let missed = self.events_missed.swap(false, Ordering::Relaxed);
         let wire = event_wire(&event, missed);
-        let head = chain.head_index();
+        let head = popped.head();
         let used = match chain.writer(&mem) {
             Ok(mut w) => match w.write_obj(wire) {
                 Ok(()) => size_of::<VirtioScsiEvent>() as u32,
@@ -78,7 +78,9 @@ impl VhostUserScsiBackend {
         if used == 0 {
             self.event_lost(&event, "bad-buffer", now);
         }
-        let outcome = complete_and_notify(&vring, head, used, false)?;
+        let Some(outcome) = complete_and_notify(&vring, ring, popped, used, false)? else {
+            return Ok(());
+        };
         let mut engine = self.engine();
         if used > 0 {
             engine.record_event_posted(&event, now);
@@ -130,7 +132,7 @@ pub fn event_wire(event: &VirtioEvent, missed: bool) -> VirtioScsiEvent {
         0
     };
     let (target, lun) = event.address();
-    let lun = encode_lun(ScsiAddress { target, lun });
+    let lun = event_lun(ScsiAddress { target, lun });
     let (kind, reason) = match *event {
         VirtioEvent::TransportReset { reason, .. } => (
             VIRTIO_SCSI_T_TRANSPORT_RESET,

@@ -21,6 +21,7 @@ use super::tests::{
 use super::*;
 // The vring indexes, not the wire's u16 ones of crate::virtio.
 use super::{CONTROL_QUEUE, EVENT_QUEUE, FIRST_REQUEST_QUEUE};
+use crate::faults::plan::{DelayDist, FaultAction};
 use crate::faults::tests::SharedBuf;
 use crate::faults::{FaultEngine, FaultSpec, Plan, Trace};
 use crate::scsi::{opcode, LunAddress};
@@ -694,13 +695,15 @@ fn avail_index_more_than_a_ring_ahead_does_not_hang_the_batched_fault_path() {
 
 #[test]
 fn delays_adding_up_past_the_largest_time_do_not_panic() {
-    // Each delay is at most u64::MAX ms, but a plan (or a control socket) may hold many:
-    // the engine saturates their sum at Duration::MAX, and `now + delay` overflowed.
+    // A plan bounds each delay (an hour), but a plan built in code may hold many of
+    // u64::MAX ms: the engine saturates their sum at Duration::MAX, and `now + delay`
+    // overflowed. Read with a small delay, then raised past the bound.
     let mut plan = Plan::default();
-    let huge = serde_json::json!({"kind": "delay", "delay_ms": u64::MAX, "request": "any"});
+    let small = serde_json::json!({"kind": "delay", "delay_ms": 1, "request": "any"});
     for _ in 0..1001 {
-        plan.push(FaultSpec::from_json(huge.clone(), false).unwrap())
-            .unwrap();
+        let mut f = FaultSpec::from_json(small.clone(), false).unwrap();
+        f.action = FaultAction::Delay(DelayDist::Fixed(Duration::from_millis(u64::MAX)));
+        plan.push(f).unwrap();
     }
     let r = rig_with_plan(plan);
     r.tur(1);
@@ -876,6 +879,7 @@ fn idle_engine_without_trace_skips_describing_commands_but_counts_them() {
 mod bad_input;
 mod events;
 mod hotplug;
+mod ring_epochs;
 mod screen;
 mod tmf;
 mod tmf_faults;

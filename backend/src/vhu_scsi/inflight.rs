@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::faults::Completion;
 
+use super::ring_epoch::Popped;
 use super::QUEUE_SIZE;
 
 /// What to do with a held request when it is due (or cancelled).
@@ -35,7 +36,8 @@ impl Work {
 /// (or answered ABORTED/RESET) later.
 #[derive(Debug)]
 pub struct InflightEntry<C> {
-    pub head: u16,
+    /// The chain's head and the ring epoch it was popped in.
+    pub popped: Popped,
     /// The virtio-scsi request `id` (the tag ABORT TASK names).
     pub tag: u64,
     pub target: u8,
@@ -134,10 +136,11 @@ impl<C> InflightTable<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vhu_scsi::ring_epoch::RingEpoch;
 
     fn entry(head: u16, tag: u64, lun: u16, due: Option<u64>) -> InflightEntry<()> {
         InflightEntry {
-            head,
+            popped: RingEpoch::new(0).popped_now(head),
             tag,
             target: 0,
             lun,
@@ -157,8 +160,14 @@ mod tests {
         t.insert(entry(2, 12, 0, Some(10)));
         assert_eq!(t.earliest_due(), Some(Duration::from_millis(10)));
         assert!(t.take_due(Duration::from_millis(5)).is_none());
-        assert_eq!(t.take_due(Duration::from_millis(40)).unwrap().head, 2);
-        assert_eq!(t.take_due(Duration::from_millis(40)).unwrap().head, 0);
+        assert_eq!(
+            t.take_due(Duration::from_millis(40)).unwrap().popped.head(),
+            2
+        );
+        assert_eq!(
+            t.take_due(Duration::from_millis(40)).unwrap().popped.head(),
+            0
+        );
         assert!(
             t.take_due(Duration::from_secs(1000)).is_none(),
             "lost stays"
@@ -174,12 +183,12 @@ mod tests {
         t.insert(entry(2, 8, 1, None));
         assert!(t.has_tag(0, 1, 7));
         assert!(t.take_tag(0, 2, 7).is_none());
-        assert_eq!(t.take_tag(0, 1, 7).unwrap().head, 1);
+        assert_eq!(t.take_tag(0, 1, 7).unwrap().popped.head(), 1);
         assert!(!t.has_tag(0, 1, 7));
-        assert_eq!(t.take_matching(0, Some(1)).unwrap().head, 2);
+        assert_eq!(t.take_matching(0, Some(1)).unwrap().popped.head(), 2);
         assert!(t.take_matching(0, Some(1)).is_none());
         assert!(t.has_lun(0, 0));
-        assert_eq!(t.take_matching(0, None).unwrap().head, 0);
+        assert_eq!(t.take_matching(0, None).unwrap().popped.head(), 0);
         assert!(t.is_empty());
         t.insert(entry(3, 1, 0, Some(1)));
         assert_eq!(t.clear(), 1);

@@ -1,8 +1,9 @@
 //! The vhost-user glue: features, queues (0 control, 1 event, 2.. request), one worker per
 //! request queue. `passes` serves a queue's chains pass after pass, `command` and
 //! `control_queue` serve one chain, `completion` is the single completion path where
-//! interrupts are decided, `events` fills the event queue, and `fault_path` is the
-//! request path with the fault engine.
+//! interrupts are decided, `ring_epoch` keeps completions of chains popped before a reset
+//! or a stop off the rings set up since, `events` fills the event queue, and
+//! `fault_path` is the request path with the fault engine.
 
 use std::io;
 use std::mem::size_of;
@@ -40,6 +41,7 @@ pub use events::lu_change_event;
 use executing::Executing;
 use inflight::InflightTable;
 use passes::PlainServer;
+pub use ring_epoch::{Pop, Popped, RingEpoch};
 
 pub mod executing;
 pub mod inflight;
@@ -51,6 +53,7 @@ mod corrupt;
 mod events;
 mod fault_path;
 mod passes;
+mod ring_epoch;
 
 #[cfg(test)]
 mod command_tests;
@@ -147,6 +150,9 @@ pub struct VhostUserScsiBackend {
     faults: FaultContext,
     /// Held requests per queue (index: global queue number).
     inflight: Vec<Mutex<InflightTable<Chain>>>,
+    /// Per queue: the ring epoch its chains are popped in, and the pass lock a reset or a
+    /// stop waits for. Lock order: a pass lock, then the vring's.
+    rings: Vec<RingEpoch>,
     /// A clone of every vring a worker has served, so that a TMF on the control queue can
     /// complete requests of any request queue. Lock order: this, then nothing else.
     vrings: Mutex<Vec<Option<VringRwLock>>>,
@@ -228,6 +234,7 @@ impl VhostUserScsiBackend {
             mem: Mutex::new(None),
             faults,
             inflight: (0..num_queues).map(|_| Mutex::default()).collect(),
+            rings: (0..num_queues).map(RingEpoch::new).collect(),
             vrings: Mutex::new(vec![None; num_queues]),
             remembered: (0..num_request_queues)
                 .map(|_| AtomicBool::new(false))
@@ -313,7 +320,7 @@ impl VhostUserScsiBackend {
             queue,
             vring,
             cdb_size: self.cdb_size(),
-            batch: SignalBatch::new(event_idx),
+            batch: SignalBatch::new(&self.rings[queue], event_idx),
         };
         self.serve_passes(queue, vring, event_idx, &mut server)
     }
@@ -358,6 +365,26 @@ impl VhostUserScsiBackend {
     /// Number of requests held on `queue` (tests and diagnostics).
     pub fn inflight_len(&self, queue: usize) -> usize {
         self.inflight.get(queue).map_or(0, |t| lock(t).len())
+    }
+
+    /// Completions of `queue` dropped because their chain was popped before a reset or a
+    /// stop of its ring (tests and diagnostics).
+    pub fn stale_completions(&self, queue: usize) -> u64 {
+        self.rings
+            .get(queue)
+            .map_or(0, RingEpoch::stale_completions)
+    }
+
+    /// A new ring epoch for each of `queues` (a device reset: all of them), then waits
+    /// for the passes in progress: from then on no completion of a chain popped before
+    /// reaches their rings.
+    fn retire_popped(&self, queues: std::ops::Range<usize>) {
+        for q in queues.clone() {
+            self.rings[q].begin_epoch(self.vring(q).as_ref());
+        }
+        for q in queues {
+            self.rings[q].wait_for_pass();
+        }
     }
 }
 
@@ -456,6 +483,9 @@ impl VhostUserBackend for VhostUserScsiBackend {
 
     fn reset_device(&self) {
         debug!("device reset");
+        // The handler disabled every ring first, so nothing more is popped. What was is
+        // dropped, and the rings the driver sets up next get none of it.
+        self.retire_popped(0..self.num_queues());
         self.event_idx.store(false, Ordering::Relaxed);
         // The driver's config writes are undone by a reset (5.6.4).
         self.cdb_size.store(VIRTIO_SCSI_CDB_SIZE, Ordering::Relaxed);
@@ -463,9 +493,19 @@ impl VhostUserBackend for VhostUserScsiBackend {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        // GET_VRING_BASE stops the ring: what it still holds is dropped as a reset drops
-        // it, since the driver gets its ring back and will reinitialise it.
-        if let Some(table) = self.inflight.get(queue_index as usize) {
+        let queue = queue_index as usize;
+        // GET_VRING_BASE: the handler made the ring not ready, so the pass in progress pops
+        // no more, and what it popped goes on this ring before we return, as vhost-scsi
+        // flushes on a stop: a VM stopped and resumed at the returned next_avail loses no
+        // request. Only then a new epoch begins.
+        let _pass = self.rings.get(queue).map(|ring| {
+            let pass = ring.pass();
+            ring.begin_epoch(self.vring(queue).as_ref());
+            pass
+        });
+        // What the ring still holds is dropped as a reset drops it, since the driver gets
+        // its ring back and will reinitialise it.
+        if let Some(table) = self.inflight.get(queue) {
             let dropped = lock(table).clear();
             if dropped > 0 {
                 debug!("queue {queue_index} stopped: {dropped} held requests dropped");

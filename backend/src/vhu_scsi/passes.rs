@@ -1,13 +1,14 @@
 //! The passes of one kick over a request or control queue's avail ring, written once for
 //! the plain path and the fault path: each pops chains and hands them to a
-//! [`ChainServer`], which is what differs between the two.
+//! [`ChainServer`], which is what differs between the two. A pass holds its queue's pass
+//! lock ([`RingEpoch`]): a device reset or a stopped ring waits for it to end.
 
 use log::warn;
 use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
 use super::control_queue::serve_control;
+use super::ring_epoch::{Pop, Popped, RingEpoch};
 use super::{
     serve_command, Chain, Disposition, GuestMemory, SignalBatch, VhostUserScsiBackend,
     VhuScsiError, CONTROL_QUEUE,
@@ -16,9 +17,14 @@ use super::{
 /// What serves the chains of one queue's vring during
 /// [`VhostUserScsiBackend::serve_passes`].
 pub(super) trait ChainServer {
-    /// Serves one popped chain: completes it (its interrupt may wait for the end of the
-    /// pass) or holds it.
-    fn serve(&mut self, mem: &GuestMemoryMmap, chain: Chain) -> Result<(), VhuScsiError>;
+    /// Serves one chain, `popped` in the ring epoch it names: completes it (its interrupt
+    /// may wait for the end of the pass) or holds it.
+    fn serve(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: Chain,
+        popped: Popped,
+    ) -> Result<(), VhuScsiError>;
 
     /// The end of a pass, also of one that failed: what is on the used ring gets its
     /// interrupt decision.
@@ -27,7 +33,8 @@ pub(super) trait ChainServer {
 
 impl VhostUserScsiBackend {
     /// Serves every available chain of `queue` on `vring` with `server`, pass after pass
-    /// while EVENT_IDX reports chains that arrived meanwhile ([`Passes`]).
+    /// while EVENT_IDX reports chains that arrived meanwhile ([`Passes`]). A pass ends
+    /// early when the ring is disabled or stopped, and the kick with it.
     pub(super) fn serve_passes(
         &self,
         queue: usize,
@@ -36,8 +43,12 @@ impl VhostUserScsiBackend {
         server: &mut impl ChainServer,
     ) -> Result<(), VhuScsiError> {
         let atomic = self.memory().ok_or(VhuScsiError::NoMemory)?;
+        let ring: &RingEpoch = &self.rings[queue];
         let mut passes = Passes::default();
         loop {
+            // Until the decision about another pass: a reset or a stop returns only once
+            // nothing of this pass can touch the ring any more.
+            let _pass = ring.pass();
             if event_idx {
                 vring
                     .disable_notification()
@@ -45,22 +56,26 @@ impl VhostUserScsiBackend {
             }
             let mem = atomic.memory();
             let mut popped = 0;
+            let mut stopped = false;
             let pass = loop {
                 // The queue lock is released before completing, since add_used takes it again.
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else { break Ok(()) };
+                let (chain, ticket) = match ring.pop(vring, mem.clone()) {
+                    Pop::Chain(chain, ticket) => (chain, ticket),
+                    Pop::Empty => break Ok(()),
+                    Pop::Stopped => {
+                        stopped = true;
+                        break Ok(());
+                    }
+                };
                 popped += 1;
-                if let Err(e) = server.serve(&mem, chain) {
+                if let Err(e) = server.serve(&mem, chain, ticket) {
                     break Err(e);
                 }
             };
             // What is on the used ring gets its interrupt even when the pass failed.
             server.end_pass()?;
             pass?;
-            if !passes.another(queue, vring, event_idx, popped)? {
+            if stopped || !passes.another(queue, vring, event_idx, popped)? {
                 return Ok(());
             }
         }
@@ -73,13 +88,17 @@ pub(super) struct PlainServer<'a> {
     pub(super) queue: usize,
     pub(super) vring: &'a VringRwLock,
     pub(super) cdb_size: usize,
-    pub(super) batch: SignalBatch,
+    pub(super) batch: SignalBatch<'a>,
 }
 
 impl ChainServer for PlainServer<'_> {
-    fn serve(&mut self, mem: &GuestMemoryMmap, chain: Chain) -> Result<(), VhuScsiError> {
+    fn serve(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: Chain,
+        popped: Popped,
+    ) -> Result<(), VhuScsiError> {
         let backend = self.backend;
-        let head = chain.head_index();
         // Dropped after the completion is on the used ring (or on an error); its
         // interrupt may wait for the end of the pass.
         let slot = backend.executing.slot(self.queue);
@@ -89,7 +108,7 @@ impl ChainServer for PlainServer<'_> {
             let how = Disposition::EXECUTE;
             serve_command(&backend.target, mem, chain, how, self.cdb_size, Some(&slot)).used
         };
-        let completed = self.batch.complete(self.vring, head, used_len);
+        let completed = self.batch.complete(self.vring, popped, used_len);
         drop(slot);
         completed.map(drop)
     }

@@ -94,7 +94,7 @@ pub(super) fn fixture() -> Fixture {
 }
 
 pub(super) fn lun(n: u16) -> [u8; 8] {
-    encode_lun(ScsiAddress { target: 0, lun: n })
+    request_lun(ScsiAddress { target: 0, lun: n })
 }
 
 fn desc(addr: u64, len: u32, writable: bool) -> RawDescriptor {
@@ -485,7 +485,7 @@ fn absent_lu_is_bad_target() {
     let f = fixture();
     for l in [
         lun(2),
-        encode_lun(ScsiAddress { target: 1, lun: 0 }),
+        request_lun(ScsiAddress { target: 1, lun: 0 }),
         [0, 0, 0x40, 0, 0, 0, 0, 0],
     ] {
         let d = f.command(l, &[opcode::INQUIRY, 0, 0, 0, 36, 0], &[], 36);

@@ -6,7 +6,7 @@
 use core::fmt::Write;
 use core::ptr::NonNull;
 
-use crate::contract::GuestArgs;
+use crate::contract::{GuestArgs, PlantedBug};
 use crate::platform::{Dma, Platform};
 use crate::port::{scsi_status, DataBuffer, DataDirection, Port, Srb, SrbStatus, Tag, MAX_SRBS};
 use crate::report::JsonLine;
@@ -71,6 +71,8 @@ pub(super) enum Rescan {
     Idle,
     /// Asked for; starts when the side request is free.
     Pending,
+    /// Answered BUSY or TASK SET FULL: asked for again from this time (µs).
+    Waiting(u64),
     ReportLuns(Tag),
     ReadCapacity(Tag),
 }
@@ -139,6 +141,29 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
         }
     }
 
+    /// How long a request answered BUSY or TASK SET FULL waits before it is sent again.
+    pub(super) fn busy_pause(&self) -> u64 {
+        // Planted bug `busy-no-backoff`: sent again at once.
+        if self.args.bug == PlantedBug::BusyNoBackoff {
+            0
+        } else {
+            BUSY_RETRY_DELAY_US
+        }
+    }
+
+    /// Counts a BUSY or TASK SET FULL retry, if `srb` ended so.
+    pub(super) fn busy_retry(&mut self, srb: &Srb) -> bool {
+        let busy = srb.srb_status == SrbStatus::Busy
+            || srb.srb_status == SrbStatus::Error && srb.scsi_status == scsi_status::BUSY;
+        let full = srb.srb_status == SrbStatus::Error && srb.scsi_status == TASK_SET_FULL;
+        if full {
+            self.outcome.queue_full_retries += 1;
+        } else if busy {
+            self.outcome.busy_retries += 1;
+        }
+        busy || full
+    }
+
     fn classify(&mut self, srb: &Srb, f: &InFlight, reads: bool) -> Disposition {
         let key = srb.sense_key();
         let check =
@@ -150,18 +175,12 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
             self.outcome.unit_attention_retries += 1;
             return Disposition::RetryNow;
         }
-        if check && reads && key == Some(SENSE_KEY_MEDIUM_ERROR) {
+        // Planted bug `write-error-ignored`: the direction is not looked at.
+        let any_direction = self.args.bug == PlantedBug::WriteErrorIgnored;
+        if check && (reads || any_direction) && key == Some(SENSE_KEY_MEDIUM_ERROR) {
             return Disposition::Unreadable;
         }
-        let busy = srb.srb_status == SrbStatus::Busy
-            || srb.srb_status == SrbStatus::Error && srb.scsi_status == scsi_status::BUSY;
-        let full = srb.srb_status == SrbStatus::Error && srb.scsi_status == TASK_SET_FULL;
-        if (busy || full) && f.busy_retries < MAX_BUSY_RETRIES {
-            if full {
-                self.outcome.queue_full_retries += 1;
-            } else {
-                self.outcome.busy_retries += 1;
-            }
+        if f.busy_retries < MAX_BUSY_RETRIES && self.busy_retry(srb) {
             return Disposition::RetryLater;
         }
         Disposition::Done
@@ -245,7 +264,7 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
                     }
                     Disposition::RetryLater => {
                         f.busy_retries += 1;
-                        f.resubmit_at = Some(self.platform.now_us() + BUSY_RETRY_DELAY_US);
+                        f.resubmit_at = Some(self.platform.now_us() + self.busy_pause());
                         slots[k] = Some(f);
                     }
                     Disposition::Unreadable => {

@@ -49,6 +49,38 @@ pub enum Failure<'a> {
     ResetNotEnded,
 }
 
+impl Failure<'_> {
+    /// The result line's `failure`: the kind, one word.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Args(_) => "args",
+            Failure::Pci(_) => "pci",
+            Failure::Adapter(_) => "adapter",
+            Failure::OutOfDmaMemory => "dma",
+            Failure::Submit(..) => "submit",
+            Failure::Command { .. } => "command",
+            Failure::Timeout { .. } => "timeout",
+            Failure::Mismatch { .. } => "mismatch",
+            Failure::BlockSize(_) => "block-size",
+            Failure::ShortTransfer { .. } => "short-transfer",
+            Failure::LunGone => "lun-gone",
+            Failure::ResetNotEnded => "reset-not-ended",
+        }
+    }
+
+    /// The operation that failed, when one did.
+    pub fn op(&self) -> Option<&'static str> {
+        match self {
+            Failure::Submit(op, _)
+            | Failure::Command { op, .. }
+            | Failure::Timeout { op, .. }
+            | Failure::ShortTransfer { op, .. } => Some(op),
+            Failure::Mismatch { .. } => Some("READ"),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Failure<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -5,7 +5,8 @@
 use core::fmt::Write;
 
 use crate::contract::{
-    result_fields as rf, smoke_lba, timeline_fields as tf, GuestArgs, EXIT_FAIL, EXIT_PASS,
+    result_fields as rf, smoke_lba, timeline_fields as tf, GuestArgs, PlantedBug, EXIT_FAIL,
+    EXIT_PASS,
 };
 use crate::platform::Platform;
 use crate::port::{CpuStats, Port, Routine};
@@ -129,13 +130,32 @@ pub(super) fn report_result(
     let mut line = JsonLine::new(out);
     line.str(rf::RESULT, if result.is_ok() { "pass" } else { "fail" });
     if let Err(e) = &result {
-        line.display(rf::REASON, e);
+        line.display(rf::REASON, e).str(rf::FAILURE, e.kind());
+        if let Some(op) = e.op() {
+            line.str(rf::FAILED_OP, op);
+        }
+        if let Failure::Command {
+            status,
+            scsi_status,
+            sense_key,
+            ..
+        } = e
+        {
+            line.str(rf::FAILED_SRB_STATUS, status.name())
+                .u64(rf::FAILED_SCSI_STATUS, u64::from(*scsi_status));
+            if let Some(k) = sense_key {
+                line.u64(rf::FAILED_SENSE_KEY, u64::from(*k));
+            }
+        }
     }
     if let Some(a) = args {
         line.str(rf::SCENARIO, a.workload.name())
             .u64(rf::SEED, a.seed)
             .bool(rf::IRQ, a.irq)
             .bool(rf::POLL, a.poll);
+        if a.bug != PlantedBug::None {
+            line.str(rf::BUG, a.bug.name());
+        }
     }
     line.u64(rf::BLOCK_SIZE, u64::from(o.block_size))
         .u64(rf::CAPACITY, o.capacity);

@@ -12,6 +12,11 @@ use super::{Failure, SENSE_KEY_UNIT_ATTENTION};
 impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
     /// Starts the next request of a pending rescan when the small buffer is free.
     pub(super) fn advance_rescan<'a>(&mut self) -> Result<(), Failure<'a>> {
+        if let Rescan::Waiting(at) = self.rescan {
+            if self.platform.now_us() >= at {
+                self.rescan = Rescan::Pending;
+            }
+        }
         if self.rescan == Rescan::Pending {
             // REPORT LUNS, 64 bytes: the header and seven LUNs.
             let cdb = [0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0];
@@ -28,6 +33,14 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
         let retry_ua = srb.srb_status == SrbStatus::Error
             && srb.sense_key() == Some(SENSE_KEY_UNIT_ATTENTION)
             || srb.srb_status == SrbStatus::BusReset;
+        let ours =
+            matches!(self.rescan, Rescan::ReportLuns(t) | Rescan::ReadCapacity(t) if t == srb.tag);
+        // BUSY and TASK SET FULL: the rescan starts again after the class driver's pause
+        // (found by explore: a BUSY REPORT LUNS used to fail the run).
+        if ours && self.busy_retry(srb) {
+            self.rescan = Rescan::Waiting(self.platform.now_us() + self.busy_pause());
+            return Ok(true);
+        }
         match self.rescan {
             Rescan::ReportLuns(tag) if tag == srb.tag => {
                 if retry_ua {

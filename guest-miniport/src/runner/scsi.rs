@@ -64,6 +64,25 @@ pub(super) fn check_status<'a>(op: &'static str, lba: u64, srb: &Srb) -> Result<
     })
 }
 
+/// The status check of a READ or WRITE of one block, and that the whole block moved: a
+/// short transfer is an error the caller sees (found by explore: on a write it used to
+/// pass unnoticed).
+pub(super) fn check_block<'a>(
+    op: &'static str,
+    lba: u64,
+    srb: &Srb,
+    block_size: u32,
+) -> Result<(), Failure<'a>> {
+    check_status(op, lba, srb)?;
+    if srb.data_transfer_length != block_size {
+        return Err(Failure::ShortTransfer {
+            op,
+            got: srb.data_transfer_length,
+        });
+    }
+    Ok(())
+}
+
 /// INQUIRY text fields: trailing spaces dropped, non-printable bytes shown as '.'.
 pub(super) struct Ascii<'a>(pub(super) &'a [u8]);
 

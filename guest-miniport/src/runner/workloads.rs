@@ -9,7 +9,7 @@ use crate::report::JsonLine;
 use crate::virtio_scsi::VirtioScsiError;
 
 use super::class_driver::{DmaBuf, Phase, Runner};
-use super::scsi::{check_status, rw_cdb, Cdb};
+use super::scsi::{check_block, rw_cdb, Cdb};
 use super::Failure;
 
 impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
@@ -58,7 +58,7 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
                     fill_pattern(seed, lba, b.bytes());
                     srb_for(&rw_cdb(false, lba), b.data(block_size, DataDirection::Out))
                 },
-                done: &mut |i, srb, _| check_status("WRITE", lba_of(i), srb),
+                done: &mut |i, srb, _| check_block("WRITE", lba_of(i), srb, block_size),
             },
         )?;
         self.outcome.written = true;
@@ -83,13 +83,7 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
                 },
                 done: &mut |i, srb, b| {
                     let lba = lba_of(i);
-                    check_status("READ", lba, srb)?;
-                    if srb.data_transfer_length != block_size {
-                        return Err(Failure::ShortTransfer {
-                            op: "READ",
-                            got: srb.data_transfer_length,
-                        });
-                    }
+                    check_block("READ", lba, srb, block_size)?;
                     if !check_pattern(seed, lba, b.bytes()) {
                         return Err(Failure::Mismatch { lba });
                     }
@@ -135,7 +129,7 @@ impl<M: crate::port::Miniport<Error = VirtioScsiError>> Runner<'_, '_, '_, M> {
                     s.timeout_us = timeout;
                     s
                 },
-                done: &mut |i, srb, _| check_status("READ", lba_of(i), srb),
+                done: &mut |i, srb, _| check_block("READ", lba_of(i), srb, block_size),
             },
         )?;
         let took = self.platform.now_us().saturating_sub(start).max(1);

@@ -655,6 +655,29 @@ fn transport_reset_event_leads_to_reset_detected_and_a_rescan() {
 }
 
 #[test]
+fn a_command_lost_at_a_transport_reset_is_ended_before_the_hold_is_over() {
+    // N5: the event's ResetDetected wants every active request completed by the end of
+    // the hold; the device never returns the lost one, so the miniport resets its LU.
+    let a = GuestArgs {
+        srb_timeout_ms: 60_000,
+        ..io(4)
+    };
+    let r = simulate(
+        a,
+        SimFaults {
+            lose: Some(12),
+            transport_reset_after: Some(14),
+            ..SimFaults::default()
+        },
+    );
+    r.assert_clean(&a);
+    assert_eq!(r.n("resets_detected"), 1);
+    assert_eq!(r.n("srb_timeouts"), 0);
+    assert!(r.n("tmfs_sent") >= 1, "{}", r.result());
+    assert!(r.n("bus_reset_retries") >= 1, "{}", r.result());
+}
+
+#[test]
 fn delayed_completions_still_come_by_interrupt() {
     let a = io(4);
     let r = simulate(

@@ -61,6 +61,13 @@ impl<T: Transport> Extension<T> {
                     self.stats.transport_resets += 1;
                     ctx.reset_detected();
                     ctx.bus_change_detected();
+                    // N5: every active request must complete before the hold ends, and
+                    // a device that announces a reset may still hold a command it lost
+                    // (found by explore). Reset the LUs with requests outstanding, so the
+                    // device returns them, or a device reset ends them, in time.
+                    if self.outstanding() > 0 {
+                        self.start_bus_reset(ctx);
+                    }
                 }
                 VIRTIO_SCSI_T_PARAM_CHANGE => {
                     self.stats.param_changes += 1;

@@ -14,6 +14,7 @@
 use core::fmt;
 use core::ptr::NonNull;
 
+use crate::contract::PlantedBug;
 use crate::platform::Dma;
 use crate::port::handoff::TimerArm;
 use crate::port::{
@@ -138,6 +139,8 @@ pub struct VirtioScsiSettings {
     pub tmf_timeout_us: u64,
     /// The TMF a bus reset sends.
     pub reset: ResetTmf,
+    /// A bug planted on purpose (`bug=NAME`); [`PlantedBug::None`] for the real miniport.
+    pub bug: PlantedBug,
 }
 
 #[derive(Debug)]
@@ -224,6 +227,9 @@ pub struct Extension<T: Transport> {
     /// The request queue's used index at the previous watchdog call, and when it was:
     /// what lies before it went a whole interval without an interrupt.
     watch_mark: Option<(u16, u64)>,
+    /// Planted bug `double-completion`: where popping stood when the watchdog last
+    /// completed elements in place, and how many.
+    peeked: Option<(u16, u16)>,
     /// The interval of the RequestTimerCall a routine wants, if HwTimer is not armed
     /// yet: the routine arms it through the [`TimerArm`] once out of the extension.
     timer_wanted: Option<u32>,
@@ -285,6 +291,7 @@ impl<T: Transport> Extension<T> {
             config_vector: VIRTIO_MSI_NO_VECTOR,
             config_generation: 0,
             watch_mark: None,
+            peeked: None,
             timer_wanted: None,
             refused: false,
             dead: None,

@@ -4,6 +4,7 @@
 
 use core::ptr;
 
+use crate::contract::PlantedBug;
 use crate::port::{DataDirection, PortContext, SrbHandle, SrbStatus, StartIo, SENSE_BUFFER_LEN};
 use crate::virtio::{Buffer, QueueError, Transport};
 use crate::wire::*;
@@ -136,11 +137,12 @@ impl<T: Transport> Extension<T> {
             let (slot, id) =
                 core::mem::replace(&mut self.inflight[usize::from(head)], (NO_SLOT, 0));
             // P3: complete only the request this chain was issued for.
+            let by_slot_only = self.settings.bug == PlantedBug::DoubleCompletion;
             let matches = self
                 .requests
                 .get(usize::from(slot))
                 .and_then(|r| r.as_ref())
-                .is_some_and(|r| r.id == id && r.head == head);
+                .is_some_and(|r| by_slot_only || r.id == id && r.head == head);
             if !matches {
                 self.stats.stale_completions += 1;
                 continue;
@@ -148,6 +150,66 @@ impl<T: Transport> Extension<T> {
             let Some(req) = self.requests[usize::from(slot)].take() else {
                 continue;
             };
+            self.complete_found(ctx, source, usize::from(slot), req);
+            done += 1;
+        }
+        if done > 0 {
+            self.room_again(ctx);
+        }
+        done
+    }
+
+    /// Planted bug `double-completion`: pops what the watchdog completed in place on
+    /// its previous call, unless an interrupt took (and completed) it again since.
+    pub(super) fn pop_peeked(&mut self) {
+        if let Some((at, left)) = self.peeked.take() {
+            if self.request.next_used() == at {
+                for _ in 0..left {
+                    let _ = self.request.pop_used();
+                }
+            }
+        }
+    }
+
+    /// Planted bug `double-completion`: completes the requests the first `n` used
+    /// elements name without popping them, and leaves their slots mapped.
+    pub(super) fn complete_in_place(&mut self, ctx: &mut PortContext<'_>, n: u16) -> u16 {
+        let at = self.request.next_used();
+        let mut done = 0;
+        let mut read = 0;
+        for i in 0..n {
+            let Some(head) = self.request.read_ahead(i) else {
+                break;
+            };
+            read += 1;
+            let Some(&(slot, _)) = self.inflight.get(head as usize) else {
+                continue;
+            };
+            if let Some(req) = self
+                .requests
+                .get_mut(usize::from(slot))
+                .and_then(Option::take)
+            {
+                self.complete_found(ctx, Source::Poll, usize::from(slot), req);
+                done += 1;
+            }
+        }
+        self.peeked = Some((at, read));
+        if done > 0 {
+            self.room_again(ctx);
+        }
+        done
+    }
+
+    /// Counts a completion by the way it was found, then completes its SRB.
+    fn complete_found(
+        &mut self,
+        ctx: &mut PortContext<'_>,
+        source: Source,
+        slot: usize,
+        req: Request,
+    ) {
+        {
             let latency = ctx.now_us().saturating_sub(req.started_us);
             match source {
                 Source::Interrupt => {
@@ -166,13 +228,8 @@ impl<T: Transport> Extension<T> {
                     );
                 }
             }
-            self.complete(ctx, usize::from(slot), req.srb);
-            done += 1;
+            self.complete(ctx, slot, req.srb);
         }
-        if done > 0 {
-            self.room_again(ctx);
-        }
-        done
     }
 
     /// N2: room again for the request HwStartIo gave back.
@@ -195,9 +252,14 @@ impl<T: Transport> Extension<T> {
         let status = hdr[10];
         let response = hdr[11];
         let sense_size = self.sense_size;
+        let bug = self.settings.bug;
         let mut s = ctx.srb_mut(&srb);
         s.scsi_status = status;
-        s.data_transfer_length = s.data.len.saturating_sub(resid);
+        s.data_transfer_length = if bug == PlantedBug::ResidualIgnored {
+            s.data.len
+        } else {
+            s.data.len.saturating_sub(resid)
+        };
         let n = sense_len.min(sense_size).min(SENSE_BUFFER_LEN);
         // SAFETY: `n` is at most sense_size bytes after the header: inside the slot.
         unsafe { ptr::copy_nonoverlapping(resp.add(CMD_RESP_HEADER), s.sense.as_mut_ptr(), n) };
@@ -209,7 +271,9 @@ impl<T: Transport> Extension<T> {
             VIRTIO_SCSI_S_ABORTED => SrbStatus::Aborted,
             VIRTIO_SCSI_S_BAD_TARGET => SrbStatus::SelectionTimeout,
             VIRTIO_SCSI_S_RESET => SrbStatus::BusReset,
+            VIRTIO_SCSI_S_BUSY if bug == PlantedBug::VirtioBusyFatal => SrbStatus::HbaError,
             VIRTIO_SCSI_S_BUSY => SrbStatus::Busy,
+            _ if bug == PlantedBug::UnknownResponseOk => SrbStatus::Success,
             // TRANSPORT_FAILURE, TARGET_FAILURE, NEXUS_FAILURE, FAILURE, and any code
             // the spec does not define.
             _ => SrbStatus::HbaError,

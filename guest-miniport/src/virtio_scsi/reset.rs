@@ -5,6 +5,7 @@
 
 use core::ptr;
 
+use crate::contract::PlantedBug;
 use crate::port::{PortContext, SrbStatus};
 use crate::virtio::{Buffer, Transport, MAX_QUEUE_SIZE};
 use crate::wire::*;
@@ -62,7 +63,22 @@ impl<T: Transport> Extension<T> {
         }
         self.kick(CONTROLQ);
         self.arm_timer(ctx);
+        if self.settings.bug == PlantedBug::TmfSpin {
+            self.spin_for_tmfs(ctx);
+        }
         true
+    }
+
+    /// Planted bug `tmf-spin`: waits in HwResetBus for the answers, stalling between
+    /// looks, until the reset ends or its TMF deadline passes (S1, P4).
+    fn spin_for_tmfs(&mut self, ctx: &mut PortContext<'_>) {
+        while let ResetPhase::Tmf { deadline_us, .. } = self.reset {
+            if ctx.now_us() >= deadline_us {
+                break;
+            }
+            ctx.stall_execution(100);
+            self.drain_control(ctx, Source::Poll);
+        }
     }
 
     /// Sends one TMF on the control queue. False when the queue or the TMF slots are
@@ -145,7 +161,14 @@ impl<T: Transport> Extension<T> {
         } = self.reset
         {
             if self.tmfs.iter().all(Option::is_none) {
-                self.finish_tmf_reset(ctx, source, started_us, failed, nexus);
+                if failed && source == Source::Interrupt {
+                    // I2: a device reset sets the whole device up again, too much for
+                    // HwInterrupt on a busy host (found by explore); HwTimer, armed while
+                    // the reset lasts, escalates at its next tick.
+                    self.arm_timer(ctx);
+                } else {
+                    self.finish_tmf_reset(ctx, source, started_us, failed, nexus);
+                }
             }
         }
         any
@@ -203,6 +226,7 @@ impl<T: Transport> Extension<T> {
         self.abandon(ctx, SrbStatus::BusReset, |_, _| true);
         self.inflight = [(NO_SLOT, 0); MAX_QUEUE_SIZE];
         self.watch_mark = None;
+        self.peeked = None;
         let now = ctx.now_us();
         self.reset = ResetPhase::Device {
             started_us,

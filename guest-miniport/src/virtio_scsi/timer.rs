@@ -3,6 +3,7 @@
 //! the next call, which the routine arms through the hand-off with HwStartIo (T1, T4,
 //! T6).
 
+use crate::contract::PlantedBug;
 use crate::port::PortContext;
 use crate::virtio::Transport;
 
@@ -42,10 +43,17 @@ impl<T: Transport> Extension<T> {
                 return 0;
             }
         }
+        if self.settings.bug == PlantedBug::DoubleCompletion {
+            self.pop_peeked();
+        }
         let lost = self
             .watch_mark
             .map_or(0, |(mark, _)| self.request.unpopped_at(mark));
-        let found = self.drain_requests(ctx, Source::Poll, lost);
+        let found = if self.settings.bug == PlantedBug::DoubleCompletion {
+            self.complete_in_place(ctx, lost)
+        } else {
+            self.drain_requests(ctx, Source::Poll, lost)
+        };
         self.watch_mark = Some((self.request.used_mark(), ctx.now_us()));
         found
     }

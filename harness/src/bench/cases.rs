@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::frontend::load::Pattern;
+use super::frontend::load::{Pattern, DEFAULT_STALL};
 use super::socket::LoadOptions;
 
 /// A fault that arms the engine in the request path but matches no request of the bench
@@ -63,6 +63,7 @@ pub(super) fn load(
         duration: d,
         event_idx: true,
         seed: 1,
+        stall: DEFAULT_STALL,
     }
 }
 

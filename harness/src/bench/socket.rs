@@ -19,6 +19,8 @@ pub struct LoadOptions {
     pub duration: Duration,
     pub event_idx: bool,
     pub seed: u64,
+    /// No completion for this long on a queue with requests in flight fails the load.
+    pub stall: Duration,
 }
 
 impl LoadOptions {
@@ -39,6 +41,7 @@ impl LoadOptions {
             pattern: self.pattern,
             duration: self.duration,
             seed: self.seed,
+            stall: self.stall,
         }
     }
 }

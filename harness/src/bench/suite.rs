@@ -192,8 +192,9 @@ pub fn run_suite(opts: &SuiteOptions) -> Result<SuiteReport, BenchError> {
                     runs.push((r, fig));
                 }
                 // A peer that loses a request or fails one is a finding, not the end of
-                // the suite: the figures of our backend still stand.
-                Err(e) if def.server == Server::Peer && !matches!(e, BenchError::Interrupted) => {
+                // the suite: the figures of our backend still stand. A run a signal ended
+                // (wherever it was waiting) ends the suite.
+                Err(e) if def.server == Server::Peer && !signals::interrupted() => {
                     eprintln!("bench: FAILED: {e}");
                     failures.push(PeerFailure {
                         round: r,

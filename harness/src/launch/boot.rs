@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::binaries::SetupError;
+use super::control::ControlError;
 use super::listen::{self, ListenError};
 use super::process::{ChildGuard, ProcessError, Stdout};
 use super::qemu::{self, QemuConfig};
@@ -25,6 +26,16 @@ use super::signals;
 pub const DRAIN: Duration = Duration::from_secs(2);
 /// How long a failed boot waits for what QEMU wrote before it was killed.
 const FAILURE_DRAIN: Duration = Duration::from_millis(200);
+/// How often [`Boot::wait_guest_watched`] lets its watcher look.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What a watcher of a running guest says after each look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    Continue,
+    /// End the boot now, as at the deadline.
+    Stop,
+}
 
 /// Why a run could not be completed, or failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +60,17 @@ pub enum RunError {
         secs: f64,
         source: SerialError,
     },
+    #[error("the {guest} never printed {what} ({secs:.1} s): {source}")]
+    NoLine {
+        guest: &'static str,
+        what: &'static str,
+        secs: f64,
+        source: SerialError,
+    },
     #[error("QEMU did not exit after the guest's result")]
     QemuDidNotExit,
+    #[error(transparent)]
+    Control(ControlError),
     #[error("could not stop a child: {0}")]
     CouldNotStop(ProcessError),
     #[error("could not read the trace {0}: {1}")]
@@ -83,6 +103,15 @@ impl RunError {
         match e {
             ProcessError::Interrupted => RunError::Interrupted,
             e => RunError::CouldNotStop(e),
+        }
+    }
+}
+
+impl From<ControlError> for RunError {
+    fn from(e: ControlError) -> RunError {
+        match e {
+            ControlError::Interrupted => RunError::Interrupted,
+            e => RunError::Control(e),
         }
     }
 }
@@ -265,22 +294,48 @@ impl Boot {
     /// Waits for the guest's result line and for QEMU to exit, reads the rest of its
     /// output, then stops the backend ([`End`] says how, and what the deadline means).
     pub fn wait_guest(&mut self, deadline: Instant, end: End) -> Result<GuestExit, RunError> {
+        self.wait_guest_watched(deadline, end, |_| Watch::Continue)
+    }
+
+    /// [`Boot::wait_guest`], with `watch` called every [`WATCH_INTERVAL`] that brings no
+    /// result line, on every serial line so far; [`Watch::Stop`] ends the boot as the
+    /// deadline would (a caller that judges a stalled guest stops it early).
+    pub fn wait_guest_watched(
+        &mut self,
+        deadline: Instant,
+        end: End,
+        mut watch: impl FnMut(&[SerialLine]) -> Watch,
+    ) -> Result<GuestExit, RunError> {
         let (Some(qemu), Some(serial)) = (self.qemu.as_mut(), self.serial.as_mut()) else {
             panic!("wait_guest before start_qemu");
         };
         let mut timed_out = false;
-        match serial.wait_for("the result line", |l| l.result().is_some(), deadline) {
-            // QEMU exited without a result: the judge says so, with the exit status.
-            Ok(_) | Err(SerialError::ClosedBefore(_)) => {}
-            Err(SerialError::Interrupted) => return Err(RunError::Interrupted),
-            Err(source) if end == End::Strict => {
-                return Err(RunError::NoResult {
-                    guest: self.guest,
-                    secs: self.started.elapsed().as_secs_f64(),
-                    source,
-                })
+        loop {
+            let slice = deadline.min(Instant::now() + WATCH_INTERVAL);
+            let waited = serial
+                .wait_for("the result line", |l| l.result().is_some(), slice)
+                .map(|_| ());
+            match waited {
+                // QEMU exited without a result: the judge says so, with the exit status.
+                Ok(()) | Err(SerialError::ClosedBefore(_)) => break,
+                Err(SerialError::Interrupted) => return Err(RunError::Interrupted),
+                Err(SerialError::TimedOut(_))
+                    if Instant::now() < deadline && watch(serial.lines()) == Watch::Continue =>
+                {
+                    continue
+                }
+                Err(source) if end == End::Strict => {
+                    return Err(RunError::NoResult {
+                        guest: self.guest,
+                        secs: self.started.elapsed().as_secs_f64(),
+                        source,
+                    })
+                }
+                Err(SerialError::TimedOut(_)) => {
+                    timed_out = true;
+                    break;
+                }
             }
-            Err(SerialError::TimedOut(_)) => timed_out = true,
         }
         let result_after = self.qemu_started.map_or(Duration::ZERO, |t| t.elapsed());
         let status = if timed_out {
@@ -324,6 +379,13 @@ impl Boot {
         dir: &RunDir,
         deadline: Instant,
     ) -> Result<GuestExit, RunError> {
+        self.start_guest(config, dir)?;
+        self.wait_guest(deadline, End::Strict)
+    }
+
+    /// Starts QEMU as [`Boot::run_guest`] does, without waiting: the caller talks to the
+    /// guest ([`Boot::wait_for_line`]) before [`Boot::wait_guest`].
+    pub fn start_guest(&mut self, config: &QemuConfig, dir: &RunDir) -> Result<(), RunError> {
         println!("qemu: {}", config.command_line());
         let qemu = self.start_qemu(
             config.command(),
@@ -331,7 +393,29 @@ impl Boot {
             &dir.log_path("qemu"),
         )?;
         println!("qemu: pid {}", qemu.pid());
-        self.wait_guest(deadline, End::Strict)
+        Ok(())
+    }
+
+    /// Waits for the guest's next line that satisfies `token` (`what` names it in errors).
+    pub fn wait_for_line(
+        &mut self,
+        what: &'static str,
+        token: impl Fn(&SerialLine) -> bool,
+        deadline: Instant,
+    ) -> Result<SerialLine, RunError> {
+        let Some(serial) = self.serial.as_mut() else {
+            panic!("wait_for_line before start_qemu");
+        };
+        match serial.wait_for(what, token, deadline) {
+            Ok(lines) => Ok(lines.last().expect("wait_for returns the token").clone()),
+            Err(SerialError::Interrupted) => Err(RunError::Interrupted),
+            Err(source) => Err(RunError::NoLine {
+                guest: self.guest,
+                what,
+                secs: self.started.elapsed().as_secs_f64(),
+                source,
+            }),
+        }
     }
 
     /// The guest's serial lines so far.

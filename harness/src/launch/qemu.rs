@@ -1,6 +1,7 @@
 //! The QEMU command line: q35 with memfd guest memory shared with the vhost-user
 //! backend, the vhost-user-scsi-pci device, isa-debug-exit for the verdict, and the
-//! guest booted by `-kernel`: the flakyhba image (PVH) or a stock Linux kernel.
+//! guest: booted by `-kernel` (the flakyhba image (PVH) or a stock Linux kernel), or a
+//! firmware booting the device's disk (SeaBIOS, OVMF).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -33,6 +34,17 @@ pub enum Guest {
     Image { image: PathBuf, args: GuestArgs },
     /// A stock Linux kernel with its initramfs (linux-guest/).
     Linux(LinuxBoot),
+    /// A firmware that boots the device's disk (`bootindex=0`) on one request queue:
+    /// QEMU's default BIOS (SeaBIOS) when `pflash` is empty, else OVMF from its images.
+    Firmware(FirmwareBoot),
+}
+
+#[derive(Clone, Debug)]
+pub struct FirmwareBoot {
+    /// `-drive if=pflash` images in unit order: (path, read-only).
+    pub pflash: Vec<(PathBuf, bool)>,
+    /// The firmware's debug console (isa-debugcon on port 0x402) is written here.
+    pub debug_log: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -54,12 +66,13 @@ impl Guest {
         match self {
             Guest::Image { .. } => GUEST_MEMORY_MIB,
             Guest::Linux(boot) => boot.memory_mib,
+            Guest::Firmware(_) => GUEST_MEMORY_MIB,
         }
     }
 
     fn num_queues(&self) -> u16 {
         match self {
-            Guest::Image { .. } => 1,
+            Guest::Image { .. } | Guest::Firmware(_) => 1,
             Guest::Linux(boot) => boot.num_queues,
         }
     }
@@ -92,14 +105,18 @@ fn with_value(prefix: &str, path: &Path) -> OsString {
 
 impl QemuConfig {
     /// `guest` on `accel`, its device served at `socket`, booted by qboot when it is
-    /// installed.
+    /// installed (a firmware guest brings its own).
     pub fn new(qemu: PathBuf, socket: PathBuf, guest: Guest, accel: Accel) -> QemuConfig {
+        let bios = match guest {
+            Guest::Firmware(_) => None,
+            _ => default_bios(),
+        };
         QemuConfig {
             qemu,
             socket,
             guest,
             accel,
-            bios: default_bios(),
+            bios,
         }
     }
 
@@ -120,8 +137,12 @@ impl QemuConfig {
             with_value("socket,id=vus,path=", &self.socket),
             "-device".into(),
             format!(
-                "vhost-user-scsi-pci,chardev=vus,num_queues={}",
-                self.guest.num_queues()
+                "vhost-user-scsi-pci,chardev=vus,num_queues={}{}",
+                self.guest.num_queues(),
+                match self.guest {
+                    Guest::Firmware(_) => ",bootindex=0",
+                    _ => "",
+                }
             )
             .into(),
             "-device".into(),
@@ -150,6 +171,22 @@ impl QemuConfig {
                 "-append".into(),
                 boot.append.clone().into(),
             ]),
+            Guest::Firmware(fw) => {
+                for (unit, (image, readonly)) in fw.pflash.iter().enumerate() {
+                    let ro = if *readonly { ",readonly=on" } else { "" };
+                    args.push("-drive".into());
+                    args.push(with_value(
+                        &format!("if=pflash,format=raw,unit={unit}{ro},file="),
+                        image,
+                    ));
+                }
+                args.extend([
+                    "-chardev".into(),
+                    with_value("file,id=fwdebug,path=", &fw.debug_log),
+                    "-device".into(),
+                    "isa-debugcon,iobase=0x402,chardev=fwdebug".into(),
+                ]);
+            }
         }
         args.extend([
             "-display".into(),
@@ -336,8 +373,8 @@ mod tests {
     fn linux_boot_sets_memory_cpus_queues_initrd_and_command_line() {
         let mut c = config();
         c.guest = Guest::Linux(LinuxBoot {
-            kernel: "/lg/vmlinuz".into(),
-            initrd: "/lg/initrd.gz".into(),
+            kernel: "/lg/vmlinux".into(),
+            initrd: "/lg/initrd.cpio".into(),
             append: "console=ttyS0 flakyhba.queues=4".into(),
             memory_mib: 512,
             cpus: 4,
@@ -354,13 +391,48 @@ mod tests {
             "vhost-user-scsi-pci,chardev=vus,num_queues=4"
         );
         assert_eq!(value_of(&args, "-smp"), ["4"]);
-        assert_eq!(value_of(&args, "-kernel"), ["/lg/vmlinuz"]);
-        assert_eq!(value_of(&args, "-initrd"), ["/lg/initrd.gz"]);
+        assert_eq!(value_of(&args, "-kernel"), ["/lg/vmlinux"]);
+        assert_eq!(value_of(&args, "-initrd"), ["/lg/initrd.cpio"]);
         assert_eq!(
             value_of(&args, "-append"),
             ["console=ttyS0 flakyhba.queues=4"]
         );
         assert!(!args.iter().any(|a| a == "-cpu"), "never pick a CPU model");
+    }
+
+    #[test]
+    fn firmware_boot_uses_its_own_bios_boots_the_disk_and_keeps_its_debug_log() {
+        let guest = Guest::Firmware(FirmwareBoot {
+            pflash: vec![
+                ("/fw/OVMF_CODE.fd".into(), true),
+                ("/run,1/vars.fd".into(), false),
+            ],
+            debug_log: "/run/firmware.log".into(),
+        });
+        let c = QemuConfig::new("qemu".into(), "/run/vhost.sock".into(), guest, Accel::Tcg);
+        let args = strings(&c);
+        assert!(value_of(&args, "-bios").is_empty(), "QEMU's default BIOS");
+        assert!(value_of(&args, "-kernel").is_empty());
+        assert_eq!(value_of(&args, "-m"), ["256M"]);
+        assert_eq!(
+            value_of(&args, "-device"),
+            [
+                "vhost-user-scsi-pci,chardev=vus,num_queues=1,bootindex=0",
+                "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "isa-debugcon,iobase=0x402,chardev=fwdebug"
+            ]
+        );
+        assert_eq!(
+            value_of(&args, "-drive"),
+            [
+                "if=pflash,format=raw,unit=0,readonly=on,file=/fw/OVMF_CODE.fd",
+                "if=pflash,format=raw,unit=1,file=/run,,1/vars.fd"
+            ]
+        );
+        assert_eq!(
+            value_of(&args, "-chardev")[1],
+            "file,id=fwdebug,path=/run/firmware.log"
+        );
     }
 
     #[test]

@@ -115,7 +115,16 @@ impl RunDir {
 
     /// The vhost-user socket path, checked against the `sun_path` limit.
     pub fn socket_path(&self) -> Result<PathBuf, RunDirError> {
-        let path = self.path.join("vhost.sock");
+        self.unix_socket("vhost.sock")
+    }
+
+    /// The backend's control socket path (`--control-socket`), checked as above.
+    pub fn control_socket_path(&self) -> Result<PathBuf, RunDirError> {
+        self.unix_socket("control.sock")
+    }
+
+    fn unix_socket(&self, name: &str) -> Result<PathBuf, RunDirError> {
+        let path = self.path.join(name);
         if path.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(RunDirError::SocketPathTooLong(path));
         }
@@ -126,9 +135,14 @@ impl RunDir {
         self.path.join(format!("{name}.log"))
     }
 
-    /// Creates (or truncates) a sparse disk image of `bytes` bytes of zeroes.
+    /// Creates (or truncates) `disk.img`, a sparse disk image of `bytes` bytes of zeroes.
     pub fn create_disk(&self, bytes: u64) -> Result<PathBuf, RunDirError> {
-        let path = self.path.join("disk.img");
+        self.create_image("disk.img", bytes)
+    }
+
+    /// Creates (or truncates) the sparse image `name` of `bytes` bytes of zeroes.
+    pub fn create_image(&self, name: &str, bytes: u64) -> Result<PathBuf, RunDirError> {
+        let path = self.path.join(name);
         let file =
             File::create(&path).map_err(|e| RunDirError::CouldNotCreateDisk(path.clone(), e))?;
         file.set_len(bytes)
@@ -165,7 +179,9 @@ impl Drop for RunDir {
     fn drop(&mut self) {
         if self.keep {
             // A stale socket only confuses the next run; the logs and image stay.
-            let _ = std::fs::remove_file(self.path.join("vhost.sock"));
+            for socket in ["vhost.sock", "control.sock"] {
+                let _ = std::fs::remove_file(self.path.join(socket));
+            }
             return;
         }
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
@@ -224,10 +240,12 @@ mod tests {
         let base = std::env::temp_dir().join(format!("flakyhba-keep-test-{}", std::process::id()));
         let dir = RunDir::kept(&base).unwrap();
         std::fs::write(dir.socket_path().unwrap(), "").unwrap();
+        std::fs::write(dir.control_socket_path().unwrap(), "").unwrap();
         std::fs::write(dir.log_path("backend"), "log").unwrap();
         drop(dir);
         assert!(base.join("backend.log").exists());
         assert!(!base.join("vhost.sock").exists());
+        assert!(!base.join("control.sock").exists());
         std::fs::remove_dir_all(&base).unwrap();
     }
 
@@ -239,6 +257,10 @@ mod tests {
         };
         assert!(matches!(
             dir.socket_path(),
+            Err(RunDirError::SocketPathTooLong(_))
+        ));
+        assert!(matches!(
+            dir.control_socket_path(),
             Err(RunDirError::SocketPathTooLong(_))
         ));
         std::mem::forget(dir);

@@ -20,6 +20,7 @@ use super::{check_inputs, linux_guest, LinuxOptions, ACCEL, GUEST};
 use crate::launch::boot::{backend_command, Boot, End, RunError, RunFailure};
 use crate::launch::qemu::{self, option_value, QemuConfig};
 use crate::launch::rundir::{prepare_image, RunDir};
+use crate::launch::serial::SerialError;
 use crate::launch::signals;
 
 /// The image both devices serve: filled with data, so reads hit allocated blocks.
@@ -115,9 +116,18 @@ pub struct LinuxBenchReport {
     pub image_bytes: u64,
     pub qemu_drive: String,
     pub runs: Vec<JobRun>,
+    /// Boots that failed (hung ones included), left out of `runs` and the figures.
+    pub failures: Vec<BootFailure>,
     pub summary: Vec<JobSummary>,
     pub ratios: Vec<JobRatio>,
     pub wall_s: f64,
+}
+
+impl LinuxBenchReport {
+    /// How many boots on `device` failed.
+    pub fn failures_of(&self, device: Device) -> usize {
+        self.failures.iter().filter(|f| f.device == device).count()
+    }
 }
 
 /// The kernel command line of a bench boot.
@@ -317,6 +327,7 @@ pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box
         queues: opts.queues,
         scsi_timeout_s: None,
         held_read: false,
+        hotplug: false,
         backend: opts.backend.clone(),
         guest_dir: opts.guest_dir.clone(),
         qemu: opts.qemu.clone(),
@@ -334,42 +345,32 @@ pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box
         qemu,
         image,
     };
-    let mut runs = Vec::new();
-    let mut guest_kernel = String::new();
-    for round in 0..opts.repeats {
-        for device in [Device::Ours, Device::QemuVirtioScsi] {
-            let mut b = Boot::new(GUEST);
-            let boot_start = Instant::now();
-            match boot(&mut b, opts, &inputs, &dir, device, round) {
-                Ok((kernel, figures)) => {
-                    guest_kernel = kernel;
-                    for (job, figures) in figures {
-                        eprintln!(
-                            "bench-linux: round {} {} {job}: {:.0} IOPS, {:.1} MiB/s, lat mean {:.0} us, clat p50 {:.0} us, p99 {:.0} us (boot {:.0} s)",
-                            round + 1,
-                            device.label(),
-                            figures.iops,
-                            figures.mib_s,
-                            figures.lat_mean_us,
-                            figures.clat_p50_us,
-                            figures.clat_p99_us,
-                            boot_start.elapsed().as_secs_f64()
-                        );
-                        runs.push(JobRun {
-                            device,
-                            round,
-                            job,
-                            figures,
-                        });
-                    }
-                }
-                Err(e) => return Err(Box::new(b.failure(e, &dir).with_wall(start.elapsed()))),
-            }
-            if signals::interrupted() {
-                return Err(early(RunError::Interrupted));
-            }
+    let rounds = run_rounds(opts.repeats, |device, round| {
+        let mut b = Boot::new(GUEST);
+        let boot_start = Instant::now();
+        let (kernel, figures) = boot(&mut b, opts, &inputs, &dir, device, round)
+            .map_err(|e| Box::new(b.failure(e, &dir).with_wall(boot_start.elapsed())))?;
+        for (job, f) in &figures {
+            eprintln!(
+                "bench-linux: round {} {} {job}: {:.0} IOPS, {:.1} MiB/s, lat mean {:.0} us, clat p50 {:.0} us, p99 {:.0} us (boot {:.0} s)",
+                round + 1,
+                device.label(),
+                f.iops,
+                f.mib_s,
+                f.lat_mean_us,
+                f.clat_p50_us,
+                f.clat_p99_us,
+                boot_start.elapsed().as_secs_f64()
+            );
         }
-    }
+        Ok((kernel, figures))
+    })
+    .map_err(|failure| Box::new((*failure).with_wall(start.elapsed())))?;
+    let Rounds {
+        kernel: guest_kernel,
+        runs,
+        failures,
+    } = rounds;
     let (summary, ratios) = summarize(&runs);
     Ok(LinuxBenchReport {
         kernel: guest_kernel,
@@ -383,10 +384,106 @@ pub fn run_linux_bench(opts: &LinuxBenchOptions) -> Result<LinuxBenchReport, Box
             opts.queues, opts.qemu_drive
         ),
         runs,
+        failures,
         summary,
         ratios,
         wall_s: start.elapsed().as_secs_f64(),
     })
+}
+
+/// What the rounds left: the jobs of the boots that passed and the boots that failed.
+#[derive(Debug, Default)]
+struct Rounds {
+    kernel: String,
+    runs: Vec<JobRun>,
+    failures: Vec<BootFailure>,
+}
+
+/// Boots each device once per round, in turn. A boot that fails, hung ones included, is
+/// reported, left out of the figures (the ratios pair the rounds where both passed) and
+/// the rounds go on; an interruption ends them.
+fn run_rounds(
+    repeats: u32,
+    mut boot_once: impl FnMut(Device, u32) -> BootResult,
+) -> Result<Rounds, Box<RunFailure>> {
+    let mut rounds = Rounds::default();
+    for round in 0..repeats {
+        for device in [Device::Ours, Device::QemuVirtioScsi] {
+            match boot_once(device, round) {
+                Ok((kernel, figures)) => {
+                    rounds.kernel = kernel;
+                    rounds
+                        .runs
+                        .extend(figures.into_iter().map(|(job, figures)| JobRun {
+                            device,
+                            round,
+                            job,
+                            figures,
+                        }));
+                }
+                Err(failure) if failure.interrupted() => return Err(failure),
+                Err(failure) => {
+                    let f = BootFailure::new(device, round, &failure);
+                    eprintln!(
+                        "bench-linux: round {} {}: FAILED{}, left out: {}\n{}",
+                        round + 1,
+                        device.label(),
+                        if f.hung { " (hung)" } else { "" },
+                        f.error,
+                        tail(&failure.serial, 12)
+                    );
+                    rounds.failures.push(f);
+                }
+            }
+            if signals::interrupted() {
+                return Err(Box::new(RunFailure::new(RunError::Interrupted)));
+            }
+        }
+    }
+    Ok(rounds)
+}
+
+/// One boot: the guest's kernel and each job's figures, or why it failed.
+type BootResult = Result<(String, Vec<(String, FioFigures)>), Box<RunFailure>>;
+
+/// A boot that failed: it is in no figure.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BootFailure {
+    pub device: Device,
+    pub round: u32,
+    /// No result line by the boot's deadline: the guest stopped making progress.
+    pub hung: bool,
+    pub error: String,
+}
+
+impl BootFailure {
+    fn new(device: Device, round: u32, failure: &RunFailure) -> BootFailure {
+        BootFailure {
+            device,
+            round,
+            hung: matches!(
+                failure.error,
+                RunError::NoResult {
+                    source: SerialError::TimedOut(_),
+                    ..
+                }
+            ),
+            error: failure.error.to_string(),
+        }
+    }
+}
+
+/// The last `n` lines of `text`, each cut at 160 characters (fio's JSON is one line).
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| match l.char_indices().nth(160) {
+            Some((at, _)) => format!("{}...", &l[..at]),
+            None => (*l).to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The terminal table.
@@ -436,6 +533,16 @@ pub fn render_table(r: &LinuxBenchReport) -> String {
             f.guest_cpu_percent
         );
     }
+    for f in &r.failures {
+        let _ = writeln!(
+            t,
+            "round {} {}: FAILED{} and left out: {}",
+            f.round + 1,
+            f.device.label(),
+            if f.hung { " (hung)" } else { "" },
+            f.error
+        );
+    }
     let _ = writeln!(
         t,
         "ratios ours / QEMU's: IOPS (median of each round's ratio [min - max]), mean latency QEMU's / ours"
@@ -458,10 +565,13 @@ pub fn render_table(r: &LinuxBenchReport) -> String {
     t
 }
 
-/// The deadline of each boot: `asked_s`, but long enough for the jobs of `runtime_s`.
-pub fn boot_timeout(asked_s: u64, runtime_s: u32) -> Duration {
-    // Boot and module loading take some 20 s under TCG; fio's ramps and runs add the rest.
-    Duration::from_secs(asked_s.max(90 + u64::from(runtime_s + 5) * JOBS.len() as u64))
+/// The deadline of each boot: `asked_s` when given, else scaled with the jobs' runtime, so
+/// that a hung boot costs little more than a good one.
+pub fn boot_timeout(asked_s: Option<u64>, runtime_s: u32) -> Duration {
+    // Boot and module loading take some 5 s under TCG (PVH), the warm-up 3 s and each job
+    // its 2 s ramp and runtime; the slack covers a loaded machine.
+    let per_job = u64::from(runtime_s) + 2 + 10;
+    Duration::from_secs(asked_s.unwrap_or(60 + 3 + 10 + per_job * JOBS.len() as u64))
 }
 
 pub fn write_json(r: &LinuxBenchReport, path: &Path) -> std::io::Result<()> {
@@ -480,8 +590,8 @@ mod tests {
             qemu: "qemu-system-x86_64".into(),
             socket: "/run/d/vhost.sock".into(),
             guest: Guest::Linux(LinuxBoot {
-                kernel: "/lg/vmlinuz".into(),
-                initrd: "/lg/initrd.gz".into(),
+                kernel: "/lg/vmlinux".into(),
+                initrd: "/lg/initrd.cpio".into(),
                 append: kernel_command_line(1, 15),
                 memory_mib: 512,
                 cpus: 1,
@@ -537,6 +647,112 @@ mod tests {
             "never pick a CPU model"
         );
         assert_eq!(builtin_args(&[], Path::new("x"), "", 1), None);
+    }
+
+    fn figures(iops: f64) -> FioFigures {
+        FioFigures {
+            iops,
+            mib_s: iops / 256.0,
+            ios: 1,
+            lat_mean_us: 1e6 / iops,
+            clat_p50_us: 0.0,
+            clat_p99_us: 0.0,
+            clat_p999_us: 0.0,
+            clat_max_us: 0.0,
+            guest_cpu_percent: 0.0,
+        }
+    }
+
+    /// A fake suite: QEMU's device hangs in round 2, our backend fails in round 3; every
+    /// other boot passes. The suite must try all six boots, keep the four good ones and
+    /// pair only round 1 for the ratios.
+    #[test]
+    fn a_hung_or_failed_boot_is_reported_left_out_and_the_rounds_go_on() {
+        let mut calls = Vec::new();
+        let rounds = run_rounds(3, |device, round| {
+            calls.push((device, round));
+            let error = match (device, round) {
+                (Device::QemuVirtioScsi, 1) => RunError::NoResult {
+                    guest: GUEST,
+                    secs: 117.0,
+                    source: SerialError::TimedOut("the result line"),
+                },
+                (Device::Ours, 2) => {
+                    RunError::fail(super::super::fio::BenchJudgeError::NoResultLine)
+                }
+                _ => {
+                    let iops = if device == Device::Ours {
+                        1200.0
+                    } else {
+                        1000.0
+                    };
+                    let jobs = JOBS.iter().map(|j| ((*j).to_owned(), figures(iops)));
+                    return Ok(("6.1.0-57-amd64".into(), jobs.collect()));
+                }
+            };
+            Err(Box::new(RunFailure::new(error)))
+        })
+        .unwrap();
+        assert_eq!(calls.len(), 6, "every boot is tried: {calls:?}");
+        assert_eq!(rounds.kernel, "6.1.0-57-amd64");
+        assert_eq!(rounds.runs.len(), 4 * JOBS.len());
+        assert!(!rounds
+            .runs
+            .iter()
+            .any(|r| (r.device, r.round) == (Device::QemuVirtioScsi, 1)
+                || (r.device, r.round) == (Device::Ours, 2)));
+        let summary: Vec<(Device, u32, bool)> = rounds
+            .failures
+            .iter()
+            .map(|f| (f.device, f.round, f.hung))
+            .collect();
+        assert_eq!(
+            summary,
+            [(Device::QemuVirtioScsi, 1, true), (Device::Ours, 2, false)]
+        );
+        assert!(rounds.failures[0]
+            .error
+            .starts_with("no result from the Linux guest after 117.0 s"));
+        let (summary, ratios) = summarize(&rounds.runs);
+        assert_eq!(summary.len(), 2 * JOBS.len());
+        assert!(summary.iter().all(|s| s.iops_min == s.iops_max));
+        // Only round 1 had both boots.
+        assert!(ratios
+            .iter()
+            .all(|r| (r.iops, r.min, r.max) == (1.2, 1.2, 1.2)));
+    }
+
+    #[test]
+    fn the_console_tail_is_short() {
+        let long = "x".repeat(500);
+        let text = format!("a\nb\n{long}\nc");
+        assert_eq!(tail(&text, 2), format!("{}...\nc", "x".repeat(160)));
+        assert_eq!(tail("a\nb", 5), "a\nb");
+        assert_eq!(tail("", 3), "");
+    }
+
+    #[test]
+    fn an_interruption_ends_the_rounds() {
+        let mut calls = 0;
+        let err = run_rounds(3, |_, _| {
+            calls += 1;
+            Err(Box::new(RunFailure::new(if calls == 2 {
+                RunError::Interrupted
+            } else {
+                RunError::QemuDidNotExit
+            })))
+        })
+        .unwrap_err();
+        assert!(err.interrupted());
+        assert_eq!(calls, 2);
+    }
+
+    #[test]
+    fn the_boot_deadline_scales_with_the_runtime() {
+        assert_eq!(boot_timeout(None, 10), Duration::from_secs(117));
+        assert_eq!(boot_timeout(None, 3), Duration::from_secs(103));
+        assert_eq!(boot_timeout(None, 600), Duration::from_secs(73 + 2 * 612));
+        assert_eq!(boot_timeout(Some(40), 600), Duration::from_secs(40));
     }
 
     #[test]

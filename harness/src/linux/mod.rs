@@ -9,20 +9,21 @@ use std::time::{Duration, Instant};
 
 use crate::launch::accel::Accel;
 use crate::launch::binaries::{find_qemu, require};
-use crate::launch::boot::{backend_command, run_in_dir, Boot, RunError, RunFailure};
+use crate::launch::boot::{backend_command, run_in_dir, Boot, End, RunError, RunFailure};
 use crate::launch::qemu::{self, Guest, LinuxBoot, QemuConfig};
 use crate::launch::rundir::RunDir;
 use crate::launch::signals;
 
 pub mod bench;
 pub mod fio;
+pub mod hotplug;
 pub mod verdict;
 
 use self::verdict::{judge_linux, LinuxExpectation, LinuxVerdict};
 
 /// Files linux-guest/build.sh leaves in its output directory.
-pub const KERNEL_FILE: &str = "vmlinuz";
-pub const INITRD_FILE: &str = "initrd.gz";
+pub const KERNEL_FILE: &str = "vmlinux";
+pub const INITRD_FILE: &str = "initrd.cpio";
 /// Where build.sh puts them by default, relative to the workspace root.
 pub const DEFAULT_GUEST_DIR: &str = "target/linux-guest";
 pub const BUILD_SCRIPT: &str = "linux-guest/build.sh";
@@ -30,6 +31,10 @@ pub const BUILD_SCRIPT: &str = "linux-guest/build.sh";
 pub const LINUX_MEMORY_MIB: u32 = 512;
 /// The LUN: room for ext4 plus four fio files.
 pub const LINUX_DISK_BYTES: u64 = 256 * 1024 * 1024;
+const _: () = assert!(
+    hotplug::RESIZED_BYTES > LINUX_DISK_BYTES,
+    "the hot-plug run grows LUN 0"
+);
 /// The SCSI command timeout the held-read part sets when none was asked for.
 pub const HELD_SCSI_TIMEOUT_S: u32 = 5;
 /// A stock kernel hangs under this machine's nested KVM; TCG always works.
@@ -47,6 +52,10 @@ pub struct LinuxOptions {
     /// timeout (it resets the timer), so the guest sends a LU reset, which must end the
     /// read.
     pub held_read: bool,
+    /// Runs /init's hot-plug part instead of its steps ([`hotplug`]): LUN 1 is added,
+    /// used and removed, and LUN 0 grown, over the backend's control socket, and the guest
+    /// must see each change. Not with `held_read`.
+    pub hotplug: bool,
     pub backend: PathBuf,
     /// linux-guest/build.sh's output directory.
     pub guest_dir: PathBuf,
@@ -65,6 +74,7 @@ impl LinuxOptions {
                 .scsi_timeout_s
                 .or(self.held_read.then_some(HELD_SCSI_TIMEOUT_S)),
             held_read: self.held_read,
+            hotplug: self.hotplug,
         }
     }
 }
@@ -73,6 +83,7 @@ impl LinuxOptions {
 #[derive(Debug)]
 pub struct LinuxReport {
     pub queues: u16,
+    pub hotplug: bool,
     pub wall: Duration,
     pub verdict: LinuxVerdict,
 }
@@ -81,8 +92,9 @@ impl fmt::Display for LinuxReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "linux queues={} accel={ACCEL}: PASS wall {:.1} s (kernel {}, {} steps, {} of {} queues completed I/O)",
+            "linux queues={}{} accel={ACCEL}: PASS wall {:.1} s (kernel {}, {} steps, {} of {} queues completed I/O)",
             self.queues,
+            if self.hotplug { " hotplug" } else { "" },
             self.wall.as_secs_f64(),
             self.verdict.kernel,
             self.verdict.steps.len(),
@@ -133,6 +145,11 @@ fn linux(
     opts: &LinuxOptions,
     start: Instant,
 ) -> Result<LinuxReport, RunError> {
+    if opts.hotplug && opts.held_read {
+        return Err(RunError::BadGuestArgs(
+            "the hot-plug run and the held read are separate runs".into(),
+        ));
+    }
     let deadline = start + opts.timeout;
     let (kernel, initrd, qemu_program) = check_inputs(opts)?;
     let expect = opts.expectation();
@@ -144,6 +161,12 @@ fn linux(
     command.arg("--num-queues").arg(opts.queues.to_string());
     if let Some(fault) = expect.backend_fault() {
         command.arg("--fault").arg(fault);
+    }
+    let control = dir.control_socket_path()?;
+    let trace = dir.path().join("trace.jsonl");
+    if opts.hotplug {
+        command.arg("--control-socket").arg(&control);
+        command.arg("--trace").arg(&trace);
     }
     let backend = boot.start_backend(command, &dir.log_path("backend"), &socket, deadline)?;
     println!(
@@ -158,13 +181,26 @@ fn linux(
 
     let guest = linux_guest(kernel, initrd, expect.kernel_command_line(), opts.queues);
     let config = QemuConfig::new(qemu_program, socket, guest, ACCEL);
-    let exit = boot.run_guest(&config, dir, deadline)?;
+    boot.start_guest(&config, dir)?;
+    if opts.hotplug {
+        let image = dir.create_image(hotplug::ADDED_IMAGE, hotplug::ADDED_BYTES)?;
+        hotplug::drive(boot, &control, &image, deadline)?;
+    }
+    let exit = boot.wait_guest(deadline, End::Strict)?;
     let verdict = judge_linux(boot.lines(), exit.code(), &expect).map_err(RunError::fail)?;
+    if opts.hotplug {
+        let text = std::fs::read_to_string(&trace)
+            .map_err(|e| RunError::CouldNotReadTrace(trace.display().to_string(), e))?;
+        for line in hotplug::judge_events(&text).map_err(RunError::fail)? {
+            println!("trace: {line}");
+        }
+    }
     if signals::interrupted() {
         return Err(RunError::Interrupted);
     }
     Ok(LinuxReport {
         queues: opts.queues,
+        hotplug: opts.hotplug,
         wall: start.elapsed(),
         verdict,
     })
@@ -199,6 +235,7 @@ mod tests {
             queues: 1,
             scsi_timeout_s: None,
             held_read: false,
+            hotplug: false,
             backend: "/bin/sh".into(),
             guest_dir: dir,
             qemu: "sh".into(),
@@ -209,7 +246,30 @@ mod tests {
         let err = check_inputs(&opts).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "Linux kernel /repo/target/linux-guest/vmlinuz is missing; build it with `/repo/linux-guest/build.sh /repo/target/linux-guest`"
+            "Linux kernel /repo/target/linux-guest/vmlinux is missing; build it with `/repo/linux-guest/build.sh /repo/target/linux-guest`"
         );
+    }
+
+    #[test]
+    fn the_hotplug_run_and_the_held_read_do_not_mix() {
+        let (guest_dir, build_command) = default_guest_dir(Path::new("/repo"));
+        let opts = LinuxOptions {
+            queues: 1,
+            scsi_timeout_s: None,
+            held_read: true,
+            hotplug: true,
+            backend: "/bin/sh".into(),
+            guest_dir,
+            qemu: "sh".into(),
+            timeout: Duration::from_secs(1),
+            keep: None,
+            build_command,
+        };
+        let failure = run_linux(&opts).unwrap_err();
+        assert!(
+            matches!(&failure.error, RunError::BadGuestArgs(m) if m.contains("separate runs")),
+            "{failure}"
+        );
+        assert!(failure.qemu_command.is_none());
     }
 }

@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value};
 
+use super::hotplug;
 use crate::launch::serial::SerialLine;
 
 /// The marker of a step line on the serial port.
@@ -32,6 +33,22 @@ const BASE_STEPS: &[&str] = &[
     "fio",
     "umount",
     "e2fsck-after",
+    "queues",
+    "dmesg",
+];
+/// Steps of the hot-plug run (`flakyhba.hotadd=N`), which replaces the base steps but for
+/// the first two and the last two.
+const HOTPLUG_STEPS: &[&str] = &[
+    "modules",
+    "find-disk",
+    "hot-add",
+    "hot-add-address",
+    "hot-add-size",
+    "hot-add-io",
+    "hot-remove",
+    "resize",
+    "resize-io",
+    "hotplug-events",
     "queues",
     "dmesg",
 ];
@@ -107,11 +124,17 @@ pub struct LinuxExpectation {
     pub queues: u16,
     pub scsi_timeout_s: Option<u32>,
     pub held_read: bool,
+    /// The hot-plug run ([`hotplug`]) instead of the base steps.
+    pub hotplug: bool,
 }
 
 impl LinuxExpectation {
     pub fn required_steps(&self) -> Vec<&'static str> {
-        let mut steps = BASE_STEPS.to_vec();
+        let mut steps = if self.hotplug {
+            HOTPLUG_STEPS.to_vec()
+        } else {
+            BASE_STEPS.to_vec()
+        };
         if self.scsi_timeout_s.is_some() {
             steps.push("timeout");
         }
@@ -141,6 +164,10 @@ impl LinuxExpectation {
         }
         if self.held_read {
             line.push_str(&format!(" flakyhba.hold={HELD_LBA}"));
+        }
+        if self.hotplug {
+            line.push(' ');
+            line.push_str(&hotplug::kernel_switches());
         }
         line
     }
@@ -235,6 +262,7 @@ mod tests {
             queues,
             scsi_timeout_s: None,
             held_read: false,
+            hotplug: false,
         }
     }
 
@@ -347,6 +375,42 @@ mod tests {
     }
 
     #[test]
+    fn the_hotplug_run_has_its_own_steps_and_switches() {
+        let e = LinuxExpectation {
+            hotplug: true,
+            ..expect(4)
+        };
+        assert_eq!(
+            e.kernel_command_line(),
+            "console=ttyS0 panic=-1 flakyhba.queues=4 flakyhba.hotadd=32768 flakyhba.resize=589824"
+        );
+        let steps = e.required_steps();
+        for step in [
+            "find-disk",
+            "hot-add",
+            "hot-remove",
+            "resize",
+            "resize-io",
+            "dmesg",
+        ] {
+            assert!(steps.contains(&step), "{step}");
+        }
+        assert!(!steps.contains(&"mkfs") && !steps.contains(&"fio"));
+        assert!(judge_linux(&transcript(&e, PASS_RESULT), Some(0), &e).is_ok());
+        let lines: Vec<SerialLine> = transcript(&e, PASS_RESULT)
+            .into_iter()
+            .filter(|l| !matches!(l, SerialLine::Log(t) if t.contains("hot-remove")))
+            .collect();
+        assert_eq!(
+            judge_linux(&lines, Some(0), &e),
+            Err(LinuxJudgeError::Steps {
+                failed: vec![],
+                missing: vec!["hot-remove".into()]
+            })
+        );
+    }
+
+    #[test]
     fn command_line_carries_the_switches() {
         assert_eq!(
             expect(1).kernel_command_line(),
@@ -356,6 +420,7 @@ mod tests {
             queues: 4,
             scsi_timeout_s: None,
             held_read: true,
+            hotplug: false,
             backend: "b".into(),
             guest_dir: "g".into(),
             qemu: "q".into(),

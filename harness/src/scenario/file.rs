@@ -95,6 +95,7 @@ struct RawScenario {
     timeout_s: Option<Spanned<f64>>,
     #[serde(default)]
     long: bool,
+    implicit: Option<bool>,
     #[serde(default)]
     guest: RawGuest,
     #[serde(default)]
@@ -157,6 +158,10 @@ pub struct Scenario {
     pub name: String,
     pub path: PathBuf,
     pub long: bool,
+    /// Whether the positive run also owes [`implicit_expectations`] (default). `false`
+    /// for a plan whose correct outcome is a failure: the file's own expectations say
+    /// which, and what the run still owes (explore writes such files).
+    pub implicit: bool,
     pub positive: Variant,
     pub negative: Option<Variant>,
 }
@@ -434,6 +439,7 @@ impl Scenario {
             name,
             path: path.to_owned(),
             long: raw.long,
+            implicit: raw.implicit.unwrap_or(true),
             positive,
             negative,
         })
@@ -452,17 +458,21 @@ impl Scenario {
 
 /// Every `*.toml` of `dir`, by name.
 pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>, ScenarioError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| ScenarioError::CouldNotList(dir.to_owned(), e))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
+    let paths = toml_files(dir).map_err(|e| ScenarioError::CouldNotList(dir.to_owned(), e))?;
     if paths.is_empty() {
         return Err(ScenarioError::NoScenarios(dir.to_owned()));
     }
     paths.iter().map(|p| Scenario::load(p)).collect()
+}
+
+/// The `*.toml` files of `dir`, sorted by name (also the driver card's row files).
+pub fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 /// `NAME` in `dir`, or a path to a scenario file.
@@ -546,6 +556,9 @@ expect = ['guest.result == "fail"']
         let s = parse(GOOD).unwrap();
         assert_eq!(s.name, "drop-every-3");
         assert!(!s.long);
+        assert!(s.implicit);
+        let own = parse(&GOOD.replace("timeout_s = 5\n", "timeout_s = 5\nimplicit = false\n"));
+        assert!(!own.unwrap().implicit);
         let p = &s.positive;
         assert_eq!(p.timeout, Duration::from_secs(5));
         let args = p.guest_args(&[]).unwrap();

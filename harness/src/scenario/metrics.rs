@@ -189,10 +189,16 @@ impl Tally {
             TraceEvent::Fault {
                 queue,
                 id,
+                fault,
                 kind,
                 shadowed,
                 ..
-            } => self.fault(*queue, *id, kind, *shadowed),
+            } => {
+                if !*shadowed {
+                    count(&mut self.m, format!("trace.fault.{fault}"));
+                }
+                self.fault(*queue, *id, kind, *shadowed)
+            }
             TraceEvent::Signal { .. } => self.signals += 1,
             TraceEvent::SignalSuppressed { queue, id, reason } => {
                 let s = match reason.as_ref() {
@@ -587,6 +593,15 @@ not json
         assert_eq!(m["trace.faults.delay.latency_min_ms"], json!(50.0));
         assert!(!m.contains_key("trace.faults.lose"), "shadowed");
         assert_eq!(m["trace.faults_shadowed"], json!(1));
+    }
+
+    #[test]
+    fn each_fault_id_counts_its_unshadowed_firings() {
+        let m = metrics();
+        assert_eq!(m["trace.fault.1"], json!(1));
+        assert_eq!(m["trace.fault.2"], json!(1));
+        assert_eq!(m["trace.fault.4"], json!(1));
+        assert!(!m.contains_key("trace.fault.3"), "shadowed");
     }
 
     #[test]

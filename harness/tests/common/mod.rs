@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 pub const HARNESS: &str = env!("CARGO_BIN_EXE_flakyhba-harness");
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -46,6 +46,19 @@ pub fn image() -> PathBuf {
         "target/x86_64-unknown-none/release/flakyhba-guest",
         "cargo build --release -p flakyhba-guest --target x86_64-unknown-none",
     )
+}
+
+/// Runs `cmd` to its end and returns its stdout; panics with stdout and stderr unless it
+/// exited 0.
+pub fn succeed(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("start the command");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// A directory of its own for one test, removed on drop. `tmp/` inside it is the

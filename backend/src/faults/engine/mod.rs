@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::plan::bounds::MAX_FAULTS;
 use super::plan::{
     opcode_name, FaultAction, FaultKind, FaultSpec, NewCommandPolicy, Plan, StatusOverride,
     TmfFailure, TmfKind, VirtioEvent,
@@ -49,6 +50,8 @@ pub enum EngineError {
     NoSuchFault(u32),
     #[error("fault kind `corrupt` needs `allow_corruption = true` in the plan")]
     CorruptionNotAllowed,
+    #[error("the plan holds {MAX_FAULTS} faults, the most it may: remove one first")]
+    TooManyFaults,
 }
 
 /// The backend's start; every `now` the engine takes is time since this.
@@ -262,6 +265,10 @@ impl FaultEngine {
     pub fn add_fault(&mut self, spec: FaultSpec) -> Result<u32, EngineError> {
         if spec.action.kind() == FaultKind::Corrupt && !self.allow_corruption {
             return Err(EngineError::CorruptionNotAllowed);
+        }
+        // Ids are never reused: the last one ends the adding too.
+        if self.rules.len() >= MAX_FAULTS || self.next_id == u32::MAX {
+            return Err(EngineError::TooManyFaults);
         }
         let id = self.next_id;
         self.next_id += 1;

@@ -101,8 +101,11 @@ impl Matcher {
         match (self.lba, r.lba) {
             (None, _) => true,
             (Some(_), None) => false,
+            // A command that transfers no block (a READ(10) of 0 blocks, which OVMF sends
+            // to retry after BUSY) overlaps no range.
+            (Some(_), Some((_, 0))) => false,
             (Some((lo, hi)), Some((start, blocks))) => {
-                let last = start.saturating_add(blocks.max(1) - 1);
+                let last = start.saturating_add(blocks - 1);
                 start <= hi && last >= lo
             }
         }

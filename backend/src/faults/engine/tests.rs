@@ -37,6 +37,10 @@ direction = "write"
     assert!(m.matches(&base.with_lba(199, 1)));
     assert!(!m.matches(&base.with_lba(200, 8)), "past the range");
     assert!(!m.matches(&base.with_lba(90, 10)), "ends at 99");
+    assert!(
+        !m.matches(&base.with_lba(150, 0)),
+        "a command of 0 blocks transfers none in the range"
+    );
     assert!(!m.matches(&RequestInfo { queue: 2, ..base }));
     assert!(!m.matches(&RequestInfo { target: 0, ..base }));
     assert!(!m.matches(&RequestInfo { lun: 0, ..base }));
@@ -223,40 +227,66 @@ set_state = 3
 
 #[test]
 fn extreme_values_do_not_panic() {
-    const MAX: i64 = i64::MAX;
-    let mut e = engine(&format!(
+    const MAX: u64 = i64::MAX as u64;
+    // A plan cannot give these (see `plan::bounds`): the faults are read with small
+    // values and raised past the bounds, as a plan built in code could be.
+    let mut p = plan(
         r#"
 [[fault]]
 kind = "delay"
 distribution = "uniform"
 min_ms = 0
-max_ms = {MAX}
+max_ms = 1
 
 [[fault]]
 kind = "delay"
 distribution = "long-tail"
-min_ms = {MAX}
-max_ms = {MAX}
-alpha = 1e-300
+min_ms = 1
+max_ms = 1
+alpha = 1.0
 
 [[fault]]
 kind = "slow-tmf"
-duration_ms = {MAX}
+duration_ms = 1
 new_commands = "hold"
-window_ms = [0, {MAX}]
+window_ms = [0, 1]
 
 [[fault]]
 kind = "spurious-interrupt"
-interval_ms = {MAX}
-burst = 4294967295
+interval_ms = 1
+burst = 1
 
 [[fault]]
 kind = "drop-interrupt"
 lba = [0, 18446744073709551615]
-every = {MAX}
-after = {MAX}
-"#
-    ));
+every = 1
+after = 1
+"#,
+    );
+    let huge_ms = Duration::from_millis(MAX);
+    for f in &mut p.faults {
+        match &mut f.action {
+            FaultAction::Delay(DelayDist::Uniform { max, .. }) => *max = huge_ms,
+            FaultAction::Delay(DelayDist::LongTail { min, max, alpha }) => {
+                (*min, *max, *alpha) = (huge_ms, huge_ms, 1e-300);
+            }
+            FaultAction::SlowTmf { duration, .. } => {
+                *duration = huge_ms;
+                f.trigger.window = Some((Duration::ZERO, huge_ms));
+            }
+            FaultAction::SpuriousInterrupt {
+                burst, schedule, ..
+            } => {
+                *burst = u32::MAX;
+                schedule.first = huge_ms;
+                schedule.interval = Some(huge_ms);
+            }
+            _ => {
+                (f.trigger.every, f.trigger.after) = (Some(MAX), MAX);
+            }
+        }
+    }
+    let mut e = FaultEngine::new(p);
     let huge = Duration::from_secs(u64::MAX / 4);
     for (i, now) in [Duration::ZERO, ms(1), huge].into_iter().enumerate() {
         let _ = e.on_request(

@@ -29,6 +29,8 @@ pub enum PlanError {
     InvalidFault { message: String },
     #[error("fault kind `corrupt` needs `allow_corruption = true` at the top level of the plan")]
     CorruptionNotAllowed,
+    #[error("a plan holds at most {} faults", super::bounds::MAX_FAULTS)]
+    TooManyFaults,
 }
 
 /// A validation error tied to one key of a fault (or the whole fault when `key` is `None`).

@@ -3,10 +3,12 @@
 //!
 //! The schema is documented in `docs/fault-plan.md` at the top of the repository. The plan
 //! as written is `raw`, the validated form `spec`; `validate` turns one into the
-//! other, `shorthand` reads `--fault`, and `errors` says where a plan went wrong.
+//! other (within `bounds`), `shorthand` reads `--fault`, and `errors` says where a plan
+//! went wrong.
 
 use std::path::Path;
 
+pub mod bounds;
 mod errors;
 mod opcodes;
 mod raw;
@@ -82,6 +84,17 @@ impl Plan {
             let offset = e.span().map_or(0, |s| s.start);
             invalid(offset, plain_message(e.message()))
         })?;
+        if raw.fault.len() > bounds::MAX_FAULTS {
+            let offset = fault_key_offset(text, bounds::MAX_FAULTS, None);
+            return Err(invalid(
+                offset,
+                format!(
+                    "fault #{}: {}",
+                    bounds::MAX_FAULTS + 1,
+                    PlanError::TooManyFaults
+                ),
+            ));
+        }
         let allow_corruption = raw.allow_corruption.unwrap_or(false);
         let mut faults = Vec::with_capacity(raw.fault.len());
         for (index, f) in raw.fault.into_iter().enumerate() {
@@ -165,6 +178,9 @@ impl Plan {
     pub fn push(&mut self, spec: FaultSpec) -> Result<(), PlanError> {
         if spec.action.kind() == FaultKind::Corrupt && !self.allow_corruption {
             return Err(PlanError::CorruptionNotAllowed);
+        }
+        if self.faults.len() >= bounds::MAX_FAULTS {
+            return Err(PlanError::TooManyFaults);
         }
         self.faults.push(spec);
         Ok(())

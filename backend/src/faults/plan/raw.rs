@@ -38,6 +38,14 @@ impl<'de> Deserialize<'de> for NumOrName {
     }
 }
 
+/// A two-element key (`lba`, `window_ms`): exactly two elements, never cut to two.
+fn pair<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u64; 2]>, D::Error> {
+    let v = Vec::<u64>::deserialize(d)?;
+    <[u64; 2]>::try_from(v)
+        .map(Some)
+        .map_err(|v| de::Error::invalid_length(v.len(), &"exactly two elements, [first, last]"))
+}
+
 /// One `[[fault]]` table exactly as written (also the JSON object of the control socket's
 /// `add` command). Kept next to the validated form so that `list` can show it back.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -53,6 +61,7 @@ pub struct RawFault {
     pub lun: Option<u16>,
     pub opcode: Option<NumOrName>,
     pub tmf: Option<String>,
+    #[serde(default, deserialize_with = "pair")]
     pub lba: Option<[u64; 2]>,
     pub direction: Option<String>,
     // Triggers.
@@ -61,6 +70,7 @@ pub struct RawFault {
     pub after: Option<u64>,
     pub times: Option<u64>,
     pub once: Option<bool>,
+    #[serde(default, deserialize_with = "pair")]
     pub window_ms: Option<[u64; 2]>,
     pub state: Option<u32>,
     pub set_state: Option<u32>,

@@ -23,8 +23,10 @@ impl FaultSpec {
         if kind.is_empty() {
             return Err(err("missing fault kind before `:`".into()));
         }
-        let mut table = toml::Table::new();
-        table.insert("kind".into(), toml::Value::String(kind.into()));
+        // The fault as TOML text, one key a line: a number keeps all of its 64 bits
+        // (a toml::Value holds an i64) and reaches the same bounds as in a file.
+        let mut keys = vec!["kind"];
+        let mut text = format!("kind = {}\n", quoted(kind));
         for pair in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = pair
                 .split_once('=')
@@ -33,13 +35,23 @@ impl FaultSpec {
             if key == "kind" {
                 return Err(err("the kind goes before the `:`".into()));
             }
-            if table.insert(key.into(), shorthand_value(value)).is_some() {
+            if keys.contains(&key) {
                 return Err(err(format!("key `{key}` given twice")));
             }
+            keys.push(key);
+            text.push_str(&format!("{} = {}\n", quoted(key), shorthand_value(value)));
         }
-        let raw: RawFault = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| err(plain_message(e.message())))?;
+        let raw: RawFault = toml::from_str(&text).map_err(|e: toml::de::Error| {
+            let message = plain_message(e.message());
+            // The line of the error is its key's.
+            let line = e.span().map(|s| text[..s.start].matches('\n').count());
+            match line.and_then(|l| keys.get(l)) {
+                Some(key) if !message.contains(&format!("`{key}`")) => {
+                    err(format!("key `{key}`: {message}"))
+                }
+                _ => err(message),
+            }
+        })?;
         FaultSpec::from_raw(raw, allow_corruption).map_err(|e| err(e.to_string()))
     }
 
@@ -57,29 +69,42 @@ impl FaultSpec {
     }
 }
 
-fn shorthand_value(v: &str) -> toml::Value {
+/// A TOML string literal.
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// A shorthand value as a TOML value: `true`/`false`, an integer (decimal or `0x` hex), a
+/// decimal, `A..B` as `[A, B]`, and anything else a string.
+fn shorthand_value(v: &str) -> String {
+    let integer = |s: &str| {
+        let s = s.trim();
+        match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16).ok().map(|n| n.to_string()),
+            None => s
+                .parse::<u64>()
+                .map(|n| n.to_string())
+                .or_else(|_| s.parse::<i64>().map(|n| n.to_string()))
+                .ok()
+                // Too large even for 64 bits: TOML says so.
+                .or_else(|| {
+                    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_owned())
+                }),
+        }
+    };
     if let Some((a, b)) = v.split_once("..") {
-        if let (Ok(a), Ok(b)) = (a.trim().parse::<i64>(), b.trim().parse::<i64>()) {
-            return toml::Value::Array(vec![toml::Value::Integer(a), toml::Value::Integer(b)]);
+        if let (Some(a), Some(b)) = (integer(a), integer(b)) {
+            return format!("[{a}, {b}]");
         }
     }
-    match v {
-        "true" => return toml::Value::Boolean(true),
-        "false" => return toml::Value::Boolean(false),
-        _ => {}
+    if v == "true" || v == "false" {
+        return v.to_owned();
     }
-    if let Ok(i) = v.parse::<i64>() {
-        return toml::Value::Integer(i);
+    if let Some(n) = integer(v) {
+        return n;
     }
-    if let Some(hex) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return toml::Value::Integer(i);
-        }
+    match v.parse::<f64>() {
+        Ok(f) if f.is_finite() => format!("{f:?}"),
+        _ => quoted(v),
     }
-    if let Ok(f) = v.parse::<f64>() {
-        if f.is_finite() {
-            return toml::Value::Float(f);
-        }
-    }
-    toml::Value::String(v.to_owned())
 }

@@ -5,6 +5,8 @@ use crate::faults::presets::{preset_toml, PRESET_NAMES};
 use crate::faults::tests::{err_text, ms, plan, READ_10};
 use crate::faults::{EngineError, FaultEngine};
 
+mod bounds;
+
 #[test]
 fn plan_parses_every_kind_and_key() {
     let p = plan(

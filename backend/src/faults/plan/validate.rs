@@ -59,6 +59,7 @@ impl FaultSpec {
                 ));
             }
         }
+        super::bounds::check(&raw)?;
         if kind == FaultKind::Corrupt && !allow_corruption {
             return Err(KeyError::at(
                 "kind",
@@ -433,13 +434,8 @@ impl FaultSpec {
                         format!("min_ms {min} is above max_ms {max}"),
                     ));
                 }
+                // Its range is checked with the other bounds.
                 let alpha = raw.alpha.unwrap_or(1.5);
-                if !(alpha.is_finite() && alpha > 0.0) {
-                    return Err(KeyError::at(
-                        "alpha",
-                        format!("{alpha} is not a positive number"),
-                    ));
-                }
                 Ok(DelayDist::LongTail {
                     min: ms(min),
                     max: ms(max),

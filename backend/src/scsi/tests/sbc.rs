@@ -254,3 +254,42 @@ fn start_stop_unit_stops_medium_access_only() {
     r.cmd(0, &ssu(0x30), &[], 0).good();
     r.cmd(0, &TUR, &[], 0).good();
 }
+
+/// Two LUs over /dev/full (every write fails with ENOSPC, reads give zeros): LUN 0
+/// thin-provisioned, LUN 1 not.
+fn full_disks() -> Rig {
+    let full = || {
+        File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    Rig {
+        target: Target::new(vec![
+            Lun::over(full(), BLOCKS, true),
+            Lun::over(full(), BLOCKS, false),
+        ])
+        .unwrap(),
+        files: Vec::new(),
+    }
+}
+
+#[test]
+fn a_full_thin_lu_reports_space_allocation_failed() {
+    let r = full_disks();
+    let block = [0x5au8; 512];
+    let write = cdb10(opcode::WRITE_10, 0, 3, 1);
+    let same = cdb10(opcode::WRITE_SAME_10, 0, 3, 2);
+    for cdb in [&write[..], &same[..]] {
+        // DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT: Linux fails the write with
+        // ENOSPC at once instead of retrying a medium error.
+        r.cmd(0, cdb, &block, 0)
+            .check(sense_key::DATA_PROTECT, 0x27, 0x07);
+        // Without thin provisioning the LU has no such condition: a write error.
+        r.cmd(1, cdb, &block, 0)
+            .check(sense_key::MEDIUM_ERROR, 0x0c, 0x00);
+    }
+    // Reading still works.
+    r.cmd(0, &cdb10(opcode::READ_10, 0, 3, 1), &[], 512).good();
+}

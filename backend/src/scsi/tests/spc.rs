@@ -64,10 +64,6 @@ fn inquiry_vpd_80_and_83_are_stable_for_the_same_path() {
     let first = serial(&r.target);
     assert_eq!(&first[..4], &[0, 0x80, 0, 16]);
     assert!(first[4..20].iter().all(u8::is_ascii_hexdigit));
-    let again = Target::new(vec![Lun::open(r.files[0].path(), false).unwrap()]).unwrap();
-    assert_eq!(serial(&again)[..20], first[..20], "same path, same serial");
-    let other = Target::new(vec![Lun::open(r.files[1].path(), false).unwrap()]).unwrap();
-    assert_ne!(serial(&other)[4..20], first[4..20]);
 
     let d = r.cmd(0, &inquiry(true, 0x83, 128), &[], 128);
     d.good();
@@ -81,6 +77,15 @@ fn inquiry_vpd_80_and_83_are_stable_for_the_same_path() {
     assert_eq!(&d.data_in[20..28], b"FLAKYHBA");
     assert_eq!(&d.data_in[28..44], &first[4..20]);
     assert_eq!(d.resid(), 128 - 44);
+
+    // The rig's LUs let go of their images (and of the images' locks) first.
+    let Rig { target, files } = r;
+    drop(target);
+    let again = Target::new(vec![Lun::open(files[0].path(), false).unwrap()]).unwrap();
+    assert_eq!(serial(&again)[..20], first[..20], "same path, same serial");
+    drop(again);
+    let other = Target::new(vec![Lun::open(files[1].path(), false).unwrap()]).unwrap();
+    assert_ne!(serial(&other)[4..20], first[4..20]);
 }
 
 #[test]

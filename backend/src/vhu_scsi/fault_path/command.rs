@@ -18,7 +18,8 @@ use crate::scsi::DataIn;
 use crate::vhu_scsi::executing::ExecutingSlot;
 use crate::vhu_scsi::inflight::{InflightEntry, Work};
 use crate::vhu_scsi::{
-    lock, read_header, serve_scanned, Chain, Disposition, VhostUserScsiBackend, VhuScsiError,
+    lock, read_header, serve_scanned, Chain, Disposition, Popped, VhostUserScsiBackend,
+    VhuScsiError,
 };
 use crate::virtio::*;
 
@@ -40,11 +41,12 @@ impl VhostUserScsiBackend {
         vring: &VringRwLock,
         mem: &GuestMemoryMmap,
         chain: Chain,
+        popped: Popped,
         batch: &mut FaultBatch,
     ) -> Result<bool, VhuScsiError> {
         // Dropped once the command is on its used ring or parked (see `Executing`).
         let slot = self.executing.slot(queue);
-        let head = chain.head_index();
+        let head = popped.head();
         let cdb_size = self.cdb_size();
         let mut buffers = ChainBuffers::scan(mem, chain.clone());
         let header = read_command_header(&mut buffers, cdb_size);
@@ -71,7 +73,7 @@ impl VhostUserScsiBackend {
             batch.commands += 1;
             let served = serve_plain(&mut buffers, header.as_ref(), Some(&slot));
             return self
-                .complete_into_batch(vring, head, &served, batch)
+                .complete_into_batch(vring, popped, &served, batch)
                 .map(|()| false);
         }
         let Some(req) = &header else {
@@ -80,9 +82,9 @@ impl VhostUserScsiBackend {
             let served = serve_plain(&mut buffers, None, Some(&slot));
             if tracing {
                 self.flush_batch(vring, batch)?;
-                self.complete_alone(queue, vring, head, &served, 0, false)?;
+                self.complete_alone(queue, vring, popped, &served, 0, false)?;
             } else {
-                self.complete_into_batch(vring, head, &served, batch)?;
+                self.complete_into_batch(vring, popped, &served, batch)?;
             }
             return Ok(false);
         };
@@ -106,12 +108,12 @@ impl VhostUserScsiBackend {
             batch.commands += 1;
             let served = serve_plain(&mut buffers, header.as_ref(), None);
             return self
-                .complete_into_batch(vring, head, &served, batch)
+                .complete_into_batch(vring, popped, &served, batch)
                 .map(|()| false);
         }
         let info = request_info(queue as u16, &buffers, req, cdb_size);
         let (d, now, tracing) = self.decide(&info);
-        if let Some(entry) = held_entry(&info, head, &chain, &d, now) {
+        if let Some(entry) = held_entry(&info, popped, &chain, &d, now) {
             // Parked before the slot ends: a TMF waiting for the slot then finds it held.
             lock(&self.inflight[queue]).insert(entry);
             drop(slot);
@@ -134,9 +136,9 @@ impl VhostUserScsiBackend {
             // The batch's completions keep their interrupt: only this one's is dropped.
             self.flush_batch(vring, batch)?;
             let drop_interrupt = d.drop_interrupt;
-            self.complete_alone(queue, vring, head, &served, info.id, drop_interrupt)?;
+            self.complete_alone(queue, vring, popped, &served, info.id, drop_interrupt)?;
         } else {
-            self.complete_into_batch(vring, head, &served, batch)?;
+            self.complete_into_batch(vring, popped, &served, batch)?;
         }
         Ok(false)
     }
@@ -160,7 +162,7 @@ impl VhostUserScsiBackend {
 /// or a reset ends it) or delayed (until `now` plus the delay); `None`: serve it now.
 fn held_entry(
     info: &RequestInfo,
-    head: u16,
+    popped: Popped,
     chain: &Chain,
     d: &RequestDecision,
     now: Duration,
@@ -178,7 +180,7 @@ fn held_entry(
         _ => return None,
     };
     Some(InflightEntry {
-        head,
+        popped,
         tag: info.id,
         target: info.target,
         lun: info.lun,

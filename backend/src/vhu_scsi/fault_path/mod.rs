@@ -18,7 +18,7 @@ use vm_memory::GuestMemoryMmap;
 use super::executing::ExecutingSlot;
 use super::passes::ChainServer;
 use super::{
-    complete_and_notify, lock, serve_command, Chain, Disposition, Served, SignalBatch,
+    complete_and_notify, lock, serve_command, Chain, Disposition, Popped, Served, SignalBatch,
     VhostUserScsiBackend, VhuScsiError, CONTROL_QUEUE, FIRST_REQUEST_QUEUE,
 };
 use crate::faults::{CommandScreen, FaultEngine, SignalOutcome};
@@ -51,25 +51,28 @@ fn record_served(engine: &mut FaultEngine, queue: usize, tag: u64, served: &Serv
 }
 
 /// The fault path's batch of one pass over a queue: the interrupt decision of its
-/// completions ([`SignalBatch`]) and, since without a trace a completion is only counted,
-/// how many there were, and how many commands the queue's [`CommandScreen`] let by the
-/// engine (each only counted); all reach the engine under one lock per batch.
+/// completions ([`SignalBatch`], which also counts them, since without a trace a
+/// completion is only counted), and how many commands the queue's [`CommandScreen`] let
+/// by the engine (each only counted); all reach the engine under one lock per batch.
 pub(super) struct FaultBatch<'a> {
     queue: usize,
-    signals: SignalBatch,
+    signals: SignalBatch<'a>,
     commands: u64,
-    completions: u64,
     /// The queue's screen, held for the whole kick (only this worker takes it).
     screen: MutexGuard<'a, CommandScreen>,
 }
 
 impl<'a> FaultBatch<'a> {
-    fn new(queue: usize, event_idx: bool, screen: MutexGuard<'a, CommandScreen>) -> Self {
+    fn new(
+        backend: &'a VhostUserScsiBackend,
+        queue: usize,
+        event_idx: bool,
+        screen: MutexGuard<'a, CommandScreen>,
+    ) -> Self {
         FaultBatch {
             queue,
-            signals: SignalBatch::new(event_idx),
+            signals: SignalBatch::new(&backend.rings[queue], event_idx),
             commands: 0,
-            completions: 0,
             screen,
         }
     }
@@ -86,14 +89,19 @@ struct FaultServer<'a> {
 }
 
 impl ChainServer for FaultServer<'_> {
-    fn serve(&mut self, mem: &GuestMemoryMmap, chain: Chain) -> Result<(), VhuScsiError> {
+    fn serve(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: Chain,
+        popped: Popped,
+    ) -> Result<(), VhuScsiError> {
         let (backend, vring, queue) = (self.backend, self.vring, self.batch.queue);
         let parked = if queue == CONTROL_QUEUE {
             backend
                 .flush_batch(vring, &mut self.batch)
-                .and_then(|()| backend.control_with_faults(vring, mem, chain))
+                .and_then(|()| backend.control_with_faults(vring, mem, chain, popped))
         } else {
-            backend.command_with_faults(queue, vring, mem, chain, &mut self.batch)
+            backend.command_with_faults(queue, vring, mem, chain, popped, &mut self.batch)
         }?;
         self.parked |= parked;
         Ok(())
@@ -115,7 +123,7 @@ impl VhostUserScsiBackend {
         let mut server = FaultServer {
             backend: self,
             vring,
-            batch: FaultBatch::new(queue, event_idx, lock(&self.screens[queue])),
+            batch: FaultBatch::new(self, queue, event_idx, lock(&self.screens[queue])),
             parked: false,
         };
         self.serve_passes(queue, vring, event_idx, &mut server)?;
@@ -136,12 +144,13 @@ impl VhostUserScsiBackend {
     /// Gives the engine the batch's command and completion counts and, if one was taken,
     /// its interrupt decision.
     fn count_batch(&self, batch: &mut FaultBatch, outcome: Option<SignalOutcome>) {
-        if outcome.is_none() && batch.completions == 0 && batch.commands == 0 {
+        let completions = batch.signals.take_added();
+        if outcome.is_none() && completions == 0 && batch.commands == 0 {
             return;
         }
         let mut engine = self.engine();
         engine.count_commands(std::mem::take(&mut batch.commands));
-        engine.count_completions(std::mem::take(&mut batch.completions));
+        engine.count_completions(completions);
         if let Some(outcome) = outcome {
             let now = if engine.tracing() {
                 self.faults.epoch.now()
@@ -168,12 +177,11 @@ impl VhostUserScsiBackend {
     fn complete_into_batch(
         &self,
         vring: &VringRwLock,
-        head: u16,
+        popped: Popped,
         served: &Served,
         batch: &mut FaultBatch,
     ) -> Result<(), VhuScsiError> {
-        batch.completions += 1;
-        if let Some(outcome) = batch.signals.complete(vring, head, served.used)? {
+        if let Some(outcome) = batch.signals.complete(vring, popped, served.used)? {
             self.count_batch(batch, Some(outcome));
         }
         Ok(())
@@ -188,6 +196,7 @@ impl VhostUserScsiBackend {
         vring: &VringRwLock,
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<M>,
+        popped: Popped,
         tag: u64,
         how: Disposition,
         drop_interrupt: bool,
@@ -196,23 +205,27 @@ impl VhostUserScsiBackend {
     where
         M: Deref<Target = GuestMemoryMmap> + Clone,
     {
-        let head = chain.head_index();
         let served = serve_command(&self.target, mem, chain, how, self.cdb_size(), slot);
-        self.complete_alone(queue, vring, head, &served, tag, drop_interrupt)
+        self.complete_alone(queue, vring, popped, &served, tag, drop_interrupt)
     }
 
     /// Completes a served command with its own interrupt decision and traces the
-    /// completion and the signal.
+    /// completion and the signal (neither, when it was stale: see
+    /// [`RingEpoch`](super::RingEpoch)).
     fn complete_alone(
         &self,
         queue: usize,
         vring: &VringRwLock,
-        head: u16,
+        popped: Popped,
         served: &Served,
         tag: u64,
         drop_interrupt: bool,
     ) -> Result<(), VhuScsiError> {
-        let outcome = complete_and_notify(vring, head, served.used, drop_interrupt)?;
+        let ring = &self.rings[queue];
+        let Some(outcome) = complete_and_notify(vring, ring, popped, served.used, drop_interrupt)?
+        else {
+            return Ok(());
+        };
         let mut engine = self.engine();
         // The time is only for the trace's records (the counters do not need it).
         let now = if engine.tracing() {

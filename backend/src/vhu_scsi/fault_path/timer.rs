@@ -41,7 +41,11 @@ pub(in crate::vhu_scsi) fn new_timer() -> Result<TimerFd, VhuScsiError> {
 
 impl VhostUserScsiBackend {
     /// Completes a held request whose time has come.
-    fn complete_due(&self, queue: usize, entry: InflightEntry<Chain>) -> Result<(), VhuScsiError> {
+    pub(in crate::vhu_scsi) fn complete_due(
+        &self,
+        queue: usize,
+        entry: InflightEntry<Chain>,
+    ) -> Result<(), VhuScsiError> {
         let Some(vring) = self.vring(queue) else {
             warn!("queue {queue}: no vring for held request {}", entry.tag);
             return Ok(());
@@ -57,6 +61,7 @@ impl VhostUserScsiBackend {
                 &vring,
                 &mem,
                 entry.chain,
+                entry.popped,
                 entry.tag,
                 disposition(completion),
                 drop_interrupt,
@@ -69,6 +74,7 @@ impl VhostUserScsiBackend {
                 &vring,
                 &mem,
                 entry.chain,
+                entry.popped,
                 entry.tag,
                 response,
                 drop_interrupt,
@@ -93,6 +99,8 @@ impl VhostUserScsiBackend {
         }
         let mask = self.queue_masks.get(thread).copied().unwrap_or(0);
         for queue in queues_of(mask).filter(|&q| q != EVENT_QUEUE) {
+            // A reset or a stop waits for what the timer completes (see `RingEpoch`).
+            let _pass = self.rings[queue].pass();
             loop {
                 let slot = self.executing.slot(queue);
                 let due = {

@@ -19,7 +19,7 @@ use crate::vhu_scsi::control_queue::{
 };
 use crate::vhu_scsi::inflight::{InflightEntry, Work};
 use crate::vhu_scsi::{
-    complete_and_notify, lock, Chain, Disposition, VhostUserScsiBackend, VhuScsiError,
+    complete_and_notify, lock, Chain, Disposition, Popped, VhostUserScsiBackend, VhuScsiError,
     CONTROL_QUEUE, FIRST_REQUEST_QUEUE,
 };
 use crate::virtio::*;
@@ -31,15 +31,18 @@ impl VhostUserScsiBackend {
         vring: &VringRwLock,
         mem: &GuestMemoryMmap,
         chain: Chain,
+        popped: Popped,
     ) -> Result<bool, VhuScsiError> {
-        let head = chain.head_index();
+        let head = popped.head();
+        let ring = &self.rings[CONTROL_QUEUE];
         let now = self.faults.epoch.now();
         // No room for an answer: nothing is done, as without faults.
         if let Err(reason) = control_response_room(mem, &chain) {
             warn!("control {head}: {reason}");
-            let outcome = complete_and_notify(vring, head, 0, false)?;
-            self.engine()
-                .record_signal(CONTROL_QUEUE as u16, None, outcome, now);
+            if let Some(outcome) = complete_and_notify(vring, ring, popped, 0, false)? {
+                self.engine()
+                    .record_signal(CONTROL_QUEUE as u16, None, outcome, now);
+            }
             return Ok(false);
         }
         let req = match parse_control(mem, chain.clone()) {
@@ -51,17 +54,22 @@ impl VhostUserScsiBackend {
                     .engine()
                     .on_request(&RequestInfo::an(CONTROL_QUEUE as u16, 0, target, lun), now);
                 let used = write_control(mem, chain, Ok(an_response()));
-                let outcome = complete_and_notify(vring, head, used, d.drop_interrupt)?;
-                let mut engine = self.engine();
-                engine.record_complete(CONTROL_QUEUE as u16, 0, "ok", None, None, now);
-                engine.record_signal(CONTROL_QUEUE as u16, Some(0), outcome, now);
+                let drop_interrupt = d.drop_interrupt;
+                if let Some(outcome) =
+                    complete_and_notify(vring, ring, popped, used, drop_interrupt)?
+                {
+                    let mut engine = self.engine();
+                    engine.record_complete(CONTROL_QUEUE as u16, 0, "ok", None, None, now);
+                    engine.record_signal(CONTROL_QUEUE as u16, Some(0), outcome, now);
+                }
                 return Ok(false);
             }
             Err(reason) => {
                 let used = write_control(mem, chain, Err(reason));
-                let outcome = complete_and_notify(vring, head, used, false)?;
-                self.engine()
-                    .record_signal(CONTROL_QUEUE as u16, None, outcome, now);
+                if let Some(outcome) = complete_and_notify(vring, ring, popped, used, false)? {
+                    self.engine()
+                        .record_signal(CONTROL_QUEUE as u16, None, outcome, now);
+                }
                 return Ok(false);
             }
         };
@@ -74,7 +82,7 @@ impl VhostUserScsiBackend {
         // Only what the engine lets through acts: a failed or hung TMF does nothing.
         let base = tmf_refusal(&self.target, &req).unwrap_or(VIRTIO_SCSI_S_FUNCTION_COMPLETE);
         let park = |due: Option<Duration>, response| InflightEntry {
-            head,
+            popped,
             tag,
             target,
             lun,
@@ -91,7 +99,7 @@ impl VhostUserScsiBackend {
                     TmfFailure::FunctionRejected => VIRTIO_SCSI_S_FUNCTION_REJECTED,
                     TmfFailure::Failure => VIRTIO_SCSI_S_FAILURE,
                 };
-                self.answer_tmf(vring, mem, chain, tag, response, d.drop_interrupt)?;
+                self.answer_tmf(vring, mem, chain, popped, tag, response, d.drop_interrupt)?;
                 return Ok(false);
             }
             // A hung TMF does nothing: only a device reset ends it (and what it would
@@ -109,7 +117,7 @@ impl VhostUserScsiBackend {
             TmfOutcome::Normal => {
                 let response = self.tmf_effects(tmf, tag, target, lun, base)?;
                 if d.delay.is_zero() {
-                    self.answer_tmf(vring, mem, chain, tag, response, d.drop_interrupt)?;
+                    self.answer_tmf(vring, mem, chain, popped, tag, response, d.drop_interrupt)?;
                     return Ok(false);
                 }
                 park(Some(now.saturating_add(d.delay)), response)
@@ -119,11 +127,13 @@ impl VhostUserScsiBackend {
         Ok(true)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn answer_tmf<M>(
         &self,
         vring: &VringRwLock,
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<M>,
+        popped: Popped,
         tag: u64,
         response: u8,
         drop_interrupt: bool,
@@ -131,13 +141,15 @@ impl VhostUserScsiBackend {
     where
         M: Deref<Target = GuestMemoryMmap> + Clone,
     {
-        let head = chain.head_index();
         let used = write_control(
             mem,
             chain,
             Ok(ControlResponse::Tmf(VirtioScsiCtrlTmfResp { response })),
         );
-        let outcome = complete_and_notify(vring, head, used, drop_interrupt)?;
+        let ring = &self.rings[CONTROL_QUEUE];
+        let Some(outcome) = complete_and_notify(vring, ring, popped, used, drop_interrupt)? else {
+            return Ok(());
+        };
         let now = self.faults.epoch.now();
         let mut engine = self.engine();
         engine.record_tmf_end(CONTROL_QUEUE as u16, tag, tmf_response_name(response), now);
@@ -243,7 +255,7 @@ impl VhostUserScsiBackend {
     }
 
     /// Completes a held command with `response` (ABORTED or RESET) without executing it.
-    fn cancel(
+    pub(in crate::vhu_scsi) fn cancel(
         &self,
         queue: usize,
         entry: InflightEntry<Chain>,
@@ -262,6 +274,7 @@ impl VhostUserScsiBackend {
             &vring,
             &mem,
             entry.chain,
+            entry.popped,
             entry.tag,
             how,
             drop_interrupt,

@@ -147,7 +147,7 @@ fn event_is_posted_in_a_driver_buffer_and_missed_ones_are_flagged() {
         VIRTIO_SCSI_T_TRANSPORT_RESET | VIRTIO_SCSI_T_EVENTS_MISSED
     );
     assert_eq!(u32::from(ev.reason), VIRTIO_SCSI_EVT_RESET_RESCAN);
-    assert_eq!(ev.lun, lun(1));
+    assert_eq!(ev.lun, [1, 0, 0, 1, 0, 0, 0, 0]);
     assert_eq!(r.signals(EVENT_QUEUE), 1);
     let posted = r.trace_events("event");
     assert_eq!(posted.len(), 1);

@@ -36,8 +36,8 @@ fn hot_added_lu_is_announced_as_transport_reset_rescan_and_answers_inquiry() {
     let ev = r.event_at(buf);
     assert_eq!(u32::from(ev.event), VIRTIO_SCSI_T_TRANSPORT_RESET);
     assert_eq!(u32::from(ev.reason), VIRTIO_SCSI_EVT_RESET_RESCAN);
-    // Flat space addressing (5.6.6.1): 0x40 | LUN >> 8, then LUN & 0xff.
-    assert_eq!(ev.lun, [1, 0, 0x40, 2, 0, 0, 0, 0]);
+    // As REPORT LUNS names it (QEMU's encoding): Linux reads lun[2] << 8 | lun[3] = 2.
+    assert_eq!(ev.lun, [1, 0, 0, 2, 0, 0, 0, 0]);
     assert_eq!(r.signals(EVENT_QUEUE), 1);
 
     let (p, resp) = r.run(lun(2), &inquiry, 2, 96);
@@ -68,7 +68,7 @@ fn hot_removed_lu_is_announced_as_removed_and_then_is_bad_target() {
     let ev = r.event_at(buf);
     assert_eq!(u32::from(ev.event), VIRTIO_SCSI_T_TRANSPORT_RESET);
     assert_eq!(u32::from(ev.reason), VIRTIO_SCSI_EVT_RESET_REMOVED);
-    assert_eq!(ev.lun, lun(1));
+    assert_eq!(ev.lun, [1, 0, 0, 1, 0, 0, 0, 0]);
 
     let (_, gone) = r.run(lun(1), &[opcode::TEST_UNIT_READY], 2, 0);
     assert_eq!(gone.response, VIRTIO_SCSI_S_BAD_TARGET);
@@ -96,7 +96,7 @@ fn resize_is_announced_as_param_change_2a_09_with_the_unit_attention() {
     // Linux: asc = reason & 255, ascq = (reason >> 8) & 255.
     let reason = u32::from(ev.reason);
     assert_eq!((reason & 0xff, reason >> 8 & 0xff), (0x2a, 0x09));
-    assert_eq!(ev.lun, lun(0));
+    assert_eq!(ev.lun, [1, 0, 0, 0, 0, 0, 0, 0]);
 
     let (_, ua) = r.run(lun(0), &[opcode::TEST_UNIT_READY], 1, 0);
     assert_eq!(ua.status, 0x02);
@@ -126,7 +126,7 @@ fn rescan_finding_a_grown_file_is_announced_as_param_change() {
     r.timer();
     let ev = r.event_at(buf);
     assert_eq!(u32::from(ev.event), VIRTIO_SCSI_T_PARAM_CHANGE);
-    assert_eq!(ev.lun, lun(1));
+    assert_eq!(ev.lun, [1, 0, 0, 1, 0, 0, 0, 0]);
     assert_eq!(u32::from(ev.reason), 0x092a);
 }
 

@@ -314,7 +314,7 @@ fn well_formed_lun_fields_of_absent_lus_are_bad_target_without_a_warning() {
     for field in [
         lun(0x3fff),
         lun(2),
-        encode_lun(ScsiAddress { target: 7, lun: 0 }),
+        request_lun(ScsiAddress { target: 7, lun: 0 }),
         // Peripheral addressing of LUN 5.
         [1, 0, 0, 5, 0, 0, 0, 0],
     ] {

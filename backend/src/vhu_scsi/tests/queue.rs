@@ -173,11 +173,15 @@ fn a_long_batch_is_signalled_every_max_unsignalled_completions() {
     let f = fixture();
     let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
     let r = rig(&f, &vq, false);
-    let mut batch = SignalBatch::new(false);
+    let ring = RingEpoch::new(FIRST_REQUEST_QUEUE);
+    let mut batch = SignalBatch::new(&ring, false);
     let mut sent = 0;
     let n = 2 * MAX_UNSIGNALLED + 5;
     for i in 0..n {
-        if let Some(outcome) = batch.complete(&r.vring, i % Q_SIZE, 0).unwrap() {
+        if let Some(outcome) = batch
+            .complete(&r.vring, ring.popped_now(i % Q_SIZE), 0)
+            .unwrap()
+        {
             assert_eq!(outcome, SignalOutcome::Sent);
             sent += 1;
         }
@@ -193,15 +197,20 @@ fn with_event_idx_completions_are_decided_at_once_until_one_is_signalled() {
     let f = fixture();
     let vq = MockSplitQueue::new(&f.mem, Q_SIZE);
     let r = rig(&f, &vq, true);
-    let mut batch = SignalBatch::new(true);
+    let ring = RingEpoch::new(FIRST_REQUEST_QUEUE);
+    let mut batch = SignalBatch::new(&ring, true);
     // The driver asks for an interrupt at the first used entry: the first completion is
     // signalled at once, the rest of the pass waits for its end.
     assert_eq!(
-        batch.complete(&r.vring, 0, 0).unwrap(),
+        batch.complete(&r.vring, ring.popped_now(0), 0).unwrap(),
         Some(SignalOutcome::Sent)
     );
     for i in 1..5 {
-        assert_eq!(batch.complete(&r.vring, i, 0).unwrap(), None, "{i}");
+        assert_eq!(
+            batch.complete(&r.vring, ring.popped_now(i), 0).unwrap(),
+            None,
+            "{i}"
+        );
     }
     assert!(
         batch.flush(&r.vring).unwrap().is_some(),
@@ -209,7 +218,10 @@ fn with_event_idx_completions_are_decided_at_once_until_one_is_signalled() {
     );
     assert_eq!(r.call.read().unwrap(), 1, "the driver had not caught up");
     // A new pass decides its first completion at once again.
-    assert!(batch.complete(&r.vring, 5, 0).unwrap().is_some());
+    assert!(batch
+        .complete(&r.vring, ring.popped_now(5), 0)
+        .unwrap()
+        .is_some());
 }
 
 #[test]

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use super::queue::{Completion, DataDir, ScsiQueue};
 use super::scsi::{self, ScsiAddress, CMD_RESP_LEN};
-use super::{FrontendError, ScsiFrontend};
+use super::{FrontendError, ScsiFrontend, SIGNAL_CHECK};
+use crate::launch::signals;
 use guest_miniport::latency::Histogram;
 
-/// No completion for this long means the backend stalled.
-const STALL: Duration = Duration::from_secs(10);
+/// No completion for this long means the backend stalled (`bench --stall-timeout`).
+pub const DEFAULT_STALL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pattern {
@@ -31,6 +32,9 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Seed of the LBA and read/write draws.
     pub seed: u64,
+    /// A queue with requests in flight and no completion for this long has stalled.
+    /// Interrupts without a completion (spurious ones) do not count as progress.
+    pub stall: Duration,
 }
 
 /// Counters of one queue or of all of them.
@@ -77,15 +81,15 @@ impl LoadResult {
     }
 }
 
-/// xorshift64*: cheap, deterministic draws with no allocation.
+/// xorshift64*: cheap, deterministic draws with no allocation (the load's and the soak's).
 #[derive(Clone, Copy, Debug)]
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -93,8 +97,17 @@ impl Rng {
         self.0 = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    /// Uniform in 0..n (0 when n is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+    /// Uniform in lo..=hi.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    /// True with probability `percent`/100.
+    pub fn percent(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
     }
 }
 
@@ -298,16 +311,23 @@ fn queue_load_inner(
     let start = Instant::now();
     let end = start + spec.duration;
     let mut stopping = false;
+    // The stall clock runs from the last completion, not from the last interrupt: a
+    // stream of spurious interrupts must not keep a stalled queue alive for ever.
+    let mut last_completion = start;
 
     while let Some(slot) = q.alloc_slot() {
         sub.submit(q, slot);
     }
     q.publish_and_kick()?;
     loop {
+        if signals::interrupted() {
+            return Err(FrontendError::Interrupted);
+        }
         let mut any = false;
         while let Some(c) = q.poll()? {
             any = true;
             let now = Instant::now();
+            last_completion = now;
             let s = usize::from(c.slot);
             res.latency
                 .record(now.duration_since(sub.started[s]).as_nanos() as u64);
@@ -345,15 +365,18 @@ fn queue_load_inner(
         if stopping && q.in_flight() == 0 {
             break;
         }
-        if !any && !q.wait(STALL)? {
-            // One more look: a completion may have landed without a call.
-            if !q.wait(Duration::ZERO)? {
+        if !any {
+            // The ring was just polled: a completion that landed without a call counts.
+            let idle = last_completion.elapsed();
+            if idle >= spec.stall {
                 return Err(FrontendError::Timeout {
                     queue: q.index(),
-                    timeout: STALL,
+                    timeout: spec.stall,
                     ring: q.ring_state(),
                 });
             }
+            // In slices, so that a signal ends the load promptly.
+            q.wait((spec.stall - idle).min(SIGNAL_CHECK))?;
         }
     }
     res.elapsed = start.elapsed();

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -23,6 +25,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use self::memory::{Layout, SharedMemory};
 use self::queue::{Completion, DataDir, QueuePlan, ScsiQueue};
 use self::scsi::ScsiAddress;
+use crate::launch::signals;
 
 /// Feature masks (the bindings give bit numbers).
 const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
@@ -37,6 +40,8 @@ const CONTROL_SLOTS: u16 = 8;
 /// How long one vhost-user message or a setup command may take before the backend
 /// counts as hung.
 pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a wait for a completion sleeps before it looks at the signal flag.
+pub const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
@@ -74,6 +79,8 @@ pub enum FrontendError {
         response: u32,
         status: u8,
     },
+    #[error("interrupted by a signal")]
+    Interrupted,
 }
 
 fn vhost(what: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
@@ -164,12 +171,17 @@ impl ScsiFrontend {
         let proto = conn
             .get_protocol_features()
             .map_err(vhost("GET_PROTOCOL_FEATURES"))?;
-        // REPLY_ACK: every message is acknowledged, so a refused one fails here.
         let wanted = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::RESET_DEVICE;
         conn.set_protocol_features(proto & wanted)
             .map_err(vhost("SET_PROTOCOL_FEATURES"))?;
+        if proto.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            // Every message without a reply of its own asks for an acknowledgement, which
+            // the vhost crate waits for: a refused one fails here, and a backend has acted
+            // on a message (a device reset, an enabled ring) before the next one is sent.
+            conn.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
         let want = u64::from(FIRST_REQUEST_QUEUE) + u64::from(config.request_queues);
         // Without MQ a backend has no way to say; one request queue is then assumed.
         let have = if proto.contains(VhostUserProtocolFeatures::MQ) {
@@ -219,6 +231,31 @@ impl ScsiFrontend {
         };
         fe.start()?;
         Ok(fe)
+    }
+
+    /// [`ScsiFrontend::connect`], retried until `deadline` while the connection fails: a
+    /// backend still starting, or still tearing down the frontend before (a reconnect).
+    /// Configuration errors and a signal end it at once.
+    pub fn connect_within(
+        socket: &Path,
+        config: FrontendConfig,
+        deadline: Instant,
+    ) -> Result<ScsiFrontend, FrontendError> {
+        loop {
+            match ScsiFrontend::connect(socket, config) {
+                Ok(fe) => return Ok(fe),
+                Err(e @ (FrontendError::CouldNotConnect(..) | FrontendError::Vhost(..)))
+                    if Instant::now() < deadline =>
+                {
+                    log::debug!("connect: {e}; retrying");
+                    if signals::interrupted() {
+                        return Err(FrontendError::Interrupted);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// SET_FEATURES, SET_MEM_TABLE and every vring, in QEMU's order.
@@ -274,8 +311,8 @@ impl ScsiFrontend {
             .map_err(vhost("SET_VRING_CALL"))?;
         conn.set_vring_enable(i, true)
             .map_err(vhost("SET_VRING_ENABLE"))?;
-        // A round trip before the first kick. Without REPLY_ACK nothing above is
-        // acknowledged, and a kick that reaches a backend's worker before its main thread
+        // A round trip before the first kick. Without REPLY_ACK (vhost-device-scsi 0.1.0
+        // has none) nothing above is acknowledged, and a kick that reaches a backend's worker before its main thread
         // has enabled the ring can be consumed and dropped (vhost-device-scsi 0.1.0 then
         // never serves the first request). The backend answers GET_FEATURES only after
         // the messages before it, so the ring is enabled by the time we kick. QEMU has
@@ -288,6 +325,12 @@ impl ScsiFrontend {
     /// flight is forgotten: the backend drops it unanswered.
     pub fn reset_device(&mut self) -> Result<(), FrontendError> {
         self.conn.reset_device().map_err(vhost("RESET_DEVICE"))?;
+        // A round trip before the rings are zeroed: without REPLY_ACK, RESET_DEVICE is not
+        // acknowledged, and a backend still serving the old rings until it reads it would
+        // pop zeroed descriptors and put used entries on the new rings. The backend answers
+        // GET_FEATURES only once its reset has returned. (QEMU stops every ring with
+        // GET_VRING_BASE, which is answered, before it resets the device.)
+        self.conn.get_features().map_err(vhost("GET_FEATURES"))?;
         let event_idx = self.event_idx();
         self.control.reinit(event_idx);
         self.event.reinit(event_idx);
@@ -402,7 +445,8 @@ impl ScsiFrontend {
 }
 
 /// Waits for the completion of `slot`; other completions on the way are freed unread
-/// (the caller keeps nothing else in flight that it cares about).
+/// (the caller keeps nothing else in flight that it cares about). A handled signal ends
+/// the wait within [`SIGNAL_CHECK`].
 pub fn wait_for_slot(
     q: &mut ScsiQueue,
     slot: u16,
@@ -417,6 +461,9 @@ pub fn wait_for_slot(
             q.free_slot(c.slot);
             continue;
         }
+        if signals::interrupted() {
+            return Err(FrontendError::Interrupted);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(FrontendError::Timeout {
@@ -425,7 +472,7 @@ pub fn wait_for_slot(
                 ring: q.ring_state(),
             });
         }
-        q.wait(left)?;
+        q.wait(left.min(SIGNAL_CHECK))?;
     }
 }
 

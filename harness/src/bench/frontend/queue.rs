@@ -389,6 +389,50 @@ impl ScsiQueue {
     }
 }
 
+/// Waits until one of `queues` has a completion or `timeout` passes (then Ok(false)):
+/// [`ScsiQueue::wait`] over several queues at once, for a single thread driving them all.
+pub fn wait_any(queues: &mut [&mut ScsiQueue], timeout: Duration) -> Result<bool, FrontendError> {
+    let mut ready = false;
+    for q in queues.iter_mut() {
+        // Every queue armed, even after one is found ready: each must signal next time.
+        ready |= q.ring.arm_interrupt();
+    }
+    if ready {
+        return Ok(true);
+    }
+    let mut pfds: Vec<libc::pollfd> = queues
+        .iter_mut()
+        .map(|q| {
+            q.waits += 1;
+            libc::pollfd {
+                fd: q.call.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }
+        })
+        .collect();
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    loop {
+        // SAFETY: pfds is a valid array of pfds.len() pollfds on our own eventfds.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(FrontendError::CouldNotWaitForCall(e));
+        }
+        for (q, p) in queues.iter_mut().zip(&pfds) {
+            if p.revents != 0 {
+                if let Ok(n) = q.call.read() {
+                    q.calls += n;
+                }
+            }
+        }
+        return Ok(rc > 0);
+    }
+}
+
 /// A queue's indexes when a wait gave up: enough to tell a request the device never took
 /// (avail_event short of avail.idx) from one it took and never returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use virtio_bindings::virtio_scsi::{
 };
 
 pub use flakyhba_backend::scsi::opcode::{
-    READ_10, READ_16, SAI_READ_CAPACITY_16, SERVICE_ACTION_IN_16, TEST_UNIT_READY, WRITE_10,
-    WRITE_16,
+    READ_10, READ_16, SAI_READ_CAPACITY_16, SERVICE_ACTION_IN_16, SYNCHRONIZE_CACHE_10,
+    TEST_UNIT_READY, WRITE_10, WRITE_16,
 };
 pub use flakyhba_backend::scsi::sense::status::{
     CHECK_CONDITION as SAM_STAT_CHECK_CONDITION, GOOD as SAM_STAT_GOOD,
@@ -110,6 +110,11 @@ pub fn rw16(write: bool, lba: u64, blocks: u32) -> [u8; 16] {
     c[2..10].copy_from_slice(&lba.to_be_bytes());
     c[10..14].copy_from_slice(&blocks.to_be_bytes());
     c
+}
+
+/// SYNCHRONIZE CACHE(10) of the whole LU (LBA 0, 0 blocks: to the end).
+pub fn synchronize_cache10() -> [u8; 10] {
+    [SYNCHRONIZE_CACHE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 /// READ CAPACITY(16) with a 32-byte allocation length.

@@ -50,7 +50,8 @@ pub struct Gathered {
     pub timeline: Option<(GuestTimeline, u64)>,
 }
 
-fn prepare_dir(dir: &Path) -> Result<(), RunError> {
+/// An empty run directory: what an earlier run left there is removed.
+pub fn prepare_dir(dir: &Path) -> Result<(), RunError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -59,7 +60,8 @@ fn prepare_dir(dir: &Path) -> Result<(), RunError> {
     std::fs::create_dir_all(dir).map_err(|e| RunError::CouldNotPrepare(dir.to_owned(), e))
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), RunError> {
+/// A file of the run directory (a command line, a plan).
+pub fn write_file(path: &Path, text: &str) -> Result<(), RunError> {
     std::fs::write(path, text).map_err(|e| RunError::CouldNotPrepare(path.to_owned(), e))
 }
 

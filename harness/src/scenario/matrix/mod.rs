@@ -64,7 +64,7 @@ pub fn run_one(run: &Planned, opts: &MatrixOptions) -> Result<RunRecord, RunErro
     }
     let variant = run.variant();
     let mut checked: Vec<Checked> = Vec::new();
-    if !run.negative {
+    if !run.negative && run.scenario.implicit {
         let cpus = g.args.as_ref().map(cpu_expectations).unwrap_or_default();
         checked.extend(
             implicit_expectations()

@@ -1,4 +1,5 @@
-//! The command line, turned into a validated [`Config`].
+//! The command line, turned into a validated [`Config`] (pure), and the start-up checks
+//! of the paths it names ([`paths`], which look at the file system).
 
 use std::path::PathBuf;
 
@@ -7,10 +8,17 @@ use clap::Parser;
 use crate::scsi::{LunSpec, LunSpecError, MAX_LUNS};
 use crate::vhu_scsi::MAX_REQUEST_QUEUES;
 
+pub mod paths;
+
+/// Exit status of the backend when it refuses its command line: a bad flag or value, a
+/// path it will not use, an image another user holds (as clap's errors and plan errors).
+pub const USAGE_EXIT_CODE: i32 = 2;
+
 #[derive(Parser, Debug)]
 #[command(name = "vhost-user-flakyhba", version, about)]
 pub struct Args {
-    /// vhost-user socket to listen on; a stale file there is removed.
+    /// vhost-user socket to listen on; a stale socket there is replaced, anything else
+    /// (a file, a socket a server answers on) is refused.
     #[arg(long)]
     pub socket_path: PathBuf,
     /// A LUN: `[T:L=]PATH[,ro][,block-size=512|4096][,sense=fixed|descriptor]`. PATH is a

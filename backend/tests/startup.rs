@@ -1,0 +1,251 @@
+//! What the backend refuses at start-up, run as a user runs it: each refusal exits 2 with
+//! one line on stderr and leaves every file as it was (issue 13 items 1, 2, 3, 6, 9, 13).
+
+mod common;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use common::{arg, assert_refused, image, run, snapshot, Backend};
+
+#[test]
+fn the_socket_path_is_never_a_file_that_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("v.img");
+    image(&img, 8 << 20);
+    let before = snapshot(dir.path());
+    // The issue's reproduction: the image itself as the socket path.
+    assert_refused(
+        &["--socket-path", arg(&img), "--lun", arg(&img)],
+        "vhost-user socket path",
+    );
+    // And as the control socket.
+    let sock = dir.path().join("s.sock");
+    assert_refused(
+        &[
+            "--socket-path",
+            arg(&sock),
+            "--lun",
+            arg(&img),
+            "--control-socket",
+            arg(&img),
+        ],
+        "exists and is not a socket",
+    );
+    // A directory is no socket either.
+    assert_refused(
+        &["--socket-path", arg(dir.path()), "--lun", arg(&img)],
+        "exists and is not a socket",
+    );
+    assert_eq!(snapshot(dir.path()), before);
+}
+
+#[test]
+fn a_running_backends_socket_is_never_taken_over_nor_removed_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, sock) = (
+        dir.path().join("a.img"),
+        dir.path().join("b.img"),
+        dir.path().join("s.sock"),
+    );
+    image(&a, 1 << 20);
+    image(&b, 1 << 20);
+    let mut first = Backend::spawn(
+        &["--socket-path", arg(&sock), "--lun", arg(&a)],
+        &dir.path().join("first.log"),
+    );
+    first.wait_for_socket(&sock);
+    let before = std::fs::symlink_metadata(&sock).unwrap();
+    assert_refused(
+        &["--socket-path", arg(&sock), "--lun", arg(&b)],
+        "is in use by a running server",
+    );
+    let after = std::fs::symlink_metadata(&sock).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        before.ino(),
+        after.ino(),
+        "the first backend keeps its socket"
+    );
+
+    // Once the first one's socket is gone (removed by hand), a second backend binds the
+    // path; the first one's exit must not remove the second one's socket.
+    std::fs::remove_file(&sock).unwrap();
+    let mut second = Backend::spawn(
+        &["--socket-path", arg(&sock), "--lun", arg(&b)],
+        &dir.path().join("second.log"),
+    );
+    second.wait_for_socket(&sock);
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit().code(), Some(0));
+    assert!(
+        UnixStream::connect(&sock).is_ok(),
+        "the second backend's socket stays"
+    );
+    second.signal(libc::SIGTERM);
+    assert_eq!(second.wait_exit().code(), Some(0));
+    assert!(!sock.exists(), "each backend removes its own socket");
+}
+
+#[test]
+fn the_trace_never_clobbers_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, sock, ctl) = (
+        dir.path().join("t.img"),
+        dir.path().join("s.sock"),
+        dir.path().join("c.sock"),
+    );
+    image(&img, 1 << 20);
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "not a trace\n").unwrap();
+    let before = snapshot(dir.path());
+    let base = ["--socket-path", arg(&sock), "--lun", arg(&img)];
+    // The issue's reproduction: the image as the trace.
+    assert_refused(
+        &cat(&base, &["--trace", arg(&img)]),
+        "is the same file as --lun",
+    );
+    assert_refused(&cat(&base, &["--trace", arg(&notes)]), "is not a trace");
+    assert_refused(
+        &cat(&base, &["--trace", arg(&sock)]),
+        "is the same file as --socket-path",
+    );
+    assert_refused(
+        &cat(
+            &base,
+            &["--control-socket", arg(&ctl), "--trace", arg(&ctl)],
+        ),
+        "is the same file as --control-socket",
+    );
+    assert_refused(
+        &cat(&base, &["--control-socket", arg(&sock)]),
+        "--socket-path and --control-socket name the same socket",
+    );
+    // The same image twice, read-write.
+    assert_refused(
+        &[
+            "--socket-path",
+            arg(&sock),
+            "--lun",
+            arg(&img),
+            "--lun",
+            arg(&img),
+        ],
+        "the same image is given twice",
+    );
+    assert_eq!(snapshot(dir.path()), before);
+
+    // A failure after the checks (an image that cannot be opened) leaves no trace file.
+    let trace = dir.path().join("trace.jsonl");
+    let missing = dir.path().join("missing.img");
+    let out = run(&[
+        "--socket-path",
+        arg(&sock),
+        "--lun",
+        arg(&missing),
+        "--trace",
+        arg(&trace),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!trace.exists());
+    assert_eq!(snapshot(dir.path()), before);
+}
+
+#[test]
+fn only_regular_files_and_block_devices_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(arg(&fifo)).unwrap();
+    // SAFETY: a valid NUL-terminated path and mode.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let listening = dir.path().join("other.sock");
+    let _l = UnixListener::bind(&listening).unwrap();
+    let before = snapshot(dir.path());
+    let lun = |l: String, m: &str| run_refusal(&sock, &l, m);
+    lun(format!("{},ro", arg(dir.path())), "is a directory");
+    let start = Instant::now();
+    lun(format!("{},ro", arg(&fifo)), "is a FIFO");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "a FIFO never hangs the open"
+    );
+    lun(format!("{},ro", arg(&listening)), "is a socket");
+    lun("/dev/null".into(), "is a character device");
+    assert_eq!(snapshot(dir.path()), before);
+
+    // A partial last block is served without its tail, and said once.
+    let img = dir.path().join("odd.img");
+    image(&img, 4096 + 100);
+    let mut b = Backend::spawn(
+        &["--socket-path", arg(&sock), "--lun", arg(&img)],
+        &dir.path().join("b.log"),
+    );
+    b.wait_for_socket(&sock);
+    let log = b.log();
+    assert!(log.contains("8 blocks of 512 bytes"), "{log}");
+    assert_eq!(
+        log.matches("its last 100 bytes are less than one block of 512 and are not served")
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
+fn cat<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    [base, extra].concat()
+}
+
+fn run_refusal(sock: &std::path::Path, lun: &str, message: &str) {
+    assert_refused(&["--socket-path", arg(sock), "--lun", lun], message);
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, sock) = (dir.path().join("d.img"), dir.path().join("s.sock"));
+    image(&img, 1 << 20);
+    let base = ["--socket-path", arg(&sock), "--lun", arg(&img)];
+    assert_refused(
+        &cat(&base, &["--num-queues", "0"]),
+        "--num-queues must be between 1 and",
+    );
+    assert_refused(&cat(&base, &["--num-queues", "1000"]), "got 1000");
+    assert_refused(
+        &["--socket-path", arg(&sock)],
+        "at least one --lun is needed",
+    );
+    let bad = format!("{},rox", arg(&img));
+    assert_refused(
+        &["--socket-path", arg(&sock), "--lun", &bad],
+        "unknown option",
+    );
+    assert_refused(
+        &["--socket-path", arg(&sock), "--lun", "mem:12Q"],
+        "bad mem:SIZE",
+    );
+    let two = ["--lun", "0:1=mem:1M", "--lun", "0:1=mem:1M"];
+    assert_refused(
+        &[&["--socket-path", arg(&sock)][..], &two].concat(),
+        "two LUNs at target 0 LUN 1",
+    );
+    assert!(!sock.exists());
+}
+
+#[test]
+fn a_lun_path_may_hold_commas_written_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, sock) = (dir.path().join("a,b.img"), dir.path().join("s.sock"));
+    image(&img, 1 << 20);
+    let spec = format!("{},ro", arg(&img).replace(',', ",,"));
+    let mut b = Backend::spawn(
+        &["--socket-path", arg(&sock), "--lun", &spec],
+        &dir.path().join("b.log"),
+    );
+    b.wait_for_socket(&sock);
+    let log = b.log();
+    assert!(
+        log.contains("a,b.img: 2048 blocks of 512 bytes, read-only"),
+        "{log}"
+    );
+}
