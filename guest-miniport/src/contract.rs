@@ -281,10 +281,19 @@ pub enum PlantedBug {
     /// HwResetBus waits for the TMF's answer by stalling in a loop (up to the TMF
     /// timeout) instead of returning and letting HwTimer poll for it (S1, P4).
     TmfSpin,
+    /// HwTimer polls the used ring and completes what it finds without the interrupt
+    /// lock (no SynchronizeAccess), while HwInterrupt may be in the same state on
+    /// another CPU (T5). One CPU never runs them at the same time.
+    TimerUnlocked,
+    /// The TimerArm hand-off without compare-and-exchange: HwStartIo reads the flag when
+    /// it starts and sets it when done, asking for HwTimer only if it was clear. A
+    /// HwTimer on another CPU that consumed the call in between and found nothing yet
+    /// leaves the flag set with no call pending, and polling stops (T6, T7).
+    TimerArmNoCas,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 10] = [
         PlantedBug::None,
         PlantedBug::DoubleCompletion,
         PlantedBug::VirtioBusyFatal,
@@ -293,6 +302,8 @@ impl PlantedBug {
         PlantedBug::WriteErrorIgnored,
         PlantedBug::BusyNoBackoff,
         PlantedBug::TmfSpin,
+        PlantedBug::TimerUnlocked,
+        PlantedBug::TimerArmNoCas,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -305,6 +316,8 @@ impl PlantedBug {
             PlantedBug::WriteErrorIgnored => "write-error-ignored",
             PlantedBug::BusyNoBackoff => "busy-no-backoff",
             PlantedBug::TmfSpin => "tmf-spin",
+            PlantedBug::TimerUnlocked => "timer-unlocked",
+            PlantedBug::TimerArmNoCas => "timer-arm-no-cas",
         }
     }
 

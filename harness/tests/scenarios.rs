@@ -1,7 +1,8 @@
 //! Scenario files end to end, with the real backend and guest image (FLAKYHBA_BACKEND /
 //! FLAKYHBA_IMAGE or the release paths): a wrong expectation fails the run and names
 //! itself and the value seen, a negative control that does not fail fails the matrix,
-//! and a good matrix passes with its reports and run directories.
+//! a good matrix passes with its reports and run directories, and the planted race bugs
+//! go unnoticed on one CPU.
 
 mod common;
 
@@ -231,4 +232,54 @@ irq = "{irq}"
     }
     let backend_log = scratch.root.join("out/with-irq-r1/backend.log");
     assert!(backend_log.is_file());
+}
+
+/// The race scenarios of harness/scenarios plant `timer-unlocked` and `timer-arm-no-cas`
+/// in their negative controls, which the matrix proves caught on two CPUs. On one CPU
+/// the port never runs the routines involved at the same time, so the same bugs pass
+/// unnoticed: each negative control meets every expectation of its positive run.
+#[test]
+fn the_race_bugs_go_unnoticed_on_one_cpu() {
+    let scratch = Scratch::new("races-one-cpu");
+    let scenarios = common::workspace_root().join("harness/scenarios");
+    let json = scratch.root.join("results.json");
+    let (code, stdout, stderr) = harness(
+        &scratch,
+        &[
+            OsStr::new("matrix"),
+            OsStr::new("--scenarios"),
+            scenarios.as_os_str(),
+            OsStr::new("--only"),
+            OsStr::new("race-timer-unlocked,race-timer-arm-no-cas"),
+            OsStr::new("--guest"),
+            OsStr::new("cpus=1"),
+            OsStr::new("--json"),
+            json.as_os_str(),
+        ],
+    );
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("0 of 2 negative controls showed their failure"),
+        "{stdout}"
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for r in runs {
+        assert_eq!(r["metrics"]["guest.cpus"], 1, "{r:#}");
+        if r["negative"] == false {
+            assert_eq!(r["verdict"], "pass", "{r:#}");
+            continue;
+        }
+        let bug = match r["scenario"].as_str().unwrap() {
+            "race-timer-unlocked" => "timer-unlocked",
+            _ => "timer-arm-no-cas",
+        };
+        assert_eq!(r["metrics"]["guest.bug"], bug, "{r:#}");
+        assert_eq!(r["metrics"]["guest.result"], "pass", "{r:#}");
+        assert_eq!(r["metrics"]["guest.violations"], 0, "{r:#}");
+        let failures = r["failures"].to_string();
+        assert!(failures.contains("the fault did not bite"), "{r:#}");
+    }
 }

@@ -58,6 +58,12 @@ impl<F: SharedFlag> TimerArm<F> {
     pub fn is_armed(&self) -> bool {
         self.armed.load()
     }
+
+    /// Sets the flag with a plain store, whatever it held: only the planted bug
+    /// `timer-arm-no-cas` arms this way (a racing HwTimer's consume is lost, T6).
+    pub fn set(&self) {
+        self.armed.store(true);
+    }
 }
 
 /// The routines running now, as a bit set, checked on every entry. In Storport's

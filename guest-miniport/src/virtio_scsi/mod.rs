@@ -9,7 +9,8 @@
 //! hands over to the part that does the work: `setup` (HwFindAdapter, HwInitialize),
 //! `request` (HwStartIo and completions), `interrupt` (HwInterrupt, I1), `timer`
 //! (HwTimer: polls and the lost-interrupt watchdog), `reset` (HwResetBus: TMFs and
-//! device resets), `events` (the event queue) and `trail` (what the report needs).
+//! device resets), `events` (the event queue), `trail` (what the report needs) and
+//! `races` (the planted race bugs, off unless `bug=` names one).
 
 use core::fmt;
 use core::ptr::NonNull;
@@ -26,6 +27,7 @@ use crate::wire::*;
 
 mod events;
 mod interrupt;
+mod races;
 mod request;
 mod reset;
 mod setup;
@@ -188,6 +190,8 @@ pub struct VirtioScsi<T: Transport> {
     /// Whether a RequestTimerCall is pending: a compare-and-exchange hand-off, so
     /// HwStartIo and HwTimer may run at the same time in multi-channel mode (T6).
     timer_arm: TimerArm,
+    /// The planted bug, for the race bugs outside the extension (`races`).
+    bug: PlantedBug,
 }
 
 /// The miniport's state (Storport's device extension): the queues, the requests the
@@ -329,6 +333,7 @@ impl<T: Transport> VirtioScsi<T> {
         Ok(VirtioScsi {
             ext: InterruptShared::new(Extension::new(transport, dma, settings)?),
             timer_arm: TimerArm::default(),
+            bug: settings.bug,
         })
     }
 
@@ -368,12 +373,18 @@ impl<T: Transport> VirtioScsi<T> {
             let r = f(e, ctx);
             (r, e.timer_wanted.take())
         });
+        self.arm(ctx, wanted);
+        r
+    }
+
+    /// Arms HwTimer for the interval a routine wanted, unless a call is pending: only
+    /// the winner of the compare-and-exchange asks (T1, T6).
+    fn arm(&self, ctx: &mut PortContext<'_>, wanted: Option<u32>) {
         if let Some(interval) = wanted {
             if self.timer_arm.try_arm() {
                 ctx.request_timer_call(interval);
             }
         }
-        r
     }
 }
 
@@ -410,6 +421,9 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
     }
 
     fn start_io(&self, ctx: &mut PortContext<'_>, srb: SrbHandle) -> StartIo {
+        if self.bug == PlantedBug::TimerArmNoCas {
+            return self.start_io_without_cas(ctx, srb);
+        }
         self.synchronized(ctx, |e, ctx| e.start_request(ctx, srb))
     }
 
@@ -421,7 +435,11 @@ impl<T: Transport> Miniport for VirtioScsi<T> {
         // T6: consumed before the poll, so work HwStartIo queues meanwhile is either
         // found by this poll or arms a new call.
         self.timer_arm.consume();
-        self.synchronized(ctx, |e, ctx| e.timer_poll(ctx))
+        match self.bug {
+            PlantedBug::TimerUnlocked => self.timer_unlocked(ctx),
+            PlantedBug::TimerArmNoCas => self.timer_without_cas(ctx),
+            _ => self.synchronized(ctx, |e, ctx| e.timer_poll(ctx)),
+        }
     }
 
     fn reset_bus(&self, ctx: &mut PortContext<'_>, _path: u8) -> bool {
