@@ -57,8 +57,8 @@ test: build linux-guest firmware-guest
 drivers: build linux-guest firmware-guest
 	$(HARNESS) drivers $(DRIVERS_ARGS)
 
-# Every scenario of harness/scenarios and its negative control, on one CPU (results in
-# target/qemu-test), then again with the guest on two (target/qemu-test-2cpu: HwInterrupt
+# Every scenario of harness/scenarios and its negative control, on the CPUs each asks
+# for (one, two for the race-* scenarios; results in target/qemu-test), then again with the guest on two (target/qemu-test-2cpu: HwInterrupt
 # on CPU 1, HwTimer and HwStartIo on CPU 0, unless a scenario routes them otherwise).
 qemu-test: build
 	$(HARNESS) matrix $(HARNESS_ARGS)

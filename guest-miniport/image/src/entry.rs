@@ -111,14 +111,26 @@ static FAILING_CPU: AtomicUsize = AtomicUsize::new(0);
 /// Reports a failure as the result line and exits. The other CPUs are stopped first, so
 /// the report has the serial port to itself.
 pub fn fail(reason: core::fmt::Arguments) -> ! {
+    let out = stop_others();
+    report_failure(out, reason)
+}
+
+/// The first step of every crash path: interrupts off, and the other CPUs stopped by
+/// the first CPU that fails. A second failure on that CPU (a panic while reporting)
+/// exits at once instead of recursing; one on another CPU halts. Returns the output
+/// for the report.
+pub fn stop_others() -> CrashSerial {
     x86_64::instructions::interrupts::disable();
     let me = smp::current().index() + 1;
     match FAILING_CPU.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
-        Ok(_) => smp::halt_others(),
+        Ok(_) => CrashSerial::new(smp::halt_others()),
         Err(cpu) if cpu == me => exit(EXIT_FAIL),
         Err(_) => smp::park(),
     }
-    let mut out = CrashSerial;
+}
+
+/// Writes the failure's result line on `out` (from [`stop_others`]) and exits.
+pub fn report_failure(mut out: CrashSerial, reason: core::fmt::Arguments) -> ! {
     out.fresh_line();
     let _ = JsonLine::new(&mut out)
         .str(result_fields::RESULT, "fail")

@@ -14,7 +14,6 @@ use x86_64::structures::tss::TaskStateSegment;
 use x86_64::structures::DescriptorTablePointer;
 use x86_64::VirtAddr;
 
-use crate::serial::CrashSerial;
 use crate::smp::{self, DF_STACK_SIZE};
 use crate::{apic, smp::AP_STACK_SIZE};
 
@@ -307,13 +306,14 @@ fn in_stack_guard(address: u64) -> bool {
 
 /// A CPU exception is a bug in the image or the library: report it and end the run.
 fn exception(frame: &TrapFrame) -> ! {
+    // The other CPUs stop before anything is written: one of them may be writing.
+    let mut out = crate::entry::stop_others();
     let cr2 = x86_64::registers::control::Cr2::read_raw();
     let name = if in_stack_guard(cr2) {
         "stack overflow (fault in the stack guard page)"
     } else {
         EXCEPTION_NAMES[frame.vector as usize % 32]
     };
-    let mut out = CrashSerial;
     out.fresh_line();
     let _ = writeln!(
         out,
@@ -322,8 +322,11 @@ fn exception(frame: &TrapFrame) -> ! {
         frame.rflags
     );
     let _ = writeln!(out, "[ERROR exception] {frame:x?}");
-    crate::entry::fail(format_args!(
-        "exception {} ({}) error_code={:#x} rip={:#x} cr2={:#x}",
-        frame.vector, name, frame.error_code, frame.rip, cr2
-    ))
+    crate::entry::report_failure(
+        out,
+        format_args!(
+            "exception {} ({}) error_code={:#x} rip={:#x} cr2={:#x}",
+            frame.vector, name, frame.error_code, frame.rip, cr2
+        ),
+    )
 }

@@ -53,16 +53,21 @@ impl Write for Serial {
     }
 }
 
-/// Output for the crash paths (panic, CPU exception). They may have interrupted a write
-/// that holds the lock; on this single CPU that writer never resumes, so the lock is
-/// taken over instead of waited for.
-pub struct CrashSerial;
+/// Output for the crash paths (panic, CPU exception), made by [`CrashSerial::new`] once
+/// the other CPUs were asked to stop. The crash may have interrupted a write that holds
+/// the lock; when every other CPU is parked, that writer never resumes, so the lock is
+/// taken over instead of waited for. Otherwise a CPU still running may be writing, and
+/// the lock is waited for.
+pub struct CrashSerial {
+    others_parked: bool,
+}
 
 impl Write for CrashSerial {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        if PORT.is_locked() {
-            // SAFETY: one CPU, and the holder was interrupted by this crash path and never
-            // runs again, so no one else uses the port while we write.
+        if self.others_parked && PORT.is_locked() {
+            // SAFETY: every other CPU is parked for good, and the holder on this CPU was
+            // interrupted by this crash path and never runs again, so no one else uses the
+            // port while we write.
             unsafe { PORT.force_unlock() };
         }
         send(&mut PORT.lock(), s);
@@ -71,6 +76,12 @@ impl Write for CrashSerial {
 }
 
 impl CrashSerial {
+    /// The crash output; `others_parked` is what [`crate::smp::halt_others`] returned
+    /// (true on one CPU).
+    pub fn new(others_parked: bool) -> Self {
+        Self { others_parked }
+    }
+
     /// Ends a line that the crash cut short, so the report is a line of its own.
     pub fn fresh_line(&mut self) {
         if !AT_LINE_START.load(Ordering::Relaxed) {

@@ -275,18 +275,19 @@ fn wake_others() {
 
 /// Stops the other CPUs for good (an NMI each, which they answer by halting) and waits
 /// a little for them, so that a failing CPU reports alone. Called once, by the first
-/// CPU that fails.
-pub fn halt_others() {
+/// CPU that fails. Whether every other CPU is parked.
+pub fn halt_others() -> bool {
     FAILING.store(true, Ordering::SeqCst);
     let others = online() - 1;
     if others == 0 {
-        return;
+        return true;
     }
     apic::send_nmi_to_others();
     let until = time::now_us() + HALT_WAIT_US;
     while PARKED.load(Ordering::SeqCst) < others && time::now_us() < until {
         core::hint::spin_loop();
     }
+    PARKED.load(Ordering::SeqCst) >= others
 }
 
 /// An NMI on this CPU: whether it is a failing CPU's, to be answered by [`park`].

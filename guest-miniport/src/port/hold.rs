@@ -20,12 +20,7 @@ pub(super) struct Hold {
 impl<M: Miniport> Port<M> {
     /// Whether new requests are held now (P2, N5).
     pub(super) fn holding(&self) -> bool {
-        let st = self.core.state.lock();
-        #[cfg(test)]
-        if st.flawed(Flaw::NoResetHold) {
-            return false;
-        }
-        st.hold.is_some()
+        self.core.state.lock().holding()
     }
 
     /// P1: SRBs past their timeout reset the bus. The checker's own view: an SRB past

@@ -105,6 +105,10 @@ impl PortLock {
     /// Lets go, and wakes the CPUs paused on the lock.
     pub(super) fn release(&self, held: Held<'_>, platform: &dyn Platform) {
         drop(held);
+        // The unlock is a release store; without a full fence the load below may be
+        // served before it is visible (x86's store buffer), reading no waiter while the
+        // waiter's last try still sees the lock held: it would pause with no wake.
+        core::sync::atomic::fence(Ordering::SeqCst);
         let waiting = self.waiting.load(Ordering::SeqCst);
         (0..MAX_CPUS)
             .filter(|c| waiting & (1 << c) != 0)

@@ -86,7 +86,7 @@ impl PortContext<'_> {
 
     /// The SRB behind a handle the miniport holds. A handle the port already took back
     /// reads a blank SRB and is reported (N1).
-    pub fn srb(&self, srb: &SrbHandle) -> SrbRef<'_> {
+    pub fn srb(&mut self, srb: &SrbHandle) -> SrbRef<'_> {
         let state = self.core.state.lock();
         let slot = state.owns(srb).then_some(usize::from(srb.slot));
         if slot.is_none() {

@@ -150,8 +150,22 @@ impl PortState {
             .any(|&s| self.slots[usize::from(s)].srb.lu() == lu)
     }
 
-    /// The position in the queue of the first SRB the miniport may take now.
+    /// Whether a reset hold stops the queue (P2).
+    pub(super) fn holding(&self) -> bool {
+        #[cfg(test)]
+        if self.flawed(Flaw::NoResetHold) {
+            return false;
+        }
+        self.hold.is_some()
+    }
+
+    /// The position in the queue of the first SRB the miniport may take now. A hold
+    /// is looked at here, under the same lock as the take: on several CPUs a reset can
+    /// begin on another CPU while HwStartIo's loop runs (P2).
     fn next_startable(&self) -> Option<usize> {
+        if self.holding() {
+            return None;
+        }
         let caps = self.caps?;
         if self.active >= caps.max_outstanding {
             return None;

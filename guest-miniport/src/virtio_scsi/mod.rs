@@ -369,12 +369,22 @@ impl<T: Transport> VirtioScsi<T> {
         ctx: &mut PortContext<'_>,
         f: impl FnOnce(&mut Extension<T>, &mut PortContext<'_>) -> R,
     ) -> R {
-        let (r, wanted) = ctx.synchronize_access(&self.ext, |ctx, e| {
-            let r = f(e, ctx);
-            (r, e.timer_wanted.take())
-        });
+        let (r, wanted) = self.synchronized_wanting(ctx, f);
         self.arm(ctx, wanted);
         r
+    }
+
+    /// Runs `f` on the extension under the interrupt lock, and takes the HwTimer
+    /// interval it wanted, for the caller to arm.
+    fn synchronized_wanting<R>(
+        &self,
+        ctx: &mut PortContext<'_>,
+        f: impl FnOnce(&mut Extension<T>, &mut PortContext<'_>) -> R,
+    ) -> (R, Option<u32>) {
+        ctx.synchronize_access(&self.ext, |ctx, e| {
+            let r = f(e, ctx);
+            (r, e.timer_wanted.take())
+        })
     }
 
     /// Arms HwTimer for the interval a routine wanted, unless a call is pending: only

@@ -30,20 +30,14 @@ impl<T: Transport> VirtioScsi<T> {
         srb: SrbHandle,
     ) -> StartIo {
         let was_armed = self.timer_arm.is_armed();
-        let (r, wanted) = ctx.synchronize_access(&self.ext, |ctx, e| {
-            let r = e.start_request(ctx, srb);
-            (r, e.timer_wanted.take())
-        });
+        let (r, wanted) = self.synchronized_wanting(ctx, |e, ctx| e.start_request(ctx, srb));
         self.arm_without_cas(ctx, was_armed, wanted);
         r
     }
 
     /// `timer-arm-no-cas`, HwTimer's side: the same read, then set, after its poll.
     pub(super) fn timer_without_cas(&self, ctx: &mut PortContext<'_>) {
-        let wanted = ctx.synchronize_access(&self.ext, |ctx, e| {
-            e.timer_poll(ctx);
-            e.timer_wanted.take()
-        });
+        let (_, wanted) = self.synchronized_wanting(ctx, |e, ctx| e.timer_poll(ctx));
         let was_armed = self.timer_arm.is_armed();
         self.arm_without_cas(ctx, was_armed, wanted);
     }
