@@ -239,14 +239,24 @@ mod tests {
 
     #[test]
     fn cpu_seconds_parses_own_stat() {
-        let before = cpu_seconds(std::process::id()).expect("own /proc/PID/stat");
+        // Spins until the CPU time read moved by 50 ms; a busy host only makes that
+        // take longer (the wall clock bounds the wait, not the figure).
+        let me = std::process::id();
+        let before = cpu_seconds(me).expect("own /proc/PID/stat");
         let t = Instant::now();
         let mut x = 0u64;
-        while t.elapsed() < Duration::from_millis(150) {
-            x = std::hint::black_box(x.wrapping_add(1));
+        let mut after = before;
+        while after - before < 0.05 && t.elapsed() < Duration::from_secs(30) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            after = cpu_seconds(me).expect("own /proc/PID/stat");
         }
-        let after = cpu_seconds(std::process::id()).expect("own /proc/PID/stat");
-        assert!(after - before >= 0.05, "{before} -> {after}");
+        assert!(
+            after - before >= 0.05,
+            "{before} -> {after} after {:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
