@@ -525,7 +525,7 @@ impl fmt::Display for GuestArgs {
             f,
             "workload={} irq={} poll={} seed={} blocks={} qd={} tick_us={} watchdog_us={} \
              srb_timeout_ms={} tmf_timeout_ms={} hold_ms={} reset={} reset_after={} \
-             retries={} deadline_ms={} cpus={} irq_cpu={} timer_cpu={}",
+             retries={} deadline_ms={}",
             self.workload.name(),
             on_off(self.irq),
             on_off(self.poll),
@@ -541,10 +541,17 @@ impl fmt::Display for GuestArgs {
             self.reset_after,
             self.retries,
             self.deadline_ms,
-            self.cpus,
-            self.irq_cpu,
-            self.timer_cpu,
         )?;
+        // Only when they differ from one CPU's defaults, so a one-CPU command line stays
+        // as it was before the port ran on several.
+        let one = Self::default();
+        if (self.cpus, self.irq_cpu, self.timer_cpu) != (one.cpus, one.irq_cpu, one.timer_cpu) {
+            write!(
+                f,
+                " cpus={} irq_cpu={} timer_cpu={}",
+                self.cpus, self.irq_cpu, self.timer_cpu
+            )?;
+        }
         // Only when one is planted, so command lines without one stay as they were.
         if self.bug != PlantedBug::None {
             write!(f, " bug={}", self.bug.name())?;
@@ -654,6 +661,20 @@ mod tests {
         for w in Workload::ALL {
             assert_eq!(Workload::from_name(w.name()), Some(w));
         }
+        // One CPU with the default routing writes no CPU keys, as before the port ran
+        // on several; any other routing writes all three.
+        let one = GuestArgs {
+            cpus: 1,
+            irq_cpu: 1,
+            timer_cpu: 0,
+            ..args
+        };
+        let line = one.to_string();
+        assert!(!line.contains("cpu"), "{line}");
+        assert_eq!(GuestArgs::parse(&line), Ok(one));
+        let odd = GuestArgs { irq_cpu: 0, ..one };
+        assert!(odd.to_string().ends_with(" cpus=1 irq_cpu=0 timer_cpu=0"));
+        assert_eq!(GuestArgs::parse(&odd.to_string()), Ok(odd));
     }
 
     #[test]
