@@ -115,6 +115,12 @@ struct Worker {
     polling: bool,
     /// HwTimer waits here twice: once it runs, and before it returns.
     hold_timer: Option<Arc<Barrier>>,
+    /// HwStartIo waits (up to half a second) for HwTimer to come in beside it; the
+    /// times either found the other inside.
+    wait_for_timer: bool,
+    start_io_in: AtomicBool,
+    timer_in: AtomicBool,
+    overlaps: AtomicU32,
 }
 
 impl Worker {
@@ -139,6 +145,10 @@ impl Worker {
             in_shared: AtomicBool::new(false),
             polling: false,
             hold_timer: None,
+            wait_for_timer: false,
+            start_io_in: AtomicBool::new(false),
+            timer_in: AtomicBool::new(false),
+            overlaps: AtomicU32::new(0),
         }
     }
 
@@ -171,6 +181,17 @@ impl Miniport for Worker {
     }
 
     fn start_io(&self, ctx: &mut PortContext<'_>, srb: SrbHandle) -> StartIo {
+        if self.wait_for_timer {
+            self.start_io_in.store(true, Ordering::SeqCst);
+            let until = ctx.now_us() + 500_000;
+            while !self.timer_in.load(Ordering::SeqCst) && ctx.now_us() < until {
+                std::thread::yield_now();
+            }
+            if self.timer_in.load(Ordering::SeqCst) {
+                self.overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            self.start_io_in.store(false, Ordering::SeqCst);
+        }
         let s = *ctx.srb(&srb);
         ctx.synchronize_access(&self.shared, |_, held| held.push(srb));
         if let Some(barrier) = self
@@ -216,6 +237,12 @@ impl Miniport for Worker {
             meet.wait();
         }
         self.timer_arm.consume();
+        if self.wait_for_timer {
+            self.timer_in.store(true, Ordering::SeqCst);
+            if self.start_io_in.load(Ordering::SeqCst) {
+                self.overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         if let Some(hold) = &self.hold_timer {
             hold.wait();
             hold.wait();
@@ -559,6 +586,54 @@ fn p2_a_reset_on_another_cpu_stops_the_hwstartio_loop_in_progress() {
         "{:?}",
         port.checker().violations().collect::<Vec<_>>()
     );
+}
+
+/// HwStartIo on CPU 0 waits for HwTimer, dispatched on CPU 1 once HwStartIo is in;
+/// returns how often either found the other inside, and the port's stats.
+fn start_io_beside_timer(sync: Synchronization) -> (u32, PortStats) {
+    let start = Instant::now();
+    let mut m = Worker::new(sync);
+    m.wait_for_timer = true;
+    let port = two_cpus(m, 1, start);
+    port.submit(Srb::new(0, 0, 0, &[0; 6], DataBuffer::NONE))
+        .unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| port.start_pending(&mut ThreadPlatform::new(0, start)));
+        s.spawn(|| {
+            while !port.miniport().start_io_in.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            on(&port, 1, start, A_TICK);
+        });
+    });
+    (
+        port.miniport().overlaps.load(Ordering::SeqCst),
+        port.stats(),
+    )
+}
+
+#[test]
+fn t6_one_channel_keeps_hwstartio_and_hwtimer_apart_multi_channel_does_not() {
+    // Without multi-channel the StartIo lock covers HwTimer: it waits until HwStartIo
+    // returned, on whatever CPU it runs.
+    let one_channel = Synchronization {
+        full_duplex: true,
+        multi_channel: false,
+    };
+    let (overlaps, stats) = start_io_beside_timer(one_channel);
+    assert_eq!(overlaps, 0);
+    assert_eq!(
+        (
+            stats.per_cpu[0].start_io_calls,
+            stats.per_cpu[1].timer_calls
+        ),
+        (1, 1),
+        "{stats:?}"
+    );
+    // With it, the two run at the same time, and the miniport guards its own state.
+    let (overlaps, stats) = start_io_beside_timer(FULL_DUPLEX);
+    assert!(overlaps >= 1, "{stats:?}");
+    assert_eq!(stats.per_cpu[1].timer_calls, 1, "{stats:?}");
 }
 
 #[test]
