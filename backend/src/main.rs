@@ -96,7 +96,11 @@ fn fail(e: &RunError) -> ! {
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
+        // Messages that name their cause already are not told it twice.
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(&format!(": {text}"));
+        }
         source = s.source();
     }
     error!("{msg}");
@@ -104,7 +108,7 @@ fn fail(e: &RunError) -> ! {
 }
 
 /// Start-up, in an order that touches nothing before every check passed: the paths,
-/// then the images (opened and locked, nothing written), then the trace, the sockets.
+/// then the images (opened and locked, nothing written), then the sockets, the trace.
 fn run(config: Config, plan: Plan) -> Result<(), RunError> {
     paths::check(&config)?;
     let luns = config
@@ -132,13 +136,7 @@ fn run(config: Config, plan: Plan) -> Result<(), RunError> {
             plan.seed
         );
     }
-    let mut engine = FaultEngine::new(plan);
-    if let Some(path) = &config.faults.trace {
-        engine.set_trace(Some(
-            Trace::create(path).map_err(RunError::CouldNotCreateTrace)?,
-        ));
-    }
-    let engine = Arc::new(Mutex::new(engine));
+    let engine = Arc::new(Mutex::new(FaultEngine::new(plan)));
 
     // Before any thread exists, so that every thread inherits the blocked mask.
     let sockets = Arc::new(Mutex::new(Vec::new()));
@@ -160,6 +158,12 @@ fn run(config: Config, plan: Plan) -> Result<(), RunError> {
         }
         None => None,
     };
+    // The trace last: it empties an earlier trace, which a failure to bind a socket
+    // must leave as it was.
+    if let Some(path) = &config.faults.trace {
+        let trace = Trace::create(path).map_err(RunError::CouldNotCreateTrace)?;
+        lock(&engine).set_trace(Some(trace));
+    }
     let faults = FaultContext {
         engine: engine.clone(),
         epoch,

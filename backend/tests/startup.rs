@@ -249,3 +249,202 @@ fn a_lun_path_may_hold_commas_written_twice() {
         "{log}"
     );
 }
+
+/// A FIFO at `path`.
+fn fifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path it is given.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn an_earlier_trace_outlives_a_socket_that_could_not_be_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, trace) = (dir.path().join("t.img"), dir.path().join("old.jsonl"));
+    image(&img, 1 << 20);
+    std::fs::write(&trace, "{\"t_us\":14,\"ev\":\"device-reset\"}\n").unwrap();
+    let before = snapshot(dir.path());
+    // Refused by the checks: no directory, or too long for sun_path.
+    let nodir = dir.path().join("nodir/s");
+    let long = dir.path().join("x".repeat(120));
+    for (sock, message) in [(&nodir, "does not exist"), (&long, "sun_path holds 107")] {
+        assert_refused(
+            &[
+                "--socket-path",
+                arg(sock),
+                "--lun",
+                arg(&img),
+                "--trace",
+                arg(&trace),
+            ],
+            message,
+        );
+    }
+    // A private control socket's temporary name must fit as well.
+    let deep = dir
+        .path()
+        .join("d".repeat(100 - dir.path().as_os_str().len()));
+    std::fs::create_dir(&deep).unwrap();
+    let before_deep = snapshot(dir.path());
+    let sock = dir.path().join("s.sock");
+    assert_refused(
+        &[
+            "--socket-path",
+            arg(&sock),
+            "--lun",
+            arg(&img),
+            "--control-socket",
+            arg(&deep.join("c")),
+        ],
+        "control socket path",
+    );
+    assert_eq!(snapshot(dir.path()), before_deep);
+    std::fs::remove_dir(&deep).unwrap();
+    // Passes the checks, fails at bind(2): the earlier trace is left as it was.
+    let out = run(&[
+        "--socket-path",
+        "/proc/flakyhba-test.sock",
+        "--lun",
+        arg(&img),
+        "--trace",
+        arg(&trace),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // The image was opened read-write (its probe for hole punching may touch its mtime):
+    // its contents, and the trace as a whole, are what they were, and nothing was added.
+    let after = snapshot(dir.path());
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(after[&trace], before[&trace]);
+    assert_eq!(after[&img].3, before[&img].3);
+}
+
+#[test]
+fn fifos_and_endless_files_never_hang_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, sock, f) = (
+        dir.path().join("t.img"),
+        dir.path().join("s.sock"),
+        dir.path().join("f.fifo"),
+    );
+    image(&img, 1 << 20);
+    fifo(&f);
+    let before = snapshot(dir.path());
+    let base = ["--socket-path", arg(&sock), "--lun", arg(&img)];
+    assert_refused(
+        &cat(&base, &["--fault-plan", arg(&f)]),
+        "not a regular file",
+    );
+    assert_refused(
+        &cat(&base, &["--fault-plan", "/dev/zero"]),
+        "not a regular file",
+    );
+    assert_refused(&cat(&base, &["--trace", arg(&f)]), "not a regular file");
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, format!("# {}\n", "x".repeat(1 << 20))).unwrap();
+    assert_refused(
+        &cat(&base, &["--fault-plan", arg(&big)]),
+        "is over 1048576 bytes",
+    );
+    std::fs::remove_file(&big).unwrap();
+    assert_eq!(snapshot(dir.path()), before);
+}
+
+#[test]
+fn a_running_backends_trace_is_never_emptied_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, trace) = (
+        dir.path().join("a.img"),
+        dir.path().join("b.img"),
+        dir.path().join("t.jsonl"),
+    );
+    image(&a, 1 << 20);
+    image(&b, 1 << 20);
+    let sock = dir.path().join("a.sock");
+    let mut first = Backend::spawn(
+        &[
+            "--socket-path",
+            arg(&sock),
+            "--lun",
+            arg(&a),
+            "--trace",
+            arg(&trace),
+        ],
+        &dir.path().join("first.log"),
+    );
+    first.wait_for_socket(&sock);
+    // The first backend's trace, as if it had written a record.
+    std::fs::write(&trace, "{\"t_us\":14,\"ev\":\"device-reset\"}\n").unwrap();
+    assert_refused(
+        &[
+            "--socket-path",
+            arg(&dir.path().join("b.sock")),
+            "--lun",
+            arg(&b),
+            "--trace",
+            arg(&trace),
+        ],
+        "is in use by another process",
+    );
+    assert_eq!(
+        std::fs::read_to_string(&trace).unwrap(),
+        "{\"t_us\":14,\"ev\":\"device-reset\"}\n"
+    );
+    assert!(!dir.path().join("b.sock").exists());
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit().code(), Some(0));
+}
+
+/// A non-blocking connect to `path`: whether the server's backlog took it.
+fn connect_nonblocking(path: &std::path::Path) -> (libc::c_int, bool) {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    // SAFETY: a zeroed sockaddr_un is valid; the path is copied into sun_path within its
+    // bounds (checked), and the socket is closed by the caller.
+    unsafe {
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        assert!(bytes.len() < addr.sun_path.len());
+        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0);
+        let rc = libc::connect(
+            fd,
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        );
+        (fd, rc == 0)
+    }
+}
+
+#[test]
+fn a_socket_whose_server_never_accepts_is_in_use_not_a_hang() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let (img, sock) = (dir.path().join("t.img"), dir.path().join("s.sock"));
+    image(&img, 1 << 20);
+    let listener = UnixListener::bind(&sock).unwrap();
+    // SAFETY: listen(2) on the listener's own descriptor, to a backlog of none.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    // Connect until the backlog is full: a blocking connect would then wait for ever.
+    let mut fds = Vec::new();
+    loop {
+        let (fd, taken) = connect_nonblocking(&sock);
+        fds.push(fd);
+        if !taken {
+            break;
+        }
+        assert!(fds.len() < 64, "the backlog never filled");
+    }
+    assert_refused(
+        &["--socket-path", arg(&sock), "--lun", arg(&img)],
+        "is in use by a running server",
+    );
+    for fd in fds {
+        // SAFETY: each descriptor was opened above and is closed once.
+        unsafe { libc::close(fd) };
+    }
+}

@@ -51,9 +51,9 @@ pub fn check(config: &Config) -> Result<(), PathError> {
             return Err(PathError::SameSocket(socket.display().to_string()));
         }
     }
-    check_free(socket, VHOST_USER_SOCKET)?;
+    check_free(socket, VHOST_USER_SOCKET, false)?;
     if let Some(c) = control {
-        check_free(c, CONTROL_SOCKET)?;
+        check_free(c, CONTROL_SOCKET, true)?;
     }
     let images: Vec<(&Path, bool)> = config
         .luns

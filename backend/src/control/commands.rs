@@ -192,7 +192,9 @@ fn fault_command(
                 a.ascq,
             )
             .map_err(CommandError::InvalidEvent)?;
-            lock(engine).queue_event(event);
+            lock(engine)
+                .queue_event(event)
+                .map_err(CommandError::Engine)?;
             Ok(json!({ "ok": true, "queued": event.name() }))
         }
         "flush-trace" => {

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,8 @@ pub enum TraceError {
     },
     #[error("trace file {0} exists and is not a trace: only an empty file or an earlier trace is overwritten")]
     NotATrace(String),
+    #[error("trace file {0} is in use by another process (it holds a lock on it)")]
+    InUse(String),
     #[error("trace path {path} is {kind}, not a regular file")]
     NotAFile { path: String, kind: &'static str },
     #[error("could not write trace record: {0}")]
@@ -162,7 +165,10 @@ impl std::fmt::Debug for Trace {
 impl TraceError {
     /// Whether the path was refused (it holds something else), rather than unwritable.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, TraceError::NotATrace(_) | TraceError::NotAFile { .. })
+        matches!(
+            self,
+            TraceError::NotATrace(_) | TraceError::NotAFile { .. } | TraceError::InUse(_)
+        )
     }
 }
 
@@ -192,6 +198,23 @@ fn owned(file: &File, path: &Path) -> Result<(), TraceError> {
     }
 }
 
+/// Takes an exclusive flock on the trace for as long as the file stays open; refuses a
+/// trace another process holds.
+fn claim(file: &File, path: &Path) -> Result<(), TraceError> {
+    // SAFETY: flock on a descriptor this function borrows; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(TraceError::InUse(path.display().to_string()));
+    }
+    Err(TraceError::CouldNotCreate {
+        path: path.display().to_string(),
+        source: e,
+    })
+}
+
 fn not_a_file(meta: &std::fs::Metadata, path: &Path) -> Result<(), TraceError> {
     if meta.is_file() {
         return Ok(());
@@ -210,8 +233,14 @@ fn not_a_file(meta: &std::fs::Metadata, path: &Path) -> Result<(), TraceError> {
 impl Trace {
     /// Refuses a path [`Trace::create`] would refuse; creates and changes nothing.
     pub fn check_path(path: &Path) -> Result<(), TraceError> {
-        match File::open(path) {
-            Ok(file) => owned(&file, path),
+        // O_NONBLOCK: a FIFO there never hangs the open (it is then refused).
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+        {
+            // The lock taken here goes with the file at the end of the check.
+            Ok(file) => owned(&file, path).and_then(|()| claim(&file, path)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(TraceError::CouldNotCreate {
                 path: path.display().to_string(),
@@ -242,6 +271,8 @@ impl Trace {
                 Err(_) => could_not(e),
             })?;
         owned(&file, path)?;
+        // Another backend's live trace is not emptied under it.
+        claim(&file, path)?;
         file.set_len(0).map_err(could_not)?;
         // Reading the first line moved the offset.
         (&file).seek(io::SeekFrom::Start(0)).map_err(could_not)?;

@@ -22,6 +22,19 @@ pub enum SocketError {
     NotASocket { what: &'static str, path: String },
     #[error("{what} {path} is in use by a running server")]
     InUse { what: &'static str, path: String },
+    #[error("{what} path {path} needs {len} bytes of a socket address (with the temporary name of a private socket); sun_path holds {max}")]
+    TooLong {
+        what: &'static str,
+        path: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("{what} path {path}: the directory {dir} does not exist")]
+    NoDirectory {
+        what: &'static str,
+        path: String,
+        dir: String,
+    },
     #[error("could not create the {what} {path}: {source}")]
     CouldNotBind {
         what: &'static str,
@@ -60,12 +73,17 @@ fn probe(path: &Path, what: &'static str) -> Result<Option<Identity>, SocketErro
         return Err(SocketError::NotASocket { what, path: name() });
     }
     // Only a socket that refuses connections is stale. One that answers is a running
-    // server's, and one we may not even try (another user's) is not provably stale.
-    match UnixStream::connect(path) {
+    // server's, and one we may not even try (another user's) is not provably stale. A
+    // server whose backlog is full and that never accepts would hold a blocking connect
+    // for ever: one that has not answered in a while counts as running.
+    match connect_within(path, PROBE_TIMEOUT) {
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
             Ok(Some((meta.dev(), meta.ino())))
         }
         Ok(_) => Err(SocketError::InUse { what, path: name() }),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            Err(SocketError::InUse { what, path: name() })
+        }
         Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
             Err(SocketError::InUse { what, path: name() })
         }
@@ -77,8 +95,59 @@ fn probe(path: &Path, what: &'static str) -> Result<Option<Identity>, SocketErro
     }
 }
 
-/// Whether [`bind`] may take `path`: it is absent or a stale socket. Changes nothing.
-pub fn check_free(path: &Path, what: &'static str) -> Result<(), SocketError> {
+/// How long a probe waits for a socket to take or refuse its connection.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `UnixStream::connect` that gives up after `timeout` (TimedOut); the thread of a
+/// connect that never returns is left to end with the process.
+fn connect_within(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_owned();
+    std::thread::Builder::new()
+        .name("socket-probe".into())
+        .spawn(move || {
+            let _ = tx.send(UnixStream::connect(&path));
+        })?;
+    rx.recv_timeout(timeout)
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// sun_path holds 108 bytes with the terminating NUL.
+const SUN_PATH_MAX: usize = 107;
+/// What [`bind_private`] adds to the directory for its temporary socket at most:
+/// `/.fh` + a pid + `-` + a counter + `/s`.
+const PRIVATE_TMP_EXTRA: usize = "/.fh".len() + 10 + 1 + 10 + "/s".len();
+
+/// Whether [`bind`] may take `path`: its directory exists, the path (and a `private`
+/// socket's temporary one) fits sun_path, and it is absent or a stale socket. Changes
+/// nothing.
+pub fn check_free(path: &Path, what: &'static str, private: bool) -> Result<(), SocketError> {
+    let name = || path.display().to_string();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let len = path.as_os_str().len();
+    let longest = if private {
+        len.max(dir.as_os_str().len() + PRIVATE_TMP_EXTRA)
+    } else {
+        len
+    };
+    if longest > SUN_PATH_MAX {
+        return Err(SocketError::TooLong {
+            what,
+            path: name(),
+            len: longest,
+            max: SUN_PATH_MAX,
+        });
+    }
+    if !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Err(SocketError::NoDirectory {
+            what,
+            path: name(),
+            dir: dir.display().to_string(),
+        });
+    }
     probe(path, what).map(drop)
 }
 

@@ -22,7 +22,7 @@ fn a_file_or_a_live_socket_is_never_replaced() {
         Err(SocketError::NotASocket { .. })
     ));
     assert!(matches!(
-        check_free(&image, WHAT),
+        check_free(&image, WHAT, false),
         Err(SocketError::NotASocket { .. })
     ));
     assert_eq!(std::fs::read(&image).unwrap(), b"precious");
@@ -50,7 +50,7 @@ fn a_stale_socket_is_replaced_and_a_private_one_is_0600() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
     drop(UnixListener::bind(&path).unwrap());
-    check_free(&path, WHAT).unwrap();
+    check_free(&path, WHAT, false).unwrap();
     let (listener, bound) = bind(&path, WHAT, true).unwrap();
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert!(meta.file_type().is_socket());

@@ -52,7 +52,12 @@ pub enum EngineError {
     CorruptionNotAllowed,
     #[error("the plan holds {MAX_FAULTS} faults, the most it may: remove one first")]
     TooManyFaults,
+    #[error("{MAX_PENDING_EVENTS} events wait for the driver already (is a frontend connected?)")]
+    TooManyEvents,
 }
+
+/// Events `fire-event` may queue before the driver takes them.
+pub const MAX_PENDING_EVENTS: usize = 256;
 
 /// The backend's start; every `now` the engine takes is time since this.
 #[derive(Debug, Clone, Copy)]
@@ -309,8 +314,12 @@ impl FaultEngine {
     }
 
     /// Queue an event to be posted at the next tick (control socket `fire-event`).
-    pub fn queue_event(&mut self, event: VirtioEvent) {
+    pub fn queue_event(&mut self, event: VirtioEvent) -> Result<(), EngineError> {
+        if self.pending_events.len() >= MAX_PENDING_EVENTS {
+            return Err(EngineError::TooManyEvents);
+        }
         self.pending_events.push_back(event);
+        Ok(())
     }
 
     /// Decide what happens to a request that just arrived.

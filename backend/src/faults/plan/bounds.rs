@@ -27,6 +27,8 @@ pub const MAX_CORRUPT_BYTES: u32 = 4096;
 pub const MAX_RESIDUAL: u32 = 0xffff * 512;
 /// `alpha`, the long tail's shape.
 pub const ALPHA: RangeInclusive<f64> = 0.1..=10.0;
+/// `name`: bytes of a fault's name, which every trace record of it repeats.
+pub const MAX_NAME_BYTES: usize = 256;
 
 /// Refuses the first key above its bound.
 pub(super) fn check(raw: &RawFault) -> Result<(), KeyError> {
@@ -78,6 +80,15 @@ pub(super) fn check(raw: &RawFault) -> Result<(), KeyError> {
                 format!("{v} is above the limit, {max}{unit}"),
             ));
         }
+    }
+    if let Some(name) = raw.name.as_ref().filter(|n| n.len() > MAX_NAME_BYTES) {
+        return Err(KeyError::at(
+            "name",
+            format!(
+                "{} bytes is above the limit, {MAX_NAME_BYTES} bytes",
+                name.len()
+            ),
+        ));
     }
     match raw.alpha {
         Some(a) if !ALPHA.contains(&a) => Err(KeyError::at(

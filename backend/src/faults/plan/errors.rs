@@ -14,6 +14,10 @@ pub enum PlanError {
         column: usize,
         message: String,
     },
+    #[error("fault plan {path} is not a regular file")]
+    NotAFile { path: String },
+    #[error("fault plan {path} is over {max} bytes")]
+    TooLarge { path: String, max: u64 },
     #[error("could not read fault plan {path}: {source}")]
     CouldNotRead {
         path: String,

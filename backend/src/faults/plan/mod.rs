@@ -6,6 +6,8 @@
 //! other (within `bounds`), `shorthand` reads `--fault`, and `errors` says where a plan
 //! went wrong.
 
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub mod bounds;
@@ -118,13 +120,37 @@ impl Plan {
     }
 
     /// A plan file, and whether it gave its seed.
+    /// A regular file only, opened without blocking (a FIFO never hangs start-up) and
+    /// read up to [`Plan::FILE_MAX`] (`/dev/zero` never fills memory).
     fn read_file(path: &Path) -> Result<(Plan, bool), PlanError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PlanError::CouldNotRead {
-            path: path.display().to_string(),
+        let name = || path.display().to_string();
+        let could_not = |source| PlanError::CouldNotRead {
+            path: name(),
             source,
-        })?;
-        Plan::parse_named(&text, &path.display().to_string())
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(could_not)?;
+        if !file.metadata().map_err(could_not)?.is_file() {
+            return Err(PlanError::NotAFile { path: name() });
+        }
+        let mut text = String::new();
+        file.take(Plan::FILE_MAX + 1)
+            .read_to_string(&mut text)
+            .map_err(could_not)?;
+        if text.len() as u64 > Plan::FILE_MAX {
+            return Err(PlanError::TooLarge {
+                path: name(),
+                max: Plan::FILE_MAX,
+            });
+        }
+        Plan::parse_named(&text, &name())
     }
+
+    /// The largest plan file read: far more than the most faults a plan may hold.
+    pub const FILE_MAX: u64 = 1 << 20;
 
     /// A named preset (`--fault-preset NAME`); presets are plan texts.
     pub fn from_preset(name: &str) -> Result<Plan, PlanError> {

@@ -87,12 +87,14 @@ fn a_fired_event_with_no_frontend_is_traced_lost() {
     let trace = SharedBuf::default();
     let mut engine = FaultEngine::new(Plan::default());
     engine.set_trace(Some(Trace::to_writer(Box::new(trace.clone()))));
-    engine.queue_event(VirtioEvent::ParamChange {
-        target: 0,
-        lun: 0,
-        asc: 0x2a,
-        ascq: 0x09,
-    });
+    engine
+        .queue_event(VirtioEvent::ParamChange {
+            target: 0,
+            lun: 0,
+            asc: 0x2a,
+            ascq: 0x09,
+        })
+        .unwrap();
     let engine = Arc::new(Mutex::new(engine));
     let ctx = FaultContext::new(engine.clone(), crate::faults::Epoch::start());
     let backend = VhostUserScsiBackend::with_faults(f.target.clone(), 1, ctx).unwrap();

@@ -264,7 +264,7 @@ fn kind_event_scheduled_and_fired_from_control() {
     assert_eq!(e.on_tick(ms(100)), vec![TickAction::PostEvent(ev)]);
     assert!(e.on_tick(ms(1000)).is_empty(), "at_ms alone is one-shot");
     assert_eq!(e.next_due(), None);
-    e.queue_event(VirtioEvent::EventsMissed);
+    e.queue_event(VirtioEvent::EventsMissed).unwrap();
     assert_eq!(e.next_due(), Some(Duration::ZERO));
     assert_eq!(
         e.on_tick(ms(1001)),
@@ -272,6 +272,14 @@ fn kind_event_scheduled_and_fired_from_control() {
     );
     e.record_event_posted(&ev, ms(1002));
     assert_eq!((e.stats().fired.event, e.stats().events_posted), (2, 1));
+    // Events the driver never takes are bounded.
+    for _ in 0..MAX_PENDING_EVENTS {
+        e.queue_event(VirtioEvent::EventsMissed).unwrap();
+    }
+    assert_eq!(
+        e.queue_event(VirtioEvent::EventsMissed),
+        Err(EngineError::TooManyEvents)
+    );
 }
 
 #[test]

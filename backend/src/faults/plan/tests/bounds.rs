@@ -80,7 +80,18 @@ fn every_count_rate_size_and_duration_has_a_bound() {
         "<plan>:4:1: fault #1: key `bytes`: 4097 is above the limit, 4096 bytes"
     );
 
+    let long = "n".repeat(MAX_NAME_BYTES + 1);
+    let e = refused("delay", &format!("delay_ms = 1\nname = \"{long}\""));
+    assert!(
+        e.starts_with("<plan>:5:1: fault #1: key `name`: 257 bytes is above the limit"),
+        "{e}"
+    );
+
     // The bounds themselves are accepted.
+    plan(&format!(
+        "[[fault]]\nkind = \"delay\"\ndelay_ms = 1\nname = \"{}\"\n",
+        "n".repeat(MAX_NAME_BYTES)
+    ));
     plan(&format!(
         "[[fault]]\nkind = \"spurious-interrupt\"\ninterval_ms = {MAX_INTERVAL_MS}\nburst = {MAX_BURST}\n\
          at_ms = {MAX_MOMENT_MS}\nevery = {MAX_COUNT}\nafter = {MAX_COUNT}\ntimes = {MAX_COUNT}\n\
