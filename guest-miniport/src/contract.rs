@@ -81,6 +81,12 @@ pub mod result_fields {
     pub const STALE_COMPLETIONS: &str = "stale_completions";
     pub const INTERRUPTS: &str = "interrupts";
     pub const INTERRUPTS_NOT_CLAIMED: &str = "interrupts_not_claimed";
+    /// Port: HwEnableInterruptsCallback and HwDisableInterruptsCallback calls, on
+    /// every CPU (I3, I4). Miniport (`deferred=on`): completions the disable callback's
+    /// second look at the used ring found, which arrived while interrupts were masked.
+    pub const ENABLE_CALLBACKS: &str = "enable_callbacks";
+    pub const DISABLE_CALLBACKS: &str = "disable_callbacks";
+    pub const COMPLETED_AFTER_UNMASK: &str = "completed_after_unmask";
     pub const TIMER_CALLS: &str = "timer_calls";
     pub const NOTIFICATIONS: &str = "notifications";
     /// Port: SRBs past their timeout (P1), bus resets, SRBs retried after a bus reset,
@@ -290,10 +296,15 @@ pub enum PlantedBug {
     /// HwTimer on another CPU that consumed the call in between and found nothing yet
     /// leaves the flag set with no call pending, and polling stops (T6, T7).
     TimerArmNoCas,
+    /// With `deferred=on`, HwDisableInterruptsCallback unmasks the request queue's
+    /// interrupts without looking at the used ring again: a completion that came after
+    /// the enable callback's drain and before the unmask raised no interrupt and waits
+    /// for the HwTimer watchdog (or, without it, its SRB timeout).
+    DeferredNoRecheck,
 }
 
 impl PlantedBug {
-    pub const ALL: [PlantedBug; 10] = [
+    pub const ALL: [PlantedBug; 11] = [
         PlantedBug::None,
         PlantedBug::DoubleCompletion,
         PlantedBug::VirtioBusyFatal,
@@ -304,6 +315,7 @@ impl PlantedBug {
         PlantedBug::TmfSpin,
         PlantedBug::TimerUnlocked,
         PlantedBug::TimerArmNoCas,
+        PlantedBug::DeferredNoRecheck,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -318,6 +330,7 @@ impl PlantedBug {
             PlantedBug::TmfSpin => "tmf-spin",
             PlantedBug::TimerUnlocked => "timer-unlocked",
             PlantedBug::TimerArmNoCas => "timer-arm-no-cas",
+            PlantedBug::DeferredNoRecheck => "deferred-no-recheck",
         }
     }
 
@@ -371,6 +384,10 @@ pub struct GuestArgs {
     /// The CPU whose ticks run HwTimer (and the port's timeouts); as `irq_cpu`, the
     /// last CPU when there are fewer. HwStartIo runs on CPU 0, which submits.
     pub timer_cpu: u32,
+    /// `deferred=on` (with `irq=on`): HwInterrupt only masks the request queue's
+    /// interrupts and asks for CallEnableInterrupts; the deferred callbacks complete
+    /// (I3, I4). Off by default.
+    pub deferred: bool,
     /// `bug=NAME`: a planted bug ([`PlantedBug`]); `none` by default.
     pub bug: PlantedBug,
 }
@@ -396,6 +413,7 @@ impl Default for GuestArgs {
             cpus: 1,
             irq_cpu: 1,
             timer_cpu: 0,
+            deferred: false,
             bug: PlantedBug::None,
         }
     }
@@ -501,6 +519,7 @@ impl GuestArgs {
                 "cpus" => a.cpus = parse_cpu(key, value, 1)?,
                 "irq_cpu" => a.irq_cpu = parse_cpu(key, value, 0)?,
                 "timer_cpu" => a.timer_cpu = parse_cpu(key, value, 0)?,
+                "deferred" => a.deferred = parse_on_off(key, value)?,
                 "bug" => a.bug = PlantedBug::from_name(value).ok_or(ArgError::UnknownBug(value))?,
                 _ => return Err(ArgError::UnknownKey(key)),
             }
@@ -551,6 +570,10 @@ impl fmt::Display for GuestArgs {
                 " cpus={} irq_cpu={} timer_cpu={}",
                 self.cpus, self.irq_cpu, self.timer_cpu
             )?;
+        }
+        // Only when on, so command lines without it stay as they were.
+        if self.deferred {
+            write!(f, " deferred=on")?;
         }
         // Only when one is planted, so command lines without one stay as they were.
         if self.bug != PlantedBug::None {
@@ -648,11 +671,19 @@ mod tests {
             cpus: 2,
             irq_cpu: 0,
             timer_cpu: 1,
+            deferred: false,
             bug: PlantedBug::None,
         };
         let line = args.to_string();
         assert_eq!(GuestArgs::parse(&line), Ok(args));
         assert!(!line.contains("bug="), "{line}");
+        assert!(!line.contains("deferred="), "{line}");
+        let deferred = GuestArgs {
+            deferred: true,
+            ..args
+        };
+        assert!(deferred.to_string().ends_with(" deferred=on"));
+        assert_eq!(GuestArgs::parse(&deferred.to_string()), Ok(deferred));
         for bug in PlantedBug::ALL {
             let with = GuestArgs { bug, ..args };
             assert_eq!(GuestArgs::parse(&with.to_string()), Ok(with));
@@ -687,6 +718,7 @@ mod tests {
         let bad = |key, value| Err(ArgError::BadValue { key, value });
         assert_eq!(GuestArgs::parse("irq=maybe"), bad("irq", "maybe"));
         assert_eq!(GuestArgs::parse("poll=1"), bad("poll", "1"));
+        assert_eq!(GuestArgs::parse("deferred=yes"), bad("deferred", "yes"));
         assert_eq!(
             GuestArgs::parse("workload=nope"),
             Err(ArgError::UnknownWorkload("nope"))

@@ -336,6 +336,8 @@ pub struct SplitQueue {
     kicked_idx: u16,
     last_used_idx: u16,
     event_idx: bool,
+    /// The driver asked the device not to interrupt ([`SplitQueue::suppress_interrupts`]).
+    suppressed: bool,
 }
 
 impl SplitQueue {
@@ -368,6 +370,7 @@ impl SplitQueue {
             kicked_idx: 0,
             last_used_idx: 0,
             event_idx: false,
+            suppressed: false,
         };
         q.reset();
         Some(q)
@@ -410,6 +413,8 @@ impl SplitQueue {
         self.avail_idx = 0;
         self.kicked_idx = 0;
         self.last_used_idx = 0;
+        // The zeroed rings ask for every interrupt again.
+        self.suppressed = false;
     }
 
     pub fn index(&self) -> u16 {
@@ -538,6 +543,45 @@ impl SplitQueue {
         }
     }
 
+    /// Asks the device for no interrupt on new used elements: VIRTQ_AVAIL_F_NO_INTERRUPT,
+    /// or with EVENT_IDX, used_event left where it is (popping stops moving it), so the
+    /// device has passed it. A hint: an interrupt already on its way may still come.
+    pub fn suppress_interrupts(&mut self) {
+        self.suppressed = true;
+        if !self.event_idx {
+            // SAFETY: avail.flags is the first field of the driver area; the device only
+            // reads it.
+            unsafe {
+                ptr::write_volatile(
+                    self.avail.as_ptr().cast::<u16>(),
+                    VIRTQ_AVAIL_F_NO_INTERRUPT,
+                )
+            };
+        }
+    }
+
+    /// Asks for interrupts again, from the next used element on. An element the device
+    /// returned while they were suppressed raised none and raises none later: the caller
+    /// must look at the ring again afterwards ([`SplitQueue::can_pop`]).
+    pub fn unsuppress_interrupts(&mut self) {
+        self.suppressed = false;
+        if self.event_idx {
+            // SAFETY: used_event is inside the driver area (see used_event_ptr).
+            unsafe { ptr::write_volatile(self.used_event_ptr(), self.last_used_idx) };
+        } else {
+            // SAFETY: as in suppress_interrupts.
+            unsafe { ptr::write_volatile(self.avail.as_ptr().cast::<u16>(), 0) };
+        }
+        // SeqCst: the store must be visible before the caller re-reads used.idx, or a
+        // completion landing in between would be seen by neither side.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Whether the device was asked for no interrupts.
+    pub fn interrupts_suppressed(&self) -> bool {
+        self.suppressed
+    }
+
     /// Used elements the device has returned that are not popped yet.
     pub fn used_pending(&self) -> u16 {
         // Acquire: as in can_pop.
@@ -615,7 +659,7 @@ impl SplitQueue {
             (ptr::read_volatile(e), ptr::read_volatile(e.add(1)))
         };
         self.last_used_idx = self.last_used_idx.wrapping_add(1);
-        if self.event_idx {
+        if self.event_idx && !self.suppressed {
             // Ask for an interrupt at the next used element.
             // SAFETY: used_event is inside the driver area (see used_event_ptr).
             unsafe { ptr::write_volatile(self.used_event_ptr(), self.last_used_idx) };
@@ -725,6 +769,53 @@ mod tests {
         for _ in 0..4 {
             q.add(&b, &[]).unwrap();
         }
+    }
+
+    /// The device's EVENT_IDX decision for the element just pushed (vring_need_event).
+    fn wants_interrupt(q: &SplitQueue, old: u16) -> bool {
+        let new = q.used_idx_ref().load(Ordering::Relaxed);
+        // SAFETY: test plays the device and reads used_event.
+        let event = unsafe { q.used_event_ptr().read_volatile() };
+        new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
+    #[test]
+    fn suppressed_interrupts_strand_what_came_meanwhile_until_looked_at_again() {
+        let mut dma = HostDma::default();
+        let mut q = SplitQueue::new(&mut dma, 2, 8).unwrap();
+        let b = [Buffer {
+            addr: 0x1000,
+            len: 4,
+        }];
+        // Without EVENT_IDX: the avail flag.
+        q.suppress_interrupts();
+        // SAFETY: reading avail.flags, the first field of the driver area.
+        let flags = |q: &SplitQueue| unsafe { q.avail.as_ptr().cast::<u16>().read_volatile() };
+        assert_eq!(flags(&q), VIRTQ_AVAIL_F_NO_INTERRUPT);
+        q.unsuppress_interrupts();
+        assert_eq!(flags(&q), 0);
+        // With EVENT_IDX: popping while suppressed leaves used_event behind.
+        q.set_event_idx(true);
+        let heads: Vec<u16> = (0..3).map(|_| q.add(&b, &[]).unwrap()).collect();
+        used_push(&q, u32::from(heads[0]), 0);
+        assert!(wants_interrupt(&q, 0));
+        q.suppress_interrupts();
+        assert!(q.interrupts_suppressed());
+        assert!(q.pop_used().is_some());
+        // Arrives after the drain, before the unmask: the device raises nothing.
+        used_push(&q, u32::from(heads[1]), 0);
+        assert!(!wants_interrupt(&q, 1));
+        q.unsuppress_interrupts();
+        assert!(!q.interrupts_suppressed());
+        // Nor for the next one: only a second look finds the stranded element.
+        assert!(q.can_pop());
+        assert!(q.pop_used().is_some());
+        used_push(&q, u32::from(heads[2]), 0);
+        assert!(wants_interrupt(&q, 2), "interrupts are asked for again");
+        // A reset asks for every interrupt again.
+        q.suppress_interrupts();
+        q.reset();
+        assert!(!q.interrupts_suppressed());
     }
 
     #[test]

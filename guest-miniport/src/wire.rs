@@ -25,6 +25,7 @@ pub const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
 pub const VIRTQ_DESC_F_NEXT: u16 = 1;
 pub const VIRTQ_DESC_F_WRITE: u16 = 2;
 pub const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
+pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// PCI IDs (§4.1.2): modern virtio-scsi is 0x1040 + device type 8.
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
@@ -181,6 +182,10 @@ mod tests {
         assert_eq!(
             u32::from(VIRTQ_USED_F_NO_NOTIFY),
             ring::VRING_USED_F_NO_NOTIFY
+        );
+        assert_eq!(
+            u32::from(VIRTQ_AVAIL_F_NO_INTERRUPT),
+            ring::VRING_AVAIL_F_NO_INTERRUPT
         );
         assert_eq!(size_of::<Descriptor>(), size_of::<ring::vring_desc>());
         assert_eq!(

@@ -115,6 +115,7 @@ pub fn miniport_settings(a: &GuestArgs) -> VirtioScsiSettings {
             ResetKind::Lu => ResetTmf::LogicalUnit,
             ResetKind::Nexus => ResetTmf::ItNexus,
         },
+        deferred: a.deferred,
         bug: a.bug,
     }
 }

@@ -81,6 +81,8 @@ impl<T: Transport> Counters for Port<VirtioScsi<T>> {
         per_cpu(line, self.routing().cpus, &ps.per_cpu);
         line.u64(rf::INTERRUPTS, ps.interrupts)
             .u64(rf::INTERRUPTS_NOT_CLAIMED, ps.interrupts_not_claimed)
+            .u64(rf::ENABLE_CALLBACKS, ps.enable_callbacks)
+            .u64(rf::DISABLE_CALLBACKS, ps.disable_callbacks)
             .u64(rf::TIMER_CALLS, ps.timer_calls)
             .u64(rf::SRB_TIMEOUTS, ps.srb_timeouts)
             .u64(rf::BUS_RESETS, ps.bus_resets)
@@ -93,6 +95,7 @@ impl<T: Transport> Counters for Port<VirtioScsi<T>> {
         line.u64(rf::COMPLETED_BY_INTERRUPT, ms.completed_by_interrupt)
             .u64(rf::COMPLETED_BY_POLL, ms.completed_by_poll)
             .u64_array(rf::POLLED_IDS, &mut t.polled_ids().iter().copied())
+            .u64(rf::COMPLETED_AFTER_UNMASK, ms.completed_after_unmask)
             .u64(rf::STALE_COMPLETIONS, ms.stale_completions)
             .u64(rf::NOTIFICATIONS, ms.notifications)
             .u64(rf::TMFS_SENT, ms.tmfs_sent)

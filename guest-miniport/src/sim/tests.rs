@@ -159,6 +159,32 @@ fn smoke_with_irq_on_completes_by_interrupt() {
 }
 
 #[test]
+fn deferred_completion_runs_the_callbacks_and_completes_every_request() {
+    let a = GuestArgs {
+        deferred: true,
+        ..io(4)
+    };
+    let r = simulate(a, SimFaults::default());
+    r.assert_clean(&a);
+    // Every completion came through the interrupt path, all of them in the deferred
+    // callbacks: one enable and one disable callback per request-queue interrupt HwInterrupt
+    // claimed (I3, I4), on the one CPU there is.
+    assert_eq!(r.n("completed_by_interrupt"), r.n("requests"));
+    assert_eq!(r.n("completed_by_poll"), 0);
+    let enable = r.n("enable_callbacks");
+    assert!(enable >= 8, "{}", r.result());
+    assert_eq!(r.n("disable_callbacks"), enable);
+    assert_eq!(r.n("deferred_calls_cpu0"), 2 * enable);
+    assert!(r.n("interrupts") - r.n("interrupts_not_claimed") >= enable);
+    assert_eq!(r.result()["violation_list"], json!([]));
+    // Off, nothing is deferred.
+    let off = simulate(io(4), SimFaults::default());
+    off.assert_clean(&io(4));
+    assert_eq!(off.n("enable_callbacks"), 0);
+    assert_eq!(off.n("deferred_calls_cpu0"), 0);
+}
+
+#[test]
 fn smoke_with_irq_off_completes_by_poll() {
     let a = args(false);
     let r = simulate(a, SimFaults::default());

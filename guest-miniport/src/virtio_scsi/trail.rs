@@ -10,6 +10,9 @@ use super::{MAX_POLLED_IDS, MAX_POLLS, MAX_RESET_SPANS};
 pub struct VirtioScsiStats {
     pub completed_by_interrupt: u64,
     pub completed_by_poll: u64,
+    /// `deferred=on`: completions HwDisableInterruptsCallback found when it looked at
+    /// the used ring again after unmasking (they are in `completed_by_interrupt` too).
+    pub completed_after_unmask: u64,
     /// Used elements that named no outstanding request; ignored (P3).
     pub stale_completions: u64,
     pub events: u64,

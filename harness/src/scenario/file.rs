@@ -184,8 +184,9 @@ pub fn implicit_expectations() -> Vec<Expectation> {
 }
 
 /// What every positive run on several CPUs has as well: the guest ran on the CPUs it
-/// was given, its interrupts all on the CPU their messages were routed to and its
-/// HwTimer calls all on the timer's. None on one CPU.
+/// was given, its interrupts and the deferred callbacks they asked for (I4) all on the
+/// CPU their messages were routed to, and its HwTimer calls all on the timer's. None on
+/// one CPU.
 pub fn cpu_expectations(args: &GuestArgs) -> Vec<Expectation> {
     if args.cpus <= 1 {
         return Vec::new();
@@ -197,6 +198,9 @@ pub fn cpu_expectations(args: &GuestArgs) -> Vec<Expectation> {
     [
         format!("guest.cpus == {}", args.cpus),
         format!("guest.interrupts_cpu{irq} == guest.interrupts"),
+        format!(
+            "guest.deferred_calls_cpu{irq} == guest.enable_callbacks + guest.disable_callbacks"
+        ),
         format!("guest.timer_calls_cpu{timer} == guest.timer_calls"),
     ]
     .iter()
@@ -697,6 +701,7 @@ expect = ['guest.result == "fail"']
             [
                 "guest.cpus == 2",
                 "guest.interrupts_cpu1 == guest.interrupts",
+                "guest.deferred_calls_cpu1 == guest.enable_callbacks + guest.disable_callbacks",
                 "guest.timer_calls_cpu1 == guest.timer_calls"
             ]
         );
