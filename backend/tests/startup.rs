@@ -4,6 +4,7 @@
 mod common;
 
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{arg, assert_refused, image, run, snapshot, Backend};
@@ -40,21 +41,30 @@ fn the_socket_path_is_never_a_file_that_exists() {
     assert_eq!(snapshot(dir.path()), before);
 }
 
+/// Two 1 MiB images in `dir`, a.img and b.img, and the path `sock` there.
+fn two_images(dir: &Path, sock: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    image(&a, 1 << 20);
+    image(&b, 1 << 20);
+    (a, b, dir.join(sock))
+}
+
+/// A backend serving `img` on `sock` (and `extra` arguments), logging to `log` in
+/// `dir`, once its socket is there.
+fn serve(dir: &Path, log: &str, sock: &Path, img: &Path, extra: &[&str]) -> Backend {
+    let mut backend = Backend::spawn(
+        &cat(&["--socket-path", arg(sock), "--lun", arg(img)], extra),
+        &dir.join(log),
+    );
+    backend.wait_for_socket(sock);
+    backend
+}
+
 #[test]
 fn a_running_backends_socket_is_never_taken_over_nor_removed_by_another() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, sock) = (
-        dir.path().join("a.img"),
-        dir.path().join("b.img"),
-        dir.path().join("s.sock"),
-    );
-    image(&a, 1 << 20);
-    image(&b, 1 << 20);
-    let mut first = Backend::spawn(
-        &["--socket-path", arg(&sock), "--lun", arg(&a)],
-        &dir.path().join("first.log"),
-    );
-    first.wait_for_socket(&sock);
+    let (a, b, sock) = two_images(dir.path(), "s.sock");
+    let mut first = serve(dir.path(), "first.log", &sock, &a, &[]);
     let before = std::fs::symlink_metadata(&sock).unwrap();
     assert_refused(
         &["--socket-path", arg(&sock), "--lun", arg(&b)],
@@ -71,11 +81,7 @@ fn a_running_backends_socket_is_never_taken_over_nor_removed_by_another() {
     // Once the first one's socket is gone (removed by hand), a second backend binds the
     // path; the first one's exit must not remove the second one's socket.
     std::fs::remove_file(&sock).unwrap();
-    let mut second = Backend::spawn(
-        &["--socket-path", arg(&sock), "--lun", arg(&b)],
-        &dir.path().join("second.log"),
-    );
-    second.wait_for_socket(&sock);
+    let mut second = serve(dir.path(), "second.log", &sock, &b, &[]);
     first.signal(libc::SIGTERM);
     assert_eq!(first.wait_exit().code(), Some(0));
     assert!(
@@ -355,26 +361,15 @@ fn fifos_and_endless_files_never_hang_start_up() {
 #[test]
 fn a_running_backends_trace_is_never_emptied_by_another() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, trace) = (
-        dir.path().join("a.img"),
-        dir.path().join("b.img"),
-        dir.path().join("t.jsonl"),
+    let (a, b, sock) = two_images(dir.path(), "a.sock");
+    let trace = dir.path().join("t.jsonl");
+    let mut first = serve(
+        dir.path(),
+        "first.log",
+        &sock,
+        &a,
+        &["--trace", arg(&trace)],
     );
-    image(&a, 1 << 20);
-    image(&b, 1 << 20);
-    let sock = dir.path().join("a.sock");
-    let mut first = Backend::spawn(
-        &[
-            "--socket-path",
-            arg(&sock),
-            "--lun",
-            arg(&a),
-            "--trace",
-            arg(&trace),
-        ],
-        &dir.path().join("first.log"),
-    );
-    first.wait_for_socket(&sock);
     // The first backend's trace, as if it had written a record.
     std::fs::write(&trace, "{\"t_us\":14,\"ev\":\"device-reset\"}\n").unwrap();
     assert_refused(
