@@ -41,6 +41,13 @@ fn the_socket_path_is_never_a_file_that_exists() {
     assert_eq!(snapshot(dir.path()), before);
 }
 
+/// A 1 MiB image t.img in `dir`, and the path s.sock there.
+fn image_and_socket(dir: &Path) -> (PathBuf, PathBuf) {
+    let img = dir.join("t.img");
+    image(&img, 1 << 20);
+    (img, dir.join("s.sock"))
+}
+
 /// Two 1 MiB images in `dir`, a.img and b.img, and the path `sock` there.
 fn two_images(dir: &Path, sock: &str) -> (PathBuf, PathBuf, PathBuf) {
     let (a, b) = (dir.join("a.img"), dir.join("b.img"));
@@ -96,12 +103,8 @@ fn a_running_backends_socket_is_never_taken_over_nor_removed_by_another() {
 #[test]
 fn the_trace_never_clobbers_another_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (img, sock, ctl) = (
-        dir.path().join("t.img"),
-        dir.path().join("s.sock"),
-        dir.path().join("c.sock"),
-    );
-    image(&img, 1 << 20);
+    let (img, sock) = image_and_socket(dir.path());
+    let ctl = dir.path().join("c.sock");
     let notes = dir.path().join("notes.txt");
     std::fs::write(&notes, "not a trace\n").unwrap();
     let before = snapshot(dir.path());
@@ -330,12 +333,8 @@ fn an_earlier_trace_outlives_a_socket_that_could_not_be_bound() {
 #[test]
 fn fifos_and_endless_files_never_hang_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    let (img, sock, f) = (
-        dir.path().join("t.img"),
-        dir.path().join("s.sock"),
-        dir.path().join("f.fifo"),
-    );
-    image(&img, 1 << 20);
+    let (img, sock) = image_and_socket(dir.path());
+    let f = dir.path().join("f.fifo");
     fifo(&f);
     let before = snapshot(dir.path());
     let base = ["--socket-path", arg(&sock), "--lun", arg(&img)];
@@ -419,8 +418,7 @@ fn connect_nonblocking(path: &std::path::Path) -> (libc::c_int, bool) {
 fn a_socket_whose_server_never_accepts_is_in_use_not_a_hang() {
     use std::os::fd::AsRawFd;
     let dir = tempfile::tempdir().unwrap();
-    let (img, sock) = (dir.path().join("t.img"), dir.path().join("s.sock"));
-    image(&img, 1 << 20);
+    let (img, sock) = image_and_socket(dir.path());
     let listener = UnixListener::bind(&sock).unwrap();
     // SAFETY: listen(2) on the listener's own descriptor, to a backlog of none.
     assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);

@@ -60,7 +60,7 @@ pub enum Cmd {
     Soak(SoakArgs),
     /// The driver card (`make drivers`): our miniport, Linux's virtio_scsi, SeaBIOS's and
     /// OVMF's virtio-scsi drivers against every fault of harness/drivers, under TCG. Prints
-    /// the table and writes report.md and report.json; exits 1 if any cell differs from its
+    /// the table and writes a Markdown and a JSON report into `--out`; exits 1 if any cell differs from its
     /// row file.
     Drivers(DriversArgs),
     /// Find the faults that break the miniport (`make explore`): random fault plans and

@@ -212,7 +212,10 @@ fn drivers(args: DriversArgs) -> ExitCode {
             opts.out.display()
         ));
     }
-    println!("reports: {}", opts.out.join("report.md").display());
+    println!(
+        "reports: {}",
+        card_report::markdown_path(&opts.out).display()
+    );
     if card.interrupted || signals::interrupted() {
         interrupted()
     } else if card.passed() {

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::{HarnessRun, Scratch};
+use flakyhba_harness::drivers::report;
 use serde_json::Value;
 
 /// One TCG guest at a time: two at once on a 2-core machine only slow both down.
@@ -68,7 +69,7 @@ fn assert_clean(scratch: &Scratch) {
 }
 
 fn report(scratch: &Scratch) -> Value {
-    let text = std::fs::read_to_string(scratch.root.join("out/report.json")).unwrap();
+    let text = std::fs::read_to_string(report::json_path(&scratch.root.join("out"))).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -136,7 +137,7 @@ fn cells_are_judged_and_a_hung_one_is_stopped_within_its_window() {
         !cell.join("disk.img").exists(),
         "the image is removed after the check"
     );
-    assert!(scratch.root.join("out/report.md").is_file());
+    assert!(report::markdown_path(&scratch.root.join("out")).is_file());
     assert_clean(&scratch);
 }
 

@@ -524,31 +524,64 @@ fn i4_deferred_callbacks_run_on_the_cpu_whose_hwinterrupt_asked() {
     assert_eq!(port.checker().count(), 0);
 }
 
-#[test]
-fn n4_a_completion_on_another_cpu_before_next_lu_request_is_not_flagged() {
-    let start = Instant::now();
-    let barrier = Arc::new(Barrier::new(2));
-    let mut m = Worker::new(FULL_DUPLEX);
-    m.late_next = Some(barrier.clone());
-    let port = two_cpus(m, 0, start);
-    port.submit(Srb::new(0, 0, 0, &[0; 6], DataBuffer::NONE))
-        .unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| port.start_pending(&mut ThreadPlatform::new(0, start)));
-        s.spawn(|| {
-            barrier.wait();
-            on(&port, 1, start, AN_INTERRUPT);
-            assert!(port.miniport().completed.load(Ordering::SeqCst));
-            barrier.wait();
-        });
-    });
-    assert_eq!(port.stats().completed, 1);
+/// The port's checker found nothing; the violations are the message otherwise.
+fn assert_nothing_flagged(port: &Port<Worker>) {
     assert_eq!(
         port.checker().count(),
         0,
         "{:?}",
         port.checker().violations().collect::<Vec<_>>()
     );
+}
+
+/// A port on two CPUs whose HwStartIo waits on `barrier` (see `Worker::late_next`),
+/// with `srbs` requests queued.
+fn late_next_port(
+    barrier: &Arc<Barrier>,
+    reset_in_interrupt: bool,
+    srbs: usize,
+    start: Instant,
+) -> Port<Worker> {
+    let mut m = Worker::new(FULL_DUPLEX);
+    m.late_next = Some(barrier.clone());
+    m.reset_in_interrupt = reset_in_interrupt;
+    let port = two_cpus(m, 0, start);
+    for _ in 0..srbs {
+        port.submit(Srb::new(0, 0, 0, &[0; 6], DataBuffer::NONE))
+            .unwrap();
+    }
+    port
+}
+
+/// CPU 0 runs HwStartIo's loop; while its first HwStartIo waits on `barrier`, CPU 1
+/// takes an interrupt, then `inside` looks at the port before HwStartIo goes on.
+fn interrupt_inside_start_io(
+    port: &Port<Worker>,
+    barrier: &Barrier,
+    start: Instant,
+    inside: impl Fn(&Port<Worker>) + Sync,
+) {
+    std::thread::scope(|s| {
+        s.spawn(|| port.start_pending(&mut ThreadPlatform::new(0, start)));
+        s.spawn(|| {
+            barrier.wait();
+            on(port, 1, start, AN_INTERRUPT);
+            inside(port);
+            barrier.wait();
+        });
+    });
+}
+
+#[test]
+fn n4_a_completion_on_another_cpu_before_next_lu_request_is_not_flagged() {
+    let start = Instant::now();
+    let barrier = Arc::new(Barrier::new(2));
+    let port = late_next_port(&barrier, false, 1, start);
+    interrupt_inside_start_io(&port, &barrier, start, |port| {
+        assert!(port.miniport().completed.load(Ordering::SeqCst));
+    });
+    assert_eq!(port.stats().completed, 1);
+    assert_nothing_flagged(&port);
     assert_eq!(
         port.poll_completed().map(|s| s.srb_status),
         Some(SrbStatus::Success)
@@ -559,33 +592,14 @@ fn n4_a_completion_on_another_cpu_before_next_lu_request_is_not_flagged() {
 fn p2_a_reset_on_another_cpu_stops_the_hwstartio_loop_in_progress() {
     let start = Instant::now();
     let barrier = Arc::new(Barrier::new(2));
-    let mut m = Worker::new(FULL_DUPLEX);
-    m.late_next = Some(barrier.clone());
-    m.reset_in_interrupt = true;
-    let port = two_cpus(m, 0, start);
-    for _ in 0..2 {
-        port.submit(Srb::new(0, 0, 0, &[0; 6], DataBuffer::NONE))
-            .unwrap();
-    }
+    let port = late_next_port(&barrier, true, 2, start);
     // CPU 0's loop is inside the first HwStartIo when HwInterrupt on CPU 1 reports a
     // bus reset; the loop must not take the second SRB during the hold.
-    std::thread::scope(|s| {
-        s.spawn(|| port.start_pending(&mut ThreadPlatform::new(0, start)));
-        s.spawn(|| {
-            barrier.wait();
-            on(&port, 1, start, AN_INTERRUPT);
-            barrier.wait();
-        });
-    });
+    interrupt_inside_start_io(&port, &barrier, start, |_| {});
     assert_eq!(port.stats().resets_detected, 1);
     assert_eq!(port.stats().completed, 1);
     assert_eq!(port.active(), 0, "the second SRB waits for the hold's end");
-    assert_eq!(
-        port.checker().count(),
-        0,
-        "{:?}",
-        port.checker().violations().collect::<Vec<_>>()
-    );
+    assert_nothing_flagged(&port);
 }
 
 /// HwStartIo on CPU 0 waits for HwTimer, dispatched on CPU 1 once HwStartIo is in;
@@ -666,12 +680,7 @@ fn t7_a_hwtimer_running_on_another_cpu_counts_as_pending() {
     });
     assert!(port.timer().is_pending(), "HwTimer asked for its next call");
     assert_eq!(port.active(), 1);
-    assert_eq!(
-        port.checker().count(),
-        0,
-        "{:?}",
-        port.checker().violations().collect::<Vec<_>>()
-    );
+    assert_nothing_flagged(&port);
     // T7 is checked after each round of HwStartIo: the next round finds the call
     // HwTimer asked for pending, so the polling miniport holding a request is not
     // flagged.
@@ -725,10 +734,5 @@ fn p2_the_hold_ends_once_the_interrupt_cpu_has_looked_at_its_interrupts() {
     );
     assert!(!port.in_reset_hold());
     assert_eq!(port.stats().reclaimed, 0);
-    assert_eq!(
-        port.checker().count(),
-        0,
-        "{:?}",
-        port.checker().violations().collect::<Vec<_>>()
-    );
+    assert_nothing_flagged(&port);
 }

@@ -1,8 +1,9 @@
-//! The card's reports: a progress line per cell, the table in the terminal, report.md
-//! (the table, what each cell showed, the versions) and report.json (every cell).
+//! The card's reports: a progress line per cell, the table in the terminal, a Markdown
+//! report (the table, what each cell showed, the versions) and a JSON one (every cell),
+//! written into the card's output directory (`target/drivers` by default).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
@@ -88,7 +89,7 @@ pub fn terminal(card: &Card) -> String {
     out
 }
 
-/// report.md.
+/// The Markdown report: the table, what each cell showed, the versions.
 pub fn markdown(card: &Card) -> String {
     let mut out = String::from("# Driver card\n\n");
     let _ = writeln!(
@@ -151,7 +152,7 @@ pub fn markdown(card: &Card) -> String {
     out
 }
 
-/// report.json: the versions and every cell (their metrics are in each result.json).
+/// The JSON report: the versions and every cell (their metrics are in each result.json).
 pub fn json(card: &Card) -> Value {
     let cells: Vec<Value> = card
         .cells
@@ -176,12 +177,25 @@ pub fn json(card: &Card) -> Value {
     })
 }
 
-/// Writes report.md and report.json into `out`.
+/// The reports' name in the card's output directory: `.md` and `.json` after it.
+const REPORT: &str = "report";
+
+/// Where [`write`] puts the Markdown report in `out`.
+pub fn markdown_path(out: &Path) -> PathBuf {
+    out.join(REPORT).with_extension("md")
+}
+
+/// Where [`write`] puts the JSON report in `out`.
+pub fn json_path(out: &Path) -> PathBuf {
+    out.join(REPORT).with_extension("json")
+}
+
+/// Writes the Markdown and the JSON report into `out`.
 pub fn write(card: &Card, out: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("report.md"), markdown(card))?;
+    std::fs::write(markdown_path(out), markdown(card))?;
     let text = serde_json::to_string_pretty(&json(card)).expect("JSON values encode");
-    std::fs::write(out.join("report.json"), text + "\n")
+    std::fs::write(json_path(out), text + "\n")
 }
 
 #[cfg(test)]
