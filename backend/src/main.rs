@@ -16,6 +16,7 @@ use vmm_sys_util::epoll::EventSet;
 use flakyhba_backend::args::paths::{self, PathError, VHOST_USER_SOCKET};
 use flakyhba_backend::args::{Args, Config, ConfigError, USAGE_EXIT_CODE};
 use flakyhba_backend::control::{ControlError, ControlServer};
+use flakyhba_backend::errors::error_chain;
 use flakyhba_backend::faults::{Epoch, FaultEngine, Plan, Trace, TraceError, PLAN_ERROR_EXIT_CODE};
 use flakyhba_backend::listen::{self, Backoff, BoundSocket, Refuser, SocketError};
 use flakyhba_backend::scsi::{Lun, ScsiError, Target};
@@ -83,7 +84,7 @@ fn main() {
     let config = Config::try_from(args).unwrap_or_else(|e| fail(&RunError::from(e)));
     // A bad plan is the user's input error: one line naming file:line:col, exit 2.
     let plan = config.faults.plan().unwrap_or_else(|e| {
-        eprintln!("{e}");
+        eprintln!("{}", error_chain(&e));
         exit(PLAN_ERROR_EXIT_CODE)
     });
     if let Err(e) = run(config, plan) {
@@ -93,17 +94,7 @@ fn main() {
 
 /// Logs the whole cause chain on one line and exits.
 fn fail(e: &RunError) -> ! {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        // Messages that name their cause already are not told it twice.
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(&format!(": {text}"));
-        }
-        source = s.source();
-    }
-    error!("{msg}");
+    error!("{}", error_chain(e));
     exit(e.exit_code())
 }
 
@@ -251,7 +242,7 @@ fn serve(
         // The frontend is gone: what the device held is dropped as on a device reset.
         backend.on_disconnect();
         if let Err(e) = lock(&faults.engine).flush_trace() {
-            warn!("{e}");
+            warn!("{}", error_chain(&e));
         }
     }
 }
@@ -343,7 +334,7 @@ fn wait_for_termination(
     info!("signal {sig} received, exiting");
     // exit() runs no destructors: flush the trace's buffer here.
     if let Err(e) = lock(engine).flush_trace() {
-        warn!("{e}");
+        warn!("{}", error_chain(&e));
     }
     for socket in lock(sockets).iter() {
         socket.remove();

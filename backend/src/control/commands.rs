@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::errors::error_chain;
 use crate::faults::plan::KeyError;
 use crate::faults::VirtioEvent;
 use crate::faults::{EngineError, FaultEngine, FaultSpec, PlanError, TraceError};
@@ -49,7 +50,7 @@ pub enum CommandError {
     Engine(EngineError),
     #[error("{0}")]
     InvalidEvent(KeyError),
-    #[error(transparent)]
+    #[error("{}", error_chain(.0))]
     CouldNotFlushTrace(TraceError),
     #[error(transparent)]
     InvalidLun(LunSpecError),
@@ -313,17 +314,6 @@ fn lu_command(cmd: &str, target: &Target, obj: Map<String, Value>) -> Result<Val
             Ok(json!({ "ok": true, "changed": changed, "failed": failed }))
         }
     }
-}
-
-/// An error with its causes, on one line (a file that cannot be opened says why).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    msg
 }
 
 fn lock(engine: &Mutex<FaultEngine>) -> MutexGuard<'_, FaultEngine> {

@@ -19,7 +19,7 @@ use crate::scsi::Target;
 pub enum ControlError {
     #[error(transparent)]
     Socket(#[from] SocketError),
-    #[error("could not start the control socket thread: {0}")]
+    #[error("could not start the control socket thread")]
     CouldNotSpawn(#[source] io::Error),
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("could not create trace file {path}: {source}")]
+    #[error("could not create trace file {path}")]
     CouldNotCreate {
         path: String,
         #[source]
@@ -25,9 +25,9 @@ pub enum TraceError {
     InUse(String),
     #[error("trace path {path} is {kind}, not a regular file")]
     NotAFile { path: String, kind: &'static str },
-    #[error("could not write trace record: {0}")]
+    #[error("could not write trace record")]
     CouldNotWrite(#[source] io::Error),
-    #[error("could not encode trace record: {0}")]
+    #[error("could not encode trace record")]
     CouldNotEncode(#[source] serde_json::Error),
 }
 

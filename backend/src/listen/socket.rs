@@ -35,7 +35,7 @@ pub enum SocketError {
         path: String,
         dir: String,
     },
-    #[error("could not create the {what} {path}: {source}")]
+    #[error("could not create the {what} {path}")]
     CouldNotBind {
         what: &'static str,
         path: String,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::draw::micros;
 use super::{FaultEngine, SignalOutcome, Stats};
+use crate::errors::error_chain;
 use crate::faults::plan::VirtioEvent;
 use crate::faults::trace::{Trace, TraceEvent, TraceRecord};
 
@@ -22,7 +23,7 @@ pub(super) fn emit(
             event,
         }) {
             if stats.trace_errors == 0 {
-                log::error!("{e}; further trace errors are only counted");
+                log::error!("{}; further trace errors are only counted", error_chain(&e));
             }
             stats.trace_errors += 1;
         }

@@ -18,7 +18,7 @@ pub enum PlanError {
     NotAFile { path: String },
     #[error("fault plan {path} is over {max} bytes")]
     TooLarge { path: String, max: u64 },
-    #[error("could not read fault plan {path}: {source}")]
+    #[error("could not read fault plan {path}")]
     CouldNotRead {
         path: String,
         #[source]
