@@ -17,7 +17,7 @@ use flakyhba_backend::args::paths::{self, PathError, VHOST_USER_SOCKET};
 use flakyhba_backend::args::{Args, Config, ConfigError, USAGE_EXIT_CODE};
 use flakyhba_backend::control::{ControlError, ControlServer};
 use flakyhba_backend::errors::error_chain;
-use flakyhba_backend::faults::{Epoch, FaultEngine, Plan, Trace, TraceError, PLAN_ERROR_EXIT_CODE};
+use flakyhba_backend::faults::{Epoch, FaultEngine, Plan, Trace, TraceError};
 use flakyhba_backend::listen::{self, Backoff, BoundSocket, Refuser, SocketError};
 use flakyhba_backend::scsi::{Lun, ScsiError, Target};
 use flakyhba_backend::vhu_scsi::{FaultContext, VhostUserScsiBackend, VhuScsiError};
@@ -85,7 +85,7 @@ fn main() {
     // A bad plan is the user's input error: one line naming file:line:col, exit 2.
     let plan = config.faults.plan().unwrap_or_else(|e| {
         eprintln!("{}", error_chain(&e));
-        exit(PLAN_ERROR_EXIT_CODE)
+        exit(USAGE_EXIT_CODE)
     });
     if let Err(e) = run(config, plan) {
         fail(&e);

@@ -11,7 +11,8 @@ use crate::vhu_scsi::MAX_REQUEST_QUEUES;
 pub mod paths;
 
 /// Exit status of the backend when it refuses its command line: a bad flag or value, a
-/// path it will not use, an image another user holds (as clap's errors and plan errors).
+/// path it will not use, an image another user holds, an invalid fault plan (file,
+/// shorthand or preset); the same as clap's errors.
 pub const USAGE_EXIT_CODE: i32 = 2;
 
 #[derive(Parser, Debug)]

@@ -21,6 +21,6 @@ pub use engine::{
 };
 pub use plan::{
     DataDirection, FaultKind, FaultSpec, NewCommandPolicy, Plan, PlanError, ResetReason,
-    StatusOverride, TmfFailure, TmfKind, VirtioEvent, VirtioResponse, PLAN_ERROR_EXIT_CODE,
+    StatusOverride, TmfFailure, TmfKind, VirtioEvent, VirtioResponse,
 };
 pub use trace::{Trace, TraceError, TraceEvent, TraceRecord};

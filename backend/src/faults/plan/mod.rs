@@ -34,9 +34,6 @@ pub use spec::{
 
 use super::presets;
 
-/// Exit status of the backend when the fault plan (file, shorthand or preset) is invalid.
-pub const PLAN_ERROR_EXIT_CODE: i32 = 2;
-
 /// Largest LUN a virtio-scsi flat LUN address can carry.
 pub const MAX_LUN: u16 = 16383;
 
