@@ -1,8 +1,6 @@
 //! Entry from boot.s, bring-up order, and the ways a run ends (result code, failure,
 //! panic).
 
-use core::sync::atomic::{AtomicUsize, Ordering};
-
 use guest_miniport::contract::{result_fields, GuestArgs, DEBUG_EXIT_PORT, EXIT_FAIL, MAX_CPUS};
 use guest_miniport::platform::PCI_MMIO_WINDOW;
 use guest_miniport::report::JsonLine;
@@ -104,10 +102,6 @@ extern "C" fn rust_start(start_info_paddr: u32) -> ! {
     exit(code)
 }
 
-/// The CPU of the first `fail` (plus one; 0 for none): a second failure on that CPU (a
-/// panic while reporting) exits at once instead of recursing, one on another CPU halts.
-static FAILING_CPU: AtomicUsize = AtomicUsize::new(0);
-
 /// Reports a failure as the result line and exits. The other CPUs are stopped first, so
 /// the report has the serial port to itself.
 pub fn fail(reason: core::fmt::Arguments) -> ! {
@@ -121,10 +115,9 @@ pub fn fail(reason: core::fmt::Arguments) -> ! {
 /// for the report.
 pub fn stop_others() -> CrashSerial {
     x86_64::instructions::interrupts::disable();
-    let me = smp::current().index() + 1;
-    match FAILING_CPU.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
-        Ok(_) => CrashSerial::new(smp::halt_others()),
-        Err(cpu) if cpu == me => exit(EXIT_FAIL),
+    match smp::claim_failure() {
+        Ok(()) => CrashSerial::new(smp::halt_others()),
+        Err(cpu) if cpu == smp::current().index() => exit(EXIT_FAIL),
         Err(_) => smp::park(),
     }
 }

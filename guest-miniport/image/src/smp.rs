@@ -67,8 +67,9 @@ const OFFLINE: u32 = u32::MAX;
 static ONLINE: AtomicUsize = AtomicUsize::new(1);
 /// Other CPUs stopped by a failing one.
 static PARKED: AtomicUsize = AtomicUsize::new(0);
-/// Set by the first CPU that fails: the others park when its NMI comes.
-static FAILING: AtomicBool = AtomicBool::new(false);
+/// The CPU of the first failure (plus one; 0 for none): the others park when its NMI
+/// comes.
+static FAILING_CPU: AtomicUsize = AtomicUsize::new(0);
 
 /// What the other CPUs need to know to start: how many there are to be, and the tick
 /// period with its LAPIC timer counts.
@@ -274,10 +275,9 @@ fn wake_others() {
 }
 
 /// Stops the other CPUs for good (an NMI each, which they answer by halting) and waits
-/// a little for them, so that a failing CPU reports alone. Called once, by the first
-/// CPU that fails. Whether every other CPU is parked.
+/// a little for them, so that a failing CPU reports alone. Called once, by the CPU
+/// that won [`claim_failure`]. Whether every other CPU is parked.
 pub fn halt_others() -> bool {
-    FAILING.store(true, Ordering::SeqCst);
     let others = online() - 1;
     if others == 0 {
         return true;
@@ -292,7 +292,16 @@ pub fn halt_others() -> bool {
 
 /// An NMI on this CPU: whether it is a failing CPU's, to be answered by [`park`].
 pub fn halting() -> bool {
-    FAILING.load(Ordering::SeqCst)
+    FAILING_CPU.load(Ordering::SeqCst) != 0
+}
+
+/// Makes this CPU the failing one if none is yet; else the failing CPU's index.
+pub fn claim_failure() -> Result<(), usize> {
+    let me = current().index() + 1;
+    FAILING_CPU
+        .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
+        .map(|_| ())
+        .map_err(|cpu| cpu - 1)
 }
 
 /// Halts this CPU for good.
