@@ -103,7 +103,7 @@ impl<T: Transport> Extension<T> {
         self.kick(REQUESTQ);
         // N3/N4: tagged queuing, so ask for more to this LU at once.
         ctx.next_lu_request(s.path, s.target, s.lun);
-        self.arm_timer(ctx);
+        self.arm_timer();
         StartIo::Accepted
     }
 

@@ -62,7 +62,7 @@ impl<T: Transport> Extension<T> {
             }
         }
         self.kick(CONTROLQ);
-        self.arm_timer(ctx);
+        self.arm_timer();
         if self.settings.bug == PlantedBug::TmfSpin {
             self.spin_for_tmfs(ctx);
         }
@@ -165,7 +165,7 @@ impl<T: Transport> Extension<T> {
                     // I2: a device reset sets the whole device up again, too much for
                     // HwInterrupt on a busy host (found by explore); HwTimer, armed while
                     // the reset lasts, escalates at its next tick.
-                    self.arm_timer(ctx);
+                    self.arm_timer();
                 } else {
                     self.finish_tmf_reset(ctx, source, started_us, failed, nexus);
                 }

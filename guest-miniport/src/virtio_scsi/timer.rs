@@ -29,7 +29,7 @@ impl<T: Transport> Extension<T> {
             (ctx.now_us(), found),
         );
         // T4: HwTimer re-arms itself while there is something to poll for.
-        self.arm_timer(ctx);
+        self.arm_timer();
     }
 
     /// The lost-interrupt watchdog: completes what the device had returned by the
@@ -61,7 +61,7 @@ impl<T: Transport> Extension<T> {
     /// Asks for HwTimer while there is something to poll for. The routine arms it
     /// through the hand-off once out of the extension, unless it is armed already (T1:
     /// a new request would replace, and so postpone, the pending one; T6).
-    pub(super) fn arm_timer(&mut self, _ctx: &mut PortContext<'_>) {
+    pub(super) fn arm_timer(&mut self) {
         if !self.settings.poll {
             return;
         }
