@@ -271,7 +271,8 @@ impl Checker {
         }
     }
 
-    /// Records a violation on CPU 0 (see [`Checker::record_on`]).
+    /// Records a violation on CPU 0 (see [`Checker::record_on`]); the tests' shorthand.
+    #[cfg(test)]
     pub fn record(
         &mut self,
         rule: Rule,
