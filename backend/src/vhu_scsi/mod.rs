@@ -41,7 +41,7 @@ pub use events::lu_change_event;
 use executing::Executing;
 use inflight::InflightTable;
 use passes::PlainServer;
-pub use ring_epoch::{Pop, Popped, RingEpoch};
+use ring_epoch::{Pop, Popped, RingEpoch};
 
 pub mod executing;
 pub mod inflight;
@@ -368,7 +368,8 @@ impl VhostUserScsiBackend {
     }
 
     /// Completions of `queue` dropped because their chain was popped before a reset or a
-    /// stop of its ring (tests and diagnostics).
+    /// stop of its ring.
+    #[cfg(test)]
     pub fn stale_completions(&self, queue: usize) -> u64 {
         self.rings
             .get(queue)
