@@ -10,12 +10,14 @@
 //! - [`virtio`]: the virtio-scsi wire format and the guest buffers of a request.
 //! - [`scsi`]: the SCSI target, which knows nothing about virtio.
 //! - [`listen`]: the Unix sockets the backend listens on (binding, removal, back-off).
-//! - [`errors`]: printing an error with its causes, used by every layer.
+//! - [`errors`], [`file_kind`]: printing an error with its causes and naming a refused
+//!   path's kind, used by every layer.
 
 pub mod args;
 pub mod control;
 pub mod errors;
 pub mod faults;
+pub mod file_kind;
 pub mod listen;
 pub mod scsi;
 pub mod vhu_scsi;

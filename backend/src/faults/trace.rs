@@ -11,6 +11,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::file_kind::file_kind;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     #[error("could not create trace file {path}")]
@@ -219,14 +221,9 @@ fn not_a_file(meta: &std::fs::Metadata, path: &Path) -> Result<(), TraceError> {
     if meta.is_file() {
         return Ok(());
     }
-    let kind = if meta.is_dir() {
-        "a directory"
-    } else {
-        "a special file"
-    };
     Err(TraceError::NotAFile {
         path: path.display().to_string(),
-        kind,
+        kind: file_kind(meta),
     })
 }
 

@@ -19,6 +19,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::ScsiError;
+use crate::file_kind::file_kind;
 
 /// QEMU's RAW_LOCK_PERM_BASE and RAW_LOCK_SHARED_BASE.
 const PERM_BASE: i64 = 100;
@@ -98,16 +99,8 @@ fn not_an_image(meta: &std::fs::Metadata) -> Option<&'static str> {
     let t = meta.file_type();
     if t.is_file() || t.is_block_device() {
         None
-    } else if t.is_dir() {
-        Some("a directory")
-    } else if t.is_fifo() {
-        Some("a FIFO")
-    } else if t.is_socket() {
-        Some("a socket")
-    } else if t.is_char_device() {
-        Some("a character device")
     } else {
-        Some("not a regular file")
+        Some(file_kind(meta))
     }
 }
 
