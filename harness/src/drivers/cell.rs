@@ -21,6 +21,7 @@ use super::rows::Row;
 use super::watch::{Acted, Stop, Watcher};
 use crate::launch::accel::Accel;
 use crate::launch::boot::{backend_command, Boot, End, GuestExit, RunError};
+use crate::launch::control;
 use crate::launch::qemu::{self, QemuConfig};
 use crate::launch::rundir::RunDir;
 use crate::launch::signals;
@@ -200,8 +201,6 @@ fn lu_change(
         return Ok((Vec::new(), Vec::new()));
     };
     let spare = dir.join(SPARE_FILE);
-    // A LUN spec doubles a comma in its path, as QEMU's options do.
-    let spare_lun = format!("0:1={}", qemu::option_value(&spare).to_string_lossy());
     let blocks = std::fs::metadata(disk)
         .map_err(|e| RunError::CouldNotPrepare(disk.to_owned(), e))?
         .len()
@@ -212,19 +211,14 @@ fn lu_change(
             .map_err(|e| RunError::CouldNotPrepare(spare.clone(), e))?;
     }
     Ok(match lu {
-        LuChange::Add => (
-            Vec::new(),
-            vec![json!({"cmd": "add-lun", "lun": spare_lun})],
-        ),
+        LuChange::Add => (Vec::new(), vec![control::add_lun_request(0, 1, &spare)]),
         LuChange::Remove => (
-            vec![spare_lun],
-            vec![json!({"cmd": "remove-lun", "target": 0, "lun": 1})],
+            vec![control::lun_spec(0, 1, &spare)],
+            vec![control::remove_lun_request(0, 1)],
         ),
         LuChange::Resize => (
             Vec::new(),
-            vec![
-                json!({"cmd": "resize-lun", "target": 0, "lun": 0, "blocks": blocks + GROW_BLOCKS}),
-            ],
+            vec![control::resize_lun_request(0, 0, blocks + GROW_BLOCKS)],
         ),
     })
 }
