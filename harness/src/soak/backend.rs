@@ -100,10 +100,6 @@ impl Backend {
     pub fn stop(&mut self) -> Result<(), ProcessError> {
         self.child.terminate(Duration::from_secs(5)).map(drop)
     }
-
-    pub fn log_tail(&self) -> String {
-        tail(&self.child.read_log())
-    }
 }
 
 /// The last 40 lines of a log.
