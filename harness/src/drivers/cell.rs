@@ -7,7 +7,6 @@
 //! qemu.log, serial.log (the guest log), firmware.log (a firmware's debug port),
 //! trace.jsonl, timeline.svg, the command lines and result.json.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use crate::launch::accel::Accel;
 use crate::launch::boot::{backend_command, Boot, End, GuestExit, RunError};
 use crate::launch::control;
 use crate::launch::qemu::{self, QemuConfig};
-use crate::launch::rundir::RunDir;
+use crate::launch::rundir::{create_sparse, RunDir};
 use crate::launch::signals;
 use crate::scenario::expect::{Judged, Metrics};
 use crate::scenario::matrix::execute::{prepare_dir, write_file};
@@ -206,8 +205,7 @@ fn lu_change(
         .len()
         / 512;
     if lu != LuChange::Resize {
-        File::create(&spare)
-            .and_then(|f| f.set_len(SPARE_BYTES))
+        create_sparse(&spare, SPARE_BYTES)
             .map_err(|e| RunError::CouldNotPrepare(spare.clone(), e))?;
     }
     Ok(match lu {
