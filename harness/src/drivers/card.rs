@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::cell::{run_cell, CellOptions, CellRecord};
 use super::driver::{Driver, DriverId};
-use super::firmware::{self, Firmware, Kind};
+use super::firmware::{self, Firmware};
 use super::linux::LinuxCard;
 use super::miniport::Miniport;
 use super::rows::{self, Row, RowError};
@@ -77,17 +77,17 @@ impl Card {
 
 /// The driver behind `id`, its inputs checked (and the Linux card's initramfs written).
 fn driver(id: DriverId, opts: &CardOptions) -> Result<Box<dyn Driver>, CardError> {
-    let firmware = |kind| -> Result<Box<dyn Driver>, CardError> {
+    let firmware = |id| -> Result<Box<dyn Driver>, CardError> {
         let disk = opts.firmware.join(firmware::DISK_FILE);
         let build = format!("{} {}", firmware::BUILD_SCRIPT, opts.firmware.display());
         require("firmware guest disk", &disk, &build)?;
-        if kind == Kind::Ovmf {
+        if id == DriverId::Ovmf {
             for f in [firmware::OVMF_CODE, firmware::OVMF_VARS] {
                 require("OVMF image", &opts.ovmf.join(f), "apt-get install ovmf")?;
             }
         }
         Ok(Box::new(Firmware {
-            kind,
+            id,
             disk,
             ovmf_dir: opts.ovmf.clone(),
         }))
@@ -107,8 +107,7 @@ fn driver(id: DriverId, opts: &CardOptions) -> Result<Box<dyn Driver>, CardError
             LinuxCard::new(&opts.linux_guest, &opts.linux_build, &opts.out)
                 .map_err(CardError::Prepare)?,
         ),
-        DriverId::Seabios => firmware(Kind::Seabios)?,
-        DriverId::Ovmf => firmware(Kind::Ovmf)?,
+        DriverId::Seabios | DriverId::Ovmf => firmware(id)?,
     })
 }
 

@@ -7,7 +7,6 @@
 //! qemu.log, serial.log (the guest log), firmware.log (a firmware's debug port),
 //! trace.jsonl, timeline.svg, the command lines and result.json.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,8 +20,9 @@ use super::rows::Row;
 use super::watch::{Acted, Stop, Watcher};
 use crate::launch::accel::Accel;
 use crate::launch::boot::{backend_command, Boot, End, GuestExit, RunError};
+use crate::launch::control;
 use crate::launch::qemu::{self, QemuConfig};
-use crate::launch::rundir::RunDir;
+use crate::launch::rundir::{create_sparse, RunDir};
 use crate::launch::signals;
 use crate::scenario::expect::{Judged, Metrics};
 use crate::scenario::matrix::execute::{prepare_dir, write_file};
@@ -200,31 +200,23 @@ fn lu_change(
         return Ok((Vec::new(), Vec::new()));
     };
     let spare = dir.join(SPARE_FILE);
-    // A LUN spec doubles a comma in its path, as QEMU's options do.
-    let spare_lun = format!("0:1={}", qemu::option_value(&spare).to_string_lossy());
     let blocks = std::fs::metadata(disk)
         .map_err(|e| RunError::CouldNotPrepare(disk.to_owned(), e))?
         .len()
         / 512;
     if lu != LuChange::Resize {
-        File::create(&spare)
-            .and_then(|f| f.set_len(SPARE_BYTES))
+        create_sparse(&spare, SPARE_BYTES)
             .map_err(|e| RunError::CouldNotPrepare(spare.clone(), e))?;
     }
     Ok(match lu {
-        LuChange::Add => (
-            Vec::new(),
-            vec![json!({"cmd": "add-lun", "lun": spare_lun})],
-        ),
+        LuChange::Add => (Vec::new(), vec![control::add_lun_request(0, 1, &spare)]),
         LuChange::Remove => (
-            vec![spare_lun],
-            vec![json!({"cmd": "remove-lun", "target": 0, "lun": 1})],
+            vec![control::lun_spec(0, 1, &spare)],
+            vec![control::remove_lun_request(0, 1)],
         ),
         LuChange::Resize => (
             Vec::new(),
-            vec![
-                json!({"cmd": "resize-lun", "target": 0, "lun": 0, "blocks": blocks + GROW_BLOCKS}),
-            ],
+            vec![control::resize_lun_request(0, 0, blocks + GROW_BLOCKS)],
         ),
     })
 }

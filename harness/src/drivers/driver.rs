@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::launch::boot::{GuestExit, RunError};
 use crate::launch::qemu::Guest;
+use crate::launch::rundir::create_sparse;
 use crate::launch::serial::SerialLine;
 use crate::scenario::expect::Metrics;
 
@@ -156,9 +157,7 @@ pub struct Reading {
 /// workload brings its own data.
 pub fn sparse_disk(dir: &Path, bytes: u64) -> Result<PathBuf, RunError> {
     let disk = dir.join("disk.img");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(bytes))
-        .map_err(|e| RunError::CouldNotPrepare(disk.clone(), e))?;
+    create_sparse(&disk, bytes).map_err(|e| RunError::CouldNotPrepare(disk.clone(), e))?;
     Ok(disk)
 }
 

@@ -41,37 +41,19 @@ pub const PROFILE: Profile = Profile {
     timeout: None,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Seabios,
-    /// With the directory of Debian's OVMF images.
-    Ovmf,
-}
-
 pub struct Firmware {
-    pub kind: Kind,
+    /// [`DriverId::Seabios`] or [`DriverId::Ovmf`]; its name is the `fw` value of the
+    /// program's lines.
+    pub id: DriverId,
     /// build.sh's disk image, copied for every cell.
     pub disk: PathBuf,
     /// OVMF's images (unused for SeaBIOS).
     pub ovmf_dir: PathBuf,
 }
 
-impl Firmware {
-    /// The `fw` value of the program's lines.
-    fn tag(&self) -> &'static str {
-        match self.kind {
-            Kind::Seabios => "seabios",
-            Kind::Ovmf => "ovmf",
-        }
-    }
-}
-
 impl Driver for Firmware {
     fn id(&self) -> DriverId {
-        match self.kind {
-            Kind::Seabios => DriverId::Seabios,
-            Kind::Ovmf => DriverId::Ovmf,
-        }
+        self.id
     }
 
     fn profile(&self) -> Profile {
@@ -80,9 +62,10 @@ impl Driver for Firmware {
 
     /// SeaBIOS sends its first command within 0.1 s under TCG, OVMF within about 4 s.
     fn boot_allowance(&self) -> Duration {
-        match self.kind {
-            Kind::Seabios => Duration::from_secs(10),
-            Kind::Ovmf => Duration::from_secs(40),
+        if self.id == DriverId::Ovmf {
+            Duration::from_secs(40)
+        } else {
+            Duration::from_secs(10)
         }
     }
 
@@ -98,7 +81,7 @@ impl Driver for Firmware {
 
     fn guest(&self, setup: &CellSetup<'_>) -> Result<Guest, RunError> {
         let mut pflash = Vec::new();
-        if self.kind == Kind::Ovmf {
+        if self.id == DriverId::Ovmf {
             let vars = setup.dir.join("vars.fd");
             std::fs::copy(self.ovmf_dir.join(OVMF_VARS), &vars)
                 .map_err(|e| RunError::CouldNotPrepare(vars.clone(), e))?;
@@ -117,7 +100,7 @@ impl Driver for Firmware {
             .iter()
             .filter_map(|l| match l {
                 SerialLine::Report(m)
-                    if m.get("fw").and_then(Value::as_str) == Some(self.tag()) =>
+                    if m.get("fw").and_then(Value::as_str) == Some(self.id.name()) =>
                 {
                     Some(m)
                 }

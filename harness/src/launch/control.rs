@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use super::process::POLL_INTERVAL;
+use super::qemu;
 use super::signals;
 
 /// How long a reply may take: the backend answers at once, so this only bounds a hang.
@@ -137,6 +138,30 @@ impl Control {
     }
 }
 
+/// A LUN spec (`--lun`'s syntax, docs/fault-plan.md) for `path` at `target:lun`; the
+/// backend reads `,,` as a comma of the path, as QEMU's options do.
+pub fn lun_spec(target: u16, lun: u16, path: &Path) -> String {
+    format!(
+        "{target}:{lun}={}",
+        qemu::option_value(path).to_string_lossy()
+    )
+}
+
+/// The `add-lun` request for `path` at `target:lun`.
+pub fn add_lun_request(target: u16, lun: u16, path: &Path) -> Value {
+    json!({ "cmd": "add-lun", "lun": lun_spec(target, lun, path) })
+}
+
+/// The `remove-lun` request for `target:lun`.
+pub fn remove_lun_request(target: u16, lun: u16) -> Value {
+    json!({ "cmd": "remove-lun", "target": target, "lun": lun })
+}
+
+/// The `resize-lun` request setting `target:lun` to `blocks` blocks.
+pub fn resize_lun_request(target: u16, lun: u16, blocks: u64) -> Value {
+    json!({ "cmd": "resize-lun", "target": target, "lun": lun, "blocks": blocks })
+}
+
 /// Faults the engine applied, all kinds together, from a `stats` reply.
 pub fn faults_fired(stats: &Value) -> u64 {
     stats["fired"]
@@ -175,6 +200,24 @@ mod tests {
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
+    }
+
+    #[test]
+    fn a_lun_requests_path_doubles_its_commas() {
+        let path = std::path::Path::new("/tmp/a,b/lun1.img");
+        assert_eq!(lun_spec(0, 1, path), "0:1=/tmp/a,,b/lun1.img");
+        assert_eq!(
+            add_lun_request(0, 1, path).to_string(),
+            r#"{"cmd":"add-lun","lun":"0:1=/tmp/a,,b/lun1.img"}"#
+        );
+        assert_eq!(
+            remove_lun_request(1, 5).to_string(),
+            r#"{"cmd":"remove-lun","lun":5,"target":1}"#
+        );
+        assert_eq!(
+            resize_lun_request(0, 0, 4096).to_string(),
+            r#"{"blocks":4096,"cmd":"resize-lun","lun":0,"target":0}"#
+        );
     }
 
     #[test]

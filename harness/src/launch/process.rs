@@ -210,9 +210,22 @@ pub fn read_log(path: &Path) -> String {
     }
 }
 
+/// The last `lines` lines of a log, joined by newlines.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_is_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a\nb", 5), "a\nb");
+        assert_eq!(tail("", 3), "");
+    }
 
     fn pid_exists(pid: u32) -> bool {
         // SAFETY: signal 0 only checks that the pid exists; nothing is delivered.

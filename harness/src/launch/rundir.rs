@@ -143,12 +143,15 @@ impl RunDir {
     /// Creates (or truncates) the sparse image `name` of `bytes` bytes of zeroes.
     pub fn create_image(&self, name: &str, bytes: u64) -> Result<PathBuf, RunDirError> {
         let path = self.path.join(name);
-        let file =
-            File::create(&path).map_err(|e| RunDirError::CouldNotCreateDisk(path.clone(), e))?;
-        file.set_len(bytes)
+        create_sparse(&path, bytes)
             .map_err(|e| RunDirError::CouldNotCreateDisk(path.clone(), e))?;
         Ok(path)
     }
+}
+
+/// Creates (or truncates) `path` as a sparse file of `bytes` bytes of zeroes.
+pub fn create_sparse(path: &Path, bytes: u64) -> std::io::Result<()> {
+    File::create(path)?.set_len(bytes)
 }
 
 /// Fills `path` with `bytes` of non-zero data unless it already has that many, so reads

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use crate::launch::boot::{Boot, RunError};
-use crate::launch::control::Control;
+use crate::launch::control::{self, Control};
 use crate::launch::serial::SerialLine;
 
 /// The marker of a request from the guest: `FLAKYHBA-WAIT <action>`.
@@ -82,17 +82,9 @@ impl Action {
     /// The control-socket request, `image` being the hot-added LUN's file.
     pub fn request(self, image: &Path) -> Value {
         match self {
-            Action::AddLun => json!({
-                "cmd": "add-lun",
-                "lun": format!("0:{ADDED_LUN}={}", image.display()),
-            }),
-            Action::RemoveLun => json!({"cmd": "remove-lun", "target": 0, "lun": ADDED_LUN}),
-            Action::ResizeLun => json!({
-                "cmd": "resize-lun",
-                "target": 0,
-                "lun": 0,
-                "blocks": RESIZED_BYTES / BLOCK,
-            }),
+            Action::AddLun => control::add_lun_request(0, ADDED_LUN, image),
+            Action::RemoveLun => control::remove_lun_request(0, ADDED_LUN),
+            Action::ResizeLun => control::resize_lun_request(0, 0, RESIZED_BYTES / BLOCK),
         }
     }
 

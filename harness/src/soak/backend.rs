@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::launch::listen::{wait_listening, ListenError};
-use crate::launch::process::{ChildGuard, ProcessError, Stdout};
+use crate::launch::process::{tail, ChildGuard, ProcessError, Stdout};
 
 use crate::launch::control::{faults_fired, Control, ControlError};
 
 /// How long a backend may take to listen on both sockets.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of the backend's log an error carries.
+const LOG_TAIL_LINES: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -91,7 +93,7 @@ impl Backend {
         Ok(self.child.try_wait()?.map(|status| {
             format!(
                 "the backend exited ({status})\n--- backend log ---\n{}",
-                tail(&self.child.read_log())
+                tail(&self.child.read_log(), LOG_TAIL_LINES)
             )
         }))
     }
@@ -100,16 +102,6 @@ impl Backend {
     pub fn stop(&mut self) -> Result<(), ProcessError> {
         self.child.terminate(Duration::from_secs(5)).map(drop)
     }
-
-    pub fn log_tail(&self) -> String {
-        tail(&self.child.read_log())
-    }
-}
-
-/// The last 40 lines of a log.
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 fn spawn(setup: &BackendSetup, n: u64) -> Result<(ChildGuard, Control), BackendError> {
@@ -130,11 +122,17 @@ fn spawn(setup: &BackendSetup, n: u64) -> Result<(ChildGuard, Control), BackendE
     // Readiness is polled: the vhost-user socket listening (seen in /proc, never probed),
     // then a control connection.
     if let Err(e) = wait_listening(&mut child, &setup.socket, deadline) {
-        return Err(BackendError::Listen(e, tail(&child.read_log())));
+        return Err(BackendError::Listen(
+            e,
+            tail(&child.read_log(), LOG_TAIL_LINES),
+        ));
     }
     match Control::connect(&setup.control, deadline) {
         Ok(control) => Ok((child, control)),
-        Err(e) => Err(BackendError::Control(e, tail(&child.read_log()))),
+        Err(e) => Err(BackendError::Control(
+            e,
+            tail(&child.read_log(), LOG_TAIL_LINES),
+        )),
     }
 }
 

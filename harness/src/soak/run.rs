@@ -54,10 +54,6 @@ impl Soak {
         &self.image
     }
 
-    pub fn run_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     pub fn model(&self) -> &Model {
         &self.model
     }

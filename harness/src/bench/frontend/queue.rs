@@ -356,41 +356,13 @@ impl ScsiQueue {
 
     /// Waits until the used ring has something or `timeout` passes (then Ok(false)).
     pub fn wait(&mut self, timeout: Duration) -> Result<bool, FrontendError> {
-        if self.ring.arm_interrupt() {
-            return Ok(true);
-        }
-        self.waits += 1;
-        let mut pfd = libc::pollfd {
-            fd: self.call.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        loop {
-            // SAFETY: one valid pollfd, on our own eventfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if rc < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(FrontendError::CouldNotWaitForCall(e));
-            }
-            if rc == 0 {
-                return Ok(false);
-            }
-            // Clears the counter (the number of signals since the last read); EAGAIN
-            // only means another read got it first.
-            if let Ok(n) = self.call.read() {
-                self.calls += n;
-            }
-            return Ok(true);
-        }
+        wait_any(&mut [self], timeout)
     }
 }
 
 /// Waits until one of `queues` has a completion or `timeout` passes (then Ok(false)):
-/// [`ScsiQueue::wait`] over several queues at once, for a single thread driving them all.
+/// several queues at once, for a single thread driving them all ([`ScsiQueue::wait`] is it
+/// over one).
 pub fn wait_any(queues: &mut [&mut ScsiQueue], timeout: Duration) -> Result<bool, FrontendError> {
     let mut ready = false;
     for q in queues.iter_mut() {
@@ -424,6 +396,8 @@ pub fn wait_any(queues: &mut [&mut ScsiQueue], timeout: Duration) -> Result<bool
         }
         for (q, p) in queues.iter_mut().zip(&pfds) {
             if p.revents != 0 {
+                // Clears the counter (the number of signals since the last read); EAGAIN
+                // only means another read got it first.
                 if let Ok(n) = q.call.read() {
                     q.calls += n;
                 }

@@ -12,6 +12,7 @@ mod tests;
 
 use std::fmt;
 
+use guest_miniport::contract::{qemu_status_for, EXIT_PASS};
 use serde_json::Value;
 
 use crate::scenario::expect::Metrics;
@@ -19,6 +20,11 @@ pub use allowance::{could_match, final_status, Allowance, FinalStatus, Op};
 
 /// The longest single stall the oracle accepts (S1), in µs.
 pub const MAX_STALL_US: u64 = 1000;
+
+/// The expectation that no single stall went over [`MAX_STALL_US`].
+pub fn stall_expectation() -> String {
+    format!("guest.stall_max_us <= {MAX_STALL_US}")
+}
 
 /// The part of the oracle a finding broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,13 +72,15 @@ impl Clause {
 
     /// The expectation a replay of the finding judges this clause by (the implicit
     /// expectations cover the rest).
-    pub fn expectation(self) -> &'static str {
+    pub fn expectation(self) -> String {
         match self {
-            Clause::Backend | Clause::Failure | Clause::Hidden => "guest.result == \"pass\"",
-            Clause::Hang => "run.timed_out == false",
-            Clause::Rule => "guest.violations == 0",
-            Clause::Stall => "guest.stall_max_us <= 1000",
-            Clause::Data => "image.mismatches == 0",
+            Clause::Backend | Clause::Failure | Clause::Hidden => {
+                "guest.result == \"pass\"".to_owned()
+            }
+            Clause::Hang => "run.timed_out == false".to_owned(),
+            Clause::Rule => "guest.violations == 0".to_owned(),
+            Clause::Stall => stall_expectation(),
+            Clause::Data => "image.mismatches == 0".to_owned(),
         }
     }
 }
@@ -279,7 +287,7 @@ fn data_loss(allow: &Allowance, m: &Metrics) -> Option<Verdict> {
 
 fn passed(allow: &Allowance, m: &Metrics) -> Verdict {
     let exit = num(m, "run.qemu_exit");
-    if exit != Some(33) {
+    if exit != u64::try_from(qemu_status_for(EXIT_PASS)).ok() {
         return found(
             Clause::Failure,
             "exit status",

@@ -15,7 +15,7 @@ use super::MatrixOptions;
 use crate::launch::accel::Accel;
 use crate::launch::boot::{backend_command, Boot, End, GuestExit, RunError};
 use crate::launch::qemu::{self, QemuConfig};
-use crate::launch::rundir::{RunDir, DISK_BYTES};
+use crate::launch::rundir::{create_sparse, RunDir, DISK_BYTES};
 use crate::launch::serial::SerialLine;
 use crate::scenario::expect::Metrics;
 use crate::scenario::file::BackendSpec;
@@ -134,9 +134,7 @@ fn backend(
 ) -> Result<(Command, Option<Disk>), RunError> {
     let (mut command, disk) = if spec.luns.is_empty() {
         let disk = dir.join("disk.img");
-        File::create(&disk)
-            .and_then(|f| f.set_len(DISK_BYTES))
-            .map_err(|e| RunError::CouldNotPrepare(disk.clone(), e))?;
+        create_sparse(&disk, DISK_BYTES).map_err(|e| RunError::CouldNotPrepare(disk.clone(), e))?;
         let command = backend_command(&opts.bins.backend, socket, [&disk]);
         let disk = Disk {
             path: disk,

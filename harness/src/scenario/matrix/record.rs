@@ -160,14 +160,6 @@ impl RunRecord {
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    let start = all.len().saturating_sub(lines);
-    let mut out = all[start..].join("\n");
-    out.push('\n');
-    out
-}
-
 fn compact(value: Option<&Value>) -> String {
     match value {
         Some(Value::Array(items)) if items.len() > 4 => format!("[{} items]", items.len()),
@@ -199,7 +191,7 @@ pub fn log_tails(dir: &Path) -> Vec<(String, String)> {
         let path = dir.join(format!("{name}.log"));
         let text = process::read_log(&path);
         if path.is_file() && !text.trim().is_empty() {
-            tails.push((format!("{name}.log"), tail(&text, TAIL_LINES)));
+            tails.push((format!("{name}.log"), process::tail(&text, TAIL_LINES)));
         }
     }
     tails
